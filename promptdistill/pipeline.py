@@ -1,0 +1,173 @@
+"""`run`: split -> label -> train -> eval, into one run directory.
+
+Each stage writes its outputs, then a marker `stages/<stage>.json` holding a
+fingerprint of the settings it depended on. Rerunning skips every stage whose
+marker matches; a stage whose settings changed is refused unless `force`, in
+which case it and every later stage run again.
+
+    RUN/config.json            the resolved configuration
+    RUN/split/{train,heldout}.jsonl
+    RUN/labels/{train,heldout}.jsonl (+ .rejects.jsonl, summary.json)
+    RUN/train/                 metrics.jsonl, checkpoints/, adapter/
+    RUN/eval/                  report.json, report.md, predictions.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from .config import Config
+from .errors import PromptDistillError
+from .io import atomic_write_json
+from .records import check_gold_labels, read_inputs, read_labeled, write_examples
+from .split import split_examples, subsample
+from .task import Task
+
+STAGES = ("split", "label", "train", "eval")
+
+
+def _fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_settings(cfg: Config) -> dict[str, dict]:
+    """The configuration each stage depends on (including its predecessors)."""
+    d = cfg.to_dict()
+    split = {"data": d["data"], "inputs": str(cfg.resolve_path(cfg.data.inputs)) if cfg.data.inputs else None}
+    label = {**split, "task": d["task"], "teacher": d["models"]["teacher"]}
+    train = {**label, "train": d["train"], "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
+    evaluate = {**train, "eval": d["eval"]}
+    return {"split": split, "label": label, "train": train, "eval": evaluate}
+
+
+class RunDir:
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def marker(self, stage: str) -> Path:
+        return self.path / "stages" / f"{stage}.json"
+
+    def is_done(self, stage: str, fingerprint: str, force: bool) -> bool:
+        m = self.marker(stage)
+        if not m.exists():
+            return False
+        old = json.loads(m.read_text(encoding="utf-8"))
+        if old.get("fingerprint") == fingerprint:
+            return True
+        if not force:
+            raise PromptDistillError(
+                f"stage '{stage}' already ran here with different settings; use --force to redo it "
+                "(and every later stage) or choose another --run-dir",
+                path=self.path,
+            )
+        return False
+
+    def mark_done(self, stage: str, fingerprint: str, summary: dict) -> None:
+        atomic_write_json(self.marker(stage), {"fingerprint": fingerprint, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary})
+
+    def invalidate_from(self, stage: str) -> None:
+        for later in STAGES[STAGES.index(stage):]:
+            self.marker(later).unlink(missing_ok=True)
+
+
+def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = True, log=print) -> dict:
+    """Run every stage not already complete; return the evaluation report."""
+    from .evaluate import results_table
+    from .models import load_model
+    from .teacher import label_inputs
+    from .train import train_student
+
+    if not cfg.data.inputs:
+        raise PromptDistillError("set data.inputs to the input file", field="data.inputs")
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.path / "config.json", cfg.to_dict())
+    task = Task(cfg.task)
+    prints = stage_settings(cfg)
+    split_dir, label_dir = run.path / "split", run.path / "labels"
+
+    def stage_needed(stage: str) -> bool:
+        if run.is_done(stage, prints[stage], force):
+            log(f"[promptdistill] {stage}: already complete, skipping")
+            return False
+        run.invalidate_from(stage)
+        return True
+
+    if stage_needed("split"):
+        inputs_path = cfg.resolve_path(cfg.data.inputs)
+        examples = read_inputs(inputs_path)
+        check_gold_labels(examples, task.labels, inputs_path)
+        examples = subsample(examples, cfg.data.limit, cfg.data.seed)
+        train, heldout = split_examples(examples, cfg.data.heldout_fraction, cfg.data.seed)
+        write_examples(split_dir / "train.jsonl", train)
+        write_examples(split_dir / "heldout.jsonl", heldout)
+        run.mark_done("split", prints["split"], {"train": len(train), "heldout": len(heldout)})
+        log(f"[promptdistill] split: {len(train)} train, {len(heldout)} held-out")
+
+    train_inputs = read_inputs(split_dir / "train.jsonl")
+    heldout_inputs = read_inputs(split_dir / "heldout.jsonl")
+
+    if stage_needed("label"):
+        teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)
+        summaries = {}
+        for name, exs in (("train", train_inputs), ("heldout", heldout_inputs)):
+            summaries[name] = label_inputs(exs, task, teacher, label_dir / f"{name}.jsonl", force=force, progress=progress)
+            s = summaries[name]
+            log(f"[promptdistill] label {name}: {s['labeled']} labeled, {s['rejected']} rejected "
+                f"{s['by_status']}; teacher accuracy vs gold: {_pct(s['teacher_accuracy'])}")
+        atomic_write_json(label_dir / "summary.json", summaries)
+        run.mark_done("label", prints["label"], summaries)
+        del teacher
+
+    if stage_needed("train"):
+        summary = train_student(
+            read_labeled(label_dir / "train.jsonl"), run.path / "train", cfg.train, cfg.models,
+            heldout=read_labeled(label_dir / "heldout.jsonl"), progress=progress,
+        )
+        run.mark_done("train", prints["train"], summary)
+        log(f"[promptdistill] train: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+            f"held-out loss {summary['final_heldout_loss'] if summary['final_heldout_loss'] is not None else '-'}")
+
+    if stage_needed("eval"):
+        report = evaluate_run(cfg, task, run.path, heldout_inputs, progress=progress)
+        run.mark_done("eval", prints["eval"], {name: {k: v for k, v in m.items() if k != "confusion"} for name, m in report["systems"].items()})
+    report = json.loads((run.path / "eval" / "report.json").read_text(encoding="utf-8"))
+    log("")
+    log(results_table(report))
+    log(f"\nreport: {run.path / 'eval' / 'report.md'}")
+    return report
+
+
+def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress: bool = True) -> dict:
+    """Load teacher, base and trained student for a run directory and evaluate them."""
+    from peft import PeftModel
+
+    from .evaluate import evaluate_systems
+    from .models import AdapterDisabled, LoadedModel, load_model
+
+    if cfg.eval.max_examples:
+        examples = examples[: cfg.eval.max_examples]
+    adapter = Path(run_path) / "train" / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise PromptDistillError("no trained adapter found; run the train stage first", path=adapter)
+    base = load_model(cfg.models.student, cfg.models.device, cfg.models.dtype)
+    peft_model = PeftModel.from_pretrained(base.model, str(adapter)).eval()
+    student = LoadedModel(peft_model, base.tokenizer, cfg.models.student, base.device)
+    # The base row and (when it is the same model) the teacher share the
+    # student's weights with the adapter switched off: one copy in memory.
+    base_view = LoadedModel(AdapterDisabled(peft_model), base.tokenizer, cfg.models.student, base.device)
+    if cfg.models.teacher == cfg.models.student:
+        teacher = LoadedModel(base_view.model, base.tokenizer, cfg.models.teacher, base.device)
+    else:
+        teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)
+    return evaluate_systems(
+        task, examples, Path(run_path) / "eval", teacher=teacher, student=student,
+        base=base_view if cfg.eval.include_base else None, progress=progress,
+    )
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"

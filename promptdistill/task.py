@@ -1,0 +1,78 @@
+"""The task: what the teacher sees, how its answer is read, what the student learns.
+
+A task is pure text logic, independent of any model:
+
+- `teacher_messages(text)`: the conversation the teacher answers, with the long
+  prompt either as a system message or as a user template around the input.
+- `student_messages(text)`: the same input without the prompt.
+- `parse_answer(reply)`: the label read from a reply with the task's regex,
+  plus a status saying why there is none.
+- `target_reply(...)`: what the student is trained to say.
+
+The input is substituted into the template literally (no `str.format`), so a
+text containing braces or `{text}` stays data and cannot change the prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict
+
+from .config import TaskConfig
+
+# Parse statuses stored on every labeled record.
+OK = "ok"
+NO_MATCH = "no_match"
+NOT_IN_LABEL_SET = "not_in_label_set"
+
+
+class Task:
+    def __init__(self, config: TaskConfig):
+        self.config = config
+        self.pattern = re.compile(config.answer_pattern)
+        self.labels = list(config.labels)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def closed(self) -> bool:
+        """True when answers must come from a fixed label set."""
+        return bool(self.labels)
+
+    def teacher_messages(self, text: str) -> list[dict]:
+        c = self.config
+        if c.user_template is not None:
+            return [{"role": "user", "content": c.user_template.replace("{text}", text)}]
+        return [{"role": "system", "content": c.system_prompt}, {"role": "user", "content": text}]
+
+    def student_messages(self, text: str) -> list[dict]:
+        return [{"role": "user", "content": text}]
+
+    def parse_answer(self, reply: str) -> tuple[str | None, str]:
+        """Return (label, status); label is None unless status is OK."""
+        m = self.pattern.search(reply)
+        if not m:
+            return None, NO_MATCH
+        label = m.group(1)
+        if self.closed and label not in self.labels:
+            return None, NOT_IN_LABEL_SET
+        return label, OK
+
+    def label_reply(self, label: str) -> str:
+        """The reply that states `label`, as written in the answer template."""
+        return self.config.answer_template.replace("{label}", label)
+
+    def target_reply(self, teacher_reply: str, label: str) -> str:
+        """What the student is trained to answer for this teacher output."""
+        if self.config.student_target == "teacher_reply":
+            return teacher_reply.strip()
+        return self.label_reply(label)
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that changes the teacher's labels."""
+        blob = json.dumps(asdict(self.config), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,214 @@
+"""Teacher labeling: the model that sees the long prompt answers every input.
+
+Two answer modes:
+
+- `generate`: the teacher writes a free reply; the task's regex reads the
+  label. Replies that do not parse, or parse to a label outside the label set,
+  go to the rejects file with their status; nothing is dropped silently.
+- `choose`: for tasks with a closed label set. Every allowed answer, written
+  as the teacher's reply (`Final Answer: <label>` plus end-of-turn), is scored
+  on top of one forward pass over prompt + input; the most likely label wins
+  and the whole distribution is stored as a soft label. Every input gets a
+  valid label, which matters for small teachers that rarely follow the format.
+
+Output is appended and flushed record by record, so an interrupted run keeps
+what it finished; rerunning labels only the missing inputs. A sidecar
+`<output>.meta.json` records what produced the labels (teacher, prompt hash,
+decoding settings), and a rerun with different settings is refused unless
+`force` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import engine
+from .errors import PromptDistillError
+from .io import JsonlAppender, atomic_write_json
+from .models import LoadedModel
+from .records import Example, LabeledExample, iter_jsonl
+from .render import end_of_turn_ids, render_prompt, reply_ids
+from .task import OK, Task
+
+
+def label_inputs(
+    examples: list[Example],
+    task: Task,
+    teacher: LoadedModel,
+    out_path,
+    rejects_path=None,
+    *,
+    mode: str | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Label `examples` with the teacher into `out_path` (JSONL); return a summary."""
+    mode = mode or task.config.answer_mode
+    if mode == "choose" and not task.closed:
+        raise PromptDistillError("answer mode 'choose' needs task.labels", field="task.labels")
+    out_path = Path(out_path)
+    rejects_path = Path(rejects_path) if rejects_path else out_path.with_name(out_path.stem + ".rejects.jsonl")
+    meta = {
+        "teacher": teacher.name,
+        "task_fingerprint": task.fingerprint(),
+        "answer_mode": mode,
+        "max_new_tokens": task.config.max_new_tokens,
+        "temperature": task.config.temperature,
+        "seed": seed,
+    }
+    _check_or_write_meta(out_path, rejects_path, meta, force)
+    done = _done_ids(out_path) | _done_ids(rejects_path)
+    todo = [e for e in examples if e.id not in done]
+
+    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), unit="input", desc=f"label ({mode})", disable=not progress)
+    with JsonlAppender(out_path) as good, JsonlAppender(rejects_path) as bad:
+        if mode == "choose":
+            batches = ([e] for e in todo)
+            answer = _choose_answers(task, teacher)
+        else:
+            batches = (todo[i : i + batch_size] for i in range(0, len(todo), batch_size))
+            answer = _generate_answers(task, teacher, seed)
+        for batch in batches:
+            for record in answer(batch):
+                (good if record.status == OK else bad).append(record.to_json())
+            bar.update(len(batch))
+    bar.close()
+    return summarize_labels(out_path, rejects_path, [e.id for e in examples])
+
+
+def _make_record(task: Task, e: Example, reply: str, label_probs=None) -> LabeledExample:
+    label, status = task.parse_answer(reply)
+    messages = task.student_messages(e.text)
+    if status == OK:
+        messages = messages + [{"role": "assistant", "content": task.target_reply(reply, label)}]
+    return LabeledExample(
+        id=e.id, text=e.text, gold_label=e.gold_label, teacher_reply=reply, label=label,
+        status=status, messages=messages, label_probs=label_probs, meta=e.meta,
+    )
+
+
+def _generate_answers(task: Task, teacher: LoadedModel, seed: int):
+    tok = teacher.tokenizer
+    eos = end_of_turn_ids(tok)
+    calls = 0
+
+    def answer(batch: list[Example]) -> list[LabeledExample]:
+        nonlocal calls
+        prompts = [render_prompt(tok, task.teacher_messages(e.text)) for e in batch]
+        outs = engine.generate(
+            teacher.model, prompts, max_new_tokens=task.config.max_new_tokens, eos_ids=eos,
+            pad_id=tok.pad_token_id, temperature=task.config.temperature, seed=seed + calls,
+        )
+        calls += 1
+        return [_make_record(task, e, tok.decode(o, skip_special_tokens=True)) for e, o in zip(batch, outs)]
+
+    return answer
+
+
+def label_distribution(task: Task, loaded: LoadedModel, messages: list[dict], candidates: list[list[int]]) -> dict[str, float]:
+    """Probability of each allowed label as the reply to `messages` (normalised over the label set)."""
+    tok = loaded.tokenizer
+    context = render_prompt(tok, messages)
+    logps = engine.score_continuations(loaded.model, context, candidates, pad_id=tok.pad_token_id)
+    probs = torch.softmax(logps.double(), dim=0).tolist()
+    return dict(zip(task.labels, probs))
+
+
+def label_candidates(task: Task, tokenizer, messages: list[dict]) -> list[list[int]]:
+    """Token ids of every allowed answer as an assistant reply, end-of-turn included."""
+    return [reply_ids(tokenizer, messages, task.label_reply(label)) for label in task.labels]
+
+
+def _choose_answers(task: Task, teacher: LoadedModel):
+    candidates = None
+
+    def answer(batch: list[Example]) -> list[LabeledExample]:
+        nonlocal candidates
+        records = []
+        for e in batch:
+            messages = task.teacher_messages(e.text)
+            if candidates is None:
+                # The reply's tokens after the generation header do not depend on the input.
+                candidates = label_candidates(task, teacher.tokenizer, messages)
+            probs = label_distribution(task, teacher, messages, candidates)
+            best = max(probs, key=probs.get)
+            records.append(_make_record(task, e, task.label_reply(best), label_probs=probs))
+        return records
+
+    return answer
+
+
+def _check_or_write_meta(out_path: Path, rejects_path: Path, meta: dict, force: bool) -> None:
+    meta_path = out_path.with_name(out_path.name + ".meta.json")
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in meta if old.get(k) != meta[k])
+        if changed and not force:
+            raise PromptDistillError(
+                f"existing labels were made with different settings ({', '.join(changed)}); "
+                "use --force to discard them and relabel, or write to another file",
+                path=out_path,
+            )
+        if changed:
+            for p in (out_path, rejects_path):
+                p.unlink(missing_ok=True)
+    elif force:
+        for p in (out_path, rejects_path):
+            p.unlink(missing_ok=True)
+    atomic_write_json(meta_path, meta)
+
+
+def _done_ids(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    ids = set()
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            ids.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError):
+            if n == len(lines):  # torn last line of a killed run: relabel it
+                continue
+            raise PromptDistillError("corrupt labeled record", path=path, line=n) from None
+    return ids
+
+
+def summarize_labels(out_path, rejects_path, ids: list[str] | None = None) -> dict:
+    """Counts by status and the teacher's accuracy against gold labels."""
+    records = [obj for _, obj in iter_jsonl(out_path)] if Path(out_path).exists() else []
+    rejects = [obj for _, obj in iter_jsonl(rejects_path)] if Path(rejects_path).exists() else []
+    if ids is not None:
+        wanted = set(ids)
+        records = [r for r in records if r["id"] in wanted]
+        rejects = [r for r in rejects if r["id"] in wanted]
+    everything = records + rejects
+    by_status: dict[str, int] = {}
+    for r in everything:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    gold = [r for r in everything if r.get("gold_label") is not None]
+    correct = sum(1 for r in gold if r.get("label") == r["gold_label"])
+    entropies = [_entropy(r["label_probs"]) for r in records if r.get("label_probs")]
+    return {
+        "total": len(everything),
+        "labeled": len(records),
+        "rejected": len(rejects),
+        "by_status": by_status,
+        "teacher_accuracy": correct / len(gold) if gold else None,
+        "gold_count": len(gold),
+        "mean_label_entropy": sum(entropies) / len(entropies) if entropies else None,
+        "output": str(out_path),
+        "rejects": str(rejects_path),
+    }
+
+
+def _entropy(probs: dict[str, float]) -> float:
+    return -sum(p * math.log(p) for p in probs.values() if p > 0)

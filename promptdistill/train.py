@@ -1,0 +1,228 @@
+"""Training the student: LoRA fine-tuning on rendered conversations.
+
+The loop is plain PyTorch. Each example is rendered to token ids plus loss
+weights (see render.py); the loss is the weighted mean of per-token
+cross-entropy over all weighted tokens in an optimiser step, so gradient
+accumulation gives the same result as one big batch. Only the LoRA
+parameters are trained.
+
+The run directory receives:
+
+    metrics.jsonl             one line per step (loss, lr, tokens/s) and per held-out evaluation
+    checkpoints/step-N/       a PEFT adapter every `save_every` steps
+    adapter/                  the final PEFT adapter
+    train_summary.json        steps, losses, time, examples skipped for length
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import ModelsConfig, TrainConfig
+from .errors import PromptDistillError
+from .io import atomic_write_json
+from .models import load_model
+from .records import LabeledExample
+from .render import RenderedExample, render_example
+from .task import OK
+
+
+def render_for_training(records: list[LabeledExample], tokenizer, max_length: int):
+    """Render the usable records; return (rendered, ids of records over max_length)."""
+    rendered, too_long = [], []
+    for r in records:
+        if r.status != OK:
+            continue
+        ex = render_example(tokenizer, r.messages)
+        if ex.num_tokens > max_length:
+            too_long.append(r.id)
+            continue
+        rendered.append(ex)
+    return rendered, too_long
+
+
+def collate(batch: list[RenderedExample], pad_id: int):
+    width = max(e.num_tokens for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    weights = torch.zeros((len(batch), width), dtype=torch.float32)
+    for i, e in enumerate(batch):
+        n = e.num_tokens
+        ids[i, :n] = torch.tensor(e.input_ids)
+        mask[i, :n] = 1
+        weights[i, :n] = torch.tensor(e.weights)
+    return ids, mask, weights
+
+
+def weighted_token_loss(model, ids, mask, weights):
+    """Sum over tokens of weight * cross-entropy, and the sum of weights.
+
+    Position t predicts token t+1, so the weights of the targets are shifted.
+    """
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    targets = ids[:, 1:]
+    w = weights[:, 1:].to(logits.device)
+    nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+    return (nll.view_as(w) * w).sum(), w.sum()
+
+
+@torch.no_grad()
+def heldout_loss(model, examples: list[RenderedExample], pad_id: int, batch_size: int = 16) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0.0
+    device = next(model.parameters()).device
+    for i in range(0, len(examples), batch_size):
+        ids, mask, weights = collate(examples[i : i + batch_size], pad_id)
+        loss_sum, w = weighted_token_loss(model, ids.to(device), mask.to(device), weights)
+        total += loss_sum.item()
+        count += w.item()
+    model.train(was_training)
+    return total / max(count, 1.0)
+
+
+def _scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[cfg.lr_schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+
+
+def _lora_model(base, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora)
+
+
+def save_adapter(model, path: Path) -> None:
+    """Write a PEFT adapter folder atomically (temp folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        model.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _step_groups(n: int, per_step: int, seed: int):
+    """Yield the example indices of each optimiser step: a seeded shuffle per
+    epoch, cut into groups of `per_step` (the last group of an epoch may be smaller)."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for i in range(0, n, per_step):
+            yield order[i : i + per_step]
+
+
+def train_student(
+    records: list[LabeledExample],
+    run_dir,
+    train_cfg: TrainConfig,
+    models_cfg: ModelsConfig,
+    heldout: list[LabeledExample] | None = None,
+    progress: bool = True,
+) -> dict:
+    """LoRA-train the student on teacher-labeled records; return a summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = train_cfg
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    loaded = load_model(models_cfg.student, models_cfg.device, models_cfg.dtype)
+    tok = loaded.tokenizer
+    pad_id = tok.pad_token_id
+    train_set, too_long = render_for_training(records, tok, cfg.max_length)
+    if not train_set:
+        raise PromptDistillError("no usable training examples (all rejected or over train.max_length)", field="train")
+    heldout_set = render_for_training(heldout, tok, cfg.max_length)[0] if heldout else []
+    if too_long:
+        print(f"[promptdistill] {len(too_long)} training examples exceed max_length={cfg.max_length} tokens and are skipped: {too_long[:10]}")
+
+    model = _lora_model(loaded.model, cfg)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps_per_epoch = math.ceil(len(train_set) / per_step)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    scheduler = _scheduler(optimizer, cfg, total_steps)
+    device = loaded.device
+
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    metrics = open(metrics_path, "a", encoding="utf-8")
+
+    def log(record: dict) -> None:
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+
+    groups = _step_groups(len(train_set), per_step, cfg.seed)
+    last_loss = float("nan")
+    last_heldout = None
+    started = time.time()
+    bar = tqdm(total=total_steps, unit="step", desc="train", disable=not progress)
+    for step in range(1, total_steps + 1):
+        t0 = time.time()
+        group = [train_set[i] for i in next(groups)]
+        micro = [group[i : i + cfg.batch_size] for i in range(0, len(group), cfg.batch_size)]
+        n_weighted = sum(e.num_trained for e in group)
+        loss_total = 0.0
+        tokens = 0
+        for mb in micro:
+            ids, mask, weights = collate(mb, pad_id)
+            loss_sum, _ = weighted_token_loss(model, ids.to(device), mask.to(device), weights)
+            (loss_sum / n_weighted).backward()
+            loss_total += loss_sum.item()
+            tokens += int(mask.sum())
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        last_loss = loss_total / n_weighted
+        elapsed = time.time() - t0
+        log({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": last_loss, "lr": scheduler.get_last_lr()[0],
+             "tokens_per_s": tokens / elapsed, "trained_tokens": n_weighted, "examples": len(group)})
+        if heldout_set and (step % cfg.eval_every == 0 or step == total_steps):
+            last_heldout = heldout_loss(model, heldout_set, pad_id)
+            log({"step": step, "heldout_loss": last_heldout})
+        if step % cfg.save_every == 0 and step != total_steps:
+            save_adapter(model, run_dir / "checkpoints" / f"step-{step:06d}")
+        bar.set_postfix(loss=f"{last_loss:.4f}", **({"heldout": f"{last_heldout:.4f}"} if last_heldout is not None else {}))
+        bar.update(1)
+    bar.close()
+    metrics.close()
+    save_adapter(model, run_dir / "adapter")
+    summary = {
+        "steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "train_examples": len(train_set),
+        "skipped_too_long": too_long,
+        "final_loss": last_loss,
+        "final_heldout_loss": last_heldout,
+        "seconds": time.time() - started,
+        "student": models_cfg.student,
+        "adapter": str(run_dir / "adapter"),
+    }
+    atomic_write_json(run_dir / "train_summary.json", summary)
+    return summary
