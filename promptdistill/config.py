@@ -216,11 +216,12 @@ def validate_config(cfg: Config, source=None) -> None:
     if "{label}" not in t.answer_template:
         raise PromptDistillError("answer_template must contain {label}", path=source, field="task.answer_template")
     for label in t.labels:
-        m = pattern.search(t.answer_template.replace("{label}", label))
-        if not m or m.group(1) != label:
+        if not _reads_back(pattern, t.answer_template, label):
             raise PromptDistillError(
                 f"answer_pattern does not read label {label!r} back from answer_template", path=source, field="task.answer_template"
             )
+    if not t.labels and not any(_reads_back(pattern, t.answer_template, probe) for probe in ("label", "x", "1", "A")):
+        raise PromptDistillError("answer_pattern does not read a label back from answer_template", path=source, field="task.answer_template")
     if t.max_new_tokens < 1:
         raise PromptDistillError("must be at least 1", path=source, field="task.max_new_tokens")
     if t.temperature < 0:
@@ -234,6 +235,11 @@ def validate_config(cfg: Config, source=None) -> None:
             raise PromptDistillError("must be at least 1", path=source, field=f"train.{key}")
     if tr.learning_rate <= 0:
         raise PromptDistillError("must be > 0", path=source, field="train.learning_rate")
+
+
+def _reads_back(pattern, template: str, label: str) -> bool:
+    m = pattern.search(template.replace("{label}", label))
+    return bool(m) and m.group(1) == label
 
 
 def _one_of(value, allowed, source, field_name) -> None:

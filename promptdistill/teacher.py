@@ -64,11 +64,11 @@ def label_inputs(
         "seed": seed,
     }
     _check_or_write_meta(out_path, rejects_path, meta, force)
-    done = _done_ids(out_path) | _done_ids(rejects_path)
-    todo = [e for e in examples if e.id not in done]
-
-    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), unit="input", desc=f"label ({mode})", disable=not progress)
+    # Opening the appenders first cuts a torn last line, so it is relabeled.
     with JsonlAppender(out_path) as good, JsonlAppender(rejects_path) as bad:
+        done = _done_ids(out_path) | _done_ids(rejects_path)
+        todo = [e for e in examples if e.id not in done]
+        bar = tqdm(total=len(examples), initial=len(examples) - len(todo), unit="input", desc=f"label ({mode})", disable=not progress)
         if mode == "choose":
             batches = ([e] for e in todo)
             answer = _choose_answers(task, teacher)
@@ -166,19 +166,17 @@ def _check_or_write_meta(out_path: Path, rejects_path: Path, meta: dict, force: 
 
 
 def _done_ids(path: Path) -> set[str]:
+    """Ids of the complete records in a labeled file."""
     if not path.exists():
         return set()
     ids = set()
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for n, line in enumerate(lines, start=1):
+    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            ids.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError):
-            if n == len(lines):  # torn last line of a killed run: relabel it
-                continue
-            raise PromptDistillError("corrupt labeled record", path=path, line=n) from None
+            ids.add(json.loads(line.decode("utf-8"))["id"])
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            raise PromptDistillError("corrupt labeled record; fix or delete this line", path=path, line=n) from None
     return ids
 
 

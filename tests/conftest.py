@@ -1,0 +1,62 @@
+"""Shared fixtures: the real SmolLM2 tokenizer and tiny random-init models.
+
+Tests run offline. The tokenizer (and chat template) come from the packaged
+SmolLM2 (converted once into the promptdistill cache); the tiny models are
+random-init Llama models with a few layers built here, saved as ordinary
+transformers folders so every code path loads them by name like a real model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from promptdistill.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+def build_tiny_model(folder, tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
+    """Save a random-init causal LM with the SmolLM2 tokenizer into `folder`; return its path."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """Folder of a tiny random-init model (same weights for the whole session)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), tokenizer)
+
+
+@pytest.fixture()
+def tiny(tiny_model_dir):
+    """A freshly loaded tiny model (LoadedModel) on CPU."""
+    from promptdistill.models import load_model
+
+    return load_model(tiny_model_dir, device="cpu", dtype="float32")

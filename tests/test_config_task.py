@@ -1,0 +1,321 @@
+"""Task TOML loading and the pure-text task logic (no model needed)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from promptdistill.config import TaskConfig, load_config
+from promptdistill.errors import PromptDistillError
+from promptdistill.task import NO_MATCH, NOT_IN_LABEL_SET, OK, Task
+
+VALID = """
+[task]
+name = "lang"
+user_template = "Classify the language.\\nText:\\n{text}"
+answer_pattern = 'Final Answer:\\s*(\\w+)'
+labels = ["en", "fr", "de"]
+answer_mode = "choose"
+answer_template = "Final Answer: {label}"
+max_new_tokens = 12
+
+[data]
+inputs = "data/inputs.jsonl"
+heldout_fraction = 0.25
+seed = 7
+
+[models]
+teacher = "some-teacher"
+device = "cpu"
+
+[train]
+learning_rate = 1e-3
+lora_rank = 8
+target_modules = ["q_proj", "v_proj"]
+"""
+
+
+def write(tmp_path, text, name="task.toml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text), encoding="utf-8")
+    return p
+
+
+def task_toml(**task_fields) -> str:
+    """A minimal [task] table with the given fields (values written as TOML literals)."""
+    lines = ["[task]"]
+    for key, value in task_fields.items():
+        lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def load_error(tmp_path, text) -> PromptDistillError:
+    p = write(tmp_path, text)
+    with pytest.raises(PromptDistillError) as info:
+        load_config(p)
+    return info.value
+
+
+# --------------------------------------------------------------------- config
+
+
+def test_valid_file_loads(tmp_path):
+    p = write(tmp_path, VALID)
+    cfg = load_config(p)
+    assert cfg.task.name == "lang"
+    assert cfg.task.user_template == "Classify the language.\nText:\n{text}"
+    assert cfg.task.system_prompt is None
+    assert cfg.task.labels == ["en", "fr", "de"]
+    assert cfg.task.answer_mode == "choose"
+    assert cfg.task.max_new_tokens == 12
+    assert cfg.data.heldout_fraction == 0.25
+    assert cfg.data.seed == 7
+    assert cfg.models.teacher == "some-teacher"
+    assert cfg.models.device == "cpu"
+    assert cfg.train.learning_rate == 1e-3
+    assert cfg.train.lora_rank == 8
+    assert cfg.train.target_modules == ["q_proj", "v_proj"]
+    # untouched defaults survive
+    assert cfg.train.batch_size == 8
+    assert cfg.eval.include_base is True
+    # relative paths resolve against the file's folder
+    assert cfg.base_dir == tmp_path.resolve()
+    assert cfg.resolve_path(cfg.data.inputs) == tmp_path.resolve() / "data" / "inputs.jsonl"
+
+
+def test_int_accepted_for_float_field(tmp_path):
+    cfg = load_config(write(tmp_path, task_toml(system_prompt='"p"') + "[train]\nlearning_rate = 1\n"))
+    assert cfg.train.learning_rate == 1
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"') + "[train]\nlerning_rate = 1e-3\n")
+    assert err.field == "train.lerning_rate"
+    assert "train.lerning_rate" in str(err)
+    assert "'learning_rate'" in str(err)
+    assert str(tmp_path / "task.toml") in str(err)
+
+
+def test_unknown_key_in_task_table_suggests_closest(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', answer_patern="'(x)'"))
+    assert err.field == "task.answer_patern"
+    assert "'answer_pattern'" in str(err)
+
+
+def test_unknown_section_suggests_closest(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"') + "[trian]\nepochs = 2\n")
+    assert err.field == "trian"
+    assert "'train'" in str(err)
+
+
+@pytest.mark.parametrize(
+    "section,key,value,field",
+    [
+        ("train", "epochs", '"three"', "train.epochs"),
+        ("train", "learning_rate", '"fast"', "train.learning_rate"),
+        ("train", "batch_size", "true", "train.batch_size"),
+        ("train", "batch_size", "8.5", "train.batch_size"),
+        ("data", "heldout_fraction", "true", "data.heldout_fraction"),
+        ("eval", "include_base", '"yes"', "eval.include_base"),
+        ("train", "target_modules", "[1, 2]", "train.target_modules"),
+    ],
+)
+def test_wrong_type_names_field(tmp_path, section, key, value, field):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"') + f"[{section}]\n{key} = {value}\n")
+    assert err.field == field
+    assert f"'{field}'" in str(err)
+    assert "expected" in err.message
+
+
+def test_wrong_type_in_task_table(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', labels='"en"'))
+    assert err.field == "task.labels"
+    assert "list" in err.message
+
+
+def test_choose_mode_without_labels_refused(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', answer_mode='"choose"'))
+    assert err.field == "task.labels"
+    assert "choose" in err.message
+
+
+@pytest.mark.parametrize("pattern", ["'Final Answer: \\w+'", "'(Final) Answer: (\\w+)'"])
+def test_regex_must_have_one_group(tmp_path, pattern):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', answer_pattern=pattern))
+    assert err.field == "task.answer_pattern"
+    assert "group" in err.message
+
+
+def test_invalid_regex_refused(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', answer_pattern="'(unclosed'"))
+    assert err.field == "task.answer_pattern"
+
+
+def test_answer_template_regex_cannot_read_back(tmp_path):
+    # The template writes "Label = en", the regex looks for "Final Answer: ...".
+    err = load_error(
+        tmp_path,
+        task_toml(system_prompt='"p"', labels='["en", "fr"]', answer_template='"Label = {label}"'),
+    )
+    assert err.field == "task.answer_template"
+    assert "'en'" in err.message
+
+
+def test_answer_template_partial_read_back_refused(tmp_path):
+    # \w+ reads "pt" from "pt-br": the label does not come back whole.
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', labels='["en", "pt-br"]'))
+    assert err.field == "task.answer_template"
+    assert "pt-br" in err.message
+
+
+def test_answer_template_without_label_placeholder(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', answer_template='"Final Answer: x"'))
+    assert err.field == "task.answer_template"
+
+
+def test_both_prompt_forms_refused(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', user_template='"u {text}"'))
+    assert err.field == "task"
+    assert "system_prompt" in err.message and "user_template" in err.message
+
+
+def test_neither_prompt_form_refused(tmp_path):
+    err = load_error(tmp_path, task_toml(name='"x"'))
+    assert err.field == "task"
+    assert "system_prompt" in err.message and "user_template" in err.message
+
+
+def test_user_template_without_text_placeholder(tmp_path):
+    err = load_error(tmp_path, task_toml(user_template='"Classify: {input}"'))
+    assert err.field == "task.user_template"
+    assert "{text}" in err.message
+
+
+def test_invalid_toml_names_line(tmp_path):
+    err = load_error(tmp_path, '[task]\nsystem_prompt = "p"\nname = \n')
+    assert err.path == str(tmp_path / "task.toml")
+    assert "invalid TOML" in err.message
+    # Python 3.14+ exposes the line as an attribute; older versions put it in the message.
+    assert err.line == 3 or "line 3" in str(err)
+
+
+def test_missing_task_file(tmp_path):
+    with pytest.raises(PromptDistillError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+# ----------------------------------------------------------------------- task
+
+
+def closed_task(**kw) -> Task:
+    fields = dict(system_prompt="Identify the language.", labels=["en", "fr", "de"])
+    fields.update(kw)
+    return Task(TaskConfig(**fields))
+
+
+def test_parse_answer_match():
+    t = closed_task()
+    assert t.parse_answer("Let me think.\nFinal Answer: fr\n") == ("fr", OK)
+    assert t.parse_answer("Final Answer:en") == ("en", OK)
+
+
+def test_parse_answer_no_match():
+    t = closed_task()
+    assert t.parse_answer("I think it is French.") == (None, NO_MATCH)
+    assert t.parse_answer("") == (None, NO_MATCH)
+
+
+def test_parse_answer_not_in_label_set():
+    t = closed_task()
+    assert t.parse_answer("Final Answer: es") == (None, NOT_IN_LABEL_SET)
+    # case matters: "EN" is not "en"
+    assert t.parse_answer("Final Answer: EN") == (None, NOT_IN_LABEL_SET)
+
+
+def test_parse_answer_open_label_set_accepts_anything():
+    t = Task(TaskConfig(system_prompt="p", labels=[]))
+    assert not t.closed
+    assert t.parse_answer("Final Answer: klingon") == ("klingon", OK)
+    assert t.parse_answer("Final Answer: es") == ("es", OK)
+    assert t.parse_answer("no answer here") == (None, NO_MATCH)
+
+
+def test_parse_answer_custom_pattern():
+    t = Task(TaskConfig(system_prompt="p", answer_pattern=r"<label>(.*?)</label>", labels=["yes", "no"],
+                        answer_template="<label>{label}</label>"))
+    assert t.parse_answer("sure <label>no</label> done") == ("no", OK)
+    assert t.parse_answer("<label>maybe</label>") == (None, NOT_IN_LABEL_SET)
+
+
+def test_teacher_messages_system_prompt_form():
+    t = closed_task(system_prompt="You classify languages.")
+    assert t.teacher_messages("Bonjour") == [
+        {"role": "system", "content": "You classify languages."},
+        {"role": "user", "content": "Bonjour"},
+    ]
+    assert t.student_messages("Bonjour") == [{"role": "user", "content": "Bonjour"}]
+
+
+def test_teacher_messages_user_template_form():
+    t = closed_task(system_prompt=None, user_template="Classify this.\nText:\n{text}\nAnswer now.")
+    assert t.teacher_messages("Hallo Welt") == [
+        {"role": "user", "content": "Classify this.\nText:\nHallo Welt\nAnswer now."}
+    ]
+    assert t.student_messages("Hallo Welt") == [{"role": "user", "content": "Hallo Welt"}]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{text}",
+        "say {text} twice {text}",
+        "{label} {0} {} {{text}}",
+        "json: {\"a\": 1}",
+        "}{",
+        "back\\slash \\1 \\g<0>",
+    ],
+)
+def test_input_substituted_literally(text):
+    template = "Rules {with braces} and {0}.\nText:\n{text}\nEnd {}."
+    t = closed_task(system_prompt=None, user_template=template)
+    (msg,) = t.teacher_messages(text)
+    content = msg["content"]
+    head, tail = "Rules {with braces} and {0}.\nText:\n", "\nEnd {}."
+    assert content == head + text + tail
+    assert content.startswith(head) and content.endswith(tail)
+    assert content[len(head): len(content) - len(tail)] == text
+    # system-prompt form: the input is the user message verbatim
+    s = closed_task(system_prompt="Prompt with {text} inside")
+    assert s.teacher_messages(text) == [
+        {"role": "system", "content": "Prompt with {text} inside"},
+        {"role": "user", "content": text},
+    ]
+
+
+def test_target_reply_normalized():
+    t = closed_task(student_target="normalized")
+    assert t.target_reply("  blah blah\nFinal Answer:   fr  \n", "fr") == "Final Answer: fr"
+    t2 = closed_task(student_target="normalized", answer_template="The answer is: {label}",
+                     answer_pattern=r"answer is:\s*(\w+)")
+    assert t2.target_reply("whatever", "de") == "The answer is: de"
+
+
+def test_target_reply_teacher_reply():
+    t = closed_task(student_target="teacher_reply")
+    assert t.target_reply("  Reasoning...\nFinal Answer: fr  \n", "fr") == "Reasoning...\nFinal Answer: fr"
+
+
+def test_fingerprint_tracks_prompt():
+    a = closed_task()
+    assert a.fingerprint() == closed_task().fingerprint()
+    assert a.fingerprint() != closed_task(system_prompt="Another prompt.").fingerprint()
+    assert a.fingerprint() != closed_task(labels=["en", "fr"]).fingerprint()
+
+
+def test_answer_template_read_back_checked_for_open_label_set(tmp_path):
+    # No closed label set, student_target = "normalized" (the default): the student
+    # is trained to answer "Label = <label>", which the regex can never read, so
+    # every student answer would be unparseable. The file must be refused.
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', answer_template='"Label = {label}"'))
+    assert err.field == "task.answer_template"
