@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=8, help="inputs per generate call")
     sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs")
     sp.add_argument("--force", action="store_true", help="discard labels made with other settings")
+    sp.add_argument("--no-prefix-reuse", action="store_true",
+                    help="send every request whole instead of running the shared prompt once (slower; for comparison)")
     sp.set_defaults(func=cmd_label)
 
     sp = with_task(sub.add_parser("render", help="show tokens and trained tokens per example"))
@@ -141,7 +143,7 @@ def cmd_label(args):
     from .teacher import label_inputs
 
     summary = label_inputs(examples, task, teacher, args.out, args.rejects, mode=args.mode, batch_size=args.batch_size,
-                           force=args.force, progress=not args.no_progress)
+                           force=args.force, progress=not args.no_progress, reuse_prefix=not args.no_prefix_reuse)
     print(json.dumps(summary, indent=2))
 
 

@@ -87,3 +87,166 @@ def score_continuations(model, context: list[int], continuations: list[list[int]
             targets = torch.tensor(c[1:], device=device)
             totals[i] = totals[i] + logp[i, torch.arange(len(c) - 1, device=device), targets].sum()
     return totals.cpu()
+
+
+# ---------------------------------------------------------------------------
+# Shared-prefix inference. Every teacher request starts with the same long
+# prompt; its key/value cache is computed once and each request runs only its
+# own suffix (the input text and what follows) on top of it.
+
+
+class PrefixCache:
+    """The key/value cache of a token prefix shared by many requests."""
+
+    @torch.inference_mode()
+    def __init__(self, model, prefix: list[int]):
+        self.model = model
+        self.prefix = list(prefix)
+        self.device = next(model.parameters()).device
+        out = model(input_ids=torch.tensor([self.prefix], device=self.device), use_cache=True)
+        self.cache = out.cache
+        self.last_logits = out.logits[0, -1]
+
+    def __len__(self) -> int:
+        return len(self.prefix)
+
+    def expanded(self, batch: int):
+        """A fresh cache holding the prefix `batch` times (the stored one stays untouched)."""
+        import copy
+
+        cache = copy.deepcopy(self.cache)
+        if batch > 1:
+            cache.batch_repeat_interleave(batch)
+        return cache
+
+
+def _suffix_batch(prefix_len: int, suffixes: list[list[int]], pad_id: int, device):
+    """Left-pad suffixes after the prefix: ids, 2-D mask over prefix+suffix, positions."""
+    width = max(len(s) for s in suffixes)
+    ids = torch.full((len(suffixes), width), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((len(suffixes), width), dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        suffix_mask[i, width - len(s):] = 1
+    mask = torch.cat([torch.ones((len(suffixes), prefix_len), dtype=torch.long), suffix_mask], dim=1)
+    # Real tokens continue the prefix's positions; pads (masked out) get a harmless position.
+    positions = (prefix_len + suffix_mask.cumsum(dim=1) - 1).clamp(min=prefix_len)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def _next_tokens(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@torch.inference_mode()
+def generate_with_prefix(
+    prefix: PrefixCache,
+    suffixes: list[list[int]],
+    *,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    pad_id: int,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> list[list[int]]:
+    """Like `generate` for prompts `prefix.prefix + suffix`, paying for the prefix once.
+
+    The suffixes are left-padded into one batch placed after the cached prefix;
+    the gap a short suffix leaves is masked out and positions skip it, so each
+    row computes what it would compute alone.
+    """
+    model, device = prefix.model, prefix.device
+    n = len(suffixes)
+    ids, mask, positions = _suffix_batch(len(prefix), suffixes, pad_id, device)
+    cache = prefix.expanded(n)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    out = [[] for _ in range(n)]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits[:, -1]
+    next_pos = positions[:, -1] + 1
+    for _ in range(max_new_tokens):
+        tokens = _next_tokens(logits, temperature, generator)
+        finished_now = torch.isin(tokens, eos)
+        for i in torch.nonzero(~done & ~finished_now).flatten().tolist():
+            out[i].append(int(tokens[i]))
+        done |= finished_now
+        if bool(done.all()):
+            break
+        tokens = torch.where(done, torch.full_like(tokens, pad_id), tokens)
+        mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
+        logits = model(
+            input_ids=tokens.unsqueeze(1), attention_mask=mask, position_ids=next_pos.unsqueeze(1), cache=cache, use_cache=True
+        ).logits[:, -1]
+        next_pos = next_pos + 1
+    return out
+
+
+@torch.inference_mode()
+def score_with_prefix(prefix: PrefixCache, suffix: list[int], continuations: list[list[int]]) -> torch.Tensor:
+    """Total log-probability of each continuation after `prefix.prefix + suffix`, shape (n,).
+
+    The suffix and the continuations' common leading tokens run once on top of
+    the cached prefix; the rest of every continuation is packed into a single
+    row with a block attention mask (each continuation sees the shared state
+    and its own earlier tokens only), so the candidates share the input's
+    state without copying the cache.
+    """
+    model, device = prefix.model, prefix.device
+    common = _common_prefix_len(continuations)
+    if common == min(len(c) for c in continuations):
+        common -= 1  # keep at least one token of every continuation for the packed pass
+    shared = list(suffix) + list(continuations[0][:common])
+    cache = prefix.expanded(1)
+    # row t of `predict` is the log-distribution of token t of `shared` (and
+    # the last row that of whatever follows it)
+    predict = torch.log_softmax(prefix.last_logits.float(), dim=-1).unsqueeze(0)
+    if shared:
+        out = model(input_ids=torch.tensor([shared], device=device), cache=cache, use_cache=True)
+        predict = torch.cat([predict, torch.log_softmax(out.logits[0].float(), dim=-1)])
+    rows = torch.arange(len(suffix), len(shared), device=device)
+    base = predict[rows, torch.tensor(shared[len(suffix):], dtype=torch.long, device=device)].sum()
+    last = predict[-1]
+
+    tails = [c[common:] for c in continuations]
+    context_len = len(prefix) + len(shared)
+    packed, pos, owner = [], [], []
+    for k, t in enumerate(tails):
+        packed += t[:-1]
+        pos += list(range(context_len, context_len + len(t) - 1))
+        owner += [k] * (len(t) - 1)
+    totals = torch.stack([last[t[0]] for t in tails]) + base
+    if packed:
+        q = len(packed)
+        owner_t = torch.tensor(owner)
+        pos_t = torch.tensor(pos)
+        # query i may see key j of the packed row when both belong to the same
+        # continuation and j is not later than i; the context is always visible
+        allowed = (owner_t[:, None] == owner_t[None, :]) & (pos_t[None, :] <= pos_t[:, None])
+        full = torch.cat([torch.ones((q, context_len), dtype=torch.bool), allowed], dim=1)
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros((1, 1, q, context_len + q), dtype=dtype)
+        mask.masked_fill_(~full, torch.finfo(dtype).min)
+        logits = model(
+            input_ids=torch.tensor([packed], device=device), attention_mask=mask.to(device),
+            position_ids=pos_t.unsqueeze(0).to(device), cache=cache, use_cache=True,
+        ).logits[0]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        i = 0
+        for k, t in enumerate(tails):
+            for j in range(1, len(t)):
+                totals[k] = totals[k] + logp[i, t[j]]
+                i += 1
+    return totals.cpu()
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    n = 0
+    for column in zip(*seqs):
+        if any(c != column[0] for c in column):
+            break
+        n += 1
+    return n

@@ -48,8 +48,14 @@ def label_inputs(
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
+    reuse_prefix: bool = True,
 ) -> dict:
-    """Label `examples` with the teacher into `out_path` (JSONL); return a summary."""
+    """Label `examples` with the teacher into `out_path` (JSONL); return a summary.
+
+    With `reuse_prefix` (the default) the prompt tokens shared by every request
+    run once and each input runs only its own suffix on top of their cache;
+    `reuse_prefix=False` sends every request whole, as a plain loop would.
+    """
     mode = mode or task.config.answer_mode
     if mode == "choose" and not task.closed:
         raise PromptDistillError("answer mode 'choose' needs task.labels", field="task.labels")
@@ -69,12 +75,12 @@ def label_inputs(
         done = _done_ids(out_path) | _done_ids(rejects_path)
         todo = [e for e in examples if e.id not in done]
         bar = tqdm(total=len(examples), initial=len(examples) - len(todo), unit="input", desc=f"label ({mode})", disable=not progress)
+        prefix = make_prefix_cache(task, teacher) if reuse_prefix and todo else None
+        batches = (todo[i : i + batch_size] for i in range(0, len(todo), batch_size))
         if mode == "choose":
-            batches = ([e] for e in todo)
-            answer = _choose_answers(task, teacher)
+            answer = _choose_answers(task, teacher, prefix)
         else:
-            batches = (todo[i : i + batch_size] for i in range(0, len(todo), batch_size))
-            answer = _generate_answers(task, teacher, seed)
+            answer = _generate_answers(task, teacher, seed, prefix)
         for batch in batches:
             for record in answer(batch):
                 (good if record.status == OK else bad).append(record.to_json())
@@ -94,29 +100,77 @@ def _make_record(task: Task, e: Example, reply: str, label_probs=None) -> Labele
     )
 
 
-def _generate_answers(task: Task, teacher: LoadedModel, seed: int):
+def shared_prefix(task: Task, tokenizer) -> list[int]:
+    """The token ids every teacher request starts with, found from the rendered
+    template: the longest common prefix of the prompts for a few unlike probe
+    inputs. Inputs whose ids do not start with it (a tokenizer merging across
+    the boundary) are answered without the shared prefix."""
+    probes = ["A", "z 1", "\u4f60\u597d", "\n-", "{text}"]
+    rendered = [render_prompt(tokenizer, task.teacher_messages(p)) for p in probes]
+    n = 0
+    for column in zip(*rendered):
+        if any(c != column[0] for c in column):
+            break
+        n += 1
+    return rendered[0][:n]
+
+
+def make_prefix_cache(task: Task, teacher: LoadedModel) -> engine.PrefixCache | None:
+    """Run the shared prefix once; None (and a note) where the model cannot reuse a cache."""
+    prefix = shared_prefix(task, teacher.tokenizer)
+    if not prefix:
+        return None
+    try:
+        return engine.PrefixCache(teacher.model, prefix)
+    except Exception as e:  # a model without a standard key/value cache
+        print(f"[promptdistill] note: shared-prefix reuse is not available for this model ({type(e).__name__}: {e}); "
+              "labeling without it", flush=True)
+        return None
+
+
+def _split_prefix(prefix: engine.PrefixCache | None, ids: list[int]) -> list[int] | None:
+    """The part of `ids` after the shared prefix, or None when it does not start with it."""
+    if prefix is None or ids[: len(prefix)] != prefix.prefix or len(ids) == len(prefix):
+        return None
+    return ids[len(prefix):]
+
+
+def _generate_answers(task: Task, teacher: LoadedModel, seed: int, prefix: engine.PrefixCache | None):
     tok = teacher.tokenizer
     eos = end_of_turn_ids(tok)
+    settings = dict(max_new_tokens=task.config.max_new_tokens, eos_ids=eos, pad_id=tok.pad_token_id,
+                    temperature=task.config.temperature)
     calls = 0
 
     def answer(batch: list[Example]) -> list[LabeledExample]:
         nonlocal calls
         prompts = [render_prompt(tok, task.teacher_messages(e.text)) for e in batch]
-        outs = engine.generate(
-            teacher.model, prompts, max_new_tokens=task.config.max_new_tokens, eos_ids=eos,
-            pad_id=tok.pad_token_id, temperature=task.config.temperature, seed=seed + calls,
-        )
+        suffixes = [_split_prefix(prefix, p) for p in prompts]
+        outs: list = [None] * len(batch)
+        fast = [i for i, s in enumerate(suffixes) if s is not None]
+        slow = [i for i, s in enumerate(suffixes) if s is None]
+        if fast:
+            for i, o in zip(fast, engine.generate_with_prefix(prefix, [suffixes[i] for i in fast], seed=seed + calls, **settings)):
+                outs[i] = o
+        if slow:
+            for i, o in zip(slow, engine.generate(teacher.model, [prompts[i] for i in slow], seed=seed + calls, **settings)):
+                outs[i] = o
         calls += 1
         return [_make_record(task, e, tok.decode(o, skip_special_tokens=True)) for e, o in zip(batch, outs)]
 
     return answer
 
 
-def label_distribution(task: Task, loaded: LoadedModel, messages: list[dict], candidates: list[list[int]]) -> dict[str, float]:
+def label_distribution(task: Task, loaded: LoadedModel, messages: list[dict], candidates: list[list[int]],
+                       prefix: engine.PrefixCache | None = None) -> dict[str, float]:
     """Probability of each allowed label as the reply to `messages` (normalised over the label set)."""
     tok = loaded.tokenizer
     context = render_prompt(tok, messages)
-    logps = engine.score_continuations(loaded.model, context, candidates, pad_id=tok.pad_token_id)
+    suffix = _split_prefix(prefix, context)
+    if suffix is not None:
+        logps = engine.score_with_prefix(prefix, suffix, candidates)
+    else:
+        logps = engine.score_continuations(loaded.model, context, candidates, pad_id=tok.pad_token_id)
     probs = torch.softmax(logps.double(), dim=0).tolist()
     return dict(zip(task.labels, probs))
 
@@ -126,7 +180,7 @@ def label_candidates(task: Task, tokenizer, messages: list[dict]) -> list[list[i
     return [reply_ids(tokenizer, messages, task.label_reply(label)) for label in task.labels]
 
 
-def _choose_answers(task: Task, teacher: LoadedModel):
+def _choose_answers(task: Task, teacher: LoadedModel, prefix: engine.PrefixCache | None):
     candidates = None
 
     def answer(batch: list[Example]) -> list[LabeledExample]:
@@ -137,7 +191,7 @@ def _choose_answers(task: Task, teacher: LoadedModel):
             if candidates is None:
                 # The reply's tokens after the generation header do not depend on the input.
                 candidates = label_candidates(task, teacher.tokenizer, messages)
-            probs = label_distribution(task, teacher, messages, candidates)
+            probs = label_distribution(task, teacher, messages, candidates, prefix)
             best = max(probs, key=probs.get)
             records.append(_make_record(task, e, task.label_reply(best), label_probs=probs))
         return records

@@ -1,0 +1,143 @@
+"""Shared-prefix reuse gives the same answers as sending every request whole."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from promptdistill import engine
+from promptdistill.config import TaskConfig
+from promptdistill.records import Example
+from promptdistill.render import render_prompt
+from promptdistill.task import Task
+from promptdistill.teacher import label_inputs, shared_prefix
+
+TEXTS = [
+    "a",
+    "Hello there, how are you today?",
+    "Bonjour à tous, le café est prêt depuis une heure déjà.",
+    "你好",
+    "x = {text} and {braces}",
+    "Очень длинное предложение на русском языке, которое продолжается и продолжается без конца и края.",
+]
+
+LABELS = ["la", "cy", "gr", "zh"]
+
+
+def make_task(form: str = "user", **overrides) -> Task:
+    prompt = "You classify texts by script.\nRules:\n- Latin -> la\n- Cyrillic -> cy\n- Greek -> gr\n- Han -> zh\n"
+    if form == "user":
+        cfg = TaskConfig(user_template=prompt + "Text to classify:\n{text}", labels=LABELS, **overrides)
+    else:
+        cfg = TaskConfig(system_prompt=prompt, labels=LABELS, **overrides)
+    return Task(cfg)
+
+
+@pytest.fixture(scope="module")
+def varied_model(tmp_path_factory, tokenizer):
+    """A tiny model with untied embeddings, so greedy outputs vary from step to step."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from promptdistill.models import load_model
+
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, initializer_range=0.2,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("varied")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return load_model(str(folder), "cpu", "float32")
+
+
+@pytest.mark.parametrize("form", ["user", "system"])
+def test_shared_prefix_is_a_prefix_of_every_prompt(tokenizer, form):
+    task = make_task(form)
+    prefix = shared_prefix(task, tokenizer)
+    assert len(prefix) > 20
+    for text in TEXTS:
+        ids = render_prompt(tokenizer, task.teacher_messages(text))
+        assert ids[: len(prefix)] == prefix
+        assert len(ids) > len(prefix)
+    # the prefix stops before the input: its text holds the prompt, not any input
+    decoded = tokenizer.decode(prefix)
+    assert "Han -> zh" in decoded and "Hello" not in decoded
+
+
+def test_generate_with_prefix_equals_one_at_a_time(varied_model):
+    tok = varied_model.tokenizer
+    task = make_task()
+    prefix_ids = shared_prefix(task, tok)
+    prompts = [render_prompt(tok, task.teacher_messages(t)) for t in TEXTS]
+    eos = {tok.eos_token_id}
+    alone = [engine.generate(varied_model.model, [p], max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id)[0] for p in prompts]
+    assert len({tuple(a) for a in alone}) > 1, "outputs should differ between inputs for this test to mean anything"
+    assert any(len(set(a)) > 1 for a in alone)
+    cache = engine.PrefixCache(varied_model.model, prefix_ids)
+    batched = engine.generate_with_prefix(
+        cache, [p[len(prefix_ids):] for p in prompts], max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id
+    )
+    assert batched == alone
+    # the stored prefix cache is not modified by use: a second run gives the same
+    again = engine.generate_with_prefix(cache, [prompts[2][len(prefix_ids):]], max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id)
+    assert again == [alone[2]]
+
+
+def test_generate_with_prefix_stops_at_end_of_turn(varied_model):
+    tok = varied_model.tokenizer
+    task = make_task()
+    prefix_ids = shared_prefix(task, tok)
+    prompt = render_prompt(tok, task.teacher_messages(TEXTS[1]))
+    free = engine.generate(varied_model.model, [prompt], max_new_tokens=6, eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)[0]
+    # declare the third generated token an end-of-turn token: output must stop before it
+    stop = {free[2]}
+    cache = engine.PrefixCache(varied_model.model, prefix_ids)
+    out = engine.generate_with_prefix(cache, [prompt[len(prefix_ids):]], max_new_tokens=6, eos_ids=stop, pad_id=tok.pad_token_id)[0]
+    assert out == free[: free.index(free[2])]
+
+
+@pytest.mark.parametrize(
+    "candidates",
+    [
+        [[5, 6, 7, 2], [5, 6, 9, 2], [5, 6, 11, 12, 2], [5, 6, 13, 2]],  # common head, different lengths
+        [[7], [9], [11]],  # single tokens
+        [[4, 2], [4, 2, 2], [8, 1, 3]],  # one candidate a prefix of another
+    ],
+)
+def test_score_with_prefix_equals_direct(varied_model, candidates):
+    tok = varied_model.tokenizer
+    task = make_task()
+    prefix_ids = shared_prefix(task, tok)
+    cache = engine.PrefixCache(varied_model.model, prefix_ids)
+    for text in TEXTS[:4]:
+        ids = render_prompt(tok, task.teacher_messages(text))
+        direct = engine.score_continuations(varied_model.model, ids, candidates)
+        shared = engine.score_with_prefix(cache, ids[len(prefix_ids):], candidates)
+        assert torch.allclose(direct, shared, atol=1e-4), (direct, shared)
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("mode", ["generate", "choose"])
+def test_label_inputs_same_with_and_without_prefix_reuse(varied_model, tmp_path, mode):
+    task = make_task(max_new_tokens=8, answer_mode=mode)
+    examples = [Example(id=str(i), text=t) for i, t in enumerate(TEXTS)]
+    runs = {}
+    for reuse in (False, True):
+        out = tmp_path / f"{reuse}.jsonl"
+        label_inputs(examples, task, varied_model, out, mode=mode, batch_size=4, progress=False, reuse_prefix=reuse)
+        runs[reuse] = _records(out) + _records(out.with_name(out.stem + ".rejects.jsonl"))
+    assert len(runs[True]) == len(runs[False]) == len(TEXTS)
+    slow = {r["id"]: r for r in runs[False]}
+    for r in runs[True]:
+        s = slow[r["id"]]
+        assert (r["teacher_reply"], r["label"], r["status"]) == (s["teacher_reply"], s["label"], s["status"])
+        if mode == "choose":
+            for label in LABELS:
+                assert r["label_probs"][label] == pytest.approx(s["label_probs"][label], abs=1e-5)
