@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -43,6 +44,10 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
     return {"split": split, "label": label, "train": train, "eval": evaluate}
 
 
+# The folder each stage writes, under the run directory.
+STAGE_OUTPUTS = {"split": "split", "label": "labels", "train": "train", "eval": "eval"}
+
+
 class RunDir:
     def __init__(self, path):
         self.path = Path(path)
@@ -50,27 +55,36 @@ class RunDir:
     def marker(self, stage: str) -> Path:
         return self.path / "stages" / f"{stage}.json"
 
-    def is_done(self, stage: str, fingerprint: str, force: bool) -> bool:
+    def state(self, stage: str, fingerprint: str) -> str:
+        """'done' (finished with these settings), 'stale' (finished with other
+        settings) or 'missing' (never finished: not run, or interrupted)."""
         m = self.marker(stage)
         if not m.exists():
-            return False
+            return "missing"
         old = json.loads(m.read_text(encoding="utf-8"))
-        if old.get("fingerprint") == fingerprint:
-            return True
-        if not force:
-            raise PromptDistillError(
-                f"stage '{stage}' already ran here with different settings; use --force to redo it "
-                "(and every later stage) or choose another --run-dir",
-                path=self.path,
-            )
-        return False
+        return "done" if old.get("fingerprint") == fingerprint else "stale"
 
     def mark_done(self, stage: str, fingerprint: str, summary: dict) -> None:
         atomic_write_json(self.marker(stage), {"fingerprint": fingerprint, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary})
 
-    def invalidate_from(self, stage: str) -> None:
-        for later in STAGES[STAGES.index(stage):]:
-            self.marker(later).unlink(missing_ok=True)
+    def plan(self, fingerprints: dict[str, str], force: bool) -> list[str]:
+        """The stages to run. Stale outputs are deleted (only with `force`);
+        outputs of an interrupted stage are kept so it can resume."""
+        states = {s: self.state(s, fingerprints[s]) for s in STAGES}
+        stale = [s for s in STAGES if states[s] == "stale"]
+        if stale and not force:
+            raise PromptDistillError(
+                f"stage '{stale[0]}' already ran here with different settings; use --force to redo it "
+                "(and every later stage) or choose another --run-dir",
+                path=self.path,
+            )
+        todo = next((i for i, s in enumerate(STAGES) if states[s] != "done"), len(STAGES))
+        for s in STAGES[todo:]:
+            self.marker(s).unlink(missing_ok=True)
+        if stale:
+            for s in STAGES[STAGES.index(stale[0]):]:
+                shutil.rmtree(self.path / STAGE_OUTPUTS[s], ignore_errors=True)
+        return list(STAGES[todo:])
 
 
 def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = True, log=print) -> dict:
@@ -83,17 +97,17 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
     if not cfg.data.inputs:
         raise PromptDistillError("set data.inputs to the input file", field="data.inputs")
     run = RunDir(run_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run.path / "config.json", cfg.to_dict())
     task = Task(cfg.task)
-    prints = stage_settings(cfg)
+    prints = {stage: _fingerprint(settings) for stage, settings in stage_settings(cfg).items()}
+    todo = run.plan(prints, force)
+    # Written only once the settings are accepted: predict reads the model and task from it.
+    atomic_write_json(run.path / "config.json", cfg.to_dict())
     split_dir, label_dir = run.path / "split", run.path / "labels"
 
     def stage_needed(stage: str) -> bool:
-        if run.is_done(stage, prints[stage], force):
+        if stage not in todo:
             log(f"[promptdistill] {stage}: already complete, skipping")
             return False
-        run.invalidate_from(stage)
         return True
 
     if stage_needed("split"):
@@ -123,9 +137,11 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
         del teacher
 
     if stage_needed("train"):
+        # Only records of the current split, whatever else a labels file holds.
+        train_ids, heldout_ids = {e.id for e in train_inputs}, {e.id for e in heldout_inputs}
         summary = train_student(
-            read_labeled(label_dir / "train.jsonl"), run.path / "train", cfg.train, cfg.models,
-            heldout=read_labeled(label_dir / "heldout.jsonl"), progress=progress,
+            [r for r in read_labeled(label_dir / "train.jsonl") if r.id in train_ids], run.path / "train", cfg.train, cfg.models,
+            heldout=[r for r in read_labeled(label_dir / "heldout.jsonl") if r.id in heldout_ids], progress=progress,
         )
         run.mark_done("train", prints["train"], summary)
         log(f"[promptdistill] train: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
