@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=8, help="inputs per generate call")
     sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs")
     sp.add_argument("--force", action="store_true", help="discard labels made with other settings")
+    sp.add_argument("--samples", type=int, help="self-consistency: answers drawn per input (sets task.samples)")
+    sp.add_argument("--temperature", type=float, help="sampling temperature (sets task.temperature)")
+    sp.add_argument("--min-confidence", type=float,
+                    help="reject inputs whose vote share or top label probability is below this (sets task.min_confidence)")
     sp.add_argument("--no-prefix-reuse", action="store_true",
                     help="send every request whole instead of running the shared prompt once (slower; for comparison)")
     sp.set_defaults(func=cmd_label)
@@ -112,6 +116,9 @@ def load_task_config(args):
     for flag in ("teacher", "student", "device"):
         if getattr(args, flag, None):
             raw["models"][flag] = getattr(args, flag)
+    for flag in ("samples", "temperature", "min_confidence"):
+        if getattr(args, flag, None) is not None:
+            raw["task"][flag] = getattr(args, flag)
     base_dir = cfg.base_dir
     cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if args.overrides else path)
     cfg.base_dir = base_dir

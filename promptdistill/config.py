@@ -47,6 +47,12 @@ class TaskConfig:
     student_target: str = "normalized"
     max_new_tokens: int = 32
     temperature: float = 0.0
+    # Self-consistency (generate mode): draw this many answers per input and
+    # keep the majority label; needs temperature > 0.
+    samples: int = 1
+    # Inputs whose confidence (vote share, or top label probability in choose
+    # mode) is below this go to the rejects file with status low_confidence.
+    min_confidence: float = 0.0
 
 
 @dataclass
@@ -226,6 +232,15 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError("must be at least 1", path=source, field="task.max_new_tokens")
     if t.temperature < 0:
         raise PromptDistillError("must be >= 0", path=source, field="task.temperature")
+    if t.samples < 1:
+        raise PromptDistillError("must be at least 1", path=source, field="task.samples")
+    if t.samples > 1 and t.temperature == 0:
+        raise PromptDistillError("samples > 1 needs temperature > 0 (greedy answers are all the same)", path=source, field="task.samples")
+    if t.samples > 1 and t.answer_mode == "choose":
+        raise PromptDistillError("samples > 1 applies to answer_mode 'generate'; choose mode already gives a distribution",
+                                 path=source, field="task.samples")
+    if not 0 <= t.min_confidence <= 1:
+        raise PromptDistillError("must be between 0 and 1", path=source, field="task.min_confidence")
     if not 0 < cfg.data.heldout_fraction < 1:
         raise PromptDistillError("must be between 0 and 1", path=source, field="data.heldout_fraction")
     tr = cfg.train

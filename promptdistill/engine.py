@@ -103,9 +103,11 @@ class PrefixCache:
         self.model = model
         self.prefix = list(prefix)
         self.device = next(model.parameters()).device
-        out = model(input_ids=torch.tensor([self.prefix], device=self.device), use_cache=True)
-        self.cache = out.cache
-        self.last_logits = out.logits[0, -1]
+        self.cache, self.last_logits = None, None
+        if self.prefix:  # an empty prefix serves to decode whole prompts
+            out = model(input_ids=torch.tensor([self.prefix], device=self.device), use_cache=True)
+            self.cache = out.cache
+            self.last_logits = out.logits[0, -1]
 
     def __len__(self) -> int:
         return len(self.prefix)
@@ -114,6 +116,10 @@ class PrefixCache:
         """A fresh cache holding the prefix `batch` times (the stored one stays untouched)."""
         import copy
 
+        from transformers import DynamicCache
+
+        if self.cache is None:
+            return DynamicCache()
         cache = copy.deepcopy(self.cache)
         if batch > 1:
             cache.batch_repeat_interleave(batch)
@@ -134,11 +140,12 @@ def _suffix_batch(prefix_len: int, suffixes: list[list[int]], pad_id: int, devic
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def _next_tokens(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
+def _next_tokens(logits: torch.Tensor, temperature: float, generators) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    tokens = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
+    return torch.cat(tokens).to(logits.device)
 
 
 @torch.inference_mode()
@@ -150,19 +157,21 @@ def generate_with_prefix(
     eos_ids: set[int],
     pad_id: int,
     temperature: float = 0.0,
-    seed: int | None = None,
+    seeds: list[int] | None = None,
 ) -> list[list[int]]:
     """Like `generate` for prompts `prefix.prefix + suffix`, paying for the prefix once.
 
     The suffixes are left-padded into one batch placed after the cached prefix;
     the gap a short suffix leaves is masked out and positions skip it, so each
-    row computes what it would compute alone.
+    row computes what it would compute alone. When sampling, row i draws from
+    its own generator seeded with `seeds[i]`, so a row's sample does not
+    depend on which other rows share its batch.
     """
     model, device = prefix.model, prefix.device
     n = len(suffixes)
     ids, mask, positions = _suffix_batch(len(prefix), suffixes, pad_id, device)
     cache = prefix.expanded(n)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = [torch.Generator().manual_seed(s) for s in (seeds or range(n))] if temperature > 0 else None
     eos = torch.tensor(sorted(eos_ids), device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     out = [[] for _ in range(n)]

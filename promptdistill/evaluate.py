@@ -121,10 +121,16 @@ def evaluate_systems(
         all_preds["base"] = predict_system(task, base, examples, "base", with_prompt=False, progress=progress)
     all_preds["student"] = predict_system(task, student, examples, "student", with_prompt=False, progress=progress)
 
+    teacher_labels = [p.label for p in all_preds["teacher"] if p.label is not None]
+    majority = max(set(teacher_labels), key=teacher_labels.count) if teacher_labels else None
     report = {
         "task": task.name,
         "n_examples": len(examples),
         "teacher_mode": teacher_mode,
+        # What always answering the teacher's most frequent label would score:
+        # the floor that agreement should be read against.
+        "majority_label": majority,
+        "majority_agreement": teacher_labels.count(majority) / len(teacher_labels) if teacher_labels else None,
         "models": {"teacher": teacher.name, "student": student.name},
         "systems": {
             name: {"uses_prompt": name == "teacher", **system_metrics(task, examples, preds, all_preds["teacher"])}
@@ -152,6 +158,8 @@ def results_table(report: dict) -> str:
             f"{name:<9} {'yes' if m['uses_prompt'] else 'no':>6} {_fmt(m['accuracy'], True):>9} {_fmt(m['agreement'], True):>10} "
             f"{_fmt(m['parse_rate'], True, 0):>7} {_fmt(m['mean_prompt_tokens']):>11} {_fmt(m['median_latency_ms']):>11}"
         )
+    if report.get("majority_label") is not None:
+        lines.append(f"(always answering '{report['majority_label']}' would agree {_fmt(report['majority_agreement'], True)} with the teacher)")
     return "\n".join(lines)
 
 
@@ -171,7 +179,11 @@ def report_markdown(report: dict) -> str:
             f"| {name} | {'yes' if m['uses_prompt'] else 'no'} | {_fmt(m['accuracy'], True)} | {_fmt(m['agreement'], True)} | "
             f"{_fmt(m['parse_rate'], True)} | {_fmt(m['mean_prompt_tokens'])} | {_fmt(m['median_latency_ms'])} |"
         )
-    out += ["", "Agreement is measured on inputs where the teacher gave a label. Accuracy counts unparsed answers as wrong.", ""]
+    out += ["", "Agreement is measured on inputs where the teacher gave a label. Accuracy counts unparsed answers as wrong."]
+    if report.get("majority_label") is not None:
+        out.append(f"Always answering the teacher's most frequent label (`{report['majority_label']}`) would agree "
+                   f"{_fmt(report['majority_agreement'], True)} of the time.")
+    out.append("")
     for name, m in s.items():
         labels = list(m["confusion"])
         if not labels:

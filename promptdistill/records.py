@@ -55,6 +55,13 @@ class LabeledExample:
     # Teacher's probability for each allowed label (choose mode), else None.
     label_probs: dict[str, float] | None = None
     meta: dict = field(default_factory=dict)
+    # How sure the teacher is: the top label's probability (choose mode) or
+    # its vote share among sampled answers (generate mode with samples > 1).
+    confidence: float | None = None
+    # Entropy (nats) of label_probs, when there is a distribution.
+    entropy: float | None = None
+    # Parsed label -> number of sampled answers (generate mode with samples > 1).
+    votes: dict[str, int] | None = None
 
     def to_json(self) -> dict:
         d = {
@@ -66,6 +73,9 @@ class LabeledExample:
             "label": self.label,
             "status": self.status,
             "label_probs": self.label_probs,
+            "confidence": self.confidence,
+            "entropy": self.entropy,
+            "votes": self.votes,
         }
         if self.meta:
             d["meta"] = self.meta
@@ -92,6 +102,9 @@ class LabeledExample:
             messages=d["messages"],
             label_probs=d.get("label_probs"),
             meta=d.get("meta") or {},
+            confidence=d.get("confidence"),
+            entropy=d.get("entropy"),
+            votes=d.get("votes"),
         )
 
 

@@ -26,6 +26,7 @@ from .config import TaskConfig
 OK = "ok"
 NO_MATCH = "no_match"
 NOT_IN_LABEL_SET = "not_in_label_set"
+LOW_CONFIDENCE = "low_confidence"
 
 
 class Task:

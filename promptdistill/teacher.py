@@ -20,8 +20,10 @@ decoding settings), and a rerun with different settings is refused unless
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -33,7 +35,7 @@ from .io import JsonlAppender, atomic_write_json
 from .models import LoadedModel
 from .records import Example, LabeledExample, iter_jsonl
 from .render import end_of_turn_ids, render_prompt, reply_ids
-from .task import OK, Task
+from .task import LOW_CONFIDENCE, OK, Task
 
 
 def label_inputs(
@@ -89,15 +91,37 @@ def label_inputs(
     return summarize_labels(out_path, rejects_path, [e.id for e in examples])
 
 
-def _make_record(task: Task, e: Example, reply: str, label_probs=None) -> LabeledExample:
+def _make_record(task: Task, e: Example, reply: str, label_probs=None, votes: dict | None = None, samples: int = 1) -> LabeledExample:
     label, status = task.parse_answer(reply)
+    confidence = entropy = None
+    if label_probs is not None:
+        confidence = max(label_probs.values())
+        entropy = _entropy(label_probs)
+    elif votes is not None and label is not None:
+        confidence = votes[label] / samples
+    if status == OK and confidence is not None and confidence < task.config.min_confidence:
+        status = LOW_CONFIDENCE
     messages = task.student_messages(e.text)
     if status == OK:
         messages = messages + [{"role": "assistant", "content": task.target_reply(reply, label)}]
     return LabeledExample(
         id=e.id, text=e.text, gold_label=e.gold_label, teacher_reply=reply, label=label,
         status=status, messages=messages, label_probs=label_probs, meta=e.meta,
+        confidence=confidence, entropy=entropy, votes=votes,
     )
+
+
+def _vote(task: Task, e: Example, replies: list[str]) -> LabeledExample:
+    """Majority label over sampled replies (ties go to the label seen first)."""
+    if len(replies) == 1:
+        return _make_record(task, e, replies[0])
+    parsed = [task.parse_answer(r)[0] for r in replies]
+    votes = Counter(label for label in parsed if label is not None)
+    if not votes:
+        return _make_record(task, e, replies[0])
+    winner = votes.most_common(1)[0][0]
+    reply = replies[parsed.index(winner)]
+    return _make_record(task, e, reply, votes=dict(votes), samples=len(replies))
 
 
 def shared_prefix(task: Task, tokenizer) -> list[int]:
@@ -135,28 +159,38 @@ def _split_prefix(prefix: engine.PrefixCache | None, ids: list[int]) -> list[int
     return ids[len(prefix):]
 
 
+def _sample_seed(seed: int, example_id: str, k: int) -> int:
+    """A seed per (input, sample), so sampled answers do not depend on batching or resumption."""
+    return int(hashlib.sha256(f"{seed}:{example_id}:{k}".encode()).hexdigest()[:15], 16)
+
+
 def _generate_answers(task: Task, teacher: LoadedModel, seed: int, prefix: engine.PrefixCache | None):
     tok = teacher.tokenizer
-    eos = end_of_turn_ids(tok)
-    settings = dict(max_new_tokens=task.config.max_new_tokens, eos_ids=eos, pad_id=tok.pad_token_id,
+    n = task.config.samples
+    sampling = task.config.temperature > 0
+    settings = dict(max_new_tokens=task.config.max_new_tokens, eos_ids=end_of_turn_ids(tok), pad_id=tok.pad_token_id,
                     temperature=task.config.temperature)
-    calls = 0
+    # Without a shared prefix, sampling still goes through our decoder (with an
+    # empty prefix) for its per-input seeds; greedy uses transformers' generate.
+    whole = engine.PrefixCache(teacher.model, []) if sampling else None
 
     def answer(batch: list[Example]) -> list[LabeledExample]:
-        nonlocal calls
         prompts = [render_prompt(tok, task.teacher_messages(e.text)) for e in batch]
+        rows = [(i, k) for i in range(len(batch)) for k in range(n)]
         suffixes = [_split_prefix(prefix, p) for p in prompts]
-        outs: list = [None] * len(batch)
-        fast = [i for i, s in enumerate(suffixes) if s is not None]
-        slow = [i for i, s in enumerate(suffixes) if s is None]
+        seeds = {(i, k): _sample_seed(seed, batch[i].id, k) for i, k in rows}
+        outs: dict = {}
+        fast = [r for r in rows if suffixes[r[0]] is not None]
+        slow = [r for r in rows if suffixes[r[0]] is None]
         if fast:
-            for i, o in zip(fast, engine.generate_with_prefix(prefix, [suffixes[i] for i in fast], seed=seed + calls, **settings)):
-                outs[i] = o
-        if slow:
-            for i, o in zip(slow, engine.generate(teacher.model, [prompts[i] for i in slow], seed=seed + calls, **settings)):
-                outs[i] = o
-        calls += 1
-        return [_make_record(task, e, tok.decode(o, skip_special_tokens=True)) for e, o in zip(batch, outs)]
+            got = engine.generate_with_prefix(prefix, [suffixes[i] for i, _ in fast], seeds=[seeds[r] for r in fast], **settings)
+            outs.update(zip(fast, got))
+        if slow and sampling:
+            got = engine.generate_with_prefix(whole, [prompts[i] for i, _ in slow], seeds=[seeds[r] for r in slow], **settings)
+            outs.update(zip(slow, got))
+        elif slow:
+            outs.update(zip(slow, engine.generate(teacher.model, [prompts[i] for i, _ in slow], **settings)))
+        return [_vote(task, e, [tok.decode(outs[(i, k)], skip_special_tokens=True) for k in range(n)]) for i, e in enumerate(batch)]
 
     return answer
 
@@ -248,7 +282,7 @@ def summarize_labels(out_path, rejects_path, ids: list[str] | None = None) -> di
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     gold = [r for r in everything if r.get("gold_label") is not None]
     correct = sum(1 for r in gold if r.get("label") == r["gold_label"])
-    entropies = [_entropy(r["label_probs"]) for r in records if r.get("label_probs")]
+    entropies = [r["entropy"] for r in records if r.get("entropy") is not None]
     return {
         "total": len(everything),
         "labeled": len(records),

@@ -60,3 +60,23 @@ def tiny(tiny_model_dir):
     from promptdistill.models import load_model
 
     return load_model(tiny_model_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def varied_model(tmp_path_factory, tokenizer):
+    """A tiny model with untied embeddings, so greedy outputs vary from step to step."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from promptdistill.models import load_model
+
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, initializer_range=0.2,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("varied")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return load_model(str(folder), "cpu", "float32")

@@ -199,7 +199,9 @@ def test_label_inputs_choose_matches_label_distribution(tiny, tmp_path):
     task = make_task(system_prompt="Identify the language.", user_template=None)
     ex = examples(2)
     out = tmp_path / "labeled.jsonl"
-    label_inputs(ex, task, tiny, out, progress=False)
+    # whole requests, the same computation as label_distribution; the shared-prefix
+    # path is compared with it in test_prefix_reuse.py
+    label_inputs(ex, task, tiny, out, progress=False, reuse_prefix=False)
     for r, e in zip(read_jsonl(out), ex):
         messages = task.teacher_messages(e.text)
         probs = label_distribution(task, tiny, messages, label_candidates(task, tiny.tokenizer, messages))
@@ -268,9 +270,9 @@ def test_label_inputs_resume_labels_only_missing(tiny, tmp_path, monkeypatch):
     seen = []
     real = label_distribution
 
-    def spy(task_, loaded, messages, candidates):
+    def spy(task_, loaded, messages, candidates, prefix=None):
         seen.append(messages[-1]["content"])
-        return real(task_, loaded, messages, candidates)
+        return real(task_, loaded, messages, candidates, prefix)
 
     import promptdistill.teacher as teacher_mod
 
@@ -296,7 +298,7 @@ def test_changed_prompt_refused_unless_forced(tiny, tmp_path):
     assert str(out) in str(info.value)
     assert out.read_text(encoding="utf-8") == before  # untouched
 
-    summary = label_inputs(ex, changed, tiny, out, force=True, progress=False)
+    summary = label_inputs(ex, changed, tiny, out, force=True, progress=False, reuse_prefix=False)
     records = read_jsonl(out)
     assert [r["id"] for r in records] == [e.id for e in ex]
     assert summary["total"] == 3 and summary["labeled"] == 3
