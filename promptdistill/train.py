@@ -67,12 +67,34 @@ def weighted_token_loss(model, ids, mask, weights):
     """Sum over tokens of weight * cross-entropy, and the sum of weights.
 
     Position t predicts token t+1, so the weights of the targets are shifted.
+    Only positions with a non-zero weight go through the output layer: the
+    reply is a few tokens of a ~50-token sequence, and the vocabulary
+    projection (49k x hidden for SmolLM2) is a large share of the compute.
     """
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    w = weights[:, 1:].to(ids.device)
     targets = ids[:, 1:]
-    w = weights[:, 1:].to(logits.device)
-    nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-    return (nll.view_as(w) * w).sum(), w.sum()
+    hidden, head = _decoder_and_head(model)
+    if hidden is None:  # a model without the standard decoder/head split
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        return (nll.view_as(w) * w).sum(), w.sum()
+    keep = w > 0
+    states = hidden(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][keep]
+    logits = head(states).float()
+    nll = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
+    return (nll * w[keep]).sum(), w.sum()
+
+
+def _decoder_and_head(model):
+    """The transformer body and the output layer of a causal LM (LoRA layers
+    stay in place inside them), or (None, None) where the model has no such split."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_decoder = getattr(base, "get_decoder", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    decoder = get_decoder() if get_decoder else None
+    if decoder is None or head is None or decoder is base:
+        return None, None
+    return decoder, head
 
 
 @torch.no_grad()
