@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tomllib
 from pathlib import Path
@@ -22,9 +23,16 @@ from pathlib import Path
 from .errors import PromptDistillError
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # SIGTERM (a scheduler stopping the job) stops as cleanly as Ctrl-C: what
+    # is finished is already on disk, and a rerun continues from there.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return args.func(args) or 0
     except PromptDistillError as e:
@@ -60,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=8, help="inputs per generate call")
     sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs")
     sp.add_argument("--force", action="store_true", help="discard labels made with other settings")
+    sp.add_argument("--dedupe", action="store_true", help="label only the first of inputs with the same text")
     sp.add_argument("--samples", type=int, help="self-consistency: answers drawn per input (sets task.samples)")
     sp.add_argument("--temperature", type=float, help="sampling temperature (sets task.temperature)")
     sp.add_argument("--min-confidence", type=float,
@@ -134,7 +143,7 @@ def _toml_value(text: str):
 
 def cmd_label(args):
     from .models import load_model
-    from .records import check_gold_labels, read_inputs
+    from .records import check_gold_labels, describe_duplicates, drop_duplicates, find_duplicates, read_inputs
     from .task import Task
 
     cfg = load_task_config(args)
@@ -144,6 +153,12 @@ def cmd_label(args):
         raise PromptDistillError("no inputs: pass --inputs or set data.inputs", field="data.inputs")
     examples = read_inputs(inputs)
     check_gold_labels(examples, task.labels, inputs)
+    duplicates = find_duplicates(examples)
+    if duplicates:
+        print(describe_duplicates(duplicates, inputs) + ("; keeping the first of each" if args.dedupe else "; --dedupe drops them"),
+              file=sys.stderr)
+        if args.dedupe:
+            examples = drop_duplicates(examples)
     if args.limit:
         examples = examples[: args.limit]
     teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)

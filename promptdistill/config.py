@@ -62,6 +62,11 @@ class DataConfig:
     seed: int = 0
     # Use only this many inputs (after shuffling with `seed`); 0 means all.
     limit: int = 0
+    # Duplicate texts are always reported; with dedupe only the first is kept.
+    dedupe: bool = False
+    # Inputs whose student prompt leaves no room within train.max_length for
+    # the reply are reported with their lines, then skipped or truncated.
+    too_long: str = "skip"  # skip | truncate
 
 
 @dataclass
@@ -241,6 +246,7 @@ def validate_config(cfg: Config, source=None) -> None:
                                  path=source, field="task.samples")
     if not 0 <= t.min_confidence <= 1:
         raise PromptDistillError("must be between 0 and 1", path=source, field="task.min_confidence")
+    _one_of(cfg.data.too_long, ("skip", "truncate"), source, "data.too_long")
     if not 0 < cfg.data.heldout_fraction < 1:
         raise PromptDistillError("must be between 0 and 1", path=source, field="data.heldout_fraction")
     tr = cfg.train

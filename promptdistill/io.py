@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -28,6 +30,24 @@ def atomic_write_text(path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def atomic_directory(path):
+    """Yield a temporary folder beside `path`; when the block succeeds it
+    replaces `path`, otherwise it is removed. Readers see the old folder or
+    the whole new one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_json(path, obj) -> None:
@@ -75,3 +95,44 @@ def _drop_torn_last_line(path: Path) -> None:
         data = path.read_bytes()
         cut = data.rfind(b"\n") + 1
         f.truncate(cut)
+
+
+class DirectoryLock:
+    """An exclusive lock held while a process writes a run directory or output file.
+
+    Uses flock, which the OS releases when the process dies (even by kill -9),
+    so a crash never leaves a stale lock behind.
+    """
+
+    def __init__(self, lock_path, what: str):
+        self.path = Path(lock_path)
+        self.what = what
+        self._f = None
+
+    def __enter__(self):
+        import fcntl
+
+        from .errors import PromptDistillError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise PromptDistillError(f"another promptdistill process (pid {holder}) is writing {self.what}; wait for it or stop it",
+                                     path=self.path.parent) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._f = f
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()

@@ -94,7 +94,9 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", adapter: st
     path = model_path(name)
     tok = load_tokenizer(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        # Our own cache is safetensors; loading it must never unpickle anything.
+        safe = {"use_safetensors": True} if name == BUILTIN_SMOLLM2 else {}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **safe)
     except OSError as e:
         raise PromptDistillError(f"cannot load model {name!r}: {e}", field="models") from None
     if adapter is not None:

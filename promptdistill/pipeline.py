@@ -18,12 +18,14 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .config import Config
 from .errors import PromptDistillError
-from .io import atomic_write_json
-from .records import check_gold_labels, read_inputs, read_labeled, write_examples
+from .io import DirectoryLock, atomic_write_json
+from .records import (check_gold_labels, describe_duplicates, drop_duplicates, find_duplicates, read_inputs, read_labeled,
+                      write_examples)
 from .split import split_examples, subsample
 from .task import Task
 
@@ -37,7 +39,12 @@ def _fingerprint(obj) -> str:
 def stage_settings(cfg: Config) -> dict[str, dict]:
     """The configuration each stage depends on (including its predecessors)."""
     d = cfg.to_dict()
-    split = {"data": d["data"], "inputs": str(cfg.resolve_path(cfg.data.inputs)) if cfg.data.inputs else None}
+    split = {
+        "data": d["data"],
+        "inputs": str(cfg.resolve_path(cfg.data.inputs)) if cfg.data.inputs else None,
+        # what decides which inputs are too long for the student
+        "fit": [cfg.train.max_length, cfg.task.max_new_tokens, cfg.models.student],
+    }
     label = {**split, "task": d["task"], "teacher": d["models"]["teacher"]}
     train = {**label, "train": d["train"], "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
     evaluate = {**train, "eval": d["eval"]}
@@ -89,14 +96,18 @@ class RunDir:
 
 def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = True, log=print) -> dict:
     """Run every stage not already complete; return the evaluation report."""
+    if not cfg.data.inputs:
+        raise PromptDistillError("set data.inputs to the input file", field="data.inputs")
+    with DirectoryLock(Path(run_dir) / ".lock", "this run directory"):
+        return _run_stages(cfg, RunDir(run_dir), force=force, progress=progress, log=log)
+
+
+def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -> dict:
     from .evaluate import results_table
     from .models import load_model
     from .teacher import label_inputs
     from .train import train_student
 
-    if not cfg.data.inputs:
-        raise PromptDistillError("set data.inputs to the input file", field="data.inputs")
-    run = RunDir(run_dir)
     task = Task(cfg.task)
     prints = {stage: _fingerprint(settings) for stage, settings in stage_settings(cfg).items()}
     todo = run.plan(prints, force)
@@ -114,6 +125,13 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
         inputs_path = cfg.resolve_path(cfg.data.inputs)
         examples = read_inputs(inputs_path)
         check_gold_labels(examples, task.labels, inputs_path)
+        duplicates = find_duplicates(examples)
+        if duplicates:
+            log(f"[promptdistill] {describe_duplicates(duplicates, inputs_path)}"
+                + ("; keeping the first of each (data.dedupe)" if cfg.data.dedupe else "; set data.dedupe = true to drop them"))
+            if cfg.data.dedupe:
+                examples = drop_duplicates(examples)
+        examples = fit_inputs(examples, task, cfg, inputs_path, log)
         examples = subsample(examples, cfg.data.limit, cfg.data.seed)
         train, heldout = split_examples(examples, cfg.data.heldout_fraction, cfg.data.seed)
         write_examples(split_dir / "train.jsonl", train)
@@ -187,3 +205,30 @@ def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress:
 
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def fit_inputs(examples, task: Task, cfg: Config, path, log) -> list:
+    """Report inputs too long for the student (prompt + reply within train.max_length);
+    skip them or truncate their text, as data.too_long says."""
+    from .models import load_tokenizer
+    from .render import render_prompt
+
+    tok = load_tokenizer(cfg.models.student)
+    budget = cfg.train.max_length - cfg.task.max_new_tokens
+    kept, too_long = [], []
+    for e in examples:
+        extra = len(render_prompt(tok, task.student_messages(e.text))) - budget
+        if extra <= 0:
+            kept.append(e)
+            continue
+        too_long.append(e)
+        if cfg.data.too_long == "truncate":
+            ids = tok(e.text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            if extra < len(ids):
+                kept.append(replace(e, text=tok.decode(ids[: len(ids) - extra]).strip()))
+    if too_long:
+        lines = ", ".join(str(e.line or e.id) for e in too_long[:20]) + (" ..." if len(too_long) > 20 else "")
+        action = "truncated to fit" if cfg.data.too_long == "truncate" else "skipped (data.too_long = \"truncate\" keeps them shortened)"
+        log(f"[promptdistill] {path}: {len(too_long)} inputs too long for train.max_length={cfg.train.max_length} "
+            f"with room for {cfg.task.max_new_tokens} reply tokens, {action}: lines {lines}")
+    return kept

@@ -233,3 +233,28 @@ def check_gold_labels(examples: list[Example], labels: list[str], path) -> None:
             raise PromptDistillError(
                 f"gold label {e.gold_label!r} is not in the label set ({', '.join(labels)})", path=path, line=e.line, field="label"
             )
+
+
+def find_duplicates(examples: list[Example]) -> list[list[Example]]:
+    """Groups of two or more inputs with the same text, in input order."""
+    groups: dict[str, list[Example]] = {}
+    for e in examples:
+        groups.setdefault(e.text, []).append(e)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def describe_duplicates(groups: list[list[Example]], path) -> str:
+    shown = "; ".join(f"lines {', '.join(str(e.line or e.id) for e in g)}: {g[0].text[:40]!r}" for g in groups[:5])
+    more = f" (and {len(groups) - 5} more)" if len(groups) > 5 else ""
+    return f"{path}: {sum(len(g) - 1 for g in groups)} duplicate inputs in {len(groups)} groups: {shown}{more}"
+
+
+def drop_duplicates(examples: list[Example]) -> list[Example]:
+    """Keep the first input of each text."""
+    seen: set[str] = set()
+    kept = []
+    for e in examples:
+        if e.text not in seen:
+            seen.add(e.text)
+            kept.append(e)
+    return kept

@@ -55,9 +55,34 @@ def _template(tokenizer, messages, add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
 
+# Private-use characters that mark where a message's content sits in the rendered template.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+
+
+def _has_control_text(tokenizer, text: str) -> bool:
+    return any(tok in text for tok in tokenizer.all_special_tokens + list(tokenizer.get_added_vocab()))
+
+
 def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a conversation followed by the assistant's generation header."""
-    return _encode(tokenizer, _template(tokenizer, messages, add_generation_prompt=True))
+    """Token ids of a conversation followed by the assistant's generation header.
+
+    Message contents are data: a text that spells a control token (say
+    `<|im_end|>`) is tokenized as those characters, never as the control token,
+    so an input cannot close its turn or open another one.
+    """
+    if not any(_has_control_text(tokenizer, m["content"]) for m in messages):
+        return _encode(tokenizer, _template(tokenizer, messages, add_generation_prompt=True))
+    marked = [{**m, "content": f"{_OPEN}{i}{_CLOSE}"} for i, m in enumerate(messages)]
+    rendered = _template(tokenizer, marked, add_generation_prompt=True)
+    ids: list[int] = []
+    for piece in rendered.split(_OPEN):
+        if _CLOSE in piece:
+            index, rest = piece.split(_CLOSE, 1)
+            ids += tokenizer(messages[int(index)]["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            ids += _encode(tokenizer, rest)
+        else:
+            ids += _encode(tokenizer, piece)
+    return ids
 
 
 def reply_ids(tokenizer, prompt_messages: list[dict], reply: str) -> list[int]:

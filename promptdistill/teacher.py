@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import engine
 from .errors import PromptDistillError
-from .io import JsonlAppender, atomic_write_json
+from .io import DirectoryLock, JsonlAppender, atomic_write_json
 from .models import LoadedModel
 from .records import Example, LabeledExample, iter_jsonl
 from .render import end_of_turn_ids, render_prompt, reply_ids
@@ -71,7 +71,13 @@ def label_inputs(
         "temperature": task.config.temperature,
         "seed": seed,
     }
-    _check_or_write_meta(out_path, rejects_path, meta, force)
+    with DirectoryLock(out_path.with_name(out_path.name + ".lock"), str(out_path)):
+        _check_or_write_meta(out_path, rejects_path, meta, force)
+        _label_missing(examples, task, teacher, out_path, rejects_path, mode, batch_size, seed, progress, reuse_prefix)
+    return summarize_labels(out_path, rejects_path, [e.id for e in examples])
+
+
+def _label_missing(examples, task, teacher, out_path, rejects_path, mode, batch_size, seed, progress, reuse_prefix) -> None:
     # Opening the appenders first cuts a torn last line, so it is relabeled.
     with JsonlAppender(out_path) as good, JsonlAppender(rejects_path) as bad:
         done = _done_ids(out_path) | _done_ids(rejects_path)
@@ -88,7 +94,6 @@ def label_inputs(
                 (good if record.status == OK else bad).append(record.to_json())
             bar.update(len(batch))
     bar.close()
-    return summarize_labels(out_path, rejects_path, [e.id for e in examples])
 
 
 def _make_record(task: Task, e: Example, reply: str, label_probs=None, votes: dict | None = None, samples: int = 1) -> LabeledExample:

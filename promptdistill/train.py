@@ -9,7 +9,9 @@ parameters are trained.
 The run directory receives:
 
     metrics.jsonl             one line per step (loss, lr, tokens/s) and per held-out evaluation
-    checkpoints/step-N/       a PEFT adapter every `save_every` steps
+    checkpoints/step-N/       every `save_every` steps and at the end: adapter, optimizer,
+                              scheduler and RNG state (see checkpoint.py); a rerun resumes
+                              from the newest one and ends with the same adapter
     adapter/                  the final PEFT adapter
     train_summary.json        steps, losses, time, examples skipped for length
 """
@@ -20,16 +22,16 @@ import json
 import math
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ModelsConfig, TrainConfig
 from .errors import PromptDistillError
-from .io import atomic_write_json
+from .io import DirectoryLock, atomic_directory, atomic_write_json, atomic_write_text
 from .models import load_model
 from .records import LabeledExample
 from .render import RenderedExample, render_example
@@ -133,18 +135,33 @@ def _lora_model(base, cfg: TrainConfig):
 
 
 def save_adapter(model, path: Path) -> None:
-    """Write a PEFT adapter folder atomically (temp folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    """Write a PEFT adapter folder atomically."""
+    with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _training_fingerprint(records: list[LabeledExample], cfg: TrainConfig, models_cfg: ModelsConfig) -> str:
+    """Hash of what a checkpoint is only valid for: data, targets, settings, student."""
+    import dataclasses
+    import hashlib
+
+    blob = json.dumps([[r.id, r.status, r.messages] for r in records] + [dataclasses.asdict(cfg), models_cfg.student], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metric lines of steps up to `step` (all of them are redone after it)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and _step_of(line) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 60  # a torn line: drop it
 
 
 def _step_groups(n: int, per_step: int, seed: int):
@@ -165,9 +182,17 @@ def train_student(
     heldout: list[LabeledExample] | None = None,
     progress: bool = True,
 ) -> dict:
-    """LoRA-train the student on teacher-labeled records; return a summary."""
+    """LoRA-train the student on teacher-labeled records; return a summary.
+
+    Resumes from the newest checkpoint in `run_dir` made with the same data
+    and settings, and ends with the adapter an uninterrupted run gives.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(run_dir / ".lock", "this training directory"):
+        return _train(records, run_dir, train_cfg, models_cfg, heldout, progress)
+
+
+def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsConfig, heldout, progress: bool) -> dict:
     cfg = train_cfg
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -192,8 +217,21 @@ def train_student(
     scheduler = _scheduler(optimizer, cfg, total_steps)
     device = loaded.device
 
+    fingerprint = _training_fingerprint(records, cfg, models_cfg)
+    start, last_loss, last_heldout = 0, float("nan"), None
+    found = latest_checkpoint(run_dir)
+    if found is not None:
+        saved = json.loads((found / "trainer_state.json").read_text(encoding="utf-8"))
+        if saved.get("fingerprint") == fingerprint:
+            state = load_checkpoint(found, model, optimizer, scheduler)
+            start, last_loss, last_heldout = state["step"], state["last_loss"], state["last_heldout"]
+            print(f"[promptdistill] resuming training from {found} (step {start} of {total_steps})", flush=True)
+        else:
+            print(f"[promptdistill] checkpoints in {found.parent} were made with other data or settings; starting over", flush=True)
+            shutil.rmtree(found.parent)
+
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    _truncate_metrics(metrics_path, start)
     metrics = open(metrics_path, "a", encoding="utf-8")
 
     def log(record: dict) -> None:
@@ -201,11 +239,11 @@ def train_student(
         metrics.flush()
 
     groups = _step_groups(len(train_set), per_step, cfg.seed)
-    last_loss = float("nan")
-    last_heldout = None
+    for _ in range(start):
+        next(groups)
     started = time.time()
-    bar = tqdm(total=total_steps, unit="step", desc="train", disable=not progress)
-    for step in range(1, total_steps + 1):
+    bar = tqdm(total=total_steps, initial=start, unit="step", desc="train", disable=not progress)
+    for step in range(start + 1, total_steps + 1):
         t0 = time.time()
         group = [train_set[i] for i in next(groups)]
         micro = [group[i : i + cfg.batch_size] for i in range(0, len(group), cfg.batch_size)]
@@ -228,8 +266,9 @@ def train_student(
         if heldout_set and (step % cfg.eval_every == 0 or step == total_steps):
             last_heldout = heldout_loss(model, heldout_set, pad_id)
             log({"step": step, "heldout_loss": last_heldout})
-        if step % cfg.save_every == 0 and step != total_steps:
-            save_adapter(model, run_dir / "checkpoints" / f"step-{step:06d}")
+        if step % cfg.save_every == 0 or step == total_steps:
+            save_checkpoint(run_dir, step, model, optimizer, scheduler, fingerprint,
+                            {"last_loss": last_loss, "last_heldout": last_heldout})
         bar.set_postfix(loss=f"{last_loss:.4f}", **({"heldout": f"{last_heldout:.4f}"} if last_heldout is not None else {}))
         bar.update(1)
     bar.close()

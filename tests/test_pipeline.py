@@ -140,9 +140,9 @@ def test_run_directory_layout(pipeline_run):
     assert [m["step"] for m in evals] == [2, 4]
     assert all(m["heldout_loss"] > 0 for m in evals)
 
-    # checkpoints every save_every steps (the last step is the final adapter)
+    # checkpoints every save_every steps and at the last step (so a rerun has nothing left to do)
     checkpoints = sorted(p.name for p in (run / "train" / "checkpoints").iterdir())
-    assert checkpoints == ["step-000002"]
+    assert checkpoints == ["step-000002", "step-000004"]
     assert (run / "train" / "checkpoints" / "step-000002" / "adapter_model.safetensors").exists()
     adapter = run / "train" / "adapter"
     assert (adapter / "adapter_model.safetensors").exists()

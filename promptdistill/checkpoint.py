@@ -1,0 +1,82 @@
+"""Training checkpoints: everything needed to continue a run exactly.
+
+A checkpoint folder `checkpoints/step-NNNNNN/` holds
+
+    adapter_config.json, adapter_model.safetensors   the PEFT adapter (loadable on its own)
+    optimizer.safetensors                            AdamW moments and the torch RNG state
+    trainer_state.json                               step, scheduler state, losses, settings hash
+
+Tensors are stored with safetensors only, so loading a checkpoint never runs
+code from it. A folder is written under a temporary name and renamed into
+place, so a checkpoint is either whole or absent. The position in the data
+is not stored: the batches of a run are a pure function of the seed, so
+resuming at step N skips the first N batches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .io import atomic_directory, atomic_write_json
+
+
+def checkpoint_dir(run_dir, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, fingerprint: str, extra: dict) -> Path:
+    from safetensors.torch import save_file
+
+    target = checkpoint_dir(run_dir, step)
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        opt = optimizer.state_dict()
+        tensors, scalars = {"rng.torch": torch.get_rng_state()}, {}
+        for index, state in opt["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars[f"{index}.{key}"] = value
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        atomic_write_json(tmp / "trainer_state.json", {
+            "step": step,
+            "fingerprint": fingerprint,
+            "param_groups": opt["param_groups"],
+            "optimizer_scalars": scalars,
+            "scheduler": scheduler.state_dict(),
+            **extra,
+        })
+    return target
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The newest complete checkpoint folder (temporary folders are ignored)."""
+    folder = Path(run_dir) / "checkpoints"
+    found = sorted(p for p in folder.glob("step-*") if (p / "trainer_state.json").exists()) if folder.exists() else []
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore adapter weights, optimizer, scheduler and RNG; return trainer_state.json."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    device = next(model.parameters()).device
+    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors"), device=str(device)))
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    per_param: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        per_param.setdefault(int(index), {})[key] = value.to(device) if key != "step" else value
+    for name, value in state["optimizer_scalars"].items():
+        index, key = name.split(".", 1)
+        per_param.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    return state
