@@ -206,6 +206,7 @@ def cmd_train(args):
 
 def cmd_eval(args):
     from .evaluate import results_table
+    from .io import DirectoryLock
     from .pipeline import evaluate_run
     from .records import check_gold_labels, read_inputs
     from .task import Task
@@ -216,7 +217,8 @@ def cmd_eval(args):
     inputs = Path(args.inputs) if args.inputs else run_dir / "split" / "heldout.jsonl"
     examples = read_inputs(inputs)
     check_gold_labels(examples, task.labels, inputs)
-    report = evaluate_run(cfg, task, run_dir, examples, progress=not args.no_progress)
+    with DirectoryLock(run_dir / ".lock", "this run directory"):
+        report = evaluate_run(cfg, task, run_dir, examples, progress=not args.no_progress)
     print(results_table(report))
     print(f"\nreport: {run_dir / 'eval' / 'report.md'}")
 

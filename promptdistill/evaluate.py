@@ -15,6 +15,7 @@ report.md and predictions.jsonl in the output folder.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import engine
-from .io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from .io import JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from .models import LoadedModel
 from .records import Example
 from .render import end_of_turn_ids, render_prompt
@@ -55,11 +56,20 @@ def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict]) -> tu
     return tok.decode(out, skip_special_tokens=True), len(prompt)
 
 
-def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], system: str, *, with_prompt: bool, mode: str = "generate", progress=True):
-    """Answer every example one request at a time, timing each request."""
+def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], system: str, *, with_prompt: bool,
+                   mode: str = "generate", progress=True, done: dict | None = None, sink=None):
+    """Answer every example one request at a time, timing each request.
+
+    `done` maps example ids to predictions kept from an interrupted run (they
+    are reused, not recomputed); each new prediction is passed to `sink`.
+    """
     preds = []
     candidates = None
+    done = done or {}
     for e in tqdm(examples, desc=f"eval {system}", unit="input", disable=not progress):
+        if e.id in done:
+            preds.append(done[e.id])
+            continue
         messages = task.teacher_messages(e.text) if with_prompt else task.student_messages(e.text)
         t0 = time.perf_counter()
         if mode == "choose":
@@ -73,6 +83,8 @@ def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], sys
         latency = time.perf_counter() - t0
         label, status = task.parse_answer(reply)
         preds.append(Prediction(e.id, system, label, reply, status, n_prompt, latency))
+        if sink is not None:
+            sink(preds[-1])
     return preds
 
 
@@ -108,18 +120,30 @@ def evaluate_systems(
     base: LoadedModel | None = None,
     teacher_mode: str | None = None,
     progress: bool = True,
+    fingerprint: str | None = None,
 ) -> dict:
     """Run teacher, base and student on `examples`; write and return the report.
 
     `base` may share the student's weights (see models.AdapterDisabled);
-    pass `base=None` to skip the base row.
+    pass `base=None` to skip the base row. With a `fingerprint` (a hash of
+    the models, adapter and inputs), predictions are also appended to
+    `predictions.partial.jsonl` as they are made, and a rerun with the same
+    fingerprint after an interruption reuses them.
     """
     out_dir = Path(out_dir)
     teacher_mode = teacher_mode or task.config.answer_mode
-    all_preds = {"teacher": predict_system(task, teacher, examples, "teacher", with_prompt=True, mode=teacher_mode, progress=progress)}
-    if base is not None:
-        all_preds["base"] = predict_system(task, base, examples, "base", with_prompt=False, progress=progress)
-    all_preds["student"] = predict_system(task, student, examples, "student", with_prompt=False, progress=progress)
+    partial = out_dir / "predictions.partial.jsonl"
+    done = _partial_predictions(partial, fingerprint)
+    with JsonlAppender(partial) as log:
+        if fingerprint is not None and partial.stat().st_size == 0:
+            log.append({"fingerprint": fingerprint})
+        sink = (lambda p: log.append(asdict(p))) if fingerprint is not None else None
+        run = dict(progress=progress, sink=sink)
+        all_preds = {"teacher": predict_system(task, teacher, examples, "teacher", with_prompt=True, mode=teacher_mode,
+                                               done=done.get("teacher"), **run)}
+        if base is not None:
+            all_preds["base"] = predict_system(task, base, examples, "base", with_prompt=False, done=done.get("base"), **run)
+        all_preds["student"] = predict_system(task, student, examples, "student", with_prompt=False, done=done.get("student"), **run)
 
     teacher_labels = [p.label for p in all_preds["teacher"] if p.label is not None]
     majority = max(set(teacher_labels), key=teacher_labels.count) if teacher_labels else None
@@ -140,7 +164,28 @@ def evaluate_systems(
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", report_markdown(report))
     atomic_write_jsonl(out_dir / "predictions.jsonl", [asdict(p) for name in all_preds for p in all_preds[name]])
+    partial.unlink(missing_ok=True)
     return report
+
+
+def _partial_predictions(path: Path, fingerprint: str | None) -> dict[str, dict[str, Prediction]]:
+    """Predictions of an interrupted evaluation with the same fingerprint, by system and id."""
+    if fingerprint is None or not path.exists():
+        path.unlink(missing_ok=True)
+        return {}
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").split("\n") if line.strip()]
+    try:
+        header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+        if header.get("fingerprint") != fingerprint:
+            raise ValueError("other settings")
+        done: dict[str, dict[str, Prediction]] = {}
+        for row in rows:
+            done.setdefault(row["system"], {})[row["id"]] = Prediction(**row)
+        return done
+    except (IndexError, ValueError, KeyError, TypeError):
+        # another evaluation's (or an unreadable) partial file: start over
+        path.unlink()
+        return {}
 
 
 def _fmt(x, pct=False, digits=1) -> str:

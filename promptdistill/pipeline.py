@@ -197,9 +197,11 @@ def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress:
         teacher = LoadedModel(base_view.model, base.tokenizer, cfg.models.teacher, base.device)
     else:
         teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)
+    blob = json.dumps([cfg.to_dict(), [(e.id, e.text) for e in examples]], sort_keys=True).encode()
+    fingerprint = hashlib.sha256(blob + (adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
     return evaluate_systems(
         task, examples, Path(run_path) / "eval", teacher=teacher, student=student,
-        base=base_view if cfg.eval.include_base else None, progress=progress,
+        base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=fingerprint,
     )
 
 

@@ -1,0 +1,63 @@
+"""An interrupted evaluation keeps the predictions it made; the rerun computes only the rest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import promptdistill.evaluate as evaluate_mod
+from promptdistill.config import TaskConfig
+from promptdistill.records import Example
+from promptdistill.task import Task
+
+
+def _task():
+    return Task(TaskConfig(user_template="Rules.\nText: {text}", labels=["la", "cy"], answer_mode="choose", max_new_tokens=4))
+
+
+def test_interrupted_eval_resumes(tmp_path, tiny, monkeypatch):
+    task = _task()
+    examples = [Example(id=str(i), text=f"text number {i}", gold_label="la") for i in range(5)]
+    out = tmp_path / "eval"
+    calls = []
+    real = evaluate_mod.generate_answer
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7:  # in the middle of the second system (base: calls 1-5, student: 6-10)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_mod, "generate_answer", counting)
+    run = dict(teacher=tiny, student=tiny, base=tiny, progress=False, fingerprint="abc")
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_mod.evaluate_systems(task, examples, out, **run)
+    partial = out / "predictions.partial.jsonl"
+    kept = [json.loads(line) for line in partial.read_text().splitlines()[1:]]
+    assert [(p["system"], p["id"]) for p in kept] == [("teacher", str(i)) for i in range(5)] + [("base", str(i)) for i in range(5)] + [("student", "0")]
+
+    calls.clear()
+    monkeypatch.setattr(evaluate_mod, "generate_answer", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    report = evaluate_mod.evaluate_systems(task, examples, out, **run)
+    assert len(calls) == 4  # only the student's remaining inputs
+    assert not partial.exists()
+    final = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(final) == 15
+    by_key = {(p["system"], p["id"]): p for p in final}
+    for p in kept:  # reused exactly, latency included
+        assert by_key[(p["system"], p["id"])] == p
+    assert report["systems"]["teacher"]["agreement"] == 1.0
+
+
+def test_partial_predictions_of_other_settings_are_discarded(tmp_path, tiny):
+    task = _task()
+    examples = [Example(id=str(i), text=f"text {i}") for i in range(3)]
+    out = tmp_path / "eval"
+    out.mkdir()
+    bogus = {"id": "0", "system": "teacher", "label": "cy", "reply": "Final Answer: cy", "status": "ok", "prompt_tokens": 1, "latency_s": 9.0}
+    (out / "predictions.partial.jsonl").write_text(json.dumps({"fingerprint": "old"}) + "\n" + json.dumps(bogus) + "\n")
+    evaluate_mod.evaluate_systems(task, examples, out, teacher=tiny, student=tiny, progress=False, fingerprint="new")
+    final = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    teacher0 = next(p for p in final if p["system"] == "teacher" and p["id"] == "0")
+    assert teacher0["latency_s"] != 9.0
