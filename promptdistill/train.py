@@ -22,6 +22,8 @@ import json
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -164,6 +166,31 @@ def _step_of(line: str) -> int:
         return 1 << 60  # a torn line: drop it
 
 
+class _StopAtStepEnd:
+    """Turns the first Ctrl-C / SIGTERM into a request to stop after the current
+    step (whose checkpoint is then saved); a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._saved = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\n[promptdistill] stopping after this step (press Ctrl-C again to stop now)", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
 def _step_groups(n: int, per_step: int, seed: int):
     """Yield the example indices of each optimiser step: a seeded shuffle per
     epoch, cut into groups of `per_step` (the last group of an epoch may be smaller)."""
@@ -243,34 +270,39 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
         next(groups)
     started = time.time()
     bar = tqdm(total=total_steps, initial=start, unit="step", desc="train", disable=not progress)
-    for step in range(start + 1, total_steps + 1):
-        t0 = time.time()
-        group = [train_set[i] for i in next(groups)]
-        micro = [group[i : i + cfg.batch_size] for i in range(0, len(group), cfg.batch_size)]
-        n_weighted = sum(e.num_trained for e in group)
-        loss_total = 0.0
-        tokens = 0
-        for mb in micro:
-            ids, mask, weights = collate(mb, pad_id)
-            loss_sum, _ = weighted_token_loss(model, ids.to(device), mask.to(device), weights)
-            (loss_sum / n_weighted).backward()
-            loss_total += loss_sum.item()
-            tokens += int(mask.sum())
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        last_loss = loss_total / n_weighted
-        elapsed = time.time() - t0
-        log({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": last_loss, "lr": scheduler.get_last_lr()[0],
-             "tokens_per_s": tokens / elapsed, "trained_tokens": n_weighted, "examples": len(group)})
-        if heldout_set and (step % cfg.eval_every == 0 or step == total_steps):
-            last_heldout = heldout_loss(model, heldout_set, pad_id)
-            log({"step": step, "heldout_loss": last_heldout})
-        if step % cfg.save_every == 0 or step == total_steps:
-            save_checkpoint(run_dir, step, model, optimizer, scheduler, fingerprint,
-                            {"last_loss": last_loss, "last_heldout": last_heldout})
-        bar.set_postfix(loss=f"{last_loss:.4f}", **({"heldout": f"{last_heldout:.4f}"} if last_heldout is not None else {}))
-        bar.update(1)
+    with _StopAtStepEnd() as stop:
+        for step in range(start + 1, total_steps + 1):
+            t0 = time.time()
+            group = [train_set[i] for i in next(groups)]
+            micro = [group[i : i + cfg.batch_size] for i in range(0, len(group), cfg.batch_size)]
+            n_weighted = sum(e.num_trained for e in group)
+            loss_total = 0.0
+            tokens = 0
+            for mb in micro:
+                ids, mask, weights = collate(mb, pad_id)
+                loss_sum, _ = weighted_token_loss(model, ids.to(device), mask.to(device), weights)
+                (loss_sum / n_weighted).backward()
+                loss_total += loss_sum.item()
+                tokens += int(mask.sum())
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            last_loss = loss_total / n_weighted
+            elapsed = time.time() - t0
+            log({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": last_loss, "lr": scheduler.get_last_lr()[0],
+                 "tokens_per_s": tokens / elapsed, "trained_tokens": n_weighted, "examples": len(group)})
+            if heldout_set and (step % cfg.eval_every == 0 or step == total_steps):
+                last_heldout = heldout_loss(model, heldout_set, pad_id)
+                log({"step": step, "heldout_loss": last_heldout})
+            if step % cfg.save_every == 0 or step == total_steps or stop.requested:
+                save_checkpoint(run_dir, step, model, optimizer, scheduler, fingerprint,
+                                {"last_loss": last_loss, "last_heldout": last_heldout})
+            bar.set_postfix(loss=f"{last_loss:.4f}", **({"heldout": f"{last_heldout:.4f}"} if last_heldout is not None else {}))
+            bar.update(1)
+            if stop.requested:
+                bar.close()
+                print(f"[promptdistill] stopped after step {step}; rerun the same command to continue", flush=True)
+                raise KeyboardInterrupt
     bar.close()
     metrics.close()
     save_adapter(model, run_dir / "adapter")

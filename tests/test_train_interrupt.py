@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,9 +77,13 @@ def test_interrupted_train_resumes_to_uninterrupted_adapter(tmp_path, tiny_model
         time.sleep(0.002)
     assert proc.poll() is None, "training finished before it could be interrupted; raise STEPS"
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
+    stdout, _ = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
+        # a clean stop: the step in progress finishes and is checkpointed
         assert proc.returncode == 130
+        match = re.search(rb"stopped after step (\d+)", stdout)
+        assert match, stdout
+        assert (run / "train" / "checkpoints" / f"step-{int(match.group(1)):06d}" / "trainer_state.json").exists()
     assert not (run / "train" / "adapter").exists()
 
     resumed = subprocess.run(_cmd(task, labeled, run), check=True, capture_output=True, text=True, env=env)
