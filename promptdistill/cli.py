@@ -143,7 +143,7 @@ def _toml_value(text: str):
 
 def cmd_label(args):
     from .models import load_model
-    from .records import check_gold_labels, describe_duplicates, drop_duplicates, find_duplicates, read_inputs
+    from .records import check_gold_labels, read_inputs, report_duplicates
     from .task import Task
 
     cfg = load_task_config(args)
@@ -153,12 +153,7 @@ def cmd_label(args):
         raise PromptDistillError("no inputs: pass --inputs or set data.inputs", field="data.inputs")
     examples = read_inputs(inputs)
     check_gold_labels(examples, task.labels, inputs)
-    duplicates = find_duplicates(examples)
-    if duplicates:
-        print(describe_duplicates(duplicates, inputs) + ("; keeping the first of each" if args.dedupe else "; --dedupe drops them"),
-              file=sys.stderr)
-        if args.dedupe:
-            examples = drop_duplicates(examples)
+    examples = report_duplicates(examples, inputs, args.dedupe, lambda m: print(m, file=sys.stderr), "--dedupe")
     if args.limit:
         examples = examples[: args.limit]
     teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)

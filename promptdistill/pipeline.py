@@ -24,8 +24,7 @@ from pathlib import Path
 from .config import Config
 from .errors import PromptDistillError
 from .io import DirectoryLock, atomic_write_json
-from .records import (check_gold_labels, describe_duplicates, drop_duplicates, find_duplicates, read_inputs, read_labeled,
-                      write_examples)
+from .records import check_gold_labels, read_inputs, read_labeled, report_duplicates, write_examples
 from .split import split_examples, subsample
 from .task import Task
 
@@ -125,12 +124,7 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
         inputs_path = cfg.resolve_path(cfg.data.inputs)
         examples = read_inputs(inputs_path)
         check_gold_labels(examples, task.labels, inputs_path)
-        duplicates = find_duplicates(examples)
-        if duplicates:
-            log(f"[promptdistill] {describe_duplicates(duplicates, inputs_path)}"
-                + ("; keeping the first of each (data.dedupe)" if cfg.data.dedupe else "; set data.dedupe = true to drop them"))
-            if cfg.data.dedupe:
-                examples = drop_duplicates(examples)
+        examples = report_duplicates(examples, inputs_path, cfg.data.dedupe, lambda m: log(f"[promptdistill] {m}"), "data.dedupe = true")
         examples = fit_inputs(examples, task, cfg, inputs_path, log)
         examples = subsample(examples, cfg.data.limit, cfg.data.seed)
         train, heldout = split_examples(examples, cfg.data.heldout_fraction, cfg.data.seed)

@@ -258,3 +258,12 @@ def drop_duplicates(examples: list[Example]) -> list[Example]:
             seen.add(e.text)
             kept.append(e)
     return kept
+
+
+def report_duplicates(examples: list[Example], path, dedupe: bool, log, how_to_drop: str) -> list[Example]:
+    """Log duplicate texts with their lines; with `dedupe`, keep only the first of each."""
+    groups = find_duplicates(examples)
+    if not groups:
+        return examples
+    log(describe_duplicates(groups, path) + ("; keeping the first of each" if dedupe else f"; {how_to_drop} drops them"))
+    return drop_duplicates(examples) if dedupe else examples
