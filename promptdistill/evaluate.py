@@ -175,7 +175,14 @@ def _partial_predictions(path: Path, fingerprint: str | None) -> dict[str, dict[
         return {}
     lines = [line for line in path.read_text(encoding="utf-8", errors="replace").split("\n") if line.strip()]
     try:
-        header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+        header, rows = json.loads(lines[0]), []
+        for k, line in enumerate(lines[1:], start=2):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if k == len(lines):  # the last line, torn by a kill: recompute that one
+                    break
+                raise
         if header.get("fingerprint") != fingerprint:
             raise ValueError("other settings")
         done: dict[str, dict[str, Prediction]] = {}

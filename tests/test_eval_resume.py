@@ -37,6 +37,9 @@ def test_interrupted_eval_resumes(tmp_path, tiny, monkeypatch):
     kept = [json.loads(line) for line in partial.read_text().splitlines()[1:]]
     assert [(p["system"], p["id"]) for p in kept] == [("teacher", str(i)) for i in range(5)] + [("base", str(i)) for i in range(5)] + [("student", "0")]
 
+    # a kill -9 in the middle of writing the next prediction leaves a torn last line
+    with open(partial, "a", encoding="utf-8") as f:
+        f.write('{"id": "1", "system": "stud')
     calls.clear()
     monkeypatch.setattr(evaluate_mod, "generate_answer", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     report = evaluate_mod.evaluate_systems(task, examples, out, **run)
