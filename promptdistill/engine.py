@@ -34,12 +34,8 @@ def generate(
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        attention[i, width - len(p):] = 1
+    input_ids, attention = _left_pad(prompts, pad_id)
+    width = input_ids.shape[1]
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=temperature > 0,
@@ -126,14 +122,20 @@ class PrefixCache:
         return cache
 
 
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids left-padded to the longest sequence, and the mask of real tokens."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
 def _suffix_batch(prefix_len: int, suffixes: list[list[int]], pad_id: int, device):
     """Left-pad suffixes after the prefix: ids, 2-D mask over prefix+suffix, positions."""
-    width = max(len(s) for s in suffixes)
-    ids = torch.full((len(suffixes), width), pad_id, dtype=torch.long)
-    suffix_mask = torch.zeros((len(suffixes), width), dtype=torch.long)
-    for i, s in enumerate(suffixes):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        suffix_mask[i, width - len(s):] = 1
+    ids, suffix_mask = _left_pad(suffixes, pad_id)
     mask = torch.cat([torch.ones((len(suffixes), prefix_len), dtype=torch.long), suffix_mask], dim=1)
     # Real tokens continue the prefix's positions; pads (masked out) get a harmless position.
     positions = (prefix_len + suffix_mask.cumsum(dim=1) - 1).clamp(min=prefix_len)
