@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import engine
-from .io import JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from .io import JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, drop_torn_last_line
 from .models import LoadedModel
 from .records import Example
 from .render import end_of_turn_ids, render_prompt
@@ -173,16 +173,10 @@ def _partial_predictions(path: Path, fingerprint: str | None) -> dict[str, dict[
     if fingerprint is None or not path.exists():
         path.unlink(missing_ok=True)
         return {}
+    drop_torn_last_line(path)  # a prediction cut by a kill is recomputed
     lines = [line for line in path.read_text(encoding="utf-8", errors="replace").split("\n") if line.strip()]
     try:
-        header, rows = json.loads(lines[0]), []
-        for k, line in enumerate(lines[1:], start=2):
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                if k == len(lines):  # the last line, torn by a kill: recompute that one
-                    break
-                raise
+        header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
         if header.get("fingerprint") != fingerprint:
             raise ValueError("other settings")
         done: dict[str, dict[str, Prediction]] = {}

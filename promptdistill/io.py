@@ -64,7 +64,7 @@ class JsonlAppender:
     def __init__(self, path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _drop_torn_last_line(self.path)
+        drop_torn_last_line(self.path)
         self._f = open(self.path, "a", encoding="utf-8")
 
     def append(self, record: dict) -> None:
@@ -82,8 +82,9 @@ class JsonlAppender:
         self.close()
 
 
-def _drop_torn_last_line(path: Path) -> None:
+def drop_torn_last_line(path) -> None:
     """A process killed mid-write leaves a last line without its newline; cut it."""
+    path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
