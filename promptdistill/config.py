@@ -53,6 +53,9 @@ class TaskConfig:
     # Inputs whose confidence (vote share, or top label probability in choose
     # mode) is below this go to the rejects file with status low_confidence.
     min_confidence: float = 0.0
+    # Generate mode: store the teacher's top-k log-probabilities for each reply
+    # token (the soft target of `kd` training on free-form replies); 0 disables.
+    top_logprobs: int = 20
 
 
 @dataclass
@@ -244,6 +247,8 @@ def validate_config(cfg: Config, source=None) -> None:
     if t.samples > 1 and t.answer_mode == "choose":
         raise PromptDistillError("samples > 1 applies to answer_mode 'generate'; choose mode already gives a distribution",
                                  path=source, field="task.samples")
+    if t.top_logprobs < 0:
+        raise PromptDistillError("must be >= 0", path=source, field="task.top_logprobs")
     if not 0 <= t.min_confidence <= 1:
         raise PromptDistillError("must be between 0 and 1", path=source, field="task.min_confidence")
     _one_of(cfg.data.too_long, ("skip", "truncate"), source, "data.too_long")

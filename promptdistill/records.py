@@ -62,6 +62,12 @@ class LabeledExample:
     entropy: float | None = None
     # Parsed label -> number of sampled answers (generate mode with samples > 1).
     votes: dict[str, int] | None = None
+    # The teacher's reply as token ids and, per reply token, its top-k
+    # alternatives as [token_id, logprob] pairs (most likely first): the soft
+    # target of `kd` training on free-form replies. Generate mode with
+    # task.top_logprobs > 0; None otherwise.
+    #   {"token_ids": [int, ...], "top": [[[int, float], ...], ...]}
+    teacher_logprobs: dict | None = None
 
     def to_json(self) -> dict:
         d = {
@@ -77,6 +83,8 @@ class LabeledExample:
             "entropy": self.entropy,
             "votes": self.votes,
         }
+        if self.teacher_logprobs is not None:
+            d["teacher_logprobs"] = self.teacher_logprobs
         if self.meta:
             d["meta"] = self.meta
         return d
@@ -105,6 +113,7 @@ class LabeledExample:
             confidence=d.get("confidence"),
             entropy=d.get("entropy"),
             votes=d.get("votes"),
+            teacher_logprobs=d.get("teacher_logprobs"),
         )
 
 
