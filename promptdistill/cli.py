@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--labeled", required=True, help="labeled JSONL from `label`")
     sp.add_argument("--heldout", help="labeled JSONL for the held-out loss")
     sp.add_argument("--run-dir", required=True)
+    _loss_flags(sp)
     sp.set_defaults(func=cmd_train)
 
     sp = with_task(sub.add_parser("eval", help="compare teacher, base and student on held-out inputs"))
@@ -96,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = with_task(sub.add_parser("run", help="split, label, train, eval; skips completed stages"))
     sp.add_argument("--run-dir", help="default: runs/<task name>")
     sp.add_argument("--force", action="store_true", help="redo stages whose settings changed")
+    _loss_flags(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("predict", help="answer with a trained student, without the prompt")
@@ -105,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--device")
     sp.set_defaults(func=cmd_predict)
     return p
+
+
+def _loss_flags(sp) -> None:
+    sp.add_argument("--loss", choices=["sft", "kd", "on-policy"], help="training loss (sets train.loss; default sft)")
+    sp.add_argument("--kd-alpha", type=float, help="kd: weight of hard-label cross-entropy in the loss (sets train.kd_alpha)")
 
 
 def load_task_config(args):
@@ -128,6 +135,9 @@ def load_task_config(args):
     for flag in ("samples", "temperature", "min_confidence"):
         if getattr(args, flag, None) is not None:
             raw["task"][flag] = getattr(args, flag)
+    for flag in ("loss", "kd_alpha"):
+        if getattr(args, flag, None) is not None:
+            raw["train"][flag] = getattr(args, flag)
     base_dir = cfg.base_dir
     cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if args.overrides else path)
     cfg.base_dir = base_dir
@@ -185,6 +195,7 @@ def cmd_render(args):
 
 def cmd_train(args):
     from .records import read_labeled
+    from .task import Task
     from .train import train_student
 
     from .io import atomic_write_json
@@ -195,7 +206,7 @@ def cmd_train(args):
     # Same layout as `run`, so `eval` and `predict` work on this folder.
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
     summary = train_student(read_labeled(args.labeled), run_dir / "train", cfg.train, cfg.models, heldout=heldout,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, task=Task(cfg.task))
     print(json.dumps(summary, indent=2))
 
 

@@ -27,6 +27,7 @@ from .errors import PromptDistillError
 ANSWER_MODES = ("generate", "choose")
 STUDENT_TARGETS = ("normalized", "teacher_reply")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+LOSSES = ("sft", "kd", "on-policy")
 
 
 @dataclass
@@ -82,6 +83,17 @@ class ModelsConfig:
 
 @dataclass
 class TrainConfig:
+    # sft: cross-entropy on the teacher's answer; kd: KL from the teacher's
+    # stored distribution; on-policy: the student samples, the teacher scores
+    # (see losses.py and onpolicy.py, and the README's "Which loss").
+    loss: str = "sft"
+    # kd: weight of hard-label cross-entropy mixed into the KL (0 = pure KL).
+    kd_alpha: float = 0.0
+    # on-policy: temperature of the student's samples (1.0 = its own distribution).
+    onpolicy_temperature: float = 1.0
+    # on-policy: "full" reverse KL over the vocabulary at each sampled position,
+    # or the "sampled"-token estimate used as a policy-gradient advantage.
+    onpolicy_kl: str = "full"
     lora_rank: int = 32
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -256,6 +268,12 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError("must be between 0 and 1", path=source, field="data.heldout_fraction")
     tr = cfg.train
     _one_of(tr.lr_schedule, LR_SCHEDULES, source, "train.lr_schedule")
+    _one_of(tr.loss, LOSSES, source, "train.loss")
+    _one_of(tr.onpolicy_kl, ("full", "sampled"), source, "train.onpolicy_kl")
+    if not 0 <= tr.kd_alpha <= 1:
+        raise PromptDistillError("must be between 0 and 1", path=source, field="train.kd_alpha")
+    if tr.onpolicy_temperature <= 0:
+        raise PromptDistillError("must be > 0", path=source, field="train.onpolicy_temperature")
     for key in ("lora_rank", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "epochs"):
         if getattr(tr, key) < 1:
             raise PromptDistillError("must be at least 1", path=source, field=f"train.{key}")

@@ -13,6 +13,8 @@ It knows nothing about tasks or chat templates. Two operations:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -150,7 +152,6 @@ def _next_tokens(logits: torch.Tensor, temperature: float, generators) -> torch.
     return torch.cat(tokens).to(logits.device)
 
 
-@torch.inference_mode()
 def generate_with_prefix(
     prefix: PrefixCache,
     suffixes: list[list[int]],
@@ -169,6 +170,45 @@ def generate_with_prefix(
     its own generator seeded with `seeds[i]`, so a row's sample does not
     depend on which other rows share its batch.
     """
+    got = decode_with_prefix(prefix, suffixes, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                             temperature=temperature, seeds=seeds)
+    return [g.text_ids for g in got]
+
+
+@dataclass
+class Decoded:
+    """One decoded continuation.
+
+    `token_ids` are the tokens emitted, ending with the end-of-turn token when
+    the model stopped on its own (`stopped`); `text_ids` are the same without
+    it. With top_logprobs=k, `top[t]` holds the k most likely tokens at step t
+    as [token_id, logprob] pairs (log-softmax at temperature 1, whatever the
+    sampling temperature), most likely first.
+    """
+
+    token_ids: list[int]
+    stopped: bool
+    top: list[list[list]] | None = None
+
+    @property
+    def text_ids(self) -> list[int]:
+        return self.token_ids[:-1] if self.stopped else self.token_ids
+
+
+@torch.inference_mode()
+def decode_with_prefix(
+    prefix: PrefixCache,
+    suffixes: list[list[int]],
+    *,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    pad_id: int,
+    temperature: float = 0.0,
+    seeds: list[int] | None = None,
+    top_logprobs: int = 0,
+) -> list[Decoded]:
+    """`generate_with_prefix` with the end-of-turn token kept and, optionally,
+    the top-k log-probabilities of every step."""
     model, device = prefix.model, prefix.device
     n = len(suffixes)
     ids, mask, positions = _suffix_batch(len(prefix), suffixes, pad_id, device)
@@ -176,14 +216,20 @@ def generate_with_prefix(
     generator = [torch.Generator().manual_seed(s) for s in (seeds or range(n))] if temperature > 0 else None
     eos = torch.tensor(sorted(eos_ids), device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    out = [[] for _ in range(n)]
+    out = [Decoded([], False, [] if top_logprobs else None) for _ in range(n)]
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits[:, -1]
     next_pos = positions[:, -1] + 1
     for _ in range(max_new_tokens):
         tokens = _next_tokens(logits, temperature, generator)
+        if top_logprobs:
+            values, indices = torch.log_softmax(logits.float(), dim=-1).topk(top_logprobs, dim=-1)
+            pairs = [[[int(i), float(v)] for i, v in zip(row_i, row_v)] for row_i, row_v in zip(indices.tolist(), values.tolist())]
         finished_now = torch.isin(tokens, eos)
-        for i in torch.nonzero(~done & ~finished_now).flatten().tolist():
-            out[i].append(int(tokens[i]))
+        for i in torch.nonzero(~done).flatten().tolist():
+            out[i].token_ids.append(int(tokens[i]))
+            out[i].stopped = bool(finished_now[i])
+            if top_logprobs:
+                out[i].top.append(pairs[i])
         done |= finished_now
         if bool(done.all()):
             break
@@ -194,6 +240,32 @@ def generate_with_prefix(
         ).logits[:, -1]
         next_pos = next_pos + 1
     return out
+
+
+@torch.inference_mode()
+def continuation_logprobs(prefix: PrefixCache, suffixes: list[list[int]], continuations: list[list[int]],
+                          full: bool = False) -> list[torch.Tensor]:
+    """Log-probabilities of each continuation's tokens after `prefix.prefix + suffix`.
+
+    One batched forward over suffix + continuation on top of the cached prefix.
+    Per row: one log-probability per continuation token, or with `full` the
+    whole log-distribution (tokens x vocabulary) each token was drawn from.
+    This is how the teacher scores the student's samples in on-policy training.
+    """
+    model, device = prefix.model, prefix.device
+    rows = [list(s) + list(c[:-1]) for s, c in zip(suffixes, continuations)]
+    ids, mask, positions = _suffix_batch(len(prefix), rows, 0, device)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=prefix.expanded(len(rows)), use_cache=True).logits
+    width = ids.shape[1]
+    result = []
+    for i, (s, c) in enumerate(zip(suffixes, continuations)):
+        # left-padded row: its last len(c) logits predict the continuation (with
+        # an empty suffix, the first token is predicted by the prefix's last logits)
+        n = len(c)
+        span = logits[i, width - n :] if s else torch.cat([prefix.last_logits.unsqueeze(0), logits[i, width - (n - 1) :]])
+        logp = torch.log_softmax(span.float(), dim=-1)
+        result.append((logp if full else logp.gather(1, torch.tensor(c, device=device).unsqueeze(1)).squeeze(1)).cpu())
+    return result
 
 
 @torch.inference_mode()

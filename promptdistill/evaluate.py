@@ -29,6 +29,7 @@ from .models import LoadedModel
 from .records import Example
 from .render import end_of_turn_ids, render_prompt
 from .task import OK, Task
+from .fidelity import FidelityScorer
 from .teacher import label_candidates, label_distribution
 
 UNPARSED = "??"
@@ -43,6 +44,11 @@ class Prediction:
     status: str
     prompt_tokens: int
     latency_s: float
+    # The system's distribution over labels (choose mode, or computed for the
+    # fidelity metrics on label-constrained tasks), else None.
+    label_probs: dict | None = None
+    # KL(teacher || this system) on this input (see fidelity.py); None for the teacher.
+    kl: float | None = None
 
 
 def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict]) -> tuple[str, int]:
@@ -57,11 +63,14 @@ def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict]) -> tu
 
 
 def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], system: str, *, with_prompt: bool,
-                   mode: str = "generate", progress=True, done: dict | None = None, sink=None):
+                   mode: str = "generate", progress=True, done: dict | None = None, sink=None,
+                   fidelity: FidelityScorer | None = None, teacher_preds: dict | None = None):
     """Answer every example one request at a time, timing each request.
 
     `done` maps example ids to predictions kept from an interrupted run (they
     are reused, not recomputed); each new prediction is passed to `sink`.
+    With a `fidelity` scorer and the teacher's predictions by id, each
+    prediction also gets its KL from the teacher (computed outside the timing).
     """
     preds = []
     candidates = None
@@ -72,6 +81,7 @@ def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], sys
             continue
         messages = task.teacher_messages(e.text) if with_prompt else task.student_messages(e.text)
         t0 = time.perf_counter()
+        probs = None
         if mode == "choose":
             if candidates is None:
                 candidates = label_candidates(task, loaded.tokenizer, messages)
@@ -82,7 +92,10 @@ def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], sys
             reply, n_prompt = generate_answer(task, loaded, messages)
         latency = time.perf_counter() - t0
         label, status = task.parse_answer(reply)
-        preds.append(Prediction(e.id, system, label, reply, status, n_prompt, latency))
+        kl = None
+        if fidelity is not None and teacher_preds and e.id in teacher_preds:
+            kl, probs = fidelity.kl(loaded, e.id, e.text, teacher_preds[e.id].reply)
+        preds.append(Prediction(e.id, system, label, reply, status, n_prompt, latency, probs, kl))
         if sink is not None:
             sink(preds[-1])
     return preds
@@ -106,6 +119,8 @@ def system_metrics(task: Task, examples: list[Example], preds: list[Prediction],
         "parse_rate": sum(p.status == OK for p in preds) / len(preds) if preds else None,
         "mean_prompt_tokens": statistics.fmean(p.prompt_tokens for p in preds) if preds else None,
         "median_latency_ms": 1000 * statistics.median(p.latency_s for p in preds) if preds else None,
+        # mean KL(teacher || system) over inputs (fidelity.py); None for the teacher
+        "kl_to_teacher": statistics.fmean(kls) if (kls := [p.kl for p in preds if p.kl is not None]) else None,
         "confusion": confusion,
     }
 
@@ -141,6 +156,10 @@ def evaluate_systems(
         run = dict(progress=progress, sink=sink)
         all_preds = {"teacher": predict_system(task, teacher, examples, "teacher", with_prompt=True, mode=teacher_mode,
                                                done=done.get("teacher"), **run)}
+        fidelity = FidelityScorer(task, teacher)
+        for p in all_preds["teacher"]:
+            fidelity.remember(p.id, p.label_probs)
+        run.update(fidelity=fidelity, teacher_preds={p.id: p for p in all_preds["teacher"]})
         if base is not None:
             all_preds["base"] = predict_system(task, base, examples, "base", with_prompt=False, done=done.get("base"), **run)
         all_preds["student"] = predict_system(task, student, examples, "student", with_prompt=False, done=done.get("student"), **run)
@@ -156,6 +175,7 @@ def evaluate_systems(
         "majority_label": majority,
         "majority_agreement": teacher_labels.count(majority) / len(teacher_labels) if teacher_labels else None,
         "models": {"teacher": teacher.name, "student": student.name},
+        "fidelity": _fidelity_summary(task, all_preds),
         "systems": {
             name: {"uses_prompt": name == "teacher", **system_metrics(task, examples, preds, all_preds["teacher"])}
             for name, preds in all_preds.items()
@@ -166,6 +186,19 @@ def evaluate_systems(
     atomic_write_jsonl(out_dir / "predictions.jsonl", [asdict(p) for name in all_preds for p in all_preds[name]])
     partial.unlink(missing_ok=True)
     return report
+
+
+def _fidelity_summary(task: Task, all_preds: dict) -> dict:
+    """KL of base and student from the teacher, and the share of the gap the student closes."""
+    kl = {name: statistics.fmean(v) if (v := [p.kl for p in preds if p.kl is not None]) else None
+          for name, preds in all_preds.items() if name != "teacher"}
+    base, student = kl.get("base"), kl.get("student")
+    return {
+        "kind": "label distribution" if task.closed else "per reply token",
+        "kl_base": base,
+        "kl_student": student,
+        "gap_closed": 1 - student / base if base and student is not None else None,
+    }
 
 
 def _partial_predictions(path: Path, fingerprint: str | None) -> dict[str, dict[str, Prediction]]:
@@ -197,16 +230,28 @@ def _fmt(x, pct=False, digits=1) -> str:
 
 def results_table(report: dict) -> str:
     """The three-way table, as plain aligned text."""
-    head = f"{'system':<9} {'prompt':>6} {'accuracy':>9} {'agreement':>10} {'parsed':>7} {'tokens/req':>11} {'latency ms':>11}"
+    head = (f"{'system':<9} {'prompt':>6} {'accuracy':>9} {'agreement':>10} {'KL(T||.)':>9} {'parsed':>7} "
+            f"{'tokens/req':>11} {'latency ms':>11}")
     lines = [head, "-" * len(head)]
     for name, m in report["systems"].items():
         lines.append(
             f"{name:<9} {'yes' if m['uses_prompt'] else 'no':>6} {_fmt(m['accuracy'], True):>9} {_fmt(m['agreement'], True):>10} "
-            f"{_fmt(m['parse_rate'], True, 0):>7} {_fmt(m['mean_prompt_tokens']):>11} {_fmt(m['median_latency_ms']):>11}"
+            f"{_fmt(m.get('kl_to_teacher'), digits=3):>9} {_fmt(m['parse_rate'], True, 0):>7} {_fmt(m['mean_prompt_tokens']):>11} "
+            f"{_fmt(m['median_latency_ms']):>11}"
         )
+    if (gap := _gap_line(report)) is not None:
+        lines.append(gap)
     if report.get("majority_label") is not None:
         lines.append(f"(always answering '{report['majority_label']}' would agree {_fmt(report['majority_agreement'], True)} with the teacher)")
     return "\n".join(lines)
+
+
+def _gap_line(report: dict) -> str | None:
+    f = report.get("fidelity") or {}
+    if f.get("gap_closed") is None:
+        return None
+    return (f"(the student closes {_fmt(f['gap_closed'], True)} of the base-to-teacher gap: KL {f['kl_base']:.3f} -> "
+            f"{f['kl_student']:.3f} nats, {f['kind']})")
 
 
 def report_markdown(report: dict) -> str:
@@ -217,15 +262,18 @@ def report_markdown(report: dict) -> str:
         f"{report['n_examples']} held-out inputs, none seen in training. Teacher: `{report['models']['teacher']}` "
         f"with the prompt ({report['teacher_mode']} mode). Student: `{report['models']['student']}` without the prompt.",
         "",
-        "| system | prompt | accuracy (gold) | agreement (teacher) | parse rate | prompt tokens / request | median latency (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| system | prompt | accuracy (gold) | agreement (teacher) | KL(teacher ‖ system) | parse rate | prompt tokens / request | median latency (ms) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in s.items():
         out.append(
             f"| {name} | {'yes' if m['uses_prompt'] else 'no'} | {_fmt(m['accuracy'], True)} | {_fmt(m['agreement'], True)} | "
-            f"{_fmt(m['parse_rate'], True)} | {_fmt(m['mean_prompt_tokens'])} | {_fmt(m['median_latency_ms'])} |"
+            f"{_fmt(m.get('kl_to_teacher'), digits=3)} | {_fmt(m['parse_rate'], True)} | {_fmt(m['mean_prompt_tokens'])} | {_fmt(m['median_latency_ms'])} |"
         )
-    out += ["", "Agreement is measured on inputs where the teacher gave a label. Accuracy counts unparsed answers as wrong."]
+    out += ["", "Agreement is measured on inputs where the teacher gave a label. Accuracy counts unparsed answers as wrong. "
+            "KL is in nats (fidelity.py): over the label distribution for label-constrained tasks, per reply token otherwise."]
+    if (gap := _gap_line(report)) is not None:
+        out.append(gap.strip("()").capitalize() + ".")
     if report.get("majority_label") is not None:
         out.append(f"Always answering the teacher's most frequent label (`{report['majority_label']}`) would agree "
                    f"{_fmt(report['majority_agreement'], True)} of the time.")

@@ -154,6 +154,7 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
         summary = train_student(
             [r for r in read_labeled(label_dir / "train.jsonl") if r.id in train_ids], run.path / "train", cfg.train, cfg.models,
             heldout=[r for r in read_labeled(label_dir / "heldout.jsonl") if r.id in heldout_ids], progress=progress,
+            task=task,
         )
         run.mark_done("train", prints["train"], summary)
         log(f"[promptdistill] train: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "

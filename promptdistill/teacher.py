@@ -96,7 +96,8 @@ def _label_missing(examples, task, teacher, out_path, rejects_path, mode, batch_
     bar.close()
 
 
-def _make_record(task: Task, e: Example, reply: str, label_probs=None, votes: dict | None = None, samples: int = 1) -> LabeledExample:
+def _make_record(task: Task, e: Example, reply: str, label_probs=None, votes: dict | None = None, samples: int = 1,
+                 decoded: engine.Decoded | None = None) -> LabeledExample:
     label, status = task.parse_answer(reply)
     confidence = entropy = None
     if label_probs is not None:
@@ -113,20 +114,22 @@ def _make_record(task: Task, e: Example, reply: str, label_probs=None, votes: di
         id=e.id, text=e.text, gold_label=e.gold_label, teacher_reply=reply, label=label,
         status=status, messages=messages, label_probs=label_probs, meta=e.meta,
         confidence=confidence, entropy=entropy, votes=votes,
+        teacher_logprobs={"token_ids": decoded.token_ids, "top": decoded.top} if decoded is not None and decoded.top else None,
     )
 
 
-def _vote(task: Task, e: Example, replies: list[str]) -> LabeledExample:
+def _vote(task: Task, e: Example, replies: list[str], decoded: list | None = None) -> LabeledExample:
     """Majority label over sampled replies (ties go to the label seen first)."""
+    decoded = decoded or [None] * len(replies)
     if len(replies) == 1:
-        return _make_record(task, e, replies[0])
+        return _make_record(task, e, replies[0], decoded=decoded[0])
     parsed = [task.parse_answer(r)[0] for r in replies]
     votes = Counter(label for label in parsed if label is not None)
     if not votes:
-        return _make_record(task, e, replies[0])
+        return _make_record(task, e, replies[0], decoded=decoded[0])
     winner = votes.most_common(1)[0][0]
-    reply = replies[parsed.index(winner)]
-    return _make_record(task, e, reply, votes=dict(votes), samples=len(replies))
+    chosen = parsed.index(winner)
+    return _make_record(task, e, replies[chosen], votes=dict(votes), samples=len(replies), decoded=decoded[chosen])
 
 
 def shared_prefix(task: Task, tokenizer) -> list[int]:
@@ -172,30 +175,40 @@ def _sample_seed(seed: int, example_id: str, k: int) -> int:
 def _generate_answers(task: Task, teacher: LoadedModel, seed: int, prefix: engine.PrefixCache | None):
     tok = teacher.tokenizer
     n = task.config.samples
+    k = task.config.top_logprobs
     sampling = task.config.temperature > 0
     settings = dict(max_new_tokens=task.config.max_new_tokens, eos_ids=end_of_turn_ids(tok), pad_id=tok.pad_token_id,
                     temperature=task.config.temperature)
-    # Without a shared prefix, sampling still goes through our decoder (with an
-    # empty prefix) for its per-input seeds; greedy uses transformers' generate.
-    whole = engine.PrefixCache(teacher.model, []) if sampling else None
+    # Without a shared prefix, sampling (for its per-input seeds) and top-k
+    # capture still go through our decoder, with an empty prefix; plain greedy
+    # uses transformers' generate.
+    own_decoder = sampling or k > 0
+    whole = engine.PrefixCache(teacher.model, []) if own_decoder else None
 
     def answer(batch: list[Example]) -> list[LabeledExample]:
         prompts = [render_prompt(tok, task.teacher_messages(e.text)) for e in batch]
-        rows = [(i, k) for i in range(len(batch)) for k in range(n)]
+        rows = [(i, j) for i in range(len(batch)) for j in range(n)]
         suffixes = [_split_prefix(prefix, p) for p in prompts]
-        seeds = {(i, k): _sample_seed(seed, batch[i].id, k) for i, k in rows}
+        seeds = {(i, j): _sample_seed(seed, batch[i].id, j) for i, j in rows}
         outs: dict = {}
         fast = [r for r in rows if suffixes[r[0]] is not None]
         slow = [r for r in rows if suffixes[r[0]] is None]
         if fast:
-            got = engine.generate_with_prefix(prefix, [suffixes[i] for i, _ in fast], seeds=[seeds[r] for r in fast], **settings)
+            got = engine.decode_with_prefix(prefix, [suffixes[i] for i, _ in fast], seeds=[seeds[r] for r in fast],
+                                            top_logprobs=k, **settings)
             outs.update(zip(fast, got))
-        if slow and sampling:
-            got = engine.generate_with_prefix(whole, [prompts[i] for i, _ in slow], seeds=[seeds[r] for r in slow], **settings)
+        if slow and own_decoder:
+            got = engine.decode_with_prefix(whole, [prompts[i] for i, _ in slow], seeds=[seeds[r] for r in slow],
+                                            top_logprobs=k, **settings)
             outs.update(zip(slow, got))
         elif slow:
-            outs.update(zip(slow, engine.generate(teacher.model, [prompts[i] for i, _ in slow], **settings)))
-        return [_vote(task, e, [tok.decode(outs[(i, k)], skip_special_tokens=True) for k in range(n)]) for i, e in enumerate(batch)]
+            got = engine.generate(teacher.model, [prompts[i] for i, _ in slow], **settings)
+            outs.update(zip(slow, (engine.Decoded(ids, False) for ids in got)))
+        records = []
+        for i, e in enumerate(batch):
+            decoded = [outs[(i, j)] for j in range(n)]
+            records.append(_vote(task, e, [tok.decode(d.text_ids, skip_special_tokens=True) for d in decoded], decoded))
+        return records
 
     return answer
 

@@ -1,10 +1,16 @@
-"""Training the student: LoRA fine-tuning on rendered conversations.
+"""Training the student: LoRA fine-tuning without the prompt.
 
-The loop is plain PyTorch. Each example is rendered to token ids plus loss
-weights (see render.py); the loss is the weighted mean of per-token
-cross-entropy over all weighted tokens in an optimiser step, so gradient
-accumulation gives the same result as one big batch. Only the LoRA
-parameters are trained.
+The loop is plain PyTorch and only the LoRA parameters are trained. What the
+student matches is `train.loss` (losses.py, onpolicy.py):
+
+- sft: each example is rendered to token ids plus loss weights (render.py);
+  the loss is the weighted mean of per-token cross-entropy over all weighted
+  tokens of an optimiser step;
+- kd: KL from the teacher's stored soft labels, mean over the step's examples;
+- on-policy: the student samples, the teacher scores; mean over the step's examples.
+
+Per-unit losses are summed over micro-batches and divided by the step's
+total, so gradient accumulation gives the same result as one big batch.
 
 The run directory receives:
 
@@ -36,8 +42,9 @@ from .errors import PromptDistillError
 from .io import DirectoryLock, atomic_directory, atomic_write_json, atomic_write_text
 from .models import load_model
 from .records import LabeledExample
-from .render import RenderedExample, render_example
-from .task import OK
+from .losses import kd_kind, label_kd_examples, label_kd_loss, token_kd_examples, token_kd_loss, weighted_token_loss
+from .render import RenderedExample, render_example, render_prompt
+from .task import OK, Task
 
 
 def render_for_training(records: list[LabeledExample], tokenizer, max_length: int):
@@ -67,40 +74,6 @@ def collate(batch: list[RenderedExample], pad_id: int):
     return ids, mask, weights
 
 
-def weighted_token_loss(model, ids, mask, weights):
-    """Sum over tokens of weight * cross-entropy, and the sum of weights.
-
-    Position t predicts token t+1, so the weights of the targets are shifted.
-    Only positions with a non-zero weight go through the output layer: the
-    reply is a few tokens of a ~50-token sequence, and the vocabulary
-    projection (49k x hidden for SmolLM2) is a large share of the compute.
-    """
-    w = weights[:, 1:].to(ids.device)
-    targets = ids[:, 1:]
-    hidden, head = _decoder_and_head(model)
-    if hidden is None:  # a model without the standard decoder/head split
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-        return (nll.view_as(w) * w).sum(), w.sum()
-    keep = w > 0
-    states = hidden(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][keep]
-    logits = head(states).float()
-    nll = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
-    return (nll * w[keep]).sum(), w.sum()
-
-
-def _decoder_and_head(model):
-    """The transformer body and the output layer of a causal LM (LoRA layers
-    stay in place inside them), or (None, None) where the model has no such split."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    get_decoder = getattr(base, "get_decoder", None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    decoder = get_decoder() if get_decoder else None
-    if decoder is None or head is None or decoder is base:
-        return None, None
-    return decoder, head
-
-
 @torch.no_grad()
 def heldout_loss(model, examples: list[RenderedExample], pad_id: int, batch_size: int = 16) -> float:
     was_training = model.training
@@ -114,6 +87,37 @@ def heldout_loss(model, examples: list[RenderedExample], pad_id: int, batch_size
         count += w.item()
     model.train(was_training)
     return total / max(count, 1.0)
+
+
+def _loss_function(cfg: TrainConfig, model, loaded, task, models_cfg: ModelsConfig, device, pad_id):
+    """micro_batch_loss(items, step) -> (sum of per-unit losses, stats to log) for cfg.loss."""
+    if cfg.loss == "sft":
+        def sft(mb, step):
+            ids, mask, weights = collate(mb, pad_id)
+            loss_sum, _ = weighted_token_loss(model, ids.to(device), mask.to(device), weights)
+            return loss_sum, {"tokens": int(mask.sum())}
+        return sft
+    if cfg.loss == "kd":
+        def kd(mb, step):
+            fn = label_kd_loss if hasattr(mb[0], "candidates") else token_kd_loss
+            loss_sum, kl_sum = fn(model, mb, cfg.kd_alpha)
+            return loss_sum, {"kl": kl_sum, "tokens": sum(e.num_tokens for e in mb)}
+        return kd
+
+    from .models import AdapterDisabled
+    from .onpolicy import TeacherScorer, on_policy_loss
+
+    if models_cfg.teacher == models_cfg.student:
+        teacher_model = AdapterDisabled(model)  # the base weights, held once
+    else:
+        teacher_model = load_model(models_cfg.teacher, models_cfg.device, models_cfg.dtype).model
+    scorer = TeacherScorer(task, teacher_model, loaded.tokenizer)
+
+    def on_policy(mb, step):
+        loss_sum, reverse_kl, sampled = on_policy_loss(model, loaded.tokenizer, task, scorer, mb, step=step, seed=cfg.seed,
+                                                       temperature=cfg.onpolicy_temperature, kl=cfg.onpolicy_kl)
+        return loss_sum, {"reverse_kl": reverse_kl, "sampled_tokens": sampled, "tokens": sampled}
+    return on_policy
 
 
 def _scheduler(optimizer, cfg: TrainConfig, total_steps: int):
@@ -208,18 +212,42 @@ def train_student(
     models_cfg: ModelsConfig,
     heldout: list[LabeledExample] | None = None,
     progress: bool = True,
+    task: Task | None = None,
 ) -> dict:
     """LoRA-train the student on teacher-labeled records; return a summary.
+
+    `task` is needed by the `kd` and `on-policy` losses (label replies, the
+    teacher's prompt). The held-out loss is the cross-entropy on the held-out
+    records' targets whatever the training loss, so runs compare.
 
     Resumes from the newest checkpoint in `run_dir` made with the same data
     and settings, and ends with the adapter an uninterrupted run gives.
     """
     run_dir = Path(run_dir)
     with DirectoryLock(run_dir / ".lock", "this training directory"):
-        return _train(records, run_dir, train_cfg, models_cfg, heldout, progress)
+        return _train(records, run_dir, train_cfg, models_cfg, heldout, progress, task)
 
 
-def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsConfig, heldout, progress: bool) -> dict:
+def _training_items(mode: str, records, task: Task | None, tok, cfg: TrainConfig):
+    """What the step loop consumes for `mode`, and the ids of records over max_length."""
+    if mode != "sft" and task is None:
+        raise PromptDistillError(f"loss {mode!r} needs the task (pass task=...)", field="train.loss")
+    if mode == "sft":
+        return render_for_training(records, tok, cfg.max_length)
+    usable = [r for r in records if r.status == OK]
+    if not usable:
+        return [], []
+    if mode == "kd":
+        items = label_kd_examples(usable, task, tok) if kd_kind(usable) == "label" else token_kd_examples(usable, task, tok)
+        sizes = [i.num_tokens for i in items]
+    else:  # on-policy: the inputs, with room for the student's longest sample
+        items = usable
+        sizes = [len(render_prompt(tok, task.student_messages(r.text))) + task.config.max_new_tokens for r in usable]
+    keep = [i for i, n in zip(items, sizes) if n <= cfg.max_length]
+    return keep, [r.id for r, n in zip(usable, sizes) if n > cfg.max_length]
+
+
+def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsConfig, heldout, progress: bool, task) -> dict:
     cfg = train_cfg
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -227,7 +255,7 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
     loaded = load_model(models_cfg.student, models_cfg.device, models_cfg.dtype)
     tok = loaded.tokenizer
     pad_id = tok.pad_token_id
-    train_set, too_long = render_for_training(records, tok, cfg.max_length)
+    train_set, too_long = _training_items(cfg.loss, records, task, tok, cfg)
     if not train_set:
         raise PromptDistillError("no usable training examples (all rejected or over train.max_length)", field="train")
     heldout_set = render_for_training(heldout, tok, cfg.max_length)[0] if heldout else []
@@ -243,6 +271,7 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     scheduler = _scheduler(optimizer, cfg, total_steps)
     device = loaded.device
+    micro_batch_loss = _loss_function(cfg, model, loaded, task, models_cfg, device, pad_id)
 
     fingerprint = _training_fingerprint(records, cfg, models_cfg)
     start, last_loss, last_heldout = 0, float("nan"), None
@@ -269,28 +298,30 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
     for _ in range(start):
         next(groups)
     started = time.time()
-    bar = tqdm(total=total_steps, initial=start, unit="step", desc="train", disable=not progress)
+    bar = tqdm(total=total_steps, initial=start, unit="step", desc=f"train ({cfg.loss})", disable=not progress)
     with _StopAtStepEnd() as stop:
         for step in range(start + 1, total_steps + 1):
             t0 = time.time()
             group = [train_set[i] for i in next(groups)]
             micro = [group[i : i + cfg.batch_size] for i in range(0, len(group), cfg.batch_size)]
-            n_weighted = sum(e.num_trained for e in group)
-            loss_total = 0.0
-            tokens = 0
+            # sft averages over trained tokens, the other losses over examples
+            n_units = sum(e.num_trained for e in group) if cfg.loss == "sft" else len(group)
+            loss_total, stats = 0.0, {}
             for mb in micro:
-                ids, mask, weights = collate(mb, pad_id)
-                loss_sum, _ = weighted_token_loss(model, ids.to(device), mask.to(device), weights)
-                (loss_sum / n_weighted).backward()
+                loss_sum, mb_stats = micro_batch_loss(mb, step)
+                (loss_sum / n_units).backward()
                 loss_total += loss_sum.item()
-                tokens += int(mask.sum())
+                for key, value in mb_stats.items():
+                    stats[key] = stats.get(key, 0) + value
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            last_loss = loss_total / n_weighted
+            last_loss = loss_total / n_units
             elapsed = time.time() - t0
+            tokens = stats.pop("tokens")
             log({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": last_loss, "lr": scheduler.get_last_lr()[0],
-                 "tokens_per_s": tokens / elapsed, "trained_tokens": n_weighted, "examples": len(group)})
+                 "tokens_per_s": tokens / elapsed, "examples": len(group),
+                 **({"trained_tokens": n_units} if cfg.loss == "sft" else {k: v / len(group) for k, v in stats.items()})})
             if heldout_set and (step % cfg.eval_every == 0 or step == total_steps):
                 last_heldout = heldout_loss(model, heldout_set, pad_id)
                 log({"step": step, "heldout_loss": last_heldout})
@@ -311,6 +342,7 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
         "steps_per_epoch": steps_per_epoch,
         "train_examples": len(train_set),
         "skipped_too_long": too_long,
+        "loss": cfg.loss,
         "final_loss": last_loss,
         "final_heldout_loss": last_heldout,
         "seconds": time.time() - started,
