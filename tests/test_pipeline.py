@@ -4,6 +4,7 @@ its run directory, re-entry, and the CLI commands that read a run directory."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import shutil
@@ -189,6 +190,20 @@ def test_eval_report(pipeline_run):
     labeled = {r["id"]: r["label"] for r in read_jsonl(run / "labels" / "heldout.jsonl")}
     assert teacher_labels == labeled
 
+    # fidelity: per-input KL(teacher || system) over the label distributions, and the gap closed
+    for name in ("base", "student"):
+        kls = []
+        for i, pred in by_system[name].items():
+            t, q = by_system["teacher"][i]["label_probs"], pred["label_probs"]
+            assert set(q) == set(LABELS) and sum(q.values()) == pytest.approx(1.0)
+            kls.append(sum(t[k] * math.log(t[k] / q[k]) for k in LABELS if t[k] > 0))
+            assert pred["kl"] == pytest.approx(kls[-1], rel=1e-6, abs=1e-9)
+        assert report["systems"][name]["kl_to_teacher"] == pytest.approx(sum(kls) / len(kls))
+    assert teacher["kl_to_teacher"] is None
+    fidelity = report["fidelity"]
+    assert fidelity["kl_base"] == base["kl_to_teacher"] and fidelity["kl_student"] == student["kl_to_teacher"]
+    assert fidelity["gap_closed"] == pytest.approx(1 - student["kl_to_teacher"] / base["kl_to_teacher"])
+
     md = (run / "eval" / "report.md").read_text()
     for name in ("teacher", "base", "student"):
         assert re.search(rf"^\| {name} \| (yes|no) \|", md, re.M), name
@@ -340,3 +355,39 @@ def test_cli_render(pipeline_run, tokenizer, capsys):
         assert int(m.group(3)) == 5
         assert int(m.group(2)) == prompt + 5
     assert lines[-1] == f"{len(records)} examples; 0 over max_length=512"
+
+
+@pytest.mark.parametrize("loss", ["kd", "on-policy"])
+def test_run_trains_with_each_loss_from_the_command_line(pipeline_run, tmp_path, loss, capsys):
+    """`promptdistill run --loss X` trains with X, reusing the labels, and reports the fidelity metrics."""
+    from promptdistill.cli import main
+
+    base = pipeline_run["base"]
+    task_file = tmp_path / "task.toml"
+    task_file.write_text(
+        "[task]\n"
+        f"user_template = '''{TEMPLATE}'''\n"
+        "labels = ['la', 'cy', 'gr']\n"
+        "answer_mode = 'choose'\n"
+        "max_new_tokens = 6\n"
+        "[data]\n"
+        f"inputs = '{base / 'inputs.jsonl'}'\n"
+        "heldout_fraction = 0.25\n"
+        "[models]\n"
+        f"teacher = '{pipeline_run['raw']['models']['teacher']}'\n"
+        f"student = '{pipeline_run['raw']['models']['student']}'\n"
+        "device = 'cpu'\n"
+        "[train]\n"
+        "lora_rank = 4\nmax_steps = 2\nbatch_size = 4\n",
+        encoding="utf-8",
+    )
+    run = tmp_path / "run"
+    assert main(["run", str(task_file), "--run-dir", str(run), "--loss", loss, "--no-progress"]) == 0
+    summary = json.loads((run / "train" / "train_summary.json").read_text())
+    assert summary["loss"] == loss and summary["steps"] == 2
+    metrics = [m for m in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in m]
+    key = "kl" if loss == "kd" else "reverse_kl"
+    assert len(metrics) == 2 and all(m[key] >= 0 for m in metrics)
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["fidelity"]["kl_student"] is not None and report["fidelity"]["gap_closed"] is not None
+    assert "KL(T||.)" in capsys.readouterr().out
