@@ -6,6 +6,7 @@
     promptdistill eval    TASK --run-dir D [--inputs FILE]  teacher vs base vs student
     promptdistill run     TASK [--run-dir D]                all stages, resumable
     promptdistill predict --run-dir D [TEXT ...]            answer with the student
+    promptdistill export  D --merged DIR | --adapter DIR    the student as a model others load
 
 Any setting of the task file can be overridden with `--set section.key=VALUE`
 (VALUE is read as TOML, falling back to a plain string).
@@ -104,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", action="store_true", help="print the whole reply, not just the label")
     sp.add_argument("--device")
     sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("export", help="write the student as a merged transformers folder and/or a PEFT adapter folder")
+    sp.add_argument("run_dir", help="run directory holding train/adapter")
+    sp.add_argument("--merged", metavar="DIR", help="standalone model folder (LoRA merged into the base)")
+    sp.add_argument("--adapter", metavar="DIR", help="PEFT adapter folder (e.g. for vllm serve --enable-lora)")
+    sp.add_argument("--device", default="cpu", help="device used for merging (default: cpu)")
+    sp.add_argument("--dtype", help="dtype of the merged weights (default: models.dtype of the run)")
+    sp.set_defaults(func=cmd_export)
     return p
 
 
@@ -235,3 +244,14 @@ def cmd_predict(args):
     task, student = load_student(args.run_dir, device=args.device)
     for text, (label, reply) in zip(texts, predict_texts(task, student, texts)):
         print(reply if args.raw else (label if label is not None else "??"))
+
+
+def cmd_export(args):
+    from .export import export_adapter, export_merged
+
+    if not args.merged and not args.adapter:
+        raise PromptDistillError("nothing to export: pass --merged DIR and/or --adapter DIR")
+    if args.merged:
+        print(f"merged model: {export_merged(args.run_dir, args.merged, device=args.device, dtype=args.dtype)}")
+    if args.adapter:
+        print(f"adapter: {export_adapter(args.run_dir, args.adapter)}")
