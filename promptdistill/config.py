@@ -26,6 +26,7 @@ from .errors import PromptDistillError
 
 ANSWER_MODES = ("generate", "choose")
 STUDENT_TARGETS = ("normalized", "teacher_reply")
+REPLY_FORMATS = ("label", "json")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -53,6 +54,16 @@ class TaskConfig:
     # Inputs whose confidence (vote share, or top label probability in choose
     # mode) is below this go to the rejects file with status low_confidence.
     min_confidence: float = 0.0
+    # "label": the answer is one label read with answer_pattern. "json": the
+    # answer is a JSON object that must have every field of json_fields; its
+    # canonical form plays the label's role (see jsonreply.py).
+    reply_format: str = "label"
+    json_fields: list[str] = field(default_factory=list)
+    # Text the teacher's reply is made to start with (assistant prefill, e.g.
+    # '{"category": "'): the teacher continues it, and the recorded reply is
+    # prefix + continuation. Steers a small teacher into the format; the
+    # student and the base model get no prefill.
+    reply_prefix: str = ""
 
 
 @dataclass
@@ -220,18 +231,25 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError(f"the regex must have exactly one group, it has {pattern.groups}", path=source, field="task.answer_pattern")
     _one_of(t.answer_mode, ANSWER_MODES, source, "task.answer_mode")
     _one_of(t.student_target, STUDENT_TARGETS, source, "task.student_target")
+    _one_of(t.reply_format, REPLY_FORMATS, source, "task.reply_format")
+    if t.reply_format == "json":
+        _validate_json_task(t, source)
+    elif t.json_fields:
+        raise PromptDistillError("json_fields applies to reply_format = \"json\"", path=source, field="task.json_fields")
+    if t.reply_prefix and t.answer_mode != "generate":
+        raise PromptDistillError("reply_prefix applies to answer_mode = \"generate\"", path=source, field="task.reply_prefix")
     if t.answer_mode == "choose" and not t.labels:
         raise PromptDistillError("answer_mode 'choose' needs a closed label set (task.labels)", path=source, field="task.labels")
     if len(set(t.labels)) != len(t.labels):
         raise PromptDistillError("labels must be unique", path=source, field="task.labels")
     if "{label}" not in t.answer_template:
         raise PromptDistillError("answer_template must contain {label}", path=source, field="task.answer_template")
-    for label in t.labels:
+    for label in t.labels if t.reply_format == "label" else ():
         if not _reads_back(pattern, t.answer_template, label):
             raise PromptDistillError(
                 f"answer_pattern does not read label {label!r} back from answer_template", path=source, field="task.answer_template"
             )
-    if not t.labels and not any(_reads_back(pattern, t.answer_template, probe) for probe in ("label", "x", "1", "A")):
+    if t.reply_format == "label" and not t.labels and not any(_reads_back(pattern, t.answer_template, probe) for probe in ("label", "x", "1", "A")):
         raise PromptDistillError("answer_pattern does not read a label back from answer_template", path=source, field="task.answer_template")
     if t.max_new_tokens < 1:
         raise PromptDistillError("must be at least 1", path=source, field="task.max_new_tokens")
@@ -256,6 +274,19 @@ def validate_config(cfg: Config, source=None) -> None:
             raise PromptDistillError("must be at least 1", path=source, field=f"train.{key}")
     if tr.learning_rate <= 0:
         raise PromptDistillError("must be > 0", path=source, field="train.learning_rate")
+
+
+def _validate_json_task(t: TaskConfig, source) -> None:
+    """A JSON reply has fields, not a label: no label set, no choosing among labels."""
+    if not t.json_fields:
+        raise PromptDistillError("reply_format = \"json\" needs the required fields (task.json_fields = [\"...\"])",
+                                 path=source, field="task.json_fields")
+    if len(set(t.json_fields)) != len(t.json_fields):
+        raise PromptDistillError("json_fields must be unique", path=source, field="task.json_fields")
+    if t.answer_mode != "generate":
+        raise PromptDistillError("reply_format = \"json\" needs answer_mode = \"generate\"", path=source, field="task.answer_mode")
+    if t.labels:
+        raise PromptDistillError("reply_format = \"json\" has no label set; remove task.labels", path=source, field="task.labels")
 
 
 def _reads_back(pattern, template: str, label: str) -> bool:

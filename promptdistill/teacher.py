@@ -180,7 +180,7 @@ def _generate_answers(task: Task, teacher: LoadedModel, seed: int, prefix: engin
     whole = engine.PrefixCache(teacher.model, []) if sampling else None
 
     def answer(batch: list[Example]) -> list[LabeledExample]:
-        prompts = [render_prompt(tok, task.teacher_messages(e.text)) for e in batch]
+        prompts = [render_prompt(tok, task.teacher_messages(e.text), task.config.reply_prefix) for e in batch]
         rows = [(i, k) for i in range(len(batch)) for k in range(n)]
         suffixes = [_split_prefix(prefix, p) for p in prompts]
         seeds = {(i, k): _sample_seed(seed, batch[i].id, k) for i, k in rows}
@@ -195,7 +195,9 @@ def _generate_answers(task: Task, teacher: LoadedModel, seed: int, prefix: engin
             outs.update(zip(slow, got))
         elif slow:
             outs.update(zip(slow, engine.generate(teacher.model, [prompts[i] for i, _ in slow], **settings)))
-        return [_vote(task, e, [tok.decode(outs[(i, k)], skip_special_tokens=True) for k in range(n)]) for i, e in enumerate(batch)]
+        prefill = task.config.reply_prefix
+        return [_vote(task, e, [prefill + tok.decode(outs[(i, k)], skip_special_tokens=True) for k in range(n)])
+                for i, e in enumerate(batch)]
 
     return answer
 
