@@ -176,20 +176,14 @@ def cmd_label(args):
 def cmd_render(args):
     from .models import load_tokenizer
     from .records import read_labeled
-    from .render import render_example
-    from .task import OK
+    from .rundata import token_counts
 
     cfg = load_task_config(args)
-    tok = load_tokenizer(cfg.models.student)
-    records = [r for r in read_labeled(args.labeled) if r.status == OK]
-    over = 0
-    for i, r in enumerate(records):
-        ex = render_example(tok, r.messages)
-        over += ex.num_tokens > cfg.train.max_length
-        if not args.limit or i < args.limit:
-            flag = "  over max_length" if ex.num_tokens > cfg.train.max_length else ""
-            print(f"Example {i:3d}: {ex.num_tokens:4d} total tokens, {ex.num_trained:3d} trained tokens{flag}")
-    print(f"{len(records)} examples; {over} over max_length={cfg.train.max_length}")
+    rows = token_counts(read_labeled(args.labeled), load_tokenizer(cfg.models.student), cfg.train.max_length)
+    for i, row in enumerate(rows[: args.limit or None]):
+        flag = "  over max_length" if row["too_long"] else ""
+        print(f"Example {i:3d}: {row['tokens']:4d} total tokens, {row['trained_tokens']:3d} trained tokens{flag}")
+    print(f"{len(rows)} examples; {sum(r['too_long'] for r in rows)} over max_length={cfg.train.max_length}")
 
 
 def cmd_train(args):

@@ -118,6 +118,8 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    """A whole task file: one dataclass per table (task, data, models, train, eval)."""
+
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -155,6 +157,7 @@ def load_config(path) -> Config:
 
 
 def config_from_dict(raw: dict, source=None) -> Config:
+    """A validated `Config` from a dict shaped like the task file (`source` names it in errors)."""
     _check_keys(raw, _SECTIONS, source, prefix="")
     sections = {}
     for name, cls in _SECTIONS.items():

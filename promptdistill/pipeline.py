@@ -9,7 +9,8 @@ which case it and every later stage run again.
     RUN/split/{train,heldout}.jsonl
     RUN/labels/{train,heldout}.jsonl (+ .rejects.jsonl, summary.json)
     RUN/train/                 metrics.jsonl, checkpoints/, adapter/
-    RUN/eval/                  report.json, report.md, predictions.jsonl
+    RUN/eval/                  report.json, report.md, report.html (pictures inlined), *.png,
+                               predictions.jsonl
 """
 
 from __future__ import annotations
@@ -170,11 +171,13 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
 
 
 def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress: bool = True) -> dict:
-    """Load teacher, base and trained student for a run directory and evaluate them."""
+    """Load teacher, base and trained student for a run directory, evaluate them on
+    `examples` and write the report with its pictures into RUN/eval; return the report."""
     from peft import PeftModel
 
     from .evaluate import evaluate_systems
     from .models import AdapterDisabled, LoadedModel, load_model
+    from .report_html import write_run_report
 
     if cfg.eval.max_examples:
         examples = examples[: cfg.eval.max_examples]
@@ -193,10 +196,13 @@ def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress:
         teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)
     blob = json.dumps([cfg.to_dict(), [(e.id, e.text) for e in examples]], sort_keys=True).encode()
     fingerprint = hashlib.sha256(blob + (adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
-    return evaluate_systems(
+    report = evaluate_systems(
         task, examples, Path(run_path) / "eval", teacher=teacher, student=student,
         base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=fingerprint,
     )
+    # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
+    write_run_report(run_path)
+    return report
 
 
 def _pct(x) -> str:

@@ -32,6 +32,9 @@ LOW_CONFIDENCE = "low_confidence"
 
 
 class Task:
+    """A task file's [task] table as behaviour: the teacher's and the student's
+    conversations for an input, reading the answer, and the student's target."""
+
     def __init__(self, config: TaskConfig):
         self.config = config
         self.pattern = re.compile(config.answer_pattern)
