@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--labeled", required=True, help="labeled JSONL from `label`")
     sp.add_argument("--heldout", help="labeled JSONL for the held-out loss")
     sp.add_argument("--run-dir", required=True)
+    _report_to_option(sp)
     sp.set_defaults(func=cmd_train)
 
     sp = with_task(sub.add_parser("eval", help="compare teacher, base and student on held-out inputs"))
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = with_task(sub.add_parser("run", help="split, label, train, eval; skips completed stages"))
     sp.add_argument("--run-dir", help="default: runs/<task name>")
     sp.add_argument("--force", action="store_true", help="redo stages whose settings changed")
+    _report_to_option(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("predict", help="answer with a trained student, without the prompt")
@@ -114,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--dtype", help="dtype of the merged weights (default: models.dtype of the run)")
     sp.set_defaults(func=cmd_export)
     return p
+
+
+def _report_to_option(sp) -> None:
+    from .config import REPORT_TO
+
+    sp.add_argument("--report-to", choices=REPORT_TO, help="also log training metrics to a tracker (sets train.report_to)")
 
 
 def load_task_config(args):
@@ -137,6 +145,8 @@ def load_task_config(args):
     for flag in ("samples", "temperature", "min_confidence"):
         if getattr(args, flag, None) is not None:
             raw["task"][flag] = getattr(args, flag)
+    if getattr(args, "report_to", None):
+        raw["train"]["report_to"] = args.report_to
     base_dir = cfg.base_dir
     cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if args.overrides else path)
     cfg.base_dir = base_dir

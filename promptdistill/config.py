@@ -27,6 +27,7 @@ from .errors import PromptDistillError
 ANSWER_MODES = ("generate", "choose")
 STUDENT_TARGETS = ("normalized", "teacher_reply")
 REPLY_FORMATS = ("label", "json")
+REPORT_TO = ("none", "tensorboard", "wandb")  # trackers, see tracking.py
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -106,6 +107,14 @@ class TrainConfig:
     eval_every: int = 50
     save_every: int = 100
     seed: int = 0
+    # Also send the training metrics to a tracker: none | tensorboard | wandb (see tracking.py).
+    report_to: str = "none"
+
+
+def training_settings(cfg: TrainConfig) -> dict:
+    """The train settings that decide the adapter: all but where metrics are mirrored
+    (turning a tracker on must not invalidate checkpoints or a finished stage)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "report_to"}
 
 
 @dataclass
@@ -272,6 +281,7 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError("must be between 0 and 1", path=source, field="data.heldout_fraction")
     tr = cfg.train
     _one_of(tr.lr_schedule, LR_SCHEDULES, source, "train.lr_schedule")
+    _one_of(tr.report_to, REPORT_TO, source, "train.report_to")
     for key in ("lora_rank", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "epochs"):
         if getattr(tr, key) < 1:
             raise PromptDistillError("must be at least 1", path=source, field=f"train.{key}")
