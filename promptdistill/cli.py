@@ -197,16 +197,15 @@ def cmd_render(args):
 
 
 def cmd_train(args):
+    from .config import save_config
     from .records import read_labeled
     from .train import train_student
-
-    from .io import atomic_write_json
 
     cfg = load_task_config(args)
     heldout = read_labeled(args.heldout) if args.heldout else None
     run_dir = Path(args.run_dir)
-    # Same layout as `run`, so `eval` and `predict` work on this folder.
-    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    # Same layout as `run`, so `eval`, `predict` and `export` work on this folder.
+    save_config(cfg, run_dir / "config.json")
     summary = train_student(read_labeled(args.labeled), run_dir / "train", cfg.train, cfg.models, heldout=heldout,
                             progress=not args.no_progress)
     print(json.dumps(summary, indent=2))

@@ -165,6 +165,14 @@ def load_config(path) -> Config:
     return cfg
 
 
+def save_config(cfg: Config, path) -> None:
+    """Write the resolved configuration as JSON (what a run directory's config.json holds;
+    `load_student`, `evaluate_run` and `export` read it back)."""
+    from .io import atomic_write_json
+
+    atomic_write_json(path, cfg.to_dict())
+
+
 def config_from_dict(raw: dict, source=None) -> Config:
     """A validated `Config` from a dict shaped like the task file (`source` names it in errors)."""
     _check_keys(raw, _SECTIONS, source, prefix="")
