@@ -111,6 +111,17 @@ class TrainConfig:
     report_to: str = "none"
 
 
+# Task keys added after the first release: they count in fingerprints only when
+# set, so labels and run directories made before they existed stay valid.
+_LATER_TASK_KEYS = ("reply_format", "json_fields", "reply_prefix")
+
+
+def task_settings(cfg: TaskConfig) -> dict:
+    """The task settings that decide the teacher's labels, as hashed into fingerprints."""
+    default = TaskConfig()
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _LATER_TASK_KEYS or v != getattr(default, k)}
+
+
 def training_settings(cfg: TrainConfig) -> dict:
     """The train settings that decide the adapter: all but where metrics are mirrored
     (turning a tracker on must not invalidate checkpoints or a finished stage)."""

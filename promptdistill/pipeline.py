@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config, training_settings
+from .config import Config, task_settings, training_settings
 from .errors import PromptDistillError
 from .io import DirectoryLock, atomic_write_json
 from .records import check_gold_labels, read_inputs, read_labeled, report_duplicates, write_examples
@@ -45,7 +45,7 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
         # what decides which inputs are too long for the student
         "fit": [cfg.train.max_length, cfg.task.max_new_tokens, cfg.models.student],
     }
-    label = {**split, "task": d["task"], "teacher": d["models"]["teacher"]}
+    label = {**split, "task": task_settings(cfg.task), "teacher": d["models"]["teacher"]}
     train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
     evaluate = {**train, "eval": d["eval"]}
     return {"split": split, "label": label, "train": train, "eval": evaluate}

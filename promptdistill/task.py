@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict
-
-from .config import TaskConfig
+from .config import TaskConfig, task_settings
 from .jsonreply import parse_json_reply
 
 # Parse statuses stored on every labeled record.
@@ -90,5 +88,5 @@ class Task:
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes the teacher's labels."""
-        blob = json.dumps(asdict(self.config), sort_keys=True, ensure_ascii=False)
+        blob = json.dumps(task_settings(self.config), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
