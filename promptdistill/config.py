@@ -47,14 +47,6 @@ class TaskConfig:
     # student_target = "normalized".
     answer_template: str = "Final Answer: {label}"
     student_target: str = "normalized"
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-    # Self-consistency (generate mode): draw this many answers per input and
-    # keep the majority label; needs temperature > 0.
-    samples: int = 1
-    # Inputs whose confidence (vote share, or top label probability in choose
-    # mode) is below this go to the rejects file with status low_confidence.
-    min_confidence: float = 0.0
     # "label": the answer is one label read with answer_pattern. "json": the
     # answer is a JSON object that must have every field of json_fields; its
     # canonical form plays the label's role (see jsonreply.py).
@@ -65,6 +57,14 @@ class TaskConfig:
     # prefix + continuation. Steers a small teacher into the format; the
     # student and the base model get no prefill.
     reply_prefix: str = ""
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    # Self-consistency (generate mode): draw this many answers per input and
+    # keep the majority label; needs temperature > 0.
+    samples: int = 1
+    # Inputs whose confidence (vote share, or top label probability in choose
+    # mode) is below this go to the rejects file with status low_confidence.
+    min_confidence: float = 0.0
 
 
 @dataclass
