@@ -14,8 +14,26 @@ two. One module per stage:
     train      train_student
     evaluate   evaluate_systems
     split      train / held-out split
-    pipeline   run_pipeline: all stages, resumable
+    pipeline   run_pipeline: all stages, resumable; evaluate_run
     predict    answering with a trained student
+    export     the student as a merged transformers folder or a PEFT adapter
+    jsonreply  free-form JSON replies: validity, field-level agreement
+    rundata    a run's data for notebooks: token counts, metrics, report
+    plots      report pictures (matplotlib)
+    report_html  report.md with pictures and a self-contained report.html
+
+In a notebook, the seed's steps are (see examples/tutorial.ipynb):
+
+    cfg = load_config("task.toml"); task = Task(cfg.task)
+    teacher = load_model(cfg.models.teacher)
+    label_inputs(read_inputs("data.jsonl"), task, teacher, "run/labels/train.jsonl")
+    records = read_labeled("run/labels/train.jsonl")
+    token_counts(records, teacher.tokenizer)          # tokens and trained tokens per example
+    train_student(records, "run/train", cfg.train, cfg.models)
+    read_metrics("run")                               # loss per step
+    report = evaluate_run(cfg, task, "run", heldout)  # teacher vs base vs student
+    print(results_table(report))
+    predict_texts(*load_student("run"), ["some input"])
 
 Heavy libraries (torch, transformers) load on first use, so `import
 promptdistill` stays fast.
@@ -30,17 +48,30 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "config",
     "load_config": "config",
+    "config_from_dict": "config",
+    "save_config": "config",
     "Task": "task",
     "Example": "records",
     "LabeledExample": "records",
     "read_inputs": "records",
     "read_labeled": "records",
     "load_model": "models",
+    "load_tokenizer": "models",
     "label_inputs": "teacher",
     "render_example": "render",
     "train_student": "train",
     "evaluate_systems": "evaluate",
+    "results_table": "evaluate",
+    "evaluate_run": "pipeline",
+    "token_counts": "rundata",
+    "read_metrics": "rundata",
+    "load_report": "rundata",
+    "write_run_report": "report_html",
+    "export_merged": "export",
+    "export_adapter": "export",
     "split_examples": "split",
+    "subsample": "split",
+    "write_examples": "records",
     "run_pipeline": "pipeline",
     "load_student": "predict",
     "predict_texts": "predict",

@@ -6,6 +6,7 @@
     promptdistill eval    TASK --run-dir D [--inputs FILE]  teacher vs base vs student
     promptdistill run     TASK [--run-dir D]                all stages, resumable
     promptdistill predict --run-dir D [TEXT ...]            answer with the student
+    promptdistill export  D --merged DIR | --adapter DIR    the student as a model others load
 
 Any setting of the task file can be overridden with `--set section.key=VALUE`
 (VALUE is read as TOML, falling back to a plain string).
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--heldout", help="labeled JSONL for the held-out loss")
     sp.add_argument("--run-dir", required=True)
     _loss_flags(sp)
+    _report_to_option(sp)
     sp.set_defaults(func=cmd_train)
 
     sp = with_task(sub.add_parser("eval", help="compare teacher, base and student on held-out inputs"))
@@ -98,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--run-dir", help="default: runs/<task name>")
     sp.add_argument("--force", action="store_true", help="redo stages whose settings changed")
     _loss_flags(sp)
+    _report_to_option(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("predict", help="answer with a trained student, without the prompt")
@@ -106,12 +109,26 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", action="store_true", help="print the whole reply, not just the label")
     sp.add_argument("--device")
     sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("export", help="write the student as a merged transformers folder and/or a PEFT adapter folder")
+    sp.add_argument("run_dir", help="run directory holding train/adapter")
+    sp.add_argument("--merged", metavar="DIR", help="standalone model folder (LoRA merged into the base)")
+    sp.add_argument("--adapter", metavar="DIR", help="PEFT adapter folder (e.g. for vllm serve --enable-lora)")
+    sp.add_argument("--device", default="cpu", help="device used for merging (default: cpu)")
+    sp.add_argument("--dtype", help="dtype of the merged weights (default: models.dtype of the run)")
+    sp.set_defaults(func=cmd_export)
     return p
 
 
 def _loss_flags(sp) -> None:
     sp.add_argument("--loss", choices=["sft", "kd", "on-policy"], help="training loss (sets train.loss; default sft)")
     sp.add_argument("--kd-alpha", type=float, help="kd: weight of hard-label cross-entropy in the loss (sets train.kd_alpha)")
+
+
+def _report_to_option(sp) -> None:
+    from .config import REPORT_TO
+
+    sp.add_argument("--report-to", choices=REPORT_TO, help="also log training metrics to a tracker (sets train.report_to)")
 
 
 def load_task_config(args):
@@ -138,6 +155,8 @@ def load_task_config(args):
     for flag in ("loss", "kd_alpha"):
         if getattr(args, flag, None) is not None:
             raw["train"][flag] = getattr(args, flag)
+    if getattr(args, "report_to", None):
+        raw["train"]["report_to"] = args.report_to
     base_dir = cfg.base_dir
     cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if args.overrides else path)
     cfg.base_dir = base_dir
@@ -177,34 +196,27 @@ def cmd_label(args):
 def cmd_render(args):
     from .models import load_tokenizer
     from .records import read_labeled
-    from .render import render_example
-    from .task import OK
+    from .rundata import token_counts
 
     cfg = load_task_config(args)
-    tok = load_tokenizer(cfg.models.student)
-    records = [r for r in read_labeled(args.labeled) if r.status == OK]
-    over = 0
-    for i, r in enumerate(records):
-        ex = render_example(tok, r.messages)
-        over += ex.num_tokens > cfg.train.max_length
-        if not args.limit or i < args.limit:
-            flag = "  over max_length" if ex.num_tokens > cfg.train.max_length else ""
-            print(f"Example {i:3d}: {ex.num_tokens:4d} total tokens, {ex.num_trained:3d} trained tokens{flag}")
-    print(f"{len(records)} examples; {over} over max_length={cfg.train.max_length}")
+    rows = token_counts(read_labeled(args.labeled), load_tokenizer(cfg.models.student), cfg.train.max_length)
+    for i, row in enumerate(rows[: args.limit or None]):
+        flag = "  over max_length" if row["too_long"] else ""
+        print(f"Example {i:3d}: {row['tokens']:4d} total tokens, {row['trained_tokens']:3d} trained tokens{flag}")
+    print(f"{len(rows)} examples; {sum(r['too_long'] for r in rows)} over max_length={cfg.train.max_length}")
 
 
 def cmd_train(args):
+    from .config import save_config
     from .records import read_labeled
     from .task import Task
     from .train import train_student
 
-    from .io import atomic_write_json
-
     cfg = load_task_config(args)
     heldout = read_labeled(args.heldout) if args.heldout else None
     run_dir = Path(args.run_dir)
-    # Same layout as `run`, so `eval` and `predict` work on this folder.
-    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    # Same layout as `run`, so `eval`, `predict` and `export` work on this folder.
+    save_config(cfg, run_dir / "config.json")
     summary = train_student(read_labeled(args.labeled), run_dir / "train", cfg.train, cfg.models, heldout=heldout,
                             progress=not args.no_progress, task=Task(cfg.task))
     print(json.dumps(summary, indent=2))
@@ -246,3 +258,14 @@ def cmd_predict(args):
     task, student = load_student(args.run_dir, device=args.device)
     for text, (label, reply) in zip(texts, predict_texts(task, student, texts)):
         print(reply if args.raw else (label if label is not None else "??"))
+
+
+def cmd_export(args):
+    from .export import export_adapter, export_merged
+
+    if not args.merged and not args.adapter:
+        raise PromptDistillError("nothing to export: pass --merged DIR and/or --adapter DIR")
+    if args.merged:
+        print(f"merged model: {export_merged(args.run_dir, args.merged, device=args.device, dtype=args.dtype)}")
+    if args.adapter:
+        print(f"adapter: {export_adapter(args.run_dir, args.adapter)}")

@@ -26,6 +26,8 @@ from .errors import PromptDistillError
 
 ANSWER_MODES = ("generate", "choose")
 STUDENT_TARGETS = ("normalized", "teacher_reply")
+REPLY_FORMATS = ("label", "json")
+REPORT_TO = ("none", "tensorboard", "wandb")  # trackers, see tracking.py
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("sft", "kd", "on-policy")
 
@@ -46,6 +48,16 @@ class TaskConfig:
     # student_target = "normalized".
     answer_template: str = "Final Answer: {label}"
     student_target: str = "normalized"
+    # "label": the answer is one label read with answer_pattern. "json": the
+    # answer is a JSON object that must have every field of json_fields; its
+    # canonical form plays the label's role (see jsonreply.py).
+    reply_format: str = "label"
+    json_fields: list[str] = field(default_factory=list)
+    # Text the teacher's reply is made to start with (assistant prefill, e.g.
+    # '{"category": "'): the teacher continues it, and the recorded reply is
+    # prefix + continuation. Steers a small teacher into the format; the
+    # student and the base model get no prefill.
+    reply_prefix: str = ""
     max_new_tokens: int = 32
     temperature: float = 0.0
     # Self-consistency (generate mode): draw this many answers per input and
@@ -110,6 +122,25 @@ class TrainConfig:
     eval_every: int = 50
     save_every: int = 100
     seed: int = 0
+    # Also send the training metrics to a tracker: none | tensorboard | wandb (see tracking.py).
+    report_to: str = "none"
+
+
+# Task keys added after the first release: they count in fingerprints only when
+# set, so labels and run directories made before they existed stay valid.
+_LATER_TASK_KEYS = ("reply_format", "json_fields", "reply_prefix")
+
+
+def task_settings(cfg: TaskConfig) -> dict:
+    """The task settings that decide the teacher's labels, as hashed into fingerprints."""
+    default = TaskConfig()
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _LATER_TASK_KEYS or v != getattr(default, k)}
+
+
+def training_settings(cfg: TrainConfig) -> dict:
+    """The train settings that decide the adapter: all but where metrics are mirrored
+    (turning a tracker on must not invalidate checkpoints or a finished stage)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "report_to"}
 
 
 @dataclass
@@ -122,6 +153,8 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    """A whole task file: one dataclass per table (task, data, models, train, eval)."""
+
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -158,7 +191,16 @@ def load_config(path) -> Config:
     return cfg
 
 
+def save_config(cfg: Config, path) -> None:
+    """Write the resolved configuration as JSON (what a run directory's config.json holds;
+    `load_student`, `evaluate_run` and `export` read it back)."""
+    from .io import atomic_write_json
+
+    atomic_write_json(path, cfg.to_dict())
+
+
 def config_from_dict(raw: dict, source=None) -> Config:
+    """A validated `Config` from a dict shaped like the task file (`source` names it in errors)."""
     _check_keys(raw, _SECTIONS, source, prefix="")
     sections = {}
     for name, cls in _SECTIONS.items():
@@ -235,18 +277,25 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError(f"the regex must have exactly one group, it has {pattern.groups}", path=source, field="task.answer_pattern")
     _one_of(t.answer_mode, ANSWER_MODES, source, "task.answer_mode")
     _one_of(t.student_target, STUDENT_TARGETS, source, "task.student_target")
+    _one_of(t.reply_format, REPLY_FORMATS, source, "task.reply_format")
+    if t.reply_format == "json":
+        _validate_json_task(t, source)
+    elif t.json_fields:
+        raise PromptDistillError("json_fields applies to reply_format = \"json\"", path=source, field="task.json_fields")
+    if t.reply_prefix and t.answer_mode != "generate":
+        raise PromptDistillError("reply_prefix applies to answer_mode = \"generate\"", path=source, field="task.reply_prefix")
     if t.answer_mode == "choose" and not t.labels:
         raise PromptDistillError("answer_mode 'choose' needs a closed label set (task.labels)", path=source, field="task.labels")
     if len(set(t.labels)) != len(t.labels):
         raise PromptDistillError("labels must be unique", path=source, field="task.labels")
     if "{label}" not in t.answer_template:
         raise PromptDistillError("answer_template must contain {label}", path=source, field="task.answer_template")
-    for label in t.labels:
+    for label in t.labels if t.reply_format == "label" else ():
         if not _reads_back(pattern, t.answer_template, label):
             raise PromptDistillError(
                 f"answer_pattern does not read label {label!r} back from answer_template", path=source, field="task.answer_template"
             )
-    if not t.labels and not any(_reads_back(pattern, t.answer_template, probe) for probe in ("label", "x", "1", "A")):
+    if t.reply_format == "label" and not t.labels and not any(_reads_back(pattern, t.answer_template, probe) for probe in ("label", "x", "1", "A")):
         raise PromptDistillError("answer_pattern does not read a label back from answer_template", path=source, field="task.answer_template")
     if t.max_new_tokens < 1:
         raise PromptDistillError("must be at least 1", path=source, field="task.max_new_tokens")
@@ -274,11 +323,25 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError("must be between 0 and 1", path=source, field="train.kd_alpha")
     if tr.onpolicy_temperature <= 0:
         raise PromptDistillError("must be > 0", path=source, field="train.onpolicy_temperature")
+    _one_of(tr.report_to, REPORT_TO, source, "train.report_to")
     for key in ("lora_rank", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "epochs"):
         if getattr(tr, key) < 1:
             raise PromptDistillError("must be at least 1", path=source, field=f"train.{key}")
     if tr.learning_rate <= 0:
         raise PromptDistillError("must be > 0", path=source, field="train.learning_rate")
+
+
+def _validate_json_task(t: TaskConfig, source) -> None:
+    """A JSON reply has fields, not a label: no label set, no choosing among labels."""
+    if not t.json_fields:
+        raise PromptDistillError("reply_format = \"json\" needs the required fields (task.json_fields = [\"...\"])",
+                                 path=source, field="task.json_fields")
+    if len(set(t.json_fields)) != len(t.json_fields):
+        raise PromptDistillError("json_fields must be unique", path=source, field="task.json_fields")
+    if t.answer_mode != "generate":
+        raise PromptDistillError("reply_format = \"json\" needs answer_mode = \"generate\"", path=source, field="task.answer_mode")
+    if t.labels:
+        raise PromptDistillError("reply_format = \"json\" has no label set; remove task.labels", path=source, field="task.labels")
 
 
 def _reads_back(pattern, template: str, label: str) -> bool:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from . import engine
 from .io import JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, drop_torn_last_line
+from .jsonreply import json_metrics, json_report_lines, json_summary_lines
 from .models import LoadedModel
 from .records import Example
 from .render import end_of_turn_ids, render_prompt
@@ -51,15 +52,16 @@ class Prediction:
     kl: float | None = None
 
 
-def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict]) -> tuple[str, int]:
-    """Greedy (or sampled, per the task) reply to `messages`; returns (reply, prompt tokens)."""
+def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict], reply_prefix: str = "") -> tuple[str, int]:
+    """Greedy (or sampled, per the task) reply to `messages`, starting with `reply_prefix`;
+    returns (reply, prompt tokens)."""
     tok = loaded.tokenizer
-    prompt = render_prompt(tok, messages)
+    prompt = render_prompt(tok, messages, reply_prefix)
     out = engine.generate(
         loaded.model, [prompt], max_new_tokens=task.config.max_new_tokens, eos_ids=end_of_turn_ids(tok),
         pad_id=tok.pad_token_id, temperature=task.config.temperature, seed=0,
     )[0]
-    return tok.decode(out, skip_special_tokens=True), len(prompt)
+    return reply_prefix + tok.decode(out, skip_special_tokens=True), len(prompt)
 
 
 def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], system: str, *, with_prompt: bool,
@@ -89,7 +91,7 @@ def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], sys
             reply = task.label_reply(max(probs, key=probs.get))
             n_prompt = len(render_prompt(loaded.tokenizer, messages))
         else:
-            reply, n_prompt = generate_answer(task, loaded, messages)
+            reply, n_prompt = generate_answer(task, loaded, messages, task.config.reply_prefix if with_prompt else "")
         latency = time.perf_counter() - t0
         label, status = task.parse_answer(reply)
         kl = None
@@ -122,6 +124,7 @@ def system_metrics(task: Task, examples: list[Example], preds: list[Prediction],
         # mean KL(teacher || system) over inputs (fidelity.py); None for the teacher
         "kl_to_teacher": statistics.fmean(kls) if (kls := [p.kl for p in preds if p.kl is not None]) else None,
         "confusion": confusion,
+        "json": json_metrics(task, preds, teacher_preds) if task.json_reply else None,
     }
 
 
@@ -243,6 +246,7 @@ def results_table(report: dict) -> str:
         lines.append(gap)
     if report.get("majority_label") is not None:
         lines.append(f"(always answering '{report['majority_label']}' would agree {_fmt(report['majority_agreement'], True)} with the teacher)")
+    lines += json_summary_lines(report, _fmt)
     return "\n".join(lines)
 
 
@@ -278,6 +282,7 @@ def report_markdown(report: dict) -> str:
         out.append(f"Always answering the teacher's most frequent label (`{report['majority_label']}`) would agree "
                    f"{_fmt(report['majority_agreement'], True)} of the time.")
     out.append("")
+    out += json_report_lines(report, _fmt)
     for name, m in s.items():
         labels = list(m["confusion"])
         if not labels:

@@ -284,6 +284,9 @@ def token_kd_examples(records, task, tokenizer):
     """TokenKDExamples from records that carry the teacher's top-k reply log-probabilities."""
     from .render import render_prompt
 
+    if task.config.reply_prefix:
+        raise PromptDistillError("token-level kd does not support task.reply_prefix (the stored log-probabilities cover only "
+                                 "the generated part of the reply); use loss 'sft' or 'on-policy'", field="train.loss")
     out = []
     for r in records:
         lp = r.teacher_logprobs

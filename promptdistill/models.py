@@ -73,6 +73,7 @@ def model_path(name: str) -> str:
 
 
 def load_tokenizer(name: str):
+    """The tokenizer (with chat template) of a model name; a missing pad token is set to eos."""
     from transformers import AutoTokenizer
 
     path = model_path(name)

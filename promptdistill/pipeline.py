@@ -9,7 +9,8 @@ which case it and every later stage run again.
     RUN/split/{train,heldout}.jsonl
     RUN/labels/{train,heldout}.jsonl (+ .rejects.jsonl, summary.json)
     RUN/train/                 metrics.jsonl, checkpoints/, adapter/
-    RUN/eval/                  report.json, report.md, predictions.jsonl
+    RUN/eval/                  report.json, report.md, report.html (pictures inlined), *.png,
+                               predictions.jsonl
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config
+from .config import Config, task_settings, training_settings
 from .errors import PromptDistillError
 from .io import DirectoryLock, atomic_write_json
 from .records import check_gold_labels, read_inputs, read_labeled, report_duplicates, write_examples
@@ -44,8 +45,8 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
         # what decides which inputs are too long for the student
         "fit": [cfg.train.max_length, cfg.task.max_new_tokens, cfg.models.student],
     }
-    label = {**split, "task": d["task"], "teacher": d["models"]["teacher"]}
-    train = {**label, "train": d["train"], "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
+    label = {**split, "task": task_settings(cfg.task), "teacher": d["models"]["teacher"]}
+    train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
     evaluate = {**train, "eval": d["eval"]}
     return {"split": split, "label": label, "train": train, "eval": evaluate}
 
@@ -171,11 +172,13 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
 
 
 def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress: bool = True) -> dict:
-    """Load teacher, base and trained student for a run directory and evaluate them."""
+    """Load teacher, base and trained student for a run directory, evaluate them on
+    `examples` and write the report with its pictures into RUN/eval; return the report."""
     from peft import PeftModel
 
     from .evaluate import evaluate_systems
     from .models import AdapterDisabled, LoadedModel, load_model
+    from .report_html import write_run_report
 
     if cfg.eval.max_examples:
         examples = examples[: cfg.eval.max_examples]
@@ -194,10 +197,13 @@ def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress:
         teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)
     blob = json.dumps([cfg.to_dict(), [(e.id, e.text) for e in examples]], sort_keys=True).encode()
     fingerprint = hashlib.sha256(blob + (adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
-    return evaluate_systems(
+    report = evaluate_systems(
         task, examples, Path(run_path) / "eval", teacher=teacher, student=student,
         base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=fingerprint,
     )
+    # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
+    write_run_report(run_path)
+    return report
 
 
 def _pct(x) -> str:

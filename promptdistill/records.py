@@ -137,6 +137,7 @@ def read_inputs(path) -> list[Example]:
 
 
 def read_labeled(path) -> list[LabeledExample]:
+    """The labeled records of a JSONL file written by `label_inputs` (or `promptdistill label`)."""
     path = Path(path)
     if not path.exists():
         raise PromptDistillError("labeled file not found", path=path)
@@ -144,6 +145,7 @@ def read_labeled(path) -> list[LabeledExample]:
 
 
 def write_examples(path, examples: list[Example]) -> None:
+    """Write inputs as JSONL (id, text, label, meta), readable again by `read_inputs` (atomic)."""
     from .io import atomic_write_jsonl
 
     atomic_write_jsonl(path, [e.to_json() for e in examples])

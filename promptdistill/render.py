@@ -63,15 +63,17 @@ def _has_control_text(tokenizer, text: str) -> bool:
     return any(tok in text for tok in tokenizer.all_special_tokens + list(tokenizer.get_added_vocab()))
 
 
-def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a conversation followed by the assistant's generation header.
+def render_prompt(tokenizer, messages: list[dict], reply_prefix: str = "") -> list[int]:
+    """Token ids of a conversation followed by the assistant's generation header
+    (and `reply_prefix`, the start of the reply the model is made to continue).
 
     Message contents are data: a text that spells a control token (say
     `<|im_end|>`) is tokenized as those characters, never as the control token,
     so an input cannot close its turn or open another one.
     """
+    prefill = _encode(tokenizer, reply_prefix) if reply_prefix else []
     if not any(_has_control_text(tokenizer, m["content"]) for m in messages):
-        return _encode(tokenizer, _template(tokenizer, messages, add_generation_prompt=True))
+        return _encode(tokenizer, _template(tokenizer, messages, add_generation_prompt=True)) + prefill
     marked = [{**m, "content": f"{_OPEN}{i}{_CLOSE}"} for i, m in enumerate(messages)]
     rendered = _template(tokenizer, marked, add_generation_prompt=True)
     ids: list[int] = []
@@ -82,7 +84,7 @@ def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
             ids += _encode(tokenizer, rest)
         else:
             ids += _encode(tokenizer, piece)
-    return ids
+    return ids + prefill
 
 
 def reply_ids(tokenizer, prompt_messages: list[dict], reply: str) -> list[int]:

@@ -5,8 +5,9 @@ A task is pure text logic, independent of any model:
 - `teacher_messages(text)`: the conversation the teacher answers, with the long
   prompt either as a system message or as a user template around the input.
 - `student_messages(text)`: the same input without the prompt.
-- `parse_answer(reply)`: the label read from a reply with the task's regex,
-  plus a status saying why there is none.
+- `parse_answer(reply)`: the label read from a reply with the task's regex
+  (or, for `reply_format = "json"`, the canonical JSON object; see
+  jsonreply.py), plus a status saying why there is none.
 - `target_reply(...)`: what the student is trained to say.
 
 The input is substituted into the template literally (no `str.format`), so a
@@ -18,9 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict
-
-from .config import TaskConfig
+from .config import TaskConfig, task_settings
+from .jsonreply import parse_json_reply
 
 # Parse statuses stored on every labeled record.
 OK = "ok"
@@ -30,6 +30,9 @@ LOW_CONFIDENCE = "low_confidence"
 
 
 class Task:
+    """A task file's [task] table as behaviour: the teacher's and the student's
+    conversations for an input, reading the answer, and the student's target."""
+
     def __init__(self, config: TaskConfig):
         self.config = config
         self.pattern = re.compile(config.answer_pattern)
@@ -53,8 +56,15 @@ class Task:
     def student_messages(self, text: str) -> list[dict]:
         return [{"role": "user", "content": text}]
 
+    @property
+    def json_reply(self) -> bool:
+        """True when the answer is a JSON object with fixed fields rather than a label."""
+        return self.config.reply_format == "json"
+
     def parse_answer(self, reply: str) -> tuple[str | None, str]:
         """Return (label, status); label is None unless status is OK."""
+        if self.json_reply:
+            return parse_json_reply(reply, self.config.json_fields)
         m = self.pattern.search(reply)
         if not m:
             return None, NO_MATCH
@@ -64,7 +74,10 @@ class Task:
         return label, OK
 
     def label_reply(self, label: str) -> str:
-        """The reply that states `label`, as written in the answer template."""
+        """The reply that states `label`, as written in the answer template
+        (a JSON task's label is its canonical JSON reply already)."""
+        if self.json_reply:
+            return label
         return self.config.answer_template.replace("{label}", label)
 
     def target_reply(self, teacher_reply: str, label: str) -> str:
@@ -75,5 +88,5 @@ class Task:
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes the teacher's labels."""
-        blob = json.dumps(asdict(self.config), sort_keys=True, ensure_ascii=False)
+        blob = json.dumps(task_settings(self.config), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -186,7 +186,7 @@ def _generate_answers(task: Task, teacher: LoadedModel, seed: int, prefix: engin
     whole = engine.PrefixCache(teacher.model, []) if own_decoder else None
 
     def answer(batch: list[Example]) -> list[LabeledExample]:
-        prompts = [render_prompt(tok, task.teacher_messages(e.text)) for e in batch]
+        prompts = [render_prompt(tok, task.teacher_messages(e.text), task.config.reply_prefix) for e in batch]
         rows = [(i, j) for i in range(len(batch)) for j in range(n)]
         suffixes = [_split_prefix(prefix, p) for p in prompts]
         seeds = {(i, j): _sample_seed(seed, batch[i].id, j) for i, j in rows}
@@ -204,10 +204,12 @@ def _generate_answers(task: Task, teacher: LoadedModel, seed: int, prefix: engin
         elif slow:
             got = engine.generate(teacher.model, [prompts[i] for i, _ in slow], **settings)
             outs.update(zip(slow, (engine.Decoded(ids, False) for ids in got)))
+        prefill = task.config.reply_prefix
         records = []
         for i, e in enumerate(batch):
             decoded = [outs[(i, j)] for j in range(n)]
-            records.append(_vote(task, e, [tok.decode(d.text_ids, skip_special_tokens=True) for d in decoded], decoded))
+            replies = [prefill + tok.decode(d.text_ids, skip_special_tokens=True) for d in decoded]
+            records.append(_vote(task, e, replies, decoded))
         return records
 
     return answer

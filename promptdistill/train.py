@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import ModelsConfig, TrainConfig
+from .config import ModelsConfig, TrainConfig, training_settings
 from .errors import PromptDistillError
 from .io import DirectoryLock, atomic_directory, atomic_write_json, atomic_write_text
 from .models import load_model
@@ -45,6 +45,7 @@ from .records import LabeledExample
 from .losses import kd_kind, label_kd_examples, label_kd_loss, token_kd_examples, token_kd_loss, weighted_token_loss
 from .render import RenderedExample, render_example, render_prompt
 from .task import OK, Task
+from .tracking import open_tracker
 
 
 def render_for_training(records: list[LabeledExample], tokenizer, max_length: int):
@@ -148,10 +149,9 @@ def save_adapter(model, path: Path) -> None:
 
 def _training_fingerprint(records: list[LabeledExample], cfg: TrainConfig, models_cfg: ModelsConfig) -> str:
     """Hash of what a checkpoint is only valid for: data, targets, settings, student."""
-    import dataclasses
     import hashlib
 
-    blob = json.dumps([[r.id, r.status, r.messages] for r in records] + [dataclasses.asdict(cfg), models_cfg.student], sort_keys=True)
+    blob = json.dumps([[r.id, r.status, r.messages] for r in records] + [training_settings(cfg), models_cfg.student], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -289,10 +289,13 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start)
     metrics = open(metrics_path, "a", encoding="utf-8")
+    tracker = open_tracker(cfg.report_to, run_dir, cfg)
 
     def log(record: dict) -> None:
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
+        if tracker is not None:
+            tracker.log(record)
 
     groups = _step_groups(len(train_set), per_step, cfg.seed)
     for _ in range(start):
@@ -336,6 +339,8 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
                 raise KeyboardInterrupt
     bar.close()
     metrics.close()
+    if tracker is not None:
+        tracker.finish()
     save_adapter(model, run_dir / "adapter")
     summary = {
         "steps": total_steps,

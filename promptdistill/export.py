@@ -1,0 +1,133 @@
+"""Export: the trained student leaves the tool as something others can load and serve.
+
+A run directory holds the student as a base model name plus a LoRA adapter.
+Two standard shapes are written from it:
+
+- **merged** (`export_merged`): the LoRA update is added into the base weights
+  (PEFT's `merge_and_unload`), and the result is saved as an ordinary
+  transformers folder: safetensors weights, tokenizer with its chat template,
+  and a generation config whose end-of-sequence ids are the chat template's
+  end-of-turn tokens (so `generate` stops where the student was trained to
+  stop) and whose pad id is set. Plain `AutoModelForCausalLM.from_pretrained`
+  loads it; nothing of promptdistill or PEFT is needed to use it.
+- **adapter** (`export_adapter`): the PEFT adapter folder on its own (small),
+  with `base_model_name_or_path` pointing at the base the adapter was trained
+  on, for servers that apply adapters on top of a shared base, e.g.
+  `vllm serve BASE --enable-lora --lora-modules student=DIR`.
+
+Both folders are written whole or not at all (temporary folder, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import PromptDistillError
+from .io import atomic_directory, atomic_write_text
+
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def run_adapter(run_dir) -> Path:
+    """The final adapter folder of a run directory (checked to exist)."""
+    adapter = Path(run_dir) / "train" / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise PromptDistillError("no trained adapter in this run directory; run the train stage first", path=adapter)
+    return adapter
+
+
+def _run_config(run_dir):
+    from .config import config_from_dict
+
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise PromptDistillError("not a run directory (no config.json)", path=Path(run_dir))
+    return config_from_dict(json.loads(path.read_text(encoding="utf-8")), source=path)
+
+
+def export_merged(run_dir, out_dir, *, device: str = "cpu", dtype: str | None = None) -> Path:
+    """Write the student (base + LoRA merged) as a standalone transformers folder; return it."""
+    from peft import PeftModel
+
+    from .models import load_model
+    from .render import end_of_turn_ids
+
+    cfg = _run_config(run_dir)
+    adapter = run_adapter(run_dir)
+    base = load_model(cfg.models.student, device, dtype or cfg.models.dtype)
+    merged = PeftModel.from_pretrained(base.model, str(adapter)).merge_and_unload()
+    tok = base.tokenizer
+    # Stop at the end of the assistant's turn, as the student was trained to;
+    # eos_token_id may be a list, and generate stops at any of them.
+    gen = merged.generation_config
+    eos = sorted(end_of_turn_ids(tok))
+    gen.eos_token_id = eos[0] if len(eos) == 1 else eos
+    gen.pad_token_id = tok.pad_token_id
+    merged.config.pad_token_id = tok.pad_token_id
+    with atomic_directory(out_dir) as tmp:
+        merged.save_pretrained(tmp)  # safetensors (transformers' default)
+        tok.save_pretrained(tmp)
+        atomic_write_text(tmp / "README.md", _merged_readme(cfg, adapter))
+    return Path(out_dir)
+
+
+def export_adapter(run_dir, out_dir) -> Path:
+    """Write the student's PEFT adapter folder, pointing at its base model; return it."""
+    from .models import model_path
+
+    cfg = _run_config(run_dir)
+    adapter = run_adapter(run_dir)
+    base_path = model_path(cfg.models.student)
+    with atomic_directory(out_dir) as tmp:
+        for name in _ADAPTER_FILES:
+            shutil.copy2(adapter / name, tmp / name)
+        config_path = tmp / "adapter_config.json"
+        adapter_cfg = json.loads(config_path.read_text(encoding="utf-8"))
+        # The base as a path or hub id a server can load (the built-in model's
+        # converted cache folder rather than the short name only we know).
+        adapter_cfg["base_model_name_or_path"] = base_path
+        atomic_write_text(config_path, json.dumps(adapter_cfg, indent=2) + "\n")
+        atomic_write_text(tmp / "README.md", _adapter_readme(cfg, base_path, Path(out_dir), adapter_cfg.get("r")))
+    return Path(out_dir)
+
+
+def _merged_readme(cfg, adapter: Path) -> str:
+    return f"""# {cfg.task.name} student (merged)
+
+Exported by promptdistill: `{cfg.models.student}` with the LoRA adapter
+`{adapter}` merged into its weights. It answers the task **without** the
+teacher prompt: send the input alone as the user message.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained("THIS_FOLDER")
+model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")
+ids = tok.apply_chat_template([{{"role": "user", "content": "..."}}], add_generation_prompt=True, return_tensors="pt")
+out = model.generate(ids, max_new_tokens={cfg.task.max_new_tokens}, do_sample=False)
+print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+```
+"""
+
+
+def _adapter_readme(cfg, base_path: str, out_dir: Path, rank) -> str:
+    return f"""# {cfg.task.name} student (LoRA adapter)
+
+Exported by promptdistill: a PEFT LoRA adapter for the base model
+`{base_path}` ({cfg.models.student}). It answers the task **without** the
+teacher prompt: send the input alone as the user message.
+
+vLLM refuses adapters whose rank exceeds `--max-lora-rank` (default 16).
+
+```bash
+vllm serve {base_path} --enable-lora --lora-modules {cfg.task.name}={out_dir} --max-lora-rank {max(16, rank or 16)}
+```
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base_path}"), "THIS_FOLDER")
+```
+"""
+
