@@ -5,7 +5,7 @@ The teacher runs wherever the server runs; this process only sends requests.
 the records **in input order** (a finished record waits for the ones before
 it), so the labels file is always a prefix of what an uninterrupted run
 writes: a rerun after an interruption labels only the missing inputs and the
-final file is byte-for-byte the uninterrupted one. At most
+final file holds the uninterrupted run's records in its order. At most
 `concurrency * LOOKAHEAD` answers wait in memory behind a slow request.
 
 - `generate` mode: `POST /chat/completions` with the task's conversation; the

