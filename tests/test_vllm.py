@@ -84,6 +84,15 @@ def _by_id(out: Path) -> dict:
     return records
 
 
+def _assert_same_distributions(got: dict, want: dict, examples) -> None:
+    """Choose mode: each distribution sums to 1 and matches the local one within PROB_TOL."""
+    for e in examples:
+        g, w = got[e.id], want[e.id]
+        assert sum(g["label_probs"].values()) == pytest.approx(1.0, abs=1e-9)
+        assert g["label_probs"] == pytest.approx(w["label_probs"], abs=PROB_TOL)
+        assert g["label"] == w["label"]
+
+
 def test_vllm_is_installed():
     import vllm  # a failure here means the vllm extra is missing: the CI step must fail, not skip
 
@@ -150,12 +159,7 @@ def test_offline_choose_matches_transformers(tmp_path, task_and_inputs, local_te
     want = _local_labels(tmp_path, examples, task, local_teacher, "choose")
     out = tmp_path / "vllm-choose.jsonl"
     label_inputs(examples, task, vllm_teacher, out, mode="choose", progress=False)
-    got = _by_id(out)
-    for e in examples:
-        g, w = got[e.id], want[e.id]
-        assert sum(g["label_probs"].values()) == pytest.approx(1.0, abs=1e-9)
-        assert g["label_probs"] == pytest.approx(w["label_probs"], abs=PROB_TOL)
-        assert g["label"] == w["label"]
+    _assert_same_distributions(_by_id(out), want, examples)
 
 
 # --------------------------------------------------------------------------
@@ -318,9 +322,4 @@ def test_server_choose_distribution_matches_transformers(tmp_path, task_and_inpu
     t0 = time.perf_counter()
     label_inputs(examples, task, RemoteTeacher(vllm_server, "smollm2-135m-instruct", concurrency=4), out, mode="choose", progress=False)
     print(f"[vllm] server choose: {len(examples) / (time.perf_counter() - t0):.2f} inputs/s", flush=True)
-    got = _by_id(out)
-    for e in examples:
-        g, w = got[e.id], want[e.id]
-        assert sum(g["label_probs"].values()) == pytest.approx(1.0, abs=1e-9)
-        assert g["label_probs"] == pytest.approx(w["label_probs"], abs=PROB_TOL)
-        assert g["label"] == w["label"]
+    _assert_same_distributions(_by_id(out), want, examples)
