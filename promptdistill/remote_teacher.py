@@ -26,7 +26,7 @@ final file holds the uninterrupted run's records in its order. At most
   (token-id prompts, `allowed_token_ids`, raw log-probs); OpenAI's hosted API
   has none of them. (`echo` + `logprobs` over context + candidate is the
   portable alternative, but vLLM computes it as full-vocabulary prompt
-  log-probs at every position: about 30 times slower on CPU.)
+  log-probs at every position: on CPU more than 5 times slower, see BENCHMARKS.md.)
 
 Failures: 429, 5xx, timeouts and dropped connections are retried with
 exponential backoff (1 s, 2 s, 4 s, ... capped at 60 s, `Retry-After` honoured);

@@ -25,8 +25,9 @@ sees, inputs that spell control tokens included.
   default), before the allowed-token mask. The candidates share their first
   tokens ("Final Answer:"), so each distinct (tokens before, token) step is
   asked once, and prefix caching serves the context. (`prompt_logprobs` over
-  context + candidate would give the same numbers but computes full-vocabulary
-  log-probs at every prompt position: on CPU about 30 times slower.)
+  context + candidate computes the same quantity, but with full-vocabulary
+  log-probs at every prompt position: on CPU more than 5 times slower, see
+  BENCHMARKS.md.)
 
 Records are produced per engine call of `batch_size` inputs (default 256)
 and written in input order, so resume works as for local labeling.
