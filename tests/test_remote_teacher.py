@@ -83,16 +83,17 @@ def test_retries_429_and_5xx_with_backoff_then_succeeds(task, tmp_path, monkeypa
     monkeypatch.setenv("PROMPTDISTILL_API_KEY", "secret-1")
     server = FakeChatServer(script={"w1": [429, 503, 500]})
     try:
-        teacher = RemoteTeacher(server.url, "teacher-model", concurrency=2, backoff=0.05)
+        teacher = RemoteTeacher(server.url, "teacher-model", concurrency=2, backoff=0.2)
         summary = label_inputs(_examples(3), task, teacher, tmp_path / "out.jsonl", progress=False)
     finally:
         server.close()
     assert summary["labeled"] == 3
     tries = [t for text, t in server.calls if text == "w1"]
     assert len(tries) == 4  # three refusals, then the answer
-    # Retry-After: 0 on the 429, then exponential backoff from 0.05 s (+-20% jitter) on the 5xx.
+    # Retry-After: 0 on the 429, then exponential backoff from 0.2 s (+-20% jitter) on the 5xx:
+    # at least 0.16 s, then at least 0.32 s (sleeps only ever run long).
     gaps = [b - a for a, b in zip(tries, tries[1:])]
-    assert gaps[1] >= 0.04 and gaps[2] >= 0.08 and gaps[2] > gaps[1] * 1.2
+    assert gaps[0] < gaps[1] and gaps[1] >= 0.16 and gaps[2] >= 0.32 and gaps[2] > gaps[1]
     assert set(server.auth) == {"Bearer secret-1"}
     labels = [json.loads(line)["label"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert labels == ["w0", "w1", "w2"]
