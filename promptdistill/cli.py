@@ -61,12 +61,21 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         return sp
 
-    sp = with_task(sub.add_parser("label", help="label inputs with the teacher"))
+    def with_teacher_backend(sp):
+        sp.add_argument("--teacher-backend", choices=["transformers", "vllm", "openai"],
+                        help="who runs the teacher (sets models.teacher_backend)")
+        sp.add_argument("--teacher-url", metavar="URL",
+                        help="label through an OpenAI-compatible server, e.g. http://localhost:8000/v1 (sets models.teacher_url "
+                             "and teacher_backend = openai); API key from $PROMPTDISTILL_API_KEY or $OPENAI_API_KEY")
+        sp.add_argument("--concurrency", type=int, help="requests in flight to the server (sets models.teacher_concurrency)")
+        return sp
+
+    sp = with_teacher_backend(with_task(sub.add_parser("label", help="label inputs with the teacher")))
     sp.add_argument("--inputs", help="input file (.txt, .jsonl, .csv); default: data.inputs")
     sp.add_argument("--out", required=True, help="labeled JSONL to write (appended, resumable)")
     sp.add_argument("--rejects", help="where unparsed answers go (default: OUT with .rejects.jsonl)")
     sp.add_argument("--mode", choices=["generate", "choose"], help="answer mode (default: task.answer_mode)")
-    sp.add_argument("--batch-size", type=int, default=8, help="inputs per generate call")
+    sp.add_argument("--batch-size", type=int, help="inputs per forward (default 8) or per vLLM engine call (default 256)")
     sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs")
     sp.add_argument("--force", action="store_true", help="discard labels made with other settings")
     sp.add_argument("--dedupe", action="store_true", help="label only the first of inputs with the same text")
@@ -96,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--inputs", help="held-out inputs (default: RUN/split/heldout.jsonl)")
     sp.set_defaults(func=cmd_eval)
 
-    sp = with_task(sub.add_parser("run", help="split, label, train, eval; skips completed stages"))
+    sp = with_teacher_backend(with_task(sub.add_parser("run", help="split, label, train, eval; skips completed stages")))
     sp.add_argument("--run-dir", help="default: runs/<task name>")
     sp.add_argument("--force", action="store_true", help="redo stages whose settings changed")
     _loss_flags(sp)
@@ -149,6 +158,12 @@ def load_task_config(args):
     for flag in ("teacher", "student", "device"):
         if getattr(args, flag, None):
             raw["models"][flag] = getattr(args, flag)
+    if getattr(args, "teacher_url", None):
+        raw["models"]["teacher_url"] = args.teacher_url
+        raw["models"]["teacher_backend"] = "openai"
+    for flag, key in (("teacher_backend", "teacher_backend"), ("concurrency", "teacher_concurrency")):
+        if getattr(args, flag, None) is not None:
+            raw["models"][key] = getattr(args, flag)
     for flag in ("samples", "temperature", "min_confidence"):
         if getattr(args, flag, None) is not None:
             raw["task"][flag] = getattr(args, flag)
@@ -171,7 +186,6 @@ def _toml_value(text: str):
 
 
 def cmd_label(args):
-    from .models import load_model
     from .records import check_gold_labels, read_inputs, report_duplicates
     from .task import Task
 
@@ -185,8 +199,9 @@ def cmd_label(args):
     examples = report_duplicates(examples, inputs, args.dedupe, lambda m: print(m, file=sys.stderr), "--dedupe")
     if args.limit:
         examples = examples[: args.limit]
-    teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)
-    from .teacher import label_inputs
+    from .teacher import label_inputs, load_teacher
+
+    teacher = load_teacher(cfg.models)
 
     summary = label_inputs(examples, task, teacher, args.out, args.rejects, mode=args.mode, batch_size=args.batch_size,
                            force=args.force, progress=not args.no_progress, reuse_prefix=not args.no_prefix_reuse)

@@ -25,6 +25,7 @@ from pathlib import Path
 from .errors import PromptDistillError
 
 ANSWER_MODES = ("generate", "choose")
+TEACHER_BACKENDS = ("transformers", "vllm", "openai")
 STUDENT_TARGETS = ("normalized", "teacher_reply")
 REPLY_FORMATS = ("label", "json")
 REPORT_TO = ("none", "tensorboard", "wandb")  # trackers, see tracking.py
@@ -91,6 +92,15 @@ class ModelsConfig:
     student: str = "smollm2-135m-instruct"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    # Who runs the teacher when labeling: transformers in this process, vLLM's
+    # offline engine in this process (the vllm extra), or an OpenAI-compatible
+    # server at teacher_url (then `teacher` is the model name the server knows).
+    teacher_backend: str = "transformers"  # transformers | vllm | openai
+    teacher_url: str | None = None  # e.g. http://localhost:8000/v1
+    # openai backend: requests in flight at once.
+    teacher_concurrency: int = 8
+    # vllm backend: keyword arguments for vllm.LLM, e.g. {tensor_parallel_size = 4, max_model_len = 4096}.
+    vllm_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -257,7 +267,7 @@ def _type_name(hint) -> str:
         return f"a list of {_type_name(args[0])}"
     if args:
         return " or ".join(_type_name(a) for a in args if a is not type(None))
-    return {str: "a string", int: "an integer", float: "a number", bool: "true/false"}.get(hint, hint.__name__)
+    return {str: "a string", int: "an integer", float: "a number", bool: "true/false", dict: "a table"}.get(hint, hint.__name__)
 
 
 def validate_config(cfg: Config, source=None) -> None:
@@ -312,6 +322,18 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError("must be >= 0", path=source, field="task.top_logprobs")
     if not 0 <= t.min_confidence <= 1:
         raise PromptDistillError("must be between 0 and 1", path=source, field="task.min_confidence")
+    m = cfg.models
+    _one_of(m.teacher_backend, TEACHER_BACKENDS, source, "models.teacher_backend")
+    if m.teacher_backend == "openai" and not m.teacher_url:
+        raise PromptDistillError("teacher_backend 'openai' needs models.teacher_url (e.g. http://localhost:8000/v1)",
+                                 path=source, field="models.teacher_url")
+    if m.teacher_url is not None and m.teacher_backend != "openai":
+        raise PromptDistillError(f"teacher_url is only used with teacher_backend = 'openai' (it is {m.teacher_backend!r})",
+                                 path=source, field="models.teacher_url")
+    if m.teacher_url is not None and not m.teacher_url.startswith(("http://", "https://")):
+        raise PromptDistillError(f"expected an http:// or https:// URL, got {m.teacher_url!r}", path=source, field="models.teacher_url")
+    if m.teacher_concurrency < 1:
+        raise PromptDistillError("must be at least 1", path=source, field="models.teacher_concurrency")
     _one_of(cfg.data.too_long, ("skip", "truncate"), source, "data.too_long")
     if not 0 < cfg.data.heldout_fraction < 1:
         raise PromptDistillError("must be between 0 and 1", path=source, field="data.heldout_fraction")

@@ -46,6 +46,9 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
         "fit": [cfg.train.max_length, cfg.task.max_new_tokens, cfg.models.student],
     }
     label = {**split, "task": task_settings(cfg.task), "teacher": d["models"]["teacher"]}
+    if cfg.models.teacher_backend != "transformers":
+        # Only then, so run directories labeled before backends existed keep their fingerprint.
+        label["teacher_backend"] = [cfg.models.teacher_backend, cfg.models.teacher_url]
     train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
     evaluate = {**train, "eval": d["eval"]}
     return {"split": split, "label": label, "train": train, "eval": evaluate}
@@ -104,8 +107,7 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
 
 def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -> dict:
     from .evaluate import results_table
-    from .models import load_model
-    from .teacher import label_inputs
+    from .teacher import label_inputs, load_teacher
     from .train import train_student
 
     task = Task(cfg.task)
@@ -138,7 +140,7 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
     heldout_inputs = read_inputs(split_dir / "heldout.jsonl")
 
     if stage_needed("label"):
-        teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)
+        teacher = load_teacher(cfg.models)
         summaries = {}
         for name, exs in (("train", train_inputs), ("heldout", heldout_inputs)):
             summaries[name] = label_inputs(exs, task, teacher, label_dir / f"{name}.jsonl", force=force, progress=progress)

