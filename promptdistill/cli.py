@@ -200,14 +200,20 @@ def cmd_train(args):
 
     from .io import atomic_write_json
 
+    from .distributed import launched_rank
+
     cfg = load_task_config(args)
     heldout = read_labeled(args.heldout) if args.heldout else None
     run_dir = Path(args.run_dir)
-    # Same layout as `run`, so `eval` and `predict` work on this folder.
-    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    # Under torchrun / accelerate launch every process runs this command; one writes.
+    main_process = launched_rank() == 0
+    if main_process:
+        # Same layout as `run`, so `eval` and `predict` work on this folder.
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
     summary = train_student(read_labeled(args.labeled), run_dir / "train", cfg.train, cfg.models, heldout=heldout,
                             progress=not args.no_progress, task=Task(cfg.task))
-    print(json.dumps(summary, indent=2))
+    if main_process:
+        print(json.dumps(summary, indent=2))
 
 
 def cmd_eval(args):
