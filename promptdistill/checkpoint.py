@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_directory, atomic_write_json
+from .io import atomic_directory, atomic_write_json, atomic_write_text
 
 
 def checkpoint_dir(run_dir, step: int) -> Path:
@@ -80,3 +80,18 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
     return state
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metric lines of steps up to `step` (all of them are redone after it)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and _step_of(line) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 60  # a torn line: drop it

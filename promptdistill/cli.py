@@ -227,14 +227,20 @@ def cmd_train(args):
     from .task import Task
     from .train import train_student
 
+    from .distributed import launched_rank
+
     cfg = load_task_config(args)
     heldout = read_labeled(args.heldout) if args.heldout else None
     run_dir = Path(args.run_dir)
-    # Same layout as `run`, so `eval`, `predict` and `export` work on this folder.
-    save_config(cfg, run_dir / "config.json")
+    # Under torchrun / accelerate launch every process runs this command; one writes.
+    main_process = launched_rank() == 0
+    if main_process:
+        # Same layout as `run`, so `eval`, `predict` and `export` work on this folder.
+        save_config(cfg, run_dir / "config.json")
     summary = train_student(read_labeled(args.labeled), run_dir / "train", cfg.train, cfg.models, heldout=heldout,
                             progress=not args.no_progress, task=Task(cfg.task))
-    print(json.dumps(summary, indent=2))
+    if main_process:
+        print(json.dumps(summary, indent=2))
 
 
 def cmd_eval(args):

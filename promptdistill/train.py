@@ -10,7 +10,12 @@ student matches is `train.loss` (losses.py, onpolicy.py):
 - on-policy: the student samples, the teacher scores; mean over the step's examples.
 
 Per-unit losses are summed over micro-batches and divided by the step's
-total, so gradient accumulation gives the same result as one big batch.
+total, so gradient accumulation gives the same result as one big batch. The
+same sum makes the order of a step's items irrelevant, so each step's group is
+sorted by length before it is cut into micro-batches (less padding, same
+loss up to float rounding). Under torchrun / accelerate launch each process
+trains on its shard of every step and the gradients are summed across
+processes (distributed.py); only the main process writes the run directory.
 
 The run directory receives:
 
@@ -36,11 +41,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from .config import ModelsConfig, TrainConfig, training_settings
+from .distributed import Distributed
 from .errors import PromptDistillError
-from .io import DirectoryLock, atomic_directory, atomic_write_json, atomic_write_text
-from .models import load_model
+from .io import DirectoryLock, atomic_directory, atomic_write_json
+from .models import load_model, resolve_device
 from .records import LabeledExample
 from .losses import kd_kind, label_kd_examples, label_kd_loss, token_kd_examples, token_kd_loss, weighted_token_loss
 from .render import RenderedExample, render_example, render_prompt
@@ -75,8 +81,15 @@ def collate(batch: list[RenderedExample], pad_id: int):
     return ids, mask, weights
 
 
-@torch.no_grad()
 def heldout_loss(model, examples: list[RenderedExample], pad_id: int, batch_size: int = 16) -> float:
+    """Mean cross-entropy per target token over `examples`."""
+    total, count = heldout_sums(model, examples, pad_id, batch_size)
+    return total / max(count, 1.0)
+
+
+@torch.no_grad()
+def heldout_sums(model, examples: list[RenderedExample], pad_id: int, batch_size: int = 16) -> tuple[float, float]:
+    """(sum of weighted token cross-entropy, sum of weights): sums, so shards of processes add up."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0.0
@@ -87,7 +100,7 @@ def heldout_loss(model, examples: list[RenderedExample], pad_id: int, batch_size
         total += loss_sum.item()
         count += w.item()
     model.train(was_training)
-    return total / max(count, 1.0)
+    return total, count
 
 
 def _loss_function(cfg: TrainConfig, model, loaded, task, models_cfg: ModelsConfig, device, pad_id):
@@ -111,7 +124,7 @@ def _loss_function(cfg: TrainConfig, model, loaded, task, models_cfg: ModelsConf
     if models_cfg.teacher == models_cfg.student:
         teacher_model = AdapterDisabled(model)  # the base weights, held once
     else:
-        teacher_model = load_model(models_cfg.teacher, models_cfg.device, models_cfg.dtype).model
+        teacher_model = load_model(models_cfg.teacher, device, models_cfg.dtype).model
     scorer = TeacherScorer(task, teacher_model, loaded.tokenizer)
 
     def on_policy(mb, step):
@@ -155,19 +168,9 @@ def _training_fingerprint(records: list[LabeledExample], cfg: TrainConfig, model
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metric lines of steps up to `step` (all of them are redone after it)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and _step_of(line) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _step_of(line: str) -> int:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 60  # a torn line: drop it
+# The per-step statistics each loss reports (summed across processes by name,
+# so every process must hold every key even when its shard is empty).
+_STAT_KEYS = {"sft": ("tokens",), "kd": ("kl", "tokens"), "on-policy": ("reverse_kl", "sampled_tokens", "tokens")}
 
 
 class _StopAtStepEnd:
@@ -193,6 +196,16 @@ class _StopAtStepEnd:
     def __exit__(self, *exc):
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
+
+
+def _by_length(items: list) -> list:
+    """Items sorted by token count (stable), so micro-batches carry little padding.
+
+    On-policy items are plain records (their length is the student's sample,
+    unknown here) and keep their order."""
+    if items and hasattr(items[0], "num_tokens"):
+        return sorted(items, key=lambda e: e.num_tokens)
+    return items
 
 
 def _step_groups(n: int, per_step: int, seed: int):
@@ -224,8 +237,11 @@ def train_student(
     and settings, and ends with the adapter an uninterrupted run gives.
     """
     run_dir = Path(run_dir)
+    dist = Distributed(cpu=resolve_device(models_cfg.device) == "cpu")
+    if not dist.is_main:  # the main process holds the lock for all of them
+        return _train(records, run_dir, train_cfg, models_cfg, heldout, progress, task, dist)
     with DirectoryLock(run_dir / ".lock", "this training directory"):
-        return _train(records, run_dir, train_cfg, models_cfg, heldout, progress, task)
+        return _train(records, run_dir, train_cfg, models_cfg, heldout, progress, task, dist)
 
 
 def _training_items(mode: str, records, task: Task | None, tok, cfg: TrainConfig):
@@ -247,19 +263,21 @@ def _training_items(mode: str, records, task: Task | None, tok, cfg: TrainConfig
     return keep, [r.id for r, n in zip(usable, sizes) if n > cfg.max_length]
 
 
-def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsConfig, heldout, progress: bool, task) -> dict:
+def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsConfig, heldout, progress: bool, task,
+           dist: Distributed) -> dict:
     cfg = train_cfg
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    loaded = load_model(models_cfg.student, models_cfg.device, models_cfg.dtype)
+    device_name = dist.device(resolve_device(models_cfg.device)) if dist.enabled else models_cfg.device
+    loaded = load_model(models_cfg.student, device_name, models_cfg.dtype)
     tok = loaded.tokenizer
     pad_id = tok.pad_token_id
     train_set, too_long = _training_items(cfg.loss, records, task, tok, cfg)
     if not train_set:
         raise PromptDistillError("no usable training examples (all rejected or over train.max_length)", field="train")
     heldout_set = render_for_training(heldout, tok, cfg.max_length)[0] if heldout else []
-    if too_long:
+    if too_long and dist.is_main:
         print(f"[promptdistill] {len(too_long)} training examples exceed max_length={cfg.max_length} tokens and are skipped: {too_long[:10]}")
 
     model = _lora_model(loaded.model, cfg)
@@ -281,19 +299,26 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
         if saved.get("fingerprint") == fingerprint:
             state = load_checkpoint(found, model, optimizer, scheduler)
             start, last_loss, last_heldout = state["step"], state["last_loss"], state["last_heldout"]
-            print(f"[promptdistill] resuming training from {found} (step {start} of {total_steps})", flush=True)
+            if dist.is_main:
+                print(f"[promptdistill] resuming training from {found} (step {start} of {total_steps})", flush=True)
         else:
-            print(f"[promptdistill] checkpoints in {found.parent} were made with other data or settings; starting over", flush=True)
-            shutil.rmtree(found.parent)
+            dist.barrier()  # every process has read the checkpoint's state before the main one removes it
+            if dist.is_main:
+                print(f"[promptdistill] checkpoints in {found.parent} were made with other data or settings; starting over", flush=True)
+                shutil.rmtree(found.parent)
+    dist.broadcast_parameters(trainable)
 
     metrics_path = run_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start)
-    metrics = open(metrics_path, "a", encoding="utf-8")
-    tracker = open_tracker(cfg.report_to, run_dir, cfg)
+    metrics = tracker = None
+    if dist.is_main:
+        truncate_metrics(metrics_path, start)
+        metrics = open(metrics_path, "a", encoding="utf-8")
+        tracker = open_tracker(cfg.report_to, run_dir, cfg)
 
     def log(record: dict) -> None:
-        metrics.write(json.dumps(record) + "\n")
-        metrics.flush()
+        if metrics is not None:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
         if tracker is not None:
             tracker.log(record)
 
@@ -301,21 +326,33 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
     for _ in range(start):
         next(groups)
     started = time.time()
-    bar = tqdm(total=total_steps, initial=start, unit="step", desc=f"train ({cfg.loss})", disable=not progress)
+    bar = tqdm(total=total_steps, initial=start, unit="step", desc=f"train ({cfg.loss})", disable=not (progress and dist.is_main))
     with _StopAtStepEnd() as stop:
         for step in range(start + 1, total_steps + 1):
             t0 = time.time()
-            group = [train_set[i] for i in next(groups)]
-            micro = [group[i : i + cfg.batch_size] for i in range(0, len(group), cfg.batch_size)]
-            # sft averages over trained tokens, the other losses over examples
+            group = _by_length([train_set[i] for i in next(groups)])
+            # Sorted, then dealt out round-robin: every process gets a similar mix of lengths.
+            local = dist.shard(group)
+            micro = [local[i : i + cfg.batch_size] for i in range(0, len(local), cfg.batch_size)]
+            # sft averages over trained tokens, the other losses over examples; the
+            # divisor is the whole step's, on every process, so shard gradients add up
             n_units = sum(e.num_trained for e in group) if cfg.loss == "sft" else len(group)
-            loss_total, stats = 0.0, {}
+            if dist.enabled:
+                # Dropout masks from (seed, step, rank): processes draw different masks,
+                # and a resumed run draws the same ones without per-process RNG state.
+                torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + dist.rank)
+            loss_total, stats = 0.0, dict.fromkeys(_STAT_KEYS[cfg.loss], 0)
             for mb in micro:
                 loss_sum, mb_stats = micro_batch_loss(mb, step)
                 (loss_sum / n_units).backward()
                 loss_total += loss_sum.item()
                 for key, value in mb_stats.items():
                     stats[key] = stats.get(key, 0) + value
+            if dist.enabled:
+                dist.sum_gradients(trainable)
+                keys = sorted(stats)
+                summed = dist.sum_floats([loss_total] + [float(stats[k]) for k in keys], device)
+                loss_total, stats = summed[0], dict(zip(keys, summed[1:]))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -326,22 +363,27 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
                  "tokens_per_s": tokens / elapsed, "examples": len(group),
                  **({"trained_tokens": n_units} if cfg.loss == "sft" else {k: v / len(group) for k, v in stats.items()})})
             if heldout_set and (step % cfg.eval_every == 0 or step == total_steps):
-                last_heldout = heldout_loss(model, heldout_set, pad_id)
+                total, count = dist.sum_floats(list(heldout_sums(model, dist.shard(heldout_set), pad_id)), device)
+                last_heldout = total / max(count, 1.0)
                 log({"step": step, "heldout_loss": last_heldout})
-            if step % cfg.save_every == 0 or step == total_steps or stop.requested:
-                save_checkpoint(run_dir, step, model, optimizer, scheduler, fingerprint,
-                                {"last_loss": last_loss, "last_heldout": last_heldout})
+            stopping = dist.any(stop.requested, device)
+            if step % cfg.save_every == 0 or step == total_steps or stopping:
+                if dist.is_main:
+                    save_checkpoint(run_dir, step, model, optimizer, scheduler, fingerprint,
+                                    {"last_loss": last_loss, "last_heldout": last_heldout})
+                dist.barrier()  # a checkpoint is whole before any process can stop or go on
             bar.set_postfix(loss=f"{last_loss:.4f}", **({"heldout": f"{last_heldout:.4f}"} if last_heldout is not None else {}))
             bar.update(1)
-            if stop.requested:
+            if stopping:
                 bar.close()
-                print(f"[promptdistill] stopped after step {step}; rerun the same command to continue", flush=True)
+                if dist.is_main:
+                    print(f"[promptdistill] stopped after step {step}; rerun the same command to continue", flush=True)
                 raise KeyboardInterrupt
     bar.close()
-    metrics.close()
+    if metrics is not None:
+        metrics.close()
     if tracker is not None:
         tracker.finish()
-    save_adapter(model, run_dir / "adapter")
     summary = {
         "steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
@@ -352,7 +394,11 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
         "final_heldout_loss": last_heldout,
         "seconds": time.time() - started,
         "student": models_cfg.student,
+        "processes": dist.world,
         "adapter": str(run_dir / "adapter"),
     }
-    atomic_write_json(run_dir / "train_summary.json", summary)
+    if dist.is_main:
+        save_adapter(model, run_dir / "adapter")
+        atomic_write_json(run_dir / "train_summary.json", summary)
+    dist.barrier()  # the adapter is on disk when any process returns
     return summary

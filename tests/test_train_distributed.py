@@ -1,0 +1,119 @@
+"""`torchrun --nproc_per_node 2 -m promptdistill train` on CPU (gloo): two processes
+train the adapter one process trains, only the main process writes, and a
+two-process run resumes from its checkpoint.
+
+Tolerance: the two processes each sum half of a step's per-token losses and
+their gradients are then added, so the float32 sums are rounded in another
+order than in one process; that is all that differs. Adapters agree to
+atol=1e-5 (rtol=1e-4) after 4 AdamW steps at lr 1e-2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from promptdistill.records import LabeledExample
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _records(n: int, offset: int = 0) -> list[dict]:
+    out = []
+    for i in range(offset, offset + n):
+        label = ["la", "cy"][i % 2]
+        # lengths vary, so sorting by length and sharding both have work to do
+        text = f"example {i} " + ("abc def " if label == "la" else "где ты ") * (1 + i % 4)
+        out.append(LabeledExample(id=str(i), text=text, gold_label=label, teacher_reply=f"Final Answer: {label}", label=label,
+                                  status="ok", messages=[{"role": "user", "content": text},
+                                                         {"role": "assistant", "content": f"Final Answer: {label}"}]).to_json())
+    return out
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _task_file(folder: Path, model_dir: str) -> Path:
+    # dropout 0: with dropout the processes draw their masks from other random streams
+    path = folder / "task.toml"
+    path.write_text(
+        "[task]\nname = 'script_id'\nuser_template = 'Which script? {text}'\nlabels = ['la', 'cy']\nanswer_mode = 'choose'\n"
+        f"[models]\nteacher = '{model_dir}'\nstudent = '{model_dir}'\ndevice = 'cpu'\ndtype = 'float32'\n"
+        "[train]\nlora_rank = 4\nlora_alpha = 8\nlora_dropout = 0.0\nlearning_rate = 1e-2\nlr_schedule = 'cosine'\n"
+        "warmup_steps = 1\nmax_steps = 4\nbatch_size = 2\ngrad_accum = 3\neval_every = 2\nsave_every = 2\nseed = 3\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "promptdistill", "train", *args, "--no-progress"]
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _adapter(run: Path) -> dict:
+    return load_file(str(run / "train" / "adapter" / "adapter_model.safetensors"))
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_adapter(want: dict, got: dict) -> None:
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.allclose(want[key], got[key], atol=1e-5, rtol=1e-4), (key, (want[key] - got[key]).abs().max())
+
+
+def test_two_processes_train_the_one_process_adapter_and_resume(tmp_path, tiny_model_dir):
+    from promptdistill.cli import main
+
+    task = _task_file(tmp_path, tiny_model_dir)
+    # 21 examples, 6 per step: the last group of the epoch (3) splits unevenly over 2 processes
+    labeled = _write_jsonl(tmp_path / "train.jsonl", _records(21))
+    heldout = _write_jsonl(tmp_path / "heldout.jsonl", _records(5, offset=100))
+    args = [str(task), "--labeled", str(labeled), "--heldout", str(heldout)]
+
+    one = tmp_path / "one"
+    assert main(["train", *args, "--run-dir", str(one), "--no-progress"]) == 0
+    two = tmp_path / "two"
+    done = _torchrun([*args, "--run-dir", str(two)], tmp_path)
+
+    # The summary is printed once (by the main process) and says two processes trained.
+    assert done.stdout.count('"final_loss"') == 1
+    summary = json.loads((two / "train" / "train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 4
+    _assert_same_adapter(_adapter(one), _adapter(two))
+    # One metrics line per step and evaluation (no process wrote twice), same values.
+    m1, m2 = _metrics(one), _metrics(two)
+    assert [sorted(r) for r in m1] == [sorted(r) for r in m2]
+    for a, b in zip(m1, m2):
+        for key in ("loss", "heldout_loss", "trained_tokens", "examples"):
+            if key in a:
+                assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (key, a, b)
+    assert sorted(p.name for p in (two / "train" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+    # Resume in two-process mode: a run that stopped after its step-2 checkpoint.
+    resumed = tmp_path / "resumed"
+    (resumed / "train" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(two / "train" / "checkpoints" / "step-000002", resumed / "train" / "checkpoints" / "step-000002")
+    kept = [line for line in (two / "train" / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 2]
+    (resumed / "train" / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    done = _torchrun([*args, "--run-dir", str(resumed)], tmp_path)
+    assert done.stdout.count("resuming training from") == 1  # printed by the main process only
+    _assert_same_adapter(_adapter(two), _adapter(resumed))
+    assert len(_metrics(resumed)) == len(m2)
