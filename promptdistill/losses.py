@@ -139,13 +139,10 @@ class LabelKDExample:
 
 
 def _common_len(seqs: list[list[int]]) -> int:
-    n = 0
-    for column in zip(*seqs):
-        if any(c != column[0] for c in column):
-            break
-        n += 1
+    from .engine import _common_prefix_len
+
     # keep at least one token of every candidate out of the shared part
-    return min(n, min(len(s) for s in seqs) - 1)
+    return min(_common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
 
 
 def _pack_candidates(ex: LabelKDExample):
