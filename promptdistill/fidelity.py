@@ -89,14 +89,11 @@ class FidelityScorer:
         return token_kl(teacher_logp, model_logp), None
 
 
-@torch.inference_mode()
 def _reply_logprobs(prefix: engine.PrefixCache | None, model, prompt: list[int], reply: list[int]) -> torch.Tensor:
     """Log-distributions (len(reply) x vocabulary) predicting each reply token after `prompt`."""
-    if prefix is None or prompt[: len(prefix)] != prefix.prefix or len(prompt) == len(prefix):
-        prefix = engine.PrefixCache(model, [])
-    suffix = prompt[len(prefix):]
-    ids = torch.tensor([suffix + reply[:-1]], device=prefix.device)
-    start = len(prefix)
-    positions = torch.arange(start, start + ids.shape[1], device=prefix.device).unsqueeze(0)
-    logits = prefix.model(input_ids=ids, position_ids=positions, cache=prefix.expanded(1), use_cache=True).logits[0]
-    return torch.log_softmax(logits[len(suffix) - 1 :].float(), dim=-1)
+    from .teacher import _split_prefix
+
+    suffix = _split_prefix(prefix, prompt)
+    if suffix is None:
+        prefix, suffix = engine.PrefixCache(model, []), prompt
+    return engine.continuation_logprobs(prefix, [suffix], [reply], full=True)[0]

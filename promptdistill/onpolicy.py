@@ -63,13 +63,15 @@ class TeacherScorer:
     def logprobs(self, texts: list[str], continuations: list[list[int]], full: bool = False) -> list[torch.Tensor]:
         """Per continuation, the teacher's log-probability of each of its tokens
         (with `full`, the whole log-distribution at each of its positions)."""
+        from .teacher import _split_prefix
+
         prompts = [render_prompt(self.tokenizer, self.task.teacher_messages(t)) for t in texts]
-        n = len(self.prefix)
-        fast = [i for i, p in enumerate(prompts) if n and p[:n] == self.prefix.prefix and len(p) > n]
-        slow = [i for i in range(len(prompts)) if i not in fast]
+        suffixes = [_split_prefix(self.prefix, p) for p in prompts]
+        fast = [i for i, s in enumerate(suffixes) if s is not None]
+        slow = [i for i, s in enumerate(suffixes) if s is None]
         out: dict[int, torch.Tensor] = {}
         if fast:
-            got = engine.continuation_logprobs(self.prefix, [prompts[i][n:] for i in fast], [continuations[i] for i in fast], full)
+            got = engine.continuation_logprobs(self.prefix, [suffixes[i] for i in fast], [continuations[i] for i in fast], full)
             out.update(zip(fast, got))
         if slow:
             got = engine.continuation_logprobs(self.whole, [prompts[i] for i in slow], [continuations[i] for i in slow], full)
