@@ -122,6 +122,10 @@ class TrainConfig:
     target_modules: str | list[str] = "all-linear"
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
+    # Clip the global gradient norm before each optimiser step (0 = no clipping).
+    # 1.0 is transformers' Trainer default: early LoRA steps on short replies
+    # have large gradients, and unclipped they overshoot.
+    max_grad_norm: float = 1.0
     lr_schedule: str = "cosine"
     warmup_steps: int = 0
     epochs: int = 1
@@ -349,6 +353,8 @@ def validate_config(cfg: Config, source=None) -> None:
     for key in ("lora_rank", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "epochs"):
         if getattr(tr, key) < 1:
             raise PromptDistillError("must be at least 1", path=source, field=f"train.{key}")
+    if tr.max_grad_norm < 0:
+        raise PromptDistillError("must be >= 0 (0 = no clipping)", path=source, field="train.max_grad_norm")
     if tr.learning_rate <= 0:
         raise PromptDistillError("must be > 0", path=source, field="train.learning_rate")
 

@@ -353,13 +353,15 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
                 keys = sorted(stats)
                 summed = dist.sum_floats([loss_total] + [float(stats[k]) for k in keys], device)
                 loss_total, stats = summed[0], dict(zip(keys, summed[1:]))
+            # After the all-reduce: every process clips the same summed gradient.
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             last_loss = loss_total / n_units
             elapsed = time.time() - t0
             tokens = stats.pop("tokens")
-            log({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": last_loss, "lr": scheduler.get_last_lr()[0],
+            log({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                  "tokens_per_s": tokens / elapsed, "examples": len(group),
                  **({"trained_tokens": n_units} if cfg.loss == "sft" else {k: v / len(group) for k, v in stats.items()})})
             if heldout_set and (step % cfg.eval_every == 0 or step == total_steps):

@@ -319,3 +319,9 @@ def test_answer_template_read_back_checked_for_open_label_set(tmp_path):
     # every student answer would be unparseable. The file must be refused.
     err = load_error(tmp_path, task_toml(system_prompt='"p"', answer_template='"Label = {label}"'))
     assert err.field == "task.answer_template"
+
+
+def test_negative_max_grad_norm_refused(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"') + "[train]\nmax_grad_norm = -1\n")
+    assert err.field == "train.max_grad_norm"
+    assert load_config(write(tmp_path, task_toml(system_prompt='"p"') + "[train]\nmax_grad_norm = 0\n")).train.max_grad_norm == 0
