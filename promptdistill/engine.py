@@ -215,26 +215,36 @@ def decode_with_prefix(
     cache = prefix.expanded(n)
     generator = [torch.Generator().manual_seed(s) for s in (seeds or range(n))] if temperature > 0 else None
     eos = torch.tensor(sorted(eos_ids), device=device)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
     out = [Decoded([], False, [] if top_logprobs else None) for _ in range(n)]
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits[:, -1]
+    # logits_to_keep=1: only the last position goes through the output layer (with a
+    # 49k vocabulary that layer is a fifth of a 135M model's work per position)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
     next_pos = positions[:, -1] + 1
+    alive = list(range(n))  # batch row j decodes out[alive[j]]
     for _ in range(max_new_tokens):
         tokens = _next_tokens(logits, temperature, generator)
         if top_logprobs:
             values, indices = torch.log_softmax(logits.float(), dim=-1).topk(top_logprobs, dim=-1)
             pairs = [[[int(i), float(v)] for i, v in zip(row_i, row_v)] for row_i, row_v in zip(indices.tolist(), values.tolist())]
-        finished_now = torch.isin(tokens, eos)
-        for i in torch.nonzero(~done).flatten().tolist():
-            out[i].token_ids.append(int(tokens[i]))
-            out[i].stopped = bool(finished_now[i])
+        finished = torch.isin(tokens, eos).tolist()
+        for j, i in enumerate(alive):
+            out[i].token_ids.append(int(tokens[j]))
+            out[i].stopped = finished[j]
             if top_logprobs:
-                out[i].top.append(pairs[i])
-        done |= finished_now
-        if bool(done.all()):
-            break
-        tokens = torch.where(done, torch.full_like(tokens, pad_id), tokens)
-        mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
+                out[i].top.append(pairs[j])
+        if any(finished):
+            # Finished rows leave the batch, so later steps cost only what is still decoding.
+            keep = [j for j, f in enumerate(finished) if not f]
+            if not keep:
+                break
+            alive = [alive[j] for j in keep]
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
+            if generator is not None:
+                generator = [generator[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
         logits = model(
             input_ids=tokens.unsqueeze(1), attention_mask=mask, position_ids=next_pos.unsqueeze(1), cache=cache, use_cache=True
         ).logits[:, -1]

@@ -81,6 +81,36 @@ def test_generate_with_prefix_stops_at_end_of_turn(varied_model):
     assert out == free[: free.index(free[2])]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_rows_that_stop_early_leave_the_batch_without_changing_the_others(varied_model, temperature):
+    """Rows stopping at different steps (finished rows are dropped from the batch
+    mid-decode) give what each gives alone, greedy and sampled with per-row seeds."""
+    tok = varied_model.tokenizer
+    task = make_task()
+    prefix_ids = shared_prefix(task, tok)
+    cache = engine.PrefixCache(varied_model.model, prefix_ids)
+    suffixes = [render_prompt(tok, task.teacher_messages(t))[len(prefix_ids):] for t in TEXTS]
+    seeds = [11 * i + 3 for i in range(len(TEXTS))]
+
+    def decode(rows, eos, row_seeds):
+        return engine.decode_with_prefix(cache, rows, max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id,
+                                         temperature=temperature, seeds=row_seeds, top_logprobs=3)
+
+    free = [decode([s], {-1}, [seed])[0].token_ids for s, seed in zip(suffixes, seeds)]
+    # end-of-turn tokens picked so that rows stop at different steps (or not at all)
+    eos = {free[0][1], free[3][5]}
+    alone = [decode([s], eos, [seed])[0] for s, seed in zip(suffixes, seeds)]
+    lengths = [len(a.token_ids) for a in alone]
+    assert any(a.stopped for a in alone) and not all(a.stopped for a in alone), lengths
+    assert len(set(lengths)) > 1
+    batched = decode(suffixes, eos, seeds)
+    for got, want in zip(batched, alone):
+        assert got.token_ids == want.token_ids and got.stopped == want.stopped
+        assert [[t for t, _ in step] for step in got.top] == [[t for t, _ in step] for step in want.top]
+        for g, w in zip(got.top, want.top):
+            assert [v for _, v in g] == pytest.approx([v for _, v in w], abs=1e-4)
+
+
 @pytest.mark.parametrize(
     "candidates",
     [
