@@ -119,14 +119,32 @@ def load_teacher(models):
     return load_model(models.teacher, models.device, models.dtype)
 
 
+# Generate mode sorts this many batches' worth of inputs by length at a time.
+SORT_WINDOW_BATCHES = 8
+
+
 def _label_locally(todo, task, teacher, mode, batch_size, seed, reuse_prefix):
     prefix = make_prefix_cache(task, teacher) if reuse_prefix and todo else None
     if mode == "choose":
+        # one input at a time on top of the prefix: batch composition does not matter
         answer = _choose_answers(task, teacher, prefix)
-    else:
-        answer = _generate_answers(task, teacher, seed, prefix)
-    for i in range(0, len(todo), batch_size):
-        yield from answer(todo[i : i + batch_size])
+        for i in range(0, len(todo), batch_size):
+            yield from answer(todo[i : i + batch_size])
+        return
+    answer = _generate_answers(task, teacher, seed, prefix)
+    # A generate batch is padded to its longest input, so inputs are grouped by
+    # token length within a window of a few batches; records still come out in
+    # input order (a window at a time), so the output file does not depend on it.
+    window = batch_size * SORT_WINDOW_BATCHES
+    for start in range(0, len(todo), window):
+        chunk = todo[start : start + window]
+        lengths = [len(teacher.tokenizer.encode(e.text, add_special_tokens=False)) for e in chunk]
+        order = sorted(range(len(chunk)), key=lambda i: lengths[i])
+        records = {}
+        for b in range(0, len(order), batch_size):
+            batch = [chunk[i] for i in order[b : b + batch_size]]
+            records.update(zip((e.id for e in batch), answer(batch)))
+        yield from (records[e.id] for e in chunk)
 
 
 def generate_record(task: Task, e: Example, replies: list[str], logprobs: list[dict | None] | None = None) -> LabeledExample:

@@ -152,3 +152,31 @@ def test_label_inputs_same_with_and_without_prefix_reuse(varied_model, tmp_path,
         if mode == "choose":
             for label in LABELS:
                 assert r["label_probs"][label] == pytest.approx(s["label_probs"][label], abs=1e-5)
+
+
+def test_generate_batches_group_inputs_by_length_and_records_keep_input_order(varied_model, tmp_path, monkeypatch):
+    """Batches are cut from length-sorted windows (less padding); the file stays in input order."""
+    import promptdistill.teacher as teacher_mod
+
+    widths = []
+    decode = engine.decode_with_prefix
+
+    def recording(prefix, suffixes, **kwargs):
+        widths.append(sorted(len(s) for s in suffixes))
+        return decode(prefix, suffixes, **kwargs)
+
+    monkeypatch.setattr(engine, "decode_with_prefix", recording)
+    task = make_task(max_new_tokens=3, answer_mode="generate")
+    texts = TEXTS + ["b", "Hola, ¿qué tal estás hoy, amigo mío?", "θ"]
+    examples = [Example(id=f"e{i}", text=t) for i, t in enumerate(texts)]
+    out = tmp_path / "labels.jsonl"
+    label_inputs(examples, task, varied_model, out, mode="generate", batch_size=3, progress=False)
+    written = [r["id"] for r in _records(out) + _records(out.with_name(out.stem + ".rejects.jsonl"))]
+    assert sorted(written) == sorted(e.id for e in examples)
+    # records are appended in input order (good and rejects files each keep it)
+    for path in (out, out.with_name(out.stem + ".rejects.jsonl")):
+        ids = [r["id"] for r in _records(path)] if path.exists() else []
+        assert ids == [e.id for e in examples if e.id in set(ids)]
+    # each batch's longest suffix is no longer than the next batch's shortest
+    assert len(widths) == 3 and teacher_mod.SORT_WINDOW_BATCHES >= 3
+    assert all(a[-1] <= b[0] for a, b in zip(widths, widths[1:])), widths
