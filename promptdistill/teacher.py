@@ -12,7 +12,9 @@ Two answer modes:
   valid label, which matters for small teachers that rarely follow the format.
 
 Output is appended and flushed record by record, so an interrupted run keeps
-what it finished; rerunning labels only the missing inputs. A sidecar
+what it wrote; rerunning labels only the missing inputs. (Local generate mode
+writes a length-sorted window of batches at a time, in input order, so an
+interruption loses the window in progress.) A sidecar
 `<output>.meta.json` records what produced the labels (teacher, prompt hash,
 decoding settings), and a rerun with different settings is refused unless
 `force` is set.
