@@ -9,6 +9,11 @@ It knows nothing about tasks or chat templates. Two operations:
   key/value cache is then repeated across the candidates, which are scored
   together in one batched forward. This is what `choose` mode uses to score
   every allowed answer without one full forward per label.
+
+Each has a shared-prefix form for prompts that all start with the same
+tokens (`decode_with_prefix`, `score_with_prefix`, `continuation_logprobs`):
+the prefix runs once into a `prefix_cache.PrefixCache` and every request
+runs only its own suffix on top of it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .compat import cache_kwargs, output_cache
+from .prefix_cache import PrefixCache
 
 
 @torch.inference_mode()
@@ -91,39 +97,8 @@ def score_continuations(model, context: list[int], continuations: list[list[int]
 
 # ---------------------------------------------------------------------------
 # Shared-prefix inference. Every teacher request starts with the same long
-# prompt; its key/value cache is computed once and each request runs only its
-# own suffix (the input text and what follows) on top of it.
-
-
-class PrefixCache:
-    """The key/value cache of a token prefix shared by many requests."""
-
-    @torch.inference_mode()
-    def __init__(self, model, prefix: list[int]):
-        self.model = model
-        self.prefix = list(prefix)
-        self.device = next(model.parameters()).device
-        self.cache, self.last_logits = None, None
-        if self.prefix:  # an empty prefix serves to decode whole prompts
-            out = model(input_ids=torch.tensor([self.prefix], device=self.device), use_cache=True)
-            self.cache = output_cache(out)
-            self.last_logits = out.logits[0, -1]
-
-    def __len__(self) -> int:
-        return len(self.prefix)
-
-    def expanded(self, batch: int):
-        """A fresh cache holding the prefix `batch` times (the stored one stays untouched)."""
-        import copy
-
-        from transformers import DynamicCache
-
-        if self.cache is None:
-            return DynamicCache()
-        cache = copy.deepcopy(self.cache)
-        if batch > 1:
-            cache.batch_repeat_interleave(batch)
-        return cache
+# prompt; its key/value cache is computed once (`PrefixCache`) and each
+# request runs only its own suffix (the input text and what follows) on top of it.
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,30 +186,33 @@ def decode_with_prefix(
 ) -> list[Decoded]:
     """`generate_with_prefix` with the end-of-turn token kept and, optionally,
     the top-k log-probabilities of every step."""
-    model, device = prefix.model, prefix.device
+    device = prefix.device
     n = len(suffixes)
-    ids, mask, positions = _suffix_batch(len(prefix), suffixes, pad_id, device)
-    cache = prefix.expanded(n)
-    generator = [torch.Generator().manual_seed(s) for s in (seeds or range(n))] if temperature > 0 else None
+    # Rows run shortest suffix first, so chunks of the prefill pad little;
+    # alive[j] is the output (input order) that batch row j decodes.
+    alive = sorted(range(n), key=lambda i: len(suffixes[i]))
+    ids, mask, positions = _suffix_batch(len(prefix), [suffixes[i] for i in alive], pad_id, device)
+    cache = prefix.rows_cache(n, ids.shape[1] + max_new_tokens)
+    seeds = seeds or list(range(n))
+    generator = [torch.Generator().manual_seed(seeds[i]) for i in alive] if temperature > 0 else None
     eos = torch.tensor(sorted(eos_ids), device=device)
     out = [Decoded([], False, [] if top_logprobs else None) for _ in range(n)]
-    # logits_to_keep=1: only the last position goes through the output layer (with a
-    # 49k vocabulary that layer is a fifth of a 135M model's work per position)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache), use_cache=True,
-                   logits_to_keep=1).logits[:, -1]
+    logits = prefix.prefill(ids, mask, positions, cache)
     next_pos = positions[:, -1] + 1
-    alive = list(range(n))  # batch row j decodes out[alive[j]]
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         tokens = _next_tokens(logits, temperature, generator)
         if top_logprobs:
             values, indices = torch.log_softmax(logits.float(), dim=-1).topk(top_logprobs, dim=-1)
             pairs = [[[int(i), float(v)] for i, v in zip(row_i, row_v)] for row_i, row_v in zip(indices.tolist(), values.tolist())]
         finished = torch.isin(tokens, eos).tolist()
+        chosen = tokens.tolist()
         for j, i in enumerate(alive):
-            out[i].token_ids.append(int(tokens[j]))
+            out[i].token_ids.append(chosen[j])
             out[i].stopped = finished[j]
             if top_logprobs:
                 out[i].top.append(pairs[j])
+        if step == max_new_tokens - 1:
+            break  # the last token is chosen; no forward for a step that will not come
         if any(finished):
             # Finished rows leave the batch, so later steps cost only what is still decoding.
             keep = [j for j, f in enumerate(finished) if not f]
@@ -247,9 +225,7 @@ def decode_with_prefix(
             if generator is not None:
                 generator = [generator[j] for j in keep]
         mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
-        logits = model(
-            input_ids=tokens.unsqueeze(1), attention_mask=mask, position_ids=next_pos.unsqueeze(1), **cache_kwargs(model, cache), use_cache=True
-        ).logits[:, -1]
+        logits = prefix.forward(tokens.unsqueeze(1), mask, next_pos.unsqueeze(1), cache)[:, -1]
         next_pos = next_pos + 1
     return out
 
@@ -264,10 +240,10 @@ def continuation_logprobs(prefix: PrefixCache, suffixes: list[list[int]], contin
     whole log-distribution (tokens x vocabulary) each token was drawn from.
     This is how the teacher scores the student's samples in on-policy training.
     """
-    model, device = prefix.model, prefix.device
+    device = prefix.device
     rows = [list(s) + list(c[:-1]) for s, c in zip(suffixes, continuations)]
     ids, mask, positions = _suffix_batch(len(prefix), rows, 0, device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, prefix.expanded(len(rows))), use_cache=True).logits
+    logits = prefix.forward(ids, mask, positions, prefix.rows_cache(len(rows), ids.shape[1]))
     width = ids.shape[1]
     result = []
     for i, (s, c) in enumerate(zip(suffixes, continuations)):

@@ -74,21 +74,27 @@ def tiny(tiny_model_dir):
     return load_model(tiny_model_dir, device="cpu", dtype="float32")
 
 
-@pytest.fixture(scope="session")
-def varied_model(tmp_path_factory, tokenizer):
-    """A tiny model with untied embeddings, so greedy outputs vary from step to step."""
+def build_varied_model(folder, tokenizer, seed: int, family: str = "llama", **config):
+    """A tiny model with untied embeddings, so greedy outputs vary from step to
+    step, saved into `folder` and loaded (LoadedModel) on CPU."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
     from promptdistill.models import load_model
 
-    torch.manual_seed(3)
-    config = LlamaConfig(
+    config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}[family]
+    torch.manual_seed(seed)
+    model_config = config_class(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, initializer_range=0.2,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **config,
     )
-    folder = tmp_path_factory.mktemp("varied")
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model_class(model_config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return load_model(str(folder), "cpu", "float32")
+
+
+@pytest.fixture(scope="session")
+def varied_model(tmp_path_factory, tokenizer):
+    """A tiny Llama whose greedy outputs vary from step to step."""
+    return build_varied_model(tmp_path_factory.mktemp("varied"), tokenizer, seed=3)
