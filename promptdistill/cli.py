@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="labeled JSONL to write (appended, resumable)")
     sp.add_argument("--rejects", help="where unparsed answers go (default: OUT with .rejects.jsonl)")
     sp.add_argument("--mode", choices=["generate", "choose"], help="answer mode (default: task.answer_mode)")
-    sp.add_argument("--batch-size", type=int, help="inputs per forward (default 8) or per vLLM engine call (default 256)")
+    sp.add_argument("--batch-size", type=int, help="inputs per generate batch (default 64) or per vLLM engine call (default 256)")
     sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs")
     sp.add_argument("--force", action="store_true", help="discard labels made with other settings")
     sp.add_argument("--dedupe", action="store_true", help="label only the first of inputs with the same text")

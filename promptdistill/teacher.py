@@ -11,10 +11,9 @@ Two answer modes:
   and the whole distribution is stored as a soft label. Every input gets a
   valid label, which matters for small teachers that rarely follow the format.
 
-Output is appended and flushed record by record, so an interrupted run keeps
-what it wrote; rerunning labels only the missing inputs. (Local generate mode
-writes a length-sorted window of batches at a time, in input order, so an
-interruption loses the window in progress.) A sidecar
+Output is appended and flushed record by record as each batch is answered,
+so an interrupted run keeps what it wrote (it loses at most the batch in
+progress); rerunning labels only the missing inputs. A sidecar
 `<output>.meta.json` records what produced the labels (teacher, prompt hash,
 decoding settings), and a rerun with different settings is refused unless
 `force` is set.
@@ -67,7 +66,7 @@ def label_inputs(
     run once and each input runs only its own suffix on top of their cache;
     `reuse_prefix=False` sends every request whole, as a plain loop would.
     `teacher` is a `LoadedModel` or a backend (see the module docstring);
-    `batch_size` is inputs per forward locally (default 8), per engine call
+    `batch_size` is inputs per generate batch locally (default 64), per engine call
     with vLLM; the server backend ignores it.
     """
     mode = mode or task.config.answer_mode
@@ -98,7 +97,7 @@ def _label_missing(examples, task, teacher, out_path, rejects_path, mode, batch_
         todo = [e for e in examples if e.id not in done]
         bar = tqdm(total=len(examples), initial=len(examples) - len(todo), unit="input", desc=f"label ({mode})", disable=not progress)
         if isinstance(teacher, LoadedModel):
-            records = _label_locally(todo, task, teacher, mode, batch_size or 8, seed, reuse_prefix)
+            records = _label_locally(todo, task, teacher, mode, batch_size or LOCAL_BATCH_SIZE, seed, reuse_prefix)
         else:
             records = teacher.label(todo, task, mode, seed, batch_size)
         for record in records:
@@ -121,32 +120,23 @@ def load_teacher(models):
     return load_model(models.teacher, models.device, models.dtype)
 
 
-# Generate mode sorts this many batches' worth of inputs by length at a time.
-SORT_WINDOW_BATCHES = 8
+# Inputs per batch for a local teacher. With shared-prefix attention a row
+# costs only its own tokens' cache, so a large batch is cheap in memory and
+# keeps the decode steps' matrix products busy; records are written a batch at a time.
+LOCAL_BATCH_SIZE = 64
 
 
 def _label_locally(todo, task, teacher, mode, batch_size, seed, reuse_prefix):
     prefix = make_prefix_cache(task, teacher) if reuse_prefix and todo else None
-    if mode == "choose":
-        # one input at a time on top of the prefix: batch composition does not matter
+    if mode == "choose":  # one input at a time on top of the prefix, each record written when scored
         answer = _choose_answers(task, teacher, prefix)
-        for i in range(0, len(todo), batch_size):
-            yield from answer(todo[i : i + batch_size])
+        for e in todo:
+            yield from answer([e])
         return
+    # a generate batch decodes together (sorted by length inside, records in input order)
     answer = _generate_answers(task, teacher, seed, prefix)
-    # A generate batch is padded to its longest input, so inputs are grouped by
-    # token length within a window of a few batches; records still come out in
-    # input order (a window at a time), so the output file does not depend on it.
-    window = batch_size * SORT_WINDOW_BATCHES
-    for start in range(0, len(todo), window):
-        chunk = todo[start : start + window]
-        lengths = [len(teacher.tokenizer.encode(e.text, add_special_tokens=False)) for e in chunk]
-        order = sorted(range(len(chunk)), key=lambda i: lengths[i])
-        records = {}
-        for b in range(0, len(order), batch_size):
-            batch = [chunk[i] for i in order[b : b + batch_size]]
-            records.update(zip((e.id for e in batch), answer(batch)))
-        yield from (records[e.id] for e in chunk)
+    for i in range(0, len(todo), batch_size):
+        yield from answer(todo[i : i + batch_size])
 
 
 def generate_record(task: Task, e: Example, replies: list[str], logprobs: list[dict | None] | None = None) -> LabeledExample:

@@ -49,7 +49,8 @@ def test_shared_prefix_is_a_prefix_of_every_prompt(tokenizer, form):
     assert "Han -> zh" in decoded and "Hello" not in decoded
 
 
-def test_generate_with_prefix_equals_one_at_a_time(varied_model):
+@pytest.mark.parametrize("shared_attention", [True, False], ids=["shared-prefix-attention", "copied-cache"])
+def test_generate_with_prefix_equals_one_at_a_time(varied_model, shared_attention):
     tok = varied_model.tokenizer
     task = make_task()
     prefix_ids = shared_prefix(task, tok)
@@ -58,7 +59,8 @@ def test_generate_with_prefix_equals_one_at_a_time(varied_model):
     alone = [engine.generate(varied_model.model, [p], max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id)[0] for p in prompts]
     assert len({tuple(a) for a in alone}) > 1, "outputs should differ between inputs for this test to mean anything"
     assert any(len(set(a)) > 1 for a in alone)
-    cache = engine.PrefixCache(varied_model.model, prefix_ids)
+    cache = engine.PrefixCache(varied_model.model, prefix_ids, shared_attention=shared_attention)
+    assert (cache.shared is not None) == shared_attention
     batched = engine.generate_with_prefix(
         cache, [p[len(prefix_ids):] for p in prompts], max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id
     )
@@ -154,29 +156,33 @@ def test_label_inputs_same_with_and_without_prefix_reuse(varied_model, tmp_path,
                 assert r["label_probs"][label] == pytest.approx(s["label_probs"][label], abs=1e-5)
 
 
-def test_generate_batches_group_inputs_by_length_and_records_keep_input_order(varied_model, tmp_path, monkeypatch):
-    """Batches are cut from length-sorted windows (less padding); the file stays in input order."""
-    import promptdistill.teacher as teacher_mod
-
-    widths = []
-    decode = engine.decode_with_prefix
-
-    def recording(prefix, suffixes, **kwargs):
-        widths.append(sorted(len(s) for s in suffixes))
-        return decode(prefix, suffixes, **kwargs)
-
-    monkeypatch.setattr(engine, "decode_with_prefix", recording)
+def test_generate_records_reach_the_file_a_batch_at_a_time_and_a_crash_resumes_to_the_same_file(varied_model, tmp_path, monkeypatch):
+    """An interruption in the second batch leaves the first batch's records on
+    disk; the rerun labels the rest and both files equal an uninterrupted run's."""
     task = make_task(max_new_tokens=3, answer_mode="generate")
     texts = TEXTS + ["b", "Hola, ¿qué tal estás hoy, amigo mío?", "θ"]
     examples = [Example(id=f"e{i}", text=t) for i, t in enumerate(texts)]
+
+    def files(out):
+        return [_records(p) if p.exists() else [] for p in (out, out.with_name(out.stem + ".rejects.jsonl"))]
+
+    whole = tmp_path / "whole.jsonl"
+    label_inputs(examples, task, varied_model, whole, mode="generate", batch_size=3, progress=False)
+
+    decode, calls = engine.decode_with_prefix, []
+
+    def crashing(prefix, suffixes, **kwargs):
+        calls.append(len(suffixes))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return decode(prefix, suffixes, **kwargs)
+
+    monkeypatch.setattr(engine, "decode_with_prefix", crashing)
     out = tmp_path / "labels.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        label_inputs(examples, task, varied_model, out, mode="generate", batch_size=3, progress=False)
+    assert sorted(r["id"] for f in files(out) for r in f) == ["e0", "e1", "e2"]
+    monkeypatch.setattr(engine, "decode_with_prefix", decode)
     label_inputs(examples, task, varied_model, out, mode="generate", batch_size=3, progress=False)
-    written = [r["id"] for r in _records(out) + _records(out.with_name(out.stem + ".rejects.jsonl"))]
-    assert sorted(written) == sorted(e.id for e in examples)
-    # records are appended in input order (good and rejects files each keep it)
-    for path in (out, out.with_name(out.stem + ".rejects.jsonl")):
-        ids = [r["id"] for r in _records(path)] if path.exists() else []
-        assert ids == [e.id for e in examples if e.id in set(ids)]
-    # each batch's longest suffix is no longer than the next batch's shortest
-    assert len(widths) == 3 and teacher_mod.SORT_WINDOW_BATCHES >= 3
-    assert all(a[-1] <= b[0] for a, b in zip(widths, widths[1:])), widths
+    assert files(out) == files(whole)
+    assert sum(len(f) for f in files(out)) == len(texts)
