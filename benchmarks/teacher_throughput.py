@@ -10,7 +10,9 @@ SmolLM2-135M-Instruct, greedy decoding, two ways in one run:
 
 It checks that both give identical replies and labels, prints inputs/s for
 each, does the same for `choose` mode, and prints the generate-mode ratio
-(fast / naive) as its last line.
+(fast / naive) as its last line. The two are measured interleaved (the naive
+loop in --rounds slices, each followed by one fast run over all inputs), so a
+shared machine's changes of speed over minutes hit both alike.
 
 When vLLM is installed (`make test-vllm` builds .venv-vllm) a third column labels the
 same inputs with vLLM's offline engine (prefix caching on, float32,
@@ -19,7 +21,7 @@ its answers are checked against the fast path's (replies equal; choose-mode
 labels equal and distributions within 1e-4). Without vLLM the column is
 left out with a note.
 
-    .venv/bin/python benchmarks/teacher_throughput.py [--n 64] [--batch-size 16]
+    .venv/bin/python benchmarks/teacher_throughput.py [--n 64] [--batch-size 64] [--rounds 4]
     .venv-vllm/bin/python benchmarks/teacher_throughput.py      # with the vLLM column
 """
 
@@ -46,15 +48,37 @@ from promptdistill.teacher import label_inputs  # noqa: E402
 
 
 def timed_labels(examples, task, teacher, out: Path, mode: str, **kwargs):
+    """Label `examples` into a fresh `out`; return (seconds, records by id)."""
     t0 = time.perf_counter()
     label_inputs(examples, task, teacher, out, mode=mode, force=True, progress=False, **kwargs)
     seconds = time.perf_counter() - t0
     records = {}
     for path in (out, out.with_name(out.stem + ".rejects.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            r = json.loads(line)
-            records[r["id"]] = r
-    return len(examples) / seconds, records
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                r = json.loads(line)
+                records[r["id"]] = r
+    return seconds, records
+
+
+def interleaved(examples, task, teacher, tmp: Path, mode: str, rounds: int, batch_size):
+    """Naive and fast inputs/s measured over the same stretch of time.
+
+    The naive loop labels the inputs in `rounds` slices; after each slice the
+    fast path labels all of them. A shared machine speeds up and slows down
+    over minutes, and this way both columns see the same stretch of it.
+    Returns (naive rate, naive records, fast rate, list of each fast run's records).
+    """
+    naive_s, fast_s, naive, fast_runs = 0.0, 0.0, {}, []
+    for r in range(rounds):
+        part = examples[r * len(examples) // rounds : (r + 1) * len(examples) // rounds]
+        seconds, records = timed_labels(part, task, teacher, tmp / f"{mode}-naive-{r}.jsonl", mode, reuse_prefix=False, batch_size=1)
+        naive_s += seconds
+        naive.update(records)
+        seconds, records = timed_labels(examples, task, teacher, tmp / f"{mode}-fast-{r}.jsonl", mode, batch_size=batch_size)
+        fast_s += seconds
+        fast_runs.append(records)
+    return len(examples) / naive_s, naive, rounds * len(examples) / fast_s, fast_runs
 
 
 def start_vllm(model: str):
@@ -85,7 +109,9 @@ def agree(a: dict, b: dict) -> bool:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=64, help="inputs to label")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, help="inputs per batch for the fast path (default: the library's, 64)")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="the naive loop runs in this many slices, each followed by a full fast run (see `interleaved`)")
     p.add_argument("--task", default=str(ROOT / "examples/language_id/task.toml"))
     args = p.parse_args()
 
@@ -100,16 +126,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for mode in ("choose", "generate"):
-            naive_rate, naive = timed_labels(examples, task, teacher, tmp / f"{mode}-naive.jsonl", mode, reuse_prefix=False, batch_size=1)
-            fast_rate, fast = timed_labels(examples, task, teacher, tmp / f"{mode}-fast.jsonl", mode, batch_size=args.batch_size)
-            same = all((naive[i]["teacher_reply"], naive[i]["label"]) == (fast[i]["teacher_reply"], fast[i]["label"]) for i in naive)
-            same = same and naive.keys() == fast.keys()
+            naive_rate, naive, fast_rate, fast_runs = interleaved(examples, task, teacher, tmp, mode, args.rounds, args.batch_size)
+            fast = fast_runs[0]
+            same = all(run.keys() == naive.keys() for run in fast_runs) and all(
+                (naive[i]["teacher_reply"], naive[i]["label"]) == (run[i]["teacher_reply"], run[i]["label"]) for run in fast_runs for i in naive
+            )
             parsed = sum(r["status"] == "ok" for r in fast.values())
             ok &= same
             ratios[mode] = fast_rate / naive_rate
             column = ""
             if vllm_teacher is not None:
-                vllm_rate, by_vllm = timed_labels(examples, task, vllm_teacher, tmp / f"{mode}-vllm.jsonl", mode)
+                vllm_s, by_vllm = timed_labels(examples, task, vllm_teacher, tmp / f"{mode}-vllm.jsonl", mode)
+                vllm_rate = len(examples) / vllm_s
                 agrees = by_vllm.keys() == fast.keys() and all(agree(by_vllm[i], fast[i]) for i in fast)
                 ok &= agrees
                 column = f" | vllm {vllm_rate:7.3f} inputs/s, same answers: {agrees}"
