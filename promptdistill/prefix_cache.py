@@ -263,6 +263,9 @@ class SharedPrefix:
         _register()
         self.model = model
         self.config = _unwrap(model).config
+        if getattr(self.config, "sub_configs", None):
+            # switching the attention would also switch (and, restored, overwrite) the sub-models'
+            raise NotImplementedError("a model with sub-configs (vision, audio) keeps its own attention")
         self.keys = [layer.keys for layer in cache.layers]
         self.values = [layer.values for layer in cache.layers]
         self.length = self.keys[0].shape[2]
