@@ -93,15 +93,15 @@ class PrefixCache:
             return RowCache(batch, capacity)
         return self.expanded(batch)
 
-    def forward(self, ids, mask, positions, cache):
+    def forward(self, ids, mask, positions, cache, **kwargs):
         """Logits of `ids` (rows x q) on top of the prefix; `mask` covers prefix + the
         rows' tokens so far (these q included); `cache` comes from `rows_cache` and grows by q."""
         if self.shared is not None:
-            out = self.shared.forward(ids, mask[:, len(self.prefix):], positions, cache, slice(None), cache.length)
+            out = self.shared.forward(ids, mask[:, len(self.prefix):], positions, cache, slice(None), cache.length, **kwargs)
             cache.length += ids.shape[1]
             return out.logits
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(self.model, cache),
-                          use_cache=True).logits
+                          use_cache=True, **kwargs).logits
 
     def prefill(self, ids, mask, positions, cache) -> torch.Tensor:
         """Each row's last logits after its left-padded suffix in `ids` (a fresh `cache`)."""
@@ -109,8 +109,7 @@ class PrefixCache:
             return self.shared.prefill(ids, mask[:, len(self.prefix):], positions, cache, PREFILL_CHUNK_TOKENS)
         # logits_to_keep=1: only the last position goes through the output layer (with a
         # 49k vocabulary that layer is a fifth of a 135M model's work per position)
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(self.model, cache),
-                          use_cache=True, logits_to_keep=1).logits[:, -1]
+        return self.forward(ids, mask, positions, cache, logits_to_keep=1)[:, -1]
 
 
 # Suffixes run on top of a shared prefix in chunks of about this many (padded) tokens.
