@@ -30,13 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from promptdistill.config import load_config  # noqa: E402
-from promptdistill.fidelity import FidelityScorer, distribution_kl  # noqa: E402
+from promptdistill.evaluation.fidelity import FidelityScorer, distribution_kl  # noqa: E402
 from promptdistill.models import LoadedModel, load_model  # noqa: E402
 from promptdistill.records import read_inputs, read_labeled  # noqa: E402
 from promptdistill.split import split_examples, subsample  # noqa: E402
 from promptdistill.task import Task  # noqa: E402
-from promptdistill.teacher import label_inputs  # noqa: E402
-from promptdistill.train import train_student  # noqa: E402
+from promptdistill.labeling import label_inputs  # noqa: E402
+from promptdistill.training.recipe import train_student  # noqa: E402
 
 MODES = [("sft", {"loss": "sft"}), ("kd", {"loss": "kd"}), ("kd+ce 0.5", {"loss": "kd", "kd_alpha": 0.5}),
          ("on-policy", {"loss": "on-policy"})]

@@ -44,7 +44,7 @@ from promptdistill.models import load_model  # noqa: E402
 from promptdistill.records import read_inputs  # noqa: E402
 from promptdistill.split import subsample  # noqa: E402
 from promptdistill.task import Task  # noqa: E402
-from promptdistill.teacher import label_inputs  # noqa: E402
+from promptdistill.labeling import label_inputs  # noqa: E402
 
 
 def timed_labels(examples, task, teacher, out: Path, mode: str, **kwargs):
@@ -88,7 +88,7 @@ def start_vllm(model: str):
     except ImportError:
         print("vllm column: left out (vLLM is not installed; see the README, \"Labeling at scale\")")
         return None
-    from promptdistill.vllm_teacher import VllmTeacher
+    from promptdistill.teachers.vllm_engine import VllmTeacher
 
     t0 = time.perf_counter()
     options = {} if torch.cuda.is_available() else {"max_model_len": 2048, "enforce_eager": True}

@@ -6,7 +6,7 @@ The same data, student, LoRA and optimiser settings, trained two ways:
           so the loss is on the assistant turn only (completion-only loss;
           SmolLM2's chat template has no {% generation %} markers, which
           TRL's `assistant_only_loss` needs)
-  ours    promptdistill.train.train_student (sft loss: the assistant reply)
+  ours    promptdistill.training.recipe.train_student (sft loss: the assistant reply)
 
 Data: a seeded sample of examples/language_id/data.jsonl with the *gold*
 label as the target reply ("Final Answer: xx"), i.e. records built without
@@ -59,14 +59,14 @@ def records(args):
 
 
 def heldout(model, tokenizer, examples) -> float:
-    from promptdistill.train import heldout_loss, render_for_training
+    from promptdistill.training.recipe import heldout_loss, render_for_training
 
     rendered, _ = render_for_training(examples, tokenizer, 512)
     return heldout_loss(model, rendered, tokenizer.pad_token_id)
 
 
 def trained_tokens(examples, tokenizer) -> int:
-    from promptdistill.train import render_for_training
+    from promptdistill.training.recipe import render_for_training
 
     return sum(e.num_trained for e in render_for_training(examples, tokenizer, 512)[0])
 
@@ -74,7 +74,7 @@ def trained_tokens(examples, tokenizer) -> int:
 def run_ours(args, train, held, work: Path) -> dict:
     from promptdistill.config import ModelsConfig, TrainConfig
     from promptdistill.models import load_model
-    from promptdistill.train import train_student
+    from promptdistill.training.recipe import train_student
 
     cfg = TrainConfig(lora_rank=32, lora_alpha=32, lora_dropout=0.0, learning_rate=args.lr, lr_schedule="constant",
                       max_steps=args.steps, batch_size=args.batch, grad_accum=args.accum, eval_every=10**9, save_every=10**9,

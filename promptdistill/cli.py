@@ -199,7 +199,7 @@ def cmd_label(args):
     examples = report_duplicates(examples, inputs, args.dedupe, lambda m: print(m, file=sys.stderr), "--dedupe")
     if args.limit:
         examples = examples[: args.limit]
-    from .teacher import label_inputs, load_teacher
+    from .labeling import label_inputs, load_teacher
 
     teacher = load_teacher(cfg.models)
 
@@ -225,9 +225,9 @@ def cmd_train(args):
     from .config import save_config
     from .records import read_labeled
     from .task import Task
-    from .train import train_student
+    from .training.recipe import train_student
 
-    from .distributed import launched_rank
+    from .training.distributed import launched_rank
 
     cfg = load_task_config(args)
     heldout = read_labeled(args.heldout) if args.heldout else None
@@ -244,7 +244,7 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    from .evaluate import results_table
+    from .evaluation.report import results_table
     from .io import DirectoryLock
     from .pipeline import evaluate_run
     from .records import check_gold_labels, read_inputs

@@ -106,9 +106,9 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
 
 
 def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -> dict:
-    from .evaluate import results_table
-    from .teacher import label_inputs, load_teacher
-    from .train import train_student
+    from .evaluation.report import results_table
+    from .labeling import label_inputs, load_teacher
+    from .training.recipe import train_student
 
     task = Task(cfg.task)
     prints = {stage: _fingerprint(settings) for stage, settings in stage_settings(cfg).items()}
@@ -178,9 +178,9 @@ def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress:
     `examples` and write the report with its pictures into RUN/eval; return the report."""
     from peft import PeftModel
 
-    from .evaluate import evaluate_systems
+    from .evaluation.systems import evaluate_systems
     from .models import AdapterDisabled, LoadedModel, load_model
-    from .report_html import write_run_report
+    from .evaluation.report import write_run_report
 
     if cfg.eval.max_examples:
         examples = examples[: cfg.eval.max_examples]

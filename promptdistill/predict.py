@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .config import config_from_dict
 from .errors import PromptDistillError
-from .evaluate import generate_answer
+from .evaluation.systems import generate_answer
 from .models import LoadedModel, load_model
 from .task import Task
 

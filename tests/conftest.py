@@ -98,3 +98,67 @@ def build_varied_model(folder, tokenizer, seed: int, family: str = "llama", **co
 def varied_model(tmp_path_factory, tokenizer):
     """A tiny Llama whose greedy outputs vary from step to step."""
     return build_varied_model(tmp_path_factory.mktemp("varied"), tokenizer, seed=3)
+
+
+# ---- helpers shared by the test modules (import them from conftest) ----
+
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSONL file (blank lines skipped); [] when the file does not exist."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_jsonl(path, rows) -> "Path":
+    """Write `rows` (dicts) as JSONL into `path`; return the path."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def make_task(**fields):
+    """A Task from TaskConfig fields; by default a closed language-ID task over en/fr/de."""
+    from promptdistill.config import TaskConfig
+    from promptdistill.task import Task
+
+    defaults = dict(user_template="Which language is this?\n{text}\nAnswer with Final Answer: xx.", labels=["en", "fr", "de"])
+    if "system_prompt" in fields:
+        defaults.pop("user_template")
+    return Task(TaskConfig(**{**defaults, **fields}))
+
+
+def _toml_value(value) -> str:
+    import json
+
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)  # strings, numbers, booleans and lists read the same in TOML
+
+
+def write_task_file(folder, model_dir: str | None = None, name: str = "task.toml", **sections) -> "Path":
+    """Write a task TOML file into `folder`: one table per keyword (task=dict(...), train=dict(...), ...).
+    With `model_dir`, teacher and student default to that model on CPU in float32. Returns the path."""
+    from pathlib import Path
+
+    sections = {k: dict(v) for k, v in sections.items()}
+    sections.setdefault("task", {}).setdefault("user_template", "Which language is this?\n{text}\nAnswer with Final Answer: xx.")
+    if "system_prompt" in sections["task"]:
+        sections["task"].pop("user_template")
+    if model_dir is not None:
+        models = sections.setdefault("models", {})
+        for key, value in (("teacher", model_dir), ("student", model_dir), ("device", "cpu"), ("dtype", "float32")):
+            models.setdefault(key, value)
+    text = "".join(f"[{table}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items()) + "\n"
+                   for table, values in sections.items())
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

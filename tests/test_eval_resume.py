@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import promptdistill.evaluate as evaluate_mod
+import promptdistill.evaluation.systems as evaluate_mod
 from promptdistill.config import TaskConfig
 from promptdistill.records import Example
 from promptdistill.task import Task

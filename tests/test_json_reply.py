@@ -73,7 +73,7 @@ def test_field_agreement_counts_over_valid_teacher_replies():
 
 
 def test_json_metrics_validity_exact_and_fields():
-    from promptdistill.evaluate import Prediction
+    from promptdistill.evaluation.systems import Prediction
 
     def preds(labels):
         return [Prediction(str(i), "s", lab, "", OK if lab else INVALID_JSON, 1, 0.0) for i, lab in enumerate(labels)]

@@ -39,7 +39,7 @@ def _task(free_form: bool) -> Task:
 
 
 def _train(records, run_dir, loss, teacher_dir, student_dir, task, steps):
-    from promptdistill.train import train_student
+    from promptdistill.training.recipe import train_student
 
     cfg = TrainConfig(loss=loss, lora_rank=8, lora_alpha=16, learning_rate=3e-3, max_steps=steps, batch_size=8,
                       save_every=1000, eval_every=1000, lr_schedule="constant")
@@ -73,8 +73,8 @@ def toy(varied_model, tmp_path_factory):
 def _heldout_kl(task, teacher, student_dir, adapter, examples) -> tuple[float, float]:
     from peft import PeftModel
 
-    from promptdistill.evaluate import generate_answer
-    from promptdistill.fidelity import FidelityScorer
+    from promptdistill.evaluation.systems import generate_answer
+    from promptdistill.evaluation.fidelity import FidelityScorer
     from promptdistill.models import AdapterDisabled, LoadedModel, load_model
 
     scorer = FidelityScorer(task, teacher)
@@ -91,7 +91,7 @@ def _heldout_kl(task, teacher, student_dir, adapter, examples) -> tuple[float, f
 def test_each_loss_lowers_the_heldout_kl(loss, toy, tmp_path):
     from promptdistill.models import load_model
     from promptdistill.records import read_labeled
-    from promptdistill.teacher import label_inputs
+    from promptdistill.labeling import label_inputs
 
     teacher_dir, student_dir = toy
     task = _task(free_form=loss == "kd-token")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from promptdistill.config import TaskConfig, TrainConfig
-from promptdistill.losses import (
+from promptdistill.training.losses import (
     LabelKDExample,
     TokenKDExample,
     label_kd_loss,
@@ -18,7 +18,7 @@ from promptdistill.losses import (
 )
 from promptdistill.render import render_prompt, reply_ids
 from promptdistill.task import Task
-from promptdistill.train import _lora_model
+from promptdistill.training.recipe import _lora_model
 
 LABELS = ["en", "fr", "de"]
 
@@ -119,7 +119,7 @@ def test_kd_gradients_reach_only_lora(tiny, tokenizer, kind):
 @pytest.mark.parametrize("kl", ["full", "sampled"])
 def test_on_policy_trains_the_student_and_leaves_the_shared_teacher_unchanged(varied_model, tokenizer, kl):
     from promptdistill.models import AdapterDisabled
-    from promptdistill.onpolicy import TeacherScorer, on_policy_loss
+    from promptdistill.training.onpolicy import TeacherScorer, on_policy_loss
     from promptdistill.records import Example
 
     from promptdistill.models import load_model
@@ -155,7 +155,7 @@ def test_on_policy_trains_the_student_and_leaves_the_shared_teacher_unchanged(va
 
 
 def test_on_policy_samples_do_not_depend_on_the_batch(varied_model, tokenizer):
-    from promptdistill.onpolicy import sample_replies, sample_seed
+    from promptdistill.training.onpolicy import sample_replies, sample_seed
 
     task = _task(max_new_tokens=5)
     prompts = [render_prompt(tokenizer, task.student_messages(t)) for t in ("one", "two words", "three more words")]

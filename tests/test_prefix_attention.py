@@ -11,7 +11,7 @@ import torch
 from promptdistill import engine, prefix_cache
 from promptdistill.records import Example
 from promptdistill.render import render_prompt
-from promptdistill.teacher import label_inputs, shared_prefix
+from promptdistill.labeling import label_inputs, shared_prefix
 from conftest import build_varied_model
 from test_prefix_reuse import TEXTS, make_task
 

@@ -12,7 +12,7 @@ from promptdistill.config import TaskConfig
 from promptdistill.records import Example
 from promptdistill.render import render_prompt
 from promptdistill.task import Task
-from promptdistill.teacher import label_inputs, shared_prefix
+from promptdistill.labeling import label_inputs, shared_prefix
 
 TEXTS = [
     "a",

@@ -15,9 +15,9 @@ import pytest
 from promptdistill.config import TaskConfig
 from promptdistill.errors import PromptDistillError
 from promptdistill.records import Example
-from promptdistill.remote_teacher import RemoteTeacher, ordered_map
+from promptdistill.teachers.server import RemoteTeacher, ordered_map
 from promptdistill.task import Task
-from promptdistill.teacher import label_inputs
+from promptdistill.labeling import label_inputs
 
 
 class FakeChatServer:
@@ -197,7 +197,7 @@ def test_vllm_backend_without_the_extra_says_what_to_install(monkeypatch):
     import sys
 
     from promptdistill.config import ModelsConfig
-    from promptdistill.teacher import load_teacher
+    from promptdistill.labeling import load_teacher
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # as if vLLM were not installed
     with pytest.raises(PromptDistillError, match=r"needs vLLM: pip install 'promptdistill\[vllm\]' \(GPU machines\) or, on CPU, "

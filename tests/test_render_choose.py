@@ -15,7 +15,7 @@ from promptdistill.errors import PromptDistillError
 from promptdistill.records import Example
 from promptdistill.render import render_example, render_prompt
 from promptdistill.task import Task
-from promptdistill.teacher import label_candidates, label_distribution, label_inputs
+from promptdistill.labeling import label_candidates, label_distribution, label_inputs
 
 IM_END = "<|im_end|>"
 
@@ -274,7 +274,7 @@ def test_label_inputs_resume_labels_only_missing(tiny, tmp_path, monkeypatch):
         seen.append(messages[-1]["content"])
         return real(task_, loaded, messages, candidates, prefix)
 
-    import promptdistill.teacher as teacher_mod
+    import promptdistill.labeling as teacher_mod
 
     monkeypatch.setattr(teacher_mod, "label_distribution", spy)
     summary = label_inputs(ex, task, tiny, out, progress=False)

@@ -44,7 +44,7 @@ def png_size(path):
 
 
 def test_label_task_pictures_in_markdown_and_html(tmp_path):
-    from promptdistill.report_html import write_run_report
+    from promptdistill.evaluation.report import write_run_report
 
     run = write_run(tmp_path, label_report(), METRICS)
     pictures = write_run_report(run)
@@ -68,7 +68,7 @@ def test_label_task_pictures_in_markdown_and_html(tmp_path):
 
 
 def test_json_task_draws_field_agreement_instead_of_confusion(tmp_path):
-    from promptdistill.report_html import write_run_report
+    from promptdistill.evaluation.report import write_run_report
 
     fields = {"category": 0.5, "priority": 0.25}
     j = {"validity": 0.9, "exact_agreement": 0.1, "field_agreement": fields, "mean_field_agreement": 0.375}
@@ -80,7 +80,7 @@ def test_json_task_draws_field_agreement_instead_of_confusion(tmp_path):
 
 
 def test_loss_figure_plots_every_step_and_heldout_point():
-    from promptdistill.plots import loss_figure
+    from promptdistill.evaluation.plots import loss_figure
 
     fig = loss_figure(METRICS)
     lines = fig.axes[0].get_lines()
@@ -90,7 +90,7 @@ def test_loss_figure_plots_every_step_and_heldout_point():
 
 
 def test_confusion_figure_has_every_label_and_the_unparsed_column():
-    from promptdistill.plots import confusion_figure
+    from promptdistill.evaluation.plots import confusion_figure
 
     fig = confusion_figure(label_report())
     panels = [ax for ax in fig.axes if ax.get_title()]

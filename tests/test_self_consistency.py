@@ -11,7 +11,7 @@ from promptdistill.config import TaskConfig, config_from_dict
 from promptdistill.errors import PromptDistillError
 from promptdistill.records import Example
 from promptdistill.task import Task
-from promptdistill.teacher import label_inputs
+from promptdistill.labeling import label_inputs
 
 from test_prefix_reuse import LABELS, TEXTS, make_task
 

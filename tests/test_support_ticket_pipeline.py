@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from promptdistill.config import config_from_dict, load_config
-from promptdistill.evaluate import results_table
+from promptdistill.evaluation.report import results_table
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "support_ticket"
 OBJECT = {"category": "billing", "priority": "high", "product": "drive", "sentiment": "negative", "language": "en",

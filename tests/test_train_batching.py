@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import promptdistill.train as train_mod
+import promptdistill.training.recipe as train_mod
 from promptdistill.config import ModelsConfig, TrainConfig
 from promptdistill.records import LabeledExample
 

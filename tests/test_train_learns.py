@@ -110,7 +110,7 @@ def test_tiny_student_learns_script_mapping(tmp_path, script_model_dir):
     from promptdistill.config import ModelsConfig, TaskConfig, TrainConfig
     from promptdistill.models import load_model
     from promptdistill.task import Task
-    from promptdistill.train import train_student
+    from promptdistill.training.recipe import train_student
 
     train_items, heldout_items = make_texts(150, 30)
     assert not {t for t, _ in train_items} & {t for t, _ in heldout_items}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from promptdistill.render import render_example
-from promptdistill.train import _lora_model, collate, weighted_token_loss
+from promptdistill.training.recipe import _lora_model, collate, weighted_token_loss
 from promptdistill.config import TrainConfig
 
 

@@ -65,7 +65,7 @@ def local_teacher():
 
 
 def _local_labels(tmp_path, examples, task, teacher, mode):
-    from promptdistill.teacher import label_inputs
+    from promptdistill.labeling import label_inputs
 
     out = tmp_path / f"local-{mode}.jsonl"
     label_inputs(examples, task, teacher, out, mode=mode, progress=False)
@@ -104,7 +104,7 @@ def test_vllm_is_installed():
 
 @pytest.fixture(scope="module")
 def vllm_teacher():
-    from promptdistill.vllm_teacher import VllmTeacher
+    from promptdistill.teachers.vllm_engine import VllmTeacher
 
     t0 = time.perf_counter()
     teacher = VllmTeacher("smollm2-135m-instruct", dtype="float32", options={"max_model_len": 2048, "enforce_eager": True})
@@ -116,7 +116,7 @@ def test_offline_generate_equals_transformers_with_top_logprobs(tmp_path, task_a
     import torch
 
     from promptdistill.render import render_prompt
-    from promptdistill.teacher import label_inputs
+    from promptdistill.labeling import label_inputs
 
     cfg, examples = task_and_inputs
     task = _task(cfg, top_logprobs=5)
@@ -150,7 +150,7 @@ def test_offline_generate_equals_transformers_with_top_logprobs(tmp_path, task_a
 
 
 def test_offline_choose_matches_transformers(tmp_path, task_and_inputs, local_teacher, vllm_teacher):
-    from promptdistill.teacher import label_inputs
+    from promptdistill.labeling import label_inputs
 
     cfg, examples = task_and_inputs
     task = _task(cfg)
@@ -276,8 +276,8 @@ def _wait_until_idle(url: str) -> None:
 
 
 def test_server_choose_distribution_matches_transformers(tmp_path, task_and_inputs, local_teacher, vllm_server):
-    from promptdistill.remote_teacher import RemoteTeacher
-    from promptdistill.teacher import label_inputs
+    from promptdistill.teachers.server import RemoteTeacher
+    from promptdistill.labeling import label_inputs
 
     cfg, examples = task_and_inputs
     examples = examples[:4]

@@ -36,7 +36,7 @@ def trained_run(tmp_path_factory):
 
     from promptdistill.config import load_config, save_config
     from promptdistill.records import LabeledExample, read_inputs
-    from promptdistill.train import train_student
+    from promptdistill.training.recipe import train_student
 
     cfg = load_config(ROOT / "examples/language_id/task.toml")
     rows = random.Random(0).sample(read_inputs(cfg.resolve_path(cfg.data.inputs)), N_TRAIN + N_HELDOUT)

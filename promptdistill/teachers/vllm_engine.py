@@ -41,9 +41,9 @@ The engine starts worker processes; a script that labels with it needs an
 
 from __future__ import annotations
 
-from .errors import PromptDistillError
-from .records import Example
-from .task import Task
+from ..errors import PromptDistillError
+from ..records import Example
+from ..task import Task
 
 DEFAULT_BATCH = 256
 _INSTALL = ("the vllm teacher backend needs vLLM: pip install 'promptdistill[vllm]' (GPU machines) or, on CPU, "
@@ -64,7 +64,7 @@ class VllmTeacher:
 
     def __init__(self, name: str, *, dtype: str = "auto", options: dict | None = None):
         vllm = import_vllm()
-        from .models import load_tokenizer, model_path
+        from ..models import load_tokenizer, model_path
 
         self.name = name
         self.tokenizer = load_tokenizer(name)
@@ -90,8 +90,8 @@ class VllmTeacher:
         return self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
 
     def _generate(self, batch: list[Example], task: Task, seed: int):
-        from .render import end_of_turn_ids, render_prompt
-        from .teacher import _sample_seed, generate_record
+        from ..render import end_of_turn_ids, render_prompt
+        from ..labeling import _sample_seed, generate_record
 
         tok = self.tokenizer
         c = task.config
@@ -117,8 +117,8 @@ class VllmTeacher:
         return records
 
     def _choose(self, batch: list[Example], task: Task, seed: int):
-        from .render import render_prompt
-        from .teacher import choose_record, label_candidates, normalize_scores
+        from ..render import render_prompt
+        from ..labeling import choose_record, label_candidates, normalize_scores
 
         tok = self.tokenizer
         candidates = label_candidates(task, tok, task.teacher_messages("x"))

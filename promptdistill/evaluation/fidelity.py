@@ -22,10 +22,10 @@ import math
 
 import torch
 
-from . import engine
-from .models import LoadedModel
-from .render import render_prompt, reply_ids
-from .task import Task
+from .. import engine
+from ..models import LoadedModel
+from ..render import render_prompt, reply_ids
+from ..task import Task
 
 
 def distribution_kl(p: dict[str, float], q: dict[str, float]) -> float:
@@ -43,7 +43,7 @@ class FidelityScorer:
     """Scores KL(teacher || model) for one input, given the teacher's prediction."""
 
     def __init__(self, task: Task, teacher: LoadedModel):
-        from .teacher import label_candidates, make_prefix_cache
+        from ..labeling import label_candidates, make_prefix_cache
 
         self.task, self.teacher = task, teacher
         self.kind = "label" if task.closed else "token"
@@ -54,7 +54,7 @@ class FidelityScorer:
 
     def teacher_label_probs(self, example_id: str, text: str) -> dict[str, float]:
         """The teacher's distribution over labels for one input (computed once)."""
-        from .teacher import label_distribution
+        from ..labeling import label_distribution
 
         if example_id not in self._teacher_probs:
             messages = self.task.teacher_messages(text)
@@ -67,7 +67,7 @@ class FidelityScorer:
             self._teacher_probs[example_id] = label_probs
 
     def model_label_probs(self, loaded: LoadedModel, text: str) -> dict[str, float]:
-        from .teacher import label_distribution
+        from ..labeling import label_distribution
 
         messages = self.task.student_messages(text)
         if self._candidates is None:
@@ -91,7 +91,7 @@ class FidelityScorer:
 
 def _reply_logprobs(prefix: engine.PrefixCache | None, model, prompt: list[int], reply: list[int]) -> torch.Tensor:
     """Log-distributions (len(reply) x vocabulary) predicting each reply token after `prompt`."""
-    from .teacher import _split_prefix
+    from ..labeling import _split_prefix
 
     suffix = _split_prefix(prefix, prompt)
     if suffix is None:

@@ -110,11 +110,11 @@ def load_teacher(models):
     """The teacher `models.teacher_backend` names (a `ModelsConfig`): a local
     transformers model, the vLLM engine, or a client of an OpenAI-compatible server."""
     if models.teacher_backend == "vllm":
-        from .vllm_teacher import VllmTeacher
+        from .teachers.vllm_engine import VllmTeacher
 
         return VllmTeacher(models.teacher, dtype=models.dtype, options=models.vllm_options)
     if models.teacher_backend == "openai":
-        from .remote_teacher import RemoteTeacher
+        from .teachers.server import RemoteTeacher
 
         return RemoteTeacher(models.teacher_url, models.teacher, concurrency=models.teacher_concurrency)
     return load_model(models.teacher, models.device, models.dtype)

@@ -49,9 +49,9 @@ import urllib.request
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from .errors import PromptDistillError
-from .records import Example
-from .task import Task
+from ..errors import PromptDistillError
+from ..records import Example
+from ..task import Task
 
 API_KEY_VARIABLES = ("PROMPTDISTILL_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -80,7 +80,7 @@ class RemoteTeacher:
     def tokenizer(self):
         """The teacher's tokenizer, loaded here by model name (choose mode renders token ids itself)."""
         if self._tokenizer is None:
-            from .models import load_tokenizer
+            from ..models import load_tokenizer
 
             try:
                 self._tokenizer = load_tokenizer(self.name)
@@ -109,7 +109,7 @@ class RemoteTeacher:
     # -- generate mode ----------------------------------------------------
 
     def _generator(self, task: Task, seed: int):
-        from .teacher import _sample_seed, generate_record
+        from ..labeling import _sample_seed, generate_record
 
         k = task.config.top_logprobs
 
@@ -135,9 +135,9 @@ class RemoteTeacher:
     # -- choose mode ------------------------------------------------------
 
     def _chooser(self, task: Task):
-        from .render import render_prompt
-        from .teacher import choose_record, label_candidates, normalize_scores
-        from .vllm_teacher import candidate_logps, scoring_steps
+        from ..render import render_prompt
+        from ..labeling import choose_record, label_candidates, normalize_scores
+        from .vllm_engine import candidate_logps, scoring_steps
 
         tok = self.tokenizer
         candidates = label_candidates(task, tok, task.teacher_messages("x"))

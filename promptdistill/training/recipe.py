@@ -42,15 +42,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
-from .config import ModelsConfig, TrainConfig, training_settings
+from ..config import ModelsConfig, TrainConfig, training_settings
 from .distributed import Distributed
-from .errors import PromptDistillError
-from .io import DirectoryLock, atomic_directory, atomic_write_json
-from .models import load_model, resolve_device
-from .records import LabeledExample
+from ..errors import PromptDistillError
+from ..io import DirectoryLock, atomic_directory, atomic_write_json
+from ..models import load_model, resolve_device
+from ..records import LabeledExample
 from .losses import kd_kind, label_kd_examples, label_kd_loss, token_kd_examples, token_kd_loss, weighted_token_loss
-from .render import RenderedExample, render_example, render_prompt
-from .task import OK, Task
+from ..render import RenderedExample, render_example, render_prompt
+from ..task import OK, Task
 from .tracking import open_tracker
 
 
@@ -118,7 +118,7 @@ def _loss_function(cfg: TrainConfig, model, loaded, task, models_cfg: ModelsConf
             return loss_sum, {"kl": kl_sum, "tokens": sum(e.num_tokens for e in mb)}
         return kd
 
-    from .models import AdapterDisabled
+    from ..models import AdapterDisabled
     from .onpolicy import TeacherScorer, on_policy_loss
 
     if models_cfg.teacher == models_cfg.student:

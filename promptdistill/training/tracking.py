@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .errors import PromptDistillError
+from ..errors import PromptDistillError
 
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 

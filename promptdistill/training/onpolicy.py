@@ -39,9 +39,9 @@ import hashlib
 
 import torch
 
-from . import engine
+from .. import engine
 from .losses import logits_at
-from .render import end_of_turn_ids, render_prompt
+from ..render import end_of_turn_ids, render_prompt
 
 
 def sample_seed(seed: int, step: int, example_id: str) -> int:
@@ -53,7 +53,7 @@ class TeacherScorer:
     """The teacher with the prompt, scoring continuations on top of its cached shared prefix."""
 
     def __init__(self, task, teacher_model, tokenizer):
-        from .teacher import shared_prefix
+        from ..labeling import shared_prefix
 
         self.task, self.tokenizer = task, tokenizer
         prefix = shared_prefix(task, tokenizer)
@@ -63,7 +63,7 @@ class TeacherScorer:
     def logprobs(self, texts: list[str], continuations: list[list[int]], full: bool = False) -> list[torch.Tensor]:
         """Per continuation, the teacher's log-probability of each of its tokens
         (with `full`, the whole log-distribution at each of its positions)."""
-        from .teacher import _split_prefix
+        from ..labeling import _split_prefix
 
         prompts = [render_prompt(self.tokenizer, self.task.teacher_messages(t)) for t in texts]
         suffixes = [_split_prefix(self.prefix, p) for p in prompts]

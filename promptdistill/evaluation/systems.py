@@ -9,8 +9,8 @@ every input one request at a time, so latency is per request:
 
 Per system we report accuracy against gold labels (where present), agreement
 with the teacher, parse rate, a confusion matrix (gold x predicted), mean
-prompt tokens per request and median latency. Results go to report.json,
-report.md and predictions.jsonl in the output folder.
+prompt tokens per request and median latency. Results go to report.json and
+predictions.jsonl in the output folder (report.py writes report.md and report.html from them).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import engine
-from .io import JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, drop_torn_last_line
-from .jsonreply import json_metrics, json_report_lines, json_summary_lines
-from .models import LoadedModel
-from .records import Example
-from .render import end_of_turn_ids, render_prompt
-from .task import OK, Task
+from .. import engine
+from ..io import JsonlAppender, atomic_write_json, atomic_write_jsonl, drop_torn_last_line
+from ..jsonreply import json_metrics
+from ..models import LoadedModel
+from ..records import Example
+from ..render import end_of_turn_ids, render_prompt
+from ..task import OK, Task
 from .fidelity import FidelityScorer
-from .teacher import label_candidates, label_distribution
+from ..labeling import label_candidates, label_distribution
 
 UNPARSED = "??"
 
@@ -185,7 +185,6 @@ def evaluate_systems(
         },
     }
     atomic_write_json(out_dir / "report.json", report)
-    atomic_write_text(out_dir / "report.md", report_markdown(report))
     atomic_write_jsonl(out_dir / "predictions.jsonl", [asdict(p) for name in all_preds for p in all_preds[name]])
     partial.unlink(missing_ok=True)
     return report
@@ -223,74 +222,3 @@ def _partial_predictions(path: Path, fingerprint: str | None) -> dict[str, dict[
         # another evaluation's (or an unreadable) partial file: start over
         path.unlink()
         return {}
-
-
-def _fmt(x, pct=False, digits=1) -> str:
-    if x is None:
-        return "-"
-    return f"{100 * x:.{digits}f}%" if pct else f"{x:.{digits}f}"
-
-
-def results_table(report: dict) -> str:
-    """The three-way table, as plain aligned text."""
-    head = (f"{'system':<9} {'prompt':>6} {'accuracy':>9} {'agreement':>10} {'KL(T||.)':>9} {'parsed':>7} "
-            f"{'tokens/req':>11} {'latency ms':>11}")
-    lines = [head, "-" * len(head)]
-    for name, m in report["systems"].items():
-        lines.append(
-            f"{name:<9} {'yes' if m['uses_prompt'] else 'no':>6} {_fmt(m['accuracy'], True):>9} {_fmt(m['agreement'], True):>10} "
-            f"{_fmt(m.get('kl_to_teacher'), digits=3):>9} {_fmt(m['parse_rate'], True, 0):>7} {_fmt(m['mean_prompt_tokens']):>11} "
-            f"{_fmt(m['median_latency_ms']):>11}"
-        )
-    if (gap := _gap_line(report)) is not None:
-        lines.append(gap)
-    if report.get("majority_label") is not None:
-        lines.append(f"(always answering '{report['majority_label']}' would agree {_fmt(report['majority_agreement'], True)} with the teacher)")
-    lines += json_summary_lines(report, _fmt)
-    return "\n".join(lines)
-
-
-def _gap_line(report: dict) -> str | None:
-    f = report.get("fidelity") or {}
-    if f.get("gap_closed") is None:
-        return None
-    return (f"(the student closes {_fmt(f['gap_closed'], True)} of the base-to-teacher gap: KL {f['kl_base']:.3f} -> "
-            f"{f['kl_student']:.3f} nats, {f['kind']})")
-
-
-def report_markdown(report: dict) -> str:
-    s = report["systems"]
-    out = [
-        f"# Evaluation: {report['task']}",
-        "",
-        f"{report['n_examples']} held-out inputs, none seen in training. Teacher: `{report['models']['teacher']}` "
-        f"with the prompt ({report['teacher_mode']} mode). Student: `{report['models']['student']}` without the prompt.",
-        "",
-        "| system | prompt | accuracy (gold) | agreement (teacher) | KL(teacher ‖ system) | parse rate | prompt tokens / request | median latency (ms) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in s.items():
-        out.append(
-            f"| {name} | {'yes' if m['uses_prompt'] else 'no'} | {_fmt(m['accuracy'], True)} | {_fmt(m['agreement'], True)} | "
-            f"{_fmt(m.get('kl_to_teacher'), digits=3)} | {_fmt(m['parse_rate'], True)} | {_fmt(m['mean_prompt_tokens'])} | {_fmt(m['median_latency_ms'])} |"
-        )
-    out += ["", "Agreement is measured on inputs where the teacher gave a label. Accuracy counts unparsed answers as wrong. "
-            "KL is in nats (fidelity.py): over the label distribution for label-constrained tasks, per reply token otherwise."]
-    if (gap := _gap_line(report)) is not None:
-        out.append(gap.strip("()").capitalize() + ".")
-    if report.get("majority_label") is not None:
-        out.append(f"Always answering the teacher's most frequent label (`{report['majority_label']}`) would agree "
-                   f"{_fmt(report['majority_agreement'], True)} of the time.")
-    out.append("")
-    out += json_report_lines(report, _fmt)
-    for name, m in s.items():
-        labels = list(m["confusion"])
-        if not labels:
-            continue
-        cols = labels + [UNPARSED]
-        out += [f"## Confusion matrix: {name} (rows gold, columns predicted)", "", "| gold \\ pred | " + " | ".join(cols) + " |",
-                "|---" * (len(cols) + 1) + "|"]
-        for g in labels:
-            out.append(f"| **{g}** | " + " | ".join(str(m["confusion"][g][c]) or "" for c in cols) + " |")
-        out.append("")
-    return "\n".join(out)

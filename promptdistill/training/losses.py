@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import PromptDistillError
+from ..errors import PromptDistillError
 
 
 # ---------------------------------------------------------------------------
@@ -139,7 +139,7 @@ class LabelKDExample:
 
 
 def _common_len(seqs: list[list[int]]) -> int:
-    from .engine import _common_prefix_len
+    from ..engine import _common_prefix_len
 
     # keep at least one token of every candidate out of the shared part
     return min(_common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
@@ -262,7 +262,7 @@ def token_kd_loss(model, batch: list[TokenKDExample], alpha: float = 0.0):
 
 def label_kd_examples(records, task, tokenizer):
     """LabelKDExamples from records that carry label_probs (choose mode)."""
-    from .render import render_prompt, reply_ids
+    from ..render import render_prompt, reply_ids
 
     out, candidates = [], None
     for r in records:
@@ -279,7 +279,7 @@ def label_kd_examples(records, task, tokenizer):
 
 def token_kd_examples(records, task, tokenizer):
     """TokenKDExamples from records that carry the teacher's top-k reply log-probabilities."""
-    from .render import render_prompt
+    from ..render import render_prompt
 
     if task.config.reply_prefix:
         raise PromptDistillError("token-level kd does not support task.reply_prefix (the stored log-probabilities cover only "

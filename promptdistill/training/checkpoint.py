@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_directory, atomic_write_json, atomic_write_text
+from ..io import atomic_directory, atomic_write_json, atomic_write_text
 
 
 def checkpoint_dir(run_dir, step: int) -> Path:

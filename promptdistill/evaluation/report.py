@@ -19,7 +19,9 @@ import json
 import re
 from pathlib import Path
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
+from ..jsonreply import json_report_lines, json_summary_lines
+from .systems import UNPARSED
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -29,9 +31,8 @@ code{background:#f3f3f3;padding:0 3px}"""
 
 def write_run_report(run_dir) -> dict[str, str]:
     """Pictures, report.md and report.html for a run directory's evaluation; return {title: png name}."""
-    from .evaluate import report_markdown
     from .plots import write_pictures
-    from .rundata import read_metrics
+    from ..rundata import read_metrics
 
     run_dir = Path(run_dir)
     eval_dir = run_dir / "eval"
@@ -102,3 +103,74 @@ def markdown_to_html(markdown: str, image_dir, title: str) -> str:
         i += 1
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _fmt(x, pct=False, digits=1) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.{digits}f}%" if pct else f"{x:.{digits}f}"
+
+
+def results_table(report: dict) -> str:
+    """The three-way table, as plain aligned text."""
+    head = (f"{'system':<9} {'prompt':>6} {'accuracy':>9} {'agreement':>10} {'KL(T||.)':>9} {'parsed':>7} "
+            f"{'tokens/req':>11} {'latency ms':>11}")
+    lines = [head, "-" * len(head)]
+    for name, m in report["systems"].items():
+        lines.append(
+            f"{name:<9} {'yes' if m['uses_prompt'] else 'no':>6} {_fmt(m['accuracy'], True):>9} {_fmt(m['agreement'], True):>10} "
+            f"{_fmt(m.get('kl_to_teacher'), digits=3):>9} {_fmt(m['parse_rate'], True, 0):>7} {_fmt(m['mean_prompt_tokens']):>11} "
+            f"{_fmt(m['median_latency_ms']):>11}"
+        )
+    if (gap := _gap_line(report)) is not None:
+        lines.append(gap)
+    if report.get("majority_label") is not None:
+        lines.append(f"(always answering '{report['majority_label']}' would agree {_fmt(report['majority_agreement'], True)} with the teacher)")
+    lines += json_summary_lines(report, _fmt)
+    return "\n".join(lines)
+
+
+def _gap_line(report: dict) -> str | None:
+    f = report.get("fidelity") or {}
+    if f.get("gap_closed") is None:
+        return None
+    return (f"(the student closes {_fmt(f['gap_closed'], True)} of the base-to-teacher gap: KL {f['kl_base']:.3f} -> "
+            f"{f['kl_student']:.3f} nats, {f['kind']})")
+
+
+def report_markdown(report: dict) -> str:
+    s = report["systems"]
+    out = [
+        f"# Evaluation: {report['task']}",
+        "",
+        f"{report['n_examples']} held-out inputs, none seen in training. Teacher: `{report['models']['teacher']}` "
+        f"with the prompt ({report['teacher_mode']} mode). Student: `{report['models']['student']}` without the prompt.",
+        "",
+        "| system | prompt | accuracy (gold) | agreement (teacher) | KL(teacher ‖ system) | parse rate | prompt tokens / request | median latency (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in s.items():
+        out.append(
+            f"| {name} | {'yes' if m['uses_prompt'] else 'no'} | {_fmt(m['accuracy'], True)} | {_fmt(m['agreement'], True)} | "
+            f"{_fmt(m.get('kl_to_teacher'), digits=3)} | {_fmt(m['parse_rate'], True)} | {_fmt(m['mean_prompt_tokens'])} | {_fmt(m['median_latency_ms'])} |"
+        )
+    out += ["", "Agreement is measured on inputs where the teacher gave a label. Accuracy counts unparsed answers as wrong. "
+            "KL is in nats (fidelity.py): over the label distribution for label-constrained tasks, per reply token otherwise."]
+    if (gap := _gap_line(report)) is not None:
+        out.append(gap.strip("()").capitalize() + ".")
+    if report.get("majority_label") is not None:
+        out.append(f"Always answering the teacher's most frequent label (`{report['majority_label']}`) would agree "
+                   f"{_fmt(report['majority_agreement'], True)} of the time.")
+    out.append("")
+    out += json_report_lines(report, _fmt)
+    for name, m in s.items():
+        labels = list(m["confusion"])
+        if not labels:
+            continue
+        cols = labels + [UNPARSED]
+        out += [f"## Confusion matrix: {name} (rows gold, columns predicted)", "", "| gold \\ pred | " + " | ".join(cols) + " |",
+                "|---" * (len(cols) + 1) + "|"]
+        for g in labels:
+            out.append(f"| **{g}** | " + " | ".join(str(m["confusion"][g][c]) or "" for c in cols) + " |")
+        out.append("")
+    return "\n".join(out)
