@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.promptdistill-installed
 
-.PHONY: setup demo test test-fast test-vllm clean
+.PHONY: setup demo lint test test-fast test-vllm clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml Makefile
 # The language-identification distillation end to end on the packaged SmolLM2.
 demo: $(STAMP)
 	$(PY) -m promptdistill run examples/language_id/task.toml --run-dir runs/language_id
+
+# The layer contract: the CLI over the pipeline over the stages over the ground (.importlinter).
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 # The whole test suite (tiny random models plus a few integration tests on SmolLM2).
 test: $(STAMP)

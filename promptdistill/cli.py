@@ -140,8 +140,27 @@ def _report_to_option(sp) -> None:
     sp.add_argument("--report-to", choices=REPORT_TO, help="also log training metrics to a tracker (sets train.report_to)")
 
 
+# Command-line flags that set a config key: argparse dest -> "section.key".
+# One table, so a flag and the setting it stands for cannot drift apart.
+FLAG_SETTINGS = {
+    "teacher": "models.teacher",
+    "student": "models.student",
+    "device": "models.device",
+    # before teacher_backend: a URL means the server backend unless --teacher-backend says otherwise
+    "teacher_url": "models.teacher_url",
+    "teacher_backend": "models.teacher_backend",
+    "concurrency": "models.teacher_concurrency",
+    "samples": "task.samples",
+    "temperature": "task.temperature",
+    "min_confidence": "task.min_confidence",
+    "loss": "train.loss",
+    "kd_alpha": "train.kd_alpha",
+    "report_to": "train.report_to",
+}
+
+
 def load_task_config(args):
-    """The task file with --set, --teacher, --student and --device applied."""
+    """The task file with --set overrides and the flags of FLAG_SETTINGS applied."""
     from .config import config_from_dict, load_config
 
     path = Path(args.task)
@@ -155,23 +174,13 @@ def load_task_config(args):
         if section not in raw:
             raise PromptDistillError(f"unknown section {section!r}", field=key)
         raw[section][name] = _toml_value(value)
-    for flag in ("teacher", "student", "device"):
-        if getattr(args, flag, None):
-            raw["models"][flag] = getattr(args, flag)
-    if getattr(args, "teacher_url", None):
-        raw["models"]["teacher_url"] = args.teacher_url
-        raw["models"]["teacher_backend"] = "openai"
-    for flag, key in (("teacher_backend", "teacher_backend"), ("concurrency", "teacher_concurrency")):
-        if getattr(args, flag, None) is not None:
-            raw["models"][key] = getattr(args, flag)
-    for flag in ("samples", "temperature", "min_confidence"):
-        if getattr(args, flag, None) is not None:
-            raw["task"][flag] = getattr(args, flag)
-    for flag in ("loss", "kd_alpha"):
-        if getattr(args, flag, None) is not None:
-            raw["train"][flag] = getattr(args, flag)
-    if getattr(args, "report_to", None):
-        raw["train"]["report_to"] = args.report_to
+    for flag, key in FLAG_SETTINGS.items():
+        value = getattr(args, flag, None)
+        if value is not None and value is not False:
+            section, name = key.split(".")
+            raw[section][name] = value
+            if flag == "teacher_url":
+                raw["models"]["teacher_backend"] = "openai"
     base_dir = cfg.base_dir
     cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if args.overrides else path)
     cfg.base_dir = base_dir
@@ -222,22 +231,21 @@ def cmd_render(args):
 
 
 def cmd_train(args):
-    from .config import save_config
     from .records import read_labeled
+    from .rundir import RunDir
     from .task import Task
-    from .training.recipe import train_student
-
     from .training.distributed import launched_rank
+    from .training.recipe import train_student
 
     cfg = load_task_config(args)
     heldout = read_labeled(args.heldout) if args.heldout else None
-    run_dir = Path(args.run_dir)
+    run = RunDir(args.run_dir)
     # Under torchrun / accelerate launch every process runs this command; one writes.
     main_process = launched_rank() == 0
     if main_process:
         # Same layout as `run`, so `eval`, `predict` and `export` work on this folder.
-        save_config(cfg, run_dir / "config.json")
-    summary = train_student(read_labeled(args.labeled), run_dir / "train", cfg.train, cfg.models, heldout=heldout,
+        run.save_config(cfg)
+    summary = train_student(read_labeled(args.labeled), run.train_dir, cfg.train, cfg.models, heldout=heldout,
                             progress=not args.no_progress, task=Task(cfg.task))
     if main_process:
         print(json.dumps(summary, indent=2))
@@ -245,21 +253,19 @@ def cmd_train(args):
 
 def cmd_eval(args):
     from .evaluation.report import results_table
-    from .io import DirectoryLock
     from .pipeline import evaluate_run
     from .records import check_gold_labels, read_inputs
-    from .task import Task
+    from .rundir import RunDir
 
     cfg = load_task_config(args)
-    task = Task(cfg.task)
-    run_dir = Path(args.run_dir)
-    inputs = Path(args.inputs) if args.inputs else run_dir / "split" / "heldout.jsonl"
+    run = RunDir(args.run_dir)
+    inputs = Path(args.inputs) if args.inputs else run.split_file("heldout")
     examples = read_inputs(inputs)
-    check_gold_labels(examples, task.labels, inputs)
-    with DirectoryLock(run_dir / ".lock", "this run directory"):
-        report = evaluate_run(cfg, task, run_dir, examples, progress=not args.no_progress)
+    check_gold_labels(examples, cfg.task.labels, inputs)
+    with run.lock():
+        report = evaluate_run(cfg, run.path, examples, progress=not args.no_progress)
     print(results_table(report))
-    print(f"\nreport: {run_dir / 'eval' / 'report.md'}")
+    print(f"\nreport: {run.report_md}")
 
 
 def cmd_run(args):

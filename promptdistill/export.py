@@ -24,41 +24,22 @@ import json
 import shutil
 from pathlib import Path
 
-from .errors import PromptDistillError
 from .io import atomic_directory, atomic_write_text
+from .rundir import RunDir
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def run_adapter(run_dir) -> Path:
-    """The final adapter folder of a run directory (checked to exist)."""
-    adapter = Path(run_dir) / "train" / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        raise PromptDistillError("no trained adapter in this run directory; run the train stage first", path=adapter)
-    return adapter
-
-
-def _run_config(run_dir):
-    from .config import config_from_dict
-
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise PromptDistillError("not a run directory (no config.json)", path=Path(run_dir))
-    return config_from_dict(json.loads(path.read_text(encoding="utf-8")), source=path)
-
-
 def export_merged(run_dir, out_dir, *, device: str = "cpu", dtype: str | None = None) -> Path:
     """Write the student (base + LoRA merged) as a standalone transformers folder; return it."""
-    from peft import PeftModel
-
-    from .models import load_model
     from .render import end_of_turn_ids
 
-    cfg = _run_config(run_dir)
-    adapter = run_adapter(run_dir)
-    base = load_model(cfg.models.student, device, dtype or cfg.models.dtype)
-    merged = PeftModel.from_pretrained(base.model, str(adapter)).merge_and_unload()
-    tok = base.tokenizer
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    adapter = run.adapter()
+    student = run.load_student(cfg, device=device, dtype=dtype)
+    merged = student.model.merge_and_unload()
+    tok = student.tokenizer
     # Stop at the end of the assistant's turn, as the student was trained to;
     # eos_token_id may be a list, and generate stops at any of them.
     gen = merged.generation_config
@@ -77,8 +58,9 @@ def export_adapter(run_dir, out_dir) -> Path:
     """Write the student's PEFT adapter folder, pointing at its base model; return it."""
     from .models import model_path
 
-    cfg = _run_config(run_dir)
-    adapter = run_adapter(run_dir)
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    adapter = run.adapter()
     base_path = model_path(cfg.models.student)
     with atomic_directory(out_dir) as tmp:
         for name in _ADAPTER_FILES:

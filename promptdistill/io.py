@@ -8,6 +8,7 @@ loses at most the record being written (a torn last line is ignored on read).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -48,6 +49,20 @@ def atomic_directory(path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fingerprint(obj, *blobs: bytes, ensure_ascii: bool = True) -> str:
+    """A short hash of `obj` (JSON with sorted keys) and any raw bytes after it.
+
+    What a stage, a label file, a checkpoint or an interrupted evaluation was
+    made from is recorded as one of these, and compared on rerun to decide
+    whether the old output is still valid (16 hex digits: collisions are not a
+    concern at the scale of one user's runs). `ensure_ascii=False` is how task
+    fingerprints were always written; keeping it keeps existing label files valid."""
+    h = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str, ensure_ascii=ensure_ascii).encode())
+    for blob in blobs:
+        h.update(blob)
+    return h.hexdigest()[:16]
 
 
 def atomic_write_json(path, obj) -> None:

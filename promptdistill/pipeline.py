@@ -1,39 +1,24 @@
 """`run`: split -> label -> train -> eval, into one run directory.
 
-Each stage writes its outputs, then a marker `stages/<stage>.json` holding a
-fingerprint of the settings it depended on. Rerunning skips every stage whose
+Each stage writes its outputs, then a marker holding a fingerprint of the
+settings it depended on (`stage_settings`). Rerunning skips every stage whose
 marker matches; a stage whose settings changed is refused unless `force`, in
-which case it and every later stage run again.
-
-    RUN/config.json            the resolved configuration
-    RUN/split/{train,heldout}.jsonl
-    RUN/labels/{train,heldout}.jsonl (+ .rejects.jsonl, summary.json)
-    RUN/train/                 metrics.jsonl, checkpoints/, adapter/
-    RUN/eval/                  report.json, report.md, report.html (pictures inlined), *.png,
-                               predictions.jsonl
+which case it and every later stage run again. The directory's layout is
+`rundir.RunDir`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
-import time
 from dataclasses import replace
-from pathlib import Path
 
 from .config import Config, task_settings, training_settings
 from .errors import PromptDistillError
-from .io import DirectoryLock, atomic_write_json
+from .io import atomic_write_json, fingerprint
 from .records import check_gold_labels, read_inputs, read_labeled, report_duplicates, write_examples
+from .rundir import RunDir
 from .split import split_examples, subsample
 from .task import Task
-
-STAGES = ("split", "label", "train", "eval")
-
-
-def _fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def stage_settings(cfg: Config) -> dict[str, dict]:
@@ -54,55 +39,13 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
     return {"split": split, "label": label, "train": train, "eval": evaluate}
 
 
-# The folder each stage writes, under the run directory.
-STAGE_OUTPUTS = {"split": "split", "label": "labels", "train": "train", "eval": "eval"}
-
-
-class RunDir:
-    def __init__(self, path):
-        self.path = Path(path)
-
-    def marker(self, stage: str) -> Path:
-        return self.path / "stages" / f"{stage}.json"
-
-    def state(self, stage: str, fingerprint: str) -> str:
-        """'done' (finished with these settings), 'stale' (finished with other
-        settings) or 'missing' (never finished: not run, or interrupted)."""
-        m = self.marker(stage)
-        if not m.exists():
-            return "missing"
-        old = json.loads(m.read_text(encoding="utf-8"))
-        return "done" if old.get("fingerprint") == fingerprint else "stale"
-
-    def mark_done(self, stage: str, fingerprint: str, summary: dict) -> None:
-        atomic_write_json(self.marker(stage), {"fingerprint": fingerprint, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary})
-
-    def plan(self, fingerprints: dict[str, str], force: bool) -> list[str]:
-        """The stages to run. Stale outputs are deleted (only with `force`);
-        outputs of an interrupted stage are kept so it can resume."""
-        states = {s: self.state(s, fingerprints[s]) for s in STAGES}
-        stale = [s for s in STAGES if states[s] == "stale"]
-        if stale and not force:
-            raise PromptDistillError(
-                f"stage '{stale[0]}' already ran here with different settings; use --force to redo it "
-                "(and every later stage) or choose another --run-dir",
-                path=self.path,
-            )
-        todo = next((i for i, s in enumerate(STAGES) if states[s] != "done"), len(STAGES))
-        for s in STAGES[todo:]:
-            self.marker(s).unlink(missing_ok=True)
-        if stale:
-            for s in STAGES[STAGES.index(stale[0]):]:
-                shutil.rmtree(self.path / STAGE_OUTPUTS[s], ignore_errors=True)
-        return list(STAGES[todo:])
-
-
 def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = True, log=print) -> dict:
     """Run every stage not already complete; return the evaluation report."""
     if not cfg.data.inputs:
         raise PromptDistillError("set data.inputs to the input file", field="data.inputs")
-    with DirectoryLock(Path(run_dir) / ".lock", "this run directory"):
-        return _run_stages(cfg, RunDir(run_dir), force=force, progress=progress, log=log)
+    run = RunDir(run_dir)
+    with run.lock():
+        return _run_stages(cfg, run, force=force, progress=progress, log=log)
 
 
 def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -> dict:
@@ -111,11 +54,10 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
     from .training.recipe import train_student
 
     task = Task(cfg.task)
-    prints = {stage: _fingerprint(settings) for stage, settings in stage_settings(cfg).items()}
+    prints = {stage: fingerprint(settings) for stage, settings in stage_settings(cfg).items()}
     todo = run.plan(prints, force)
     # Written only once the settings are accepted: predict reads the model and task from it.
-    atomic_write_json(run.path / "config.json", cfg.to_dict())
-    split_dir, label_dir = run.path / "split", run.path / "labels"
+    run.save_config(cfg)
 
     def stage_needed(stage: str) -> bool:
         if stage not in todo:
@@ -131,23 +73,23 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
         examples = fit_inputs(examples, task, cfg, inputs_path, log)
         examples = subsample(examples, cfg.data.limit, cfg.data.seed)
         train, heldout = split_examples(examples, cfg.data.heldout_fraction, cfg.data.seed)
-        write_examples(split_dir / "train.jsonl", train)
-        write_examples(split_dir / "heldout.jsonl", heldout)
+        write_examples(run.split_file("train"), train)
+        write_examples(run.split_file("heldout"), heldout)
         run.mark_done("split", prints["split"], {"train": len(train), "heldout": len(heldout)})
         log(f"[promptdistill] split: {len(train)} train, {len(heldout)} held-out")
 
-    train_inputs = read_inputs(split_dir / "train.jsonl")
-    heldout_inputs = read_inputs(split_dir / "heldout.jsonl")
+    train_inputs = read_inputs(run.split_file("train"))
+    heldout_inputs = read_inputs(run.split_file("heldout"))
 
     if stage_needed("label"):
         teacher = load_teacher(cfg.models)
         summaries = {}
         for name, exs in (("train", train_inputs), ("heldout", heldout_inputs)):
-            summaries[name] = label_inputs(exs, task, teacher, label_dir / f"{name}.jsonl", force=force, progress=progress)
+            summaries[name] = label_inputs(exs, task, teacher, run.labels_file(name), force=force, progress=progress)
             s = summaries[name]
             log(f"[promptdistill] label {name}: {s['labeled']} labeled, {s['rejected']} rejected "
                 f"{s['by_status']}; teacher accuracy vs gold: {_pct(s['teacher_accuracy'])}")
-        atomic_write_json(label_dir / "summary.json", summaries)
+        atomic_write_json(run.labels_summary, summaries)
         run.mark_done("label", prints["label"], summaries)
         del teacher
 
@@ -155,8 +97,8 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
         # Only records of the current split, whatever else a labels file holds.
         train_ids, heldout_ids = {e.id for e in train_inputs}, {e.id for e in heldout_inputs}
         summary = train_student(
-            [r for r in read_labeled(label_dir / "train.jsonl") if r.id in train_ids], run.path / "train", cfg.train, cfg.models,
-            heldout=[r for r in read_labeled(label_dir / "heldout.jsonl") if r.id in heldout_ids], progress=progress,
+            [r for r in read_labeled(run.labels_file("train")) if r.id in train_ids], run.train_dir, cfg.train, cfg.models,
+            heldout=[r for r in read_labeled(run.labels_file("heldout")) if r.id in heldout_ids], progress=progress,
             task=task,
         )
         run.mark_done("train", prints["train"], summary)
@@ -164,47 +106,43 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
             f"held-out loss {summary['final_heldout_loss'] if summary['final_heldout_loss'] is not None else '-'}")
 
     if stage_needed("eval"):
-        report = evaluate_run(cfg, task, run.path, heldout_inputs, progress=progress)
+        report = evaluate_run(cfg, run.path, heldout_inputs, progress=progress)
         run.mark_done("eval", prints["eval"], {name: {k: v for k, v in m.items() if k != "confusion"} for name, m in report["systems"].items()})
-    report = json.loads((run.path / "eval" / "report.json").read_text(encoding="utf-8"))
+    report = json.loads(run.report_path.read_text(encoding="utf-8"))
     log("")
     log(results_table(report))
-    log(f"\nreport: {run.path / 'eval' / 'report.md'}")
+    log(f"\nreport: {run.report_md}")
     return report
 
 
-def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress: bool = True) -> dict:
-    """Load teacher, base and trained student for a run directory, evaluate them on
+def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> dict:
+    """Evaluate the teacher, base and trained student of a run directory on
     `examples` and write the report with its pictures into RUN/eval; return the report."""
-    from peft import PeftModel
-
-    from .evaluation.systems import evaluate_systems
-    from .models import AdapterDisabled, LoadedModel, load_model
     from .evaluation.report import write_run_report
+    from .evaluation.systems import evaluate_systems
+    from .models import LoadedModel, load_model
 
+    run = RunDir(run_dir)
+    task = Task(cfg.task)
     if cfg.eval.max_examples:
         examples = examples[: cfg.eval.max_examples]
-    adapter = Path(run_path) / "train" / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        raise PromptDistillError("no trained adapter found; run the train stage first", path=adapter)
-    base = load_model(cfg.models.student, cfg.models.device, cfg.models.dtype)
-    peft_model = PeftModel.from_pretrained(base.model, str(adapter)).eval()
-    student = LoadedModel(peft_model, base.tokenizer, cfg.models.student, base.device)
+    adapter = run.adapter()
+    student = run.load_student(cfg)
     # The base row and (when it is the same model) the teacher share the
     # student's weights with the adapter switched off: one copy in memory.
-    base_view = LoadedModel(AdapterDisabled(peft_model), base.tokenizer, cfg.models.student, base.device)
+    base_view = run.base_of(student)
     if cfg.models.teacher == cfg.models.student:
-        teacher = LoadedModel(base_view.model, base.tokenizer, cfg.models.teacher, base.device)
+        teacher = LoadedModel(base_view.model, base_view.tokenizer, cfg.models.teacher, base_view.device)
     else:
         teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)
-    blob = json.dumps([cfg.to_dict(), [(e.id, e.text) for e in examples]], sort_keys=True).encode()
-    fingerprint = hashlib.sha256(blob + (adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
+    # An interrupted evaluation resumes only with the same settings, inputs and adapter.
+    inputs_print = fingerprint([cfg.to_dict(), [(e.id, e.text) for e in examples]], (adapter / "adapter_model.safetensors").read_bytes())
     report = evaluate_systems(
-        task, examples, Path(run_path) / "eval", teacher=teacher, student=student,
-        base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=fingerprint,
+        task, examples, run.eval_dir, teacher=teacher, student=student,
+        base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=inputs_print,
     )
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
-    write_run_report(run_path)
+    write_run_report(run.path)
     return report
 
 

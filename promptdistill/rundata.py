@@ -33,14 +33,17 @@ def token_counts(records, tokenizer, max_length: int | None = None) -> list[dict
     return rows
 
 
-def _file(path, default: str) -> Path:
+def _file(path, in_run) -> Path:
+    """`path` itself, or the file `in_run(RunDir)` names when `path` is a run directory."""
+    from .rundir import RunDir
+
     path = Path(path)
-    return path / default if path.is_dir() else path
+    return in_run(RunDir(path)) if path.is_dir() else path
 
 
 def read_metrics(path) -> list[dict]:
     """The training metrics of a run directory (or of a metrics.jsonl file), in order."""
-    path = _file(path, "train/metrics.jsonl")
+    path = _file(path, lambda run: run.metrics_path)
     if not path.exists():
         raise PromptDistillError("no training metrics (train the student first)", path=path)
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -59,7 +62,7 @@ def read_metrics(path) -> list[dict]:
 
 def load_report(path) -> dict:
     """The evaluation report of a run directory (or of a report.json file)."""
-    path = _file(path, "eval/report.json")
+    path = _file(path, lambda run: run.report_path)
     if not path.exists():
         raise PromptDistillError("no evaluation report (run the eval stage first)", path=path)
     return json.loads(path.read_text(encoding="utf-8"))

@@ -16,10 +16,10 @@ text containing braces or `{text}` stays data and cannot change the prompt.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
+
 from .config import TaskConfig, task_settings
+from .io import fingerprint
 from .jsonreply import parse_json_reply
 
 # Parse statuses stored on every labeled record.
@@ -88,5 +88,4 @@ class Task:
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes the teacher's labels."""
-        blob = json.dumps(task_settings(self.config), sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return fingerprint(task_settings(self.config), ensure_ascii=False)

@@ -31,19 +31,19 @@ code{background:#f3f3f3;padding:0 3px}"""
 
 def write_run_report(run_dir) -> dict[str, str]:
     """Pictures, report.md and report.html for a run directory's evaluation; return {title: png name}."""
-    from .plots import write_pictures
     from ..rundata import read_metrics
+    from ..rundir import RunDir
+    from .plots import write_pictures
 
-    run_dir = Path(run_dir)
-    eval_dir = run_dir / "eval"
-    report = json.loads((eval_dir / "report.json").read_text(encoding="utf-8"))
-    metrics_path = run_dir / "train" / "metrics.jsonl"
-    metrics = read_metrics(metrics_path) if metrics_path.exists() else []
+    run = RunDir(run_dir)
+    eval_dir = run.eval_dir
+    report = json.loads(run.report_path.read_text(encoding="utf-8"))
+    metrics = read_metrics(run.metrics_path) if run.metrics_path.exists() else []
     pictures = write_pictures(report, metrics, eval_dir)
     # The pictures go after the summary table, before the long per-system tables.
     head, sep, tail = report_markdown(report).partition("\n## ")
     markdown = head.rstrip("\n") + "\n\n" + pictures_markdown(pictures) + (sep + tail if sep else "")
-    atomic_write_text(eval_dir / "report.md", markdown)
+    atomic_write_text(run.report_md, markdown)
     atomic_write_text(eval_dir / "report.html", markdown_to_html(markdown, eval_dir, title=f"promptdistill: {report['task']}"))
     return pictures
 
