@@ -9,6 +9,7 @@ transformers folders so every code path loads them by name like a real model.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -105,7 +106,6 @@ def varied_model(tmp_path_factory, tokenizer):
 def read_jsonl(path) -> list[dict]:
     """The records of a JSONL file (blank lines skipped); [] when the file does not exist."""
     import json
-    from pathlib import Path
 
     path = Path(path)
     if not path.exists():
@@ -113,10 +113,9 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def write_jsonl(path, rows) -> "Path":
+def write_jsonl(path, rows) -> Path:
     """Write `rows` (dicts) as JSONL into `path`; return the path."""
     import json
-    from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,10 +142,9 @@ def _toml_value(value) -> str:
     return json.dumps(value)  # strings, numbers, booleans and lists read the same in TOML
 
 
-def write_task_file(folder, model_dir: str | None = None, name: str = "task.toml", **sections) -> "Path":
+def write_task_file(folder, model_dir: str | None = None, name: str = "task.toml", **sections) -> Path:
     """Write a task TOML file into `folder`: one table per keyword (task=dict(...), train=dict(...), ...).
     With `model_dir`, teacher and student default to that model on CPU in float32. Returns the path."""
-    from pathlib import Path
 
     sections = {k: dict(v) for k, v in sections.items()}
     sections.setdefault("task", {}).setdefault("user_template", "Which language is this?\n{text}\nAnswer with Final Answer: xx.")

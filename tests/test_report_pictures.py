@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 
 LABELS = ["ar", "de", "el", "en", "es", "fr", "hi", "ru", "tr", "ur", "vi", "zh", "ot"]
 
