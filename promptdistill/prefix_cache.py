@@ -24,8 +24,9 @@ servers call cascade attention.)
 It plugs into transformers through its attention registry: our attention
 function is registered once, and during our forwards (only) the model's
 attention implementation names it (`_attention_switched`, the one place
-that touches the model's config; transformers has no per-call choice). It
-receives the prefix and the per-row mask through a keyword argument that
+that touches the model's config: transformers has no per-call choice, so a
+model must not run in another thread during our forwards). It receives
+the prefix and the per-row mask through a keyword argument that
 transformers passes down to the attention call. A model whose attention
 needs more than this (sliding windows, logit soft-capping, attention sinks)
 is refused by `SharedPrefix.attach`, after comparing the logits of a short
