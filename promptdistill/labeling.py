@@ -35,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from . import engine
 from .errors import PromptDistillError
@@ -95,7 +95,7 @@ def _label_missing(examples, task, teacher, out_path, rejects_path, mode, batch_
     with JsonlAppender(out_path) as good, JsonlAppender(rejects_path) as bad:
         done = _done_ids(out_path) | _done_ids(rejects_path)
         todo = [e for e in examples if e.id not in done]
-        bar = tqdm(total=len(examples), initial=len(examples) - len(todo), unit="input", desc=f"label ({mode})", disable=not progress)
+        bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), unit="input", desc=f"label ({mode})", disable=not progress)
         if isinstance(teacher, LoadedModel):
             records = _label_locally(todo, task, teacher, mode, batch_size or LOCAL_BATCH_SIZE, seed, reuse_prefix)
         else:

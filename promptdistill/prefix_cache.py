@@ -21,19 +21,24 @@ The prefix part is one matrix product per key/value head for all rows and
 query heads together, reading the prefix once. (This is what inference
 servers call cascade attention.)
 
-It plugs into transformers through its attention registry: during our
-forwards the model's attention implementation is switched to ours, which
-receives the prefix and the per-row mask through a keyword argument that
+It plugs into transformers through its attention registry: our attention
+function is registered once, and during our forwards (only) the model's
+attention implementation names it (`_attention_switched`, the one place
+that touches the model's config: transformers has no per-call choice, so a
+model must not run in another thread during our forwards). It receives
+the prefix and the per-row mask through a keyword argument that
 transformers passes down to the attention call. A model whose attention
 needs more than this (sliding windows, logit soft-capping, attention sinks)
 is refused by `SharedPrefix.attach`, after comparing the logits of a short
 probe computed both ways; `PrefixCache` then gives each batch its own copy
-of the prefix cache, as before.
+of the prefix cache, as before, and says why in `PrefixCache.note` for the
+caller to report (this module prints nothing).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -53,6 +58,10 @@ class PrefixCache:
     (`SharedPrefix`) every row reads this one copy of the prefix and the
     rows' cache holds their own tokens only; for a model that cannot use it,
     each batch gets its own copy of the prefix cache (`expanded`).
+
+    `note` is None, or why shared-prefix attention was asked for and is not
+    used: worth one line to the user (the work is correct, only slower), left
+    to the caller, which knows whether and where to say it.
     """
 
     @torch.inference_mode()
@@ -61,6 +70,7 @@ class PrefixCache:
         self.prefix = list(prefix)
         self.device = next(model.parameters()).device
         self.cache, self.last_logits, self.shared = None, None, None
+        self.note: str | None = None
         if self.prefix:  # an empty prefix serves to decode whole prompts
             out = model(input_ids=torch.tensor([self.prefix], device=self.device), use_cache=True, logits_to_keep=1)
             self.cache = output_cache(out)
@@ -68,8 +78,8 @@ class PrefixCache:
             if shared_attention:
                 self.shared, why = SharedPrefix.attach(model, self.cache, self.prefix[-2:])
                 if self.shared is None:
-                    _note_once(f"shared-prefix attention is not available for this model ({why}); "
-                               "each batch gets its own copy of the prefix cache")
+                    self.note = (f"shared-prefix attention is not available for this model ({why}); "
+                                 "each batch gets its own copy of the prefix cache")
 
     def __len__(self) -> int:
         return len(self.prefix)
@@ -114,15 +124,6 @@ class PrefixCache:
 
 # Suffixes run on top of a shared prefix in chunks of about this many (padded) tokens.
 PREFILL_CHUNK_TOKENS = 1024
-
-
-_notes: set[str] = set()
-
-
-def _note_once(message: str) -> None:
-    if message not in _notes:
-        _notes.add(message)
-        print(f"[promptdistill] note: {message}", flush=True)
 
 
 class RowCache:
@@ -249,10 +250,39 @@ def _attend_fused(flat, prefix_k, prefix_v, own_k, own_v, masks, scale):
     return (o1.view(kv_heads, rows, n // rows, dim).float() * w1 + o2.float() * w2) / (w1 + w2)
 
 
+@functools.cache
 def _register() -> None:
+    # Once per process, on first use rather than at import: importing
+    # transformers takes seconds, and this module is imported by commands that
+    # never run a model. The registry is transformers' own class-wide mapping,
+    # so one registration serves every model.
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION_NAME, shared_prefix_attention_forward)
+
+
+@contextlib.contextmanager
+def _attention_switched(config):
+    """Make `config`'s model use shared-prefix attention inside the block.
+
+    transformers (checked in 5.24) chooses each layer's attention function,
+    and the attention mask's form, from `config._attn_implementation` on every
+    call, and offers no per-call choice: no forward keyword selects it, and
+    `set_attn_implementation` changes the same config for good. So the
+    model's config names our function for the length of one forward, and the
+    previous name comes back on exit, also when the forward raises. (With our
+    name transformers also skips building a 4-D mask, which we do not read.)
+
+    Not thread-safe: the config is the model's own, and a forward of the same
+    model in another thread meanwhile would run with our function or without
+    its usual mask. This is the one place that switches it.
+    """
+    old = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = old
 
 
 class SharedPrefix:
@@ -291,15 +321,6 @@ class SharedPrefix:
             return None, f"its logits differ from the copied-cache path by {error:.3g}"
         return shared, None
 
-    @contextlib.contextmanager
-    def _switched(self):
-        old = self.config._attn_implementation
-        self.config._attn_implementation = ATTENTION_NAME
-        try:
-            yield
-        finally:
-            self.config._attn_implementation = old
-
     def forward(self, ids, own_mask, positions, rows: RowCache, span: slice, start: int, **kwargs):
         """Run `ids` (q positions for the rows `span` of `rows`) after the prefix,
         storing their keys and values at positions [start, start+q) of `rows`.
@@ -311,7 +332,7 @@ class SharedPrefix:
         causal = key_pos[None, :] <= query_pos[:, None]
         mask = own_mask.bool()[:, None, None, :] & causal[None, None]
         state = _State(self.keys, self.values, rows, span, start, mask)
-        with self._switched():
+        with _attention_switched(self.config):
             return self.model(input_ids=ids, position_ids=positions, use_cache=False, **{STATE_KWARG: state}, **kwargs)
 
     def prefill(self, ids, own_mask, positions, rows: RowCache, chunk_tokens: int):

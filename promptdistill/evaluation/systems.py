@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .. import engine
 from ..io import JsonlAppender, atomic_write_json, atomic_write_jsonl, drop_torn_last_line
@@ -77,7 +77,7 @@ def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], sys
     preds = []
     candidates = None
     done = done or {}
-    for e in tqdm(examples, desc=f"eval {system}", unit="input", disable=not progress):
+    for e in progress_bar(examples, desc=f"eval {system}", unit="input", disable=not progress):
         if e.id in done:
             preds.append(done[e.id])
             continue

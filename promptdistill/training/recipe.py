@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from ..config import ModelsConfig, TrainConfig, training_settings
@@ -326,7 +326,7 @@ def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsCon
     for _ in range(start):
         next(groups)
     started = time.time()
-    bar = tqdm(total=total_steps, initial=start, unit="step", desc=f"train ({cfg.loss})", disable=not (progress and dist.is_main))
+    bar = progress_bar(total=total_steps, initial=start, unit="step", desc=f"train ({cfg.loss})", disable=not (progress and dist.is_main))
     with _StopAtStepEnd() as stop:
         for step in range(start + 1, total_steps + 1):
             t0 = time.time()
