@@ -1,0 +1,66 @@
+"""The command line: flags map onto config keys through one table, and bad
+input ends in one line on stderr with exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import write_task_file
+from promptdistill.cli import FLAG_SETTINGS, _parser, load_task_config, main
+from promptdistill.config import Config
+
+# A value each flag accepts, different from the config default.
+FLAG_VALUES = {
+    "teacher": ("--teacher", "some/teacher", "some/teacher"),
+    "student": ("--student", "some/student", "some/student"),
+    "device": ("--device", "cpu", "cpu"),
+    "teacher_url": ("--teacher-url", "http://localhost:9/v1", "http://localhost:9/v1"),
+    "teacher_backend": ("--teacher-backend", "vllm", "vllm"),
+    "concurrency": ("--concurrency", "3", 3),
+    "samples": ("--samples", "3", 3),
+    "temperature": ("--temperature", "0.7", 0.7),
+    "min_confidence": ("--min-confidence", "0.4", 0.4),
+    "loss": ("--loss", "kd", "kd"),
+    "kd_alpha": ("--kd-alpha", "0.25", 0.25),
+    "report_to": ("--report-to", "tensorboard", "tensorboard"),
+}
+
+
+def test_every_flag_of_the_table_names_a_config_field():
+    fields = {f"{section}.{key}" for section, values in Config().to_dict().items() for key in values}
+    assert set(FLAG_SETTINGS.values()) <= fields
+    assert set(FLAG_SETTINGS) == set(FLAG_VALUES)
+
+
+@pytest.mark.parametrize("dest", sorted(FLAG_VALUES))
+def test_each_flag_sets_its_config_key(tmp_path, dest):
+    flag, text, value = FLAG_VALUES[dest]
+    task = write_task_file(tmp_path, task=dict(labels=["en", "fr"]))
+    command = "run" if dest in ("loss", "kd_alpha", "report_to", "teacher_url", "teacher_backend", "concurrency") else "label"
+    argv = [command, str(task), flag, text] + (["--out", str(tmp_path / "o.jsonl")] if command == "label" else [])
+    if dest in ("samples", "min_confidence"):
+        argv += ["--temperature", "0.5"]  # samples > 1 needs sampling
+    cfg = load_task_config(_parser().parse_args(argv))
+    section, key = FLAG_SETTINGS[dest].split(".")
+    assert getattr(getattr(cfg, section), key) == value
+    if dest == "teacher_url":
+        assert cfg.models.teacher_backend == "openai"  # a URL alone means the server backend
+
+
+def test_an_explicit_backend_wins_over_the_url_and_is_then_refused(tmp_path, capsys):
+    task = write_task_file(tmp_path)
+    code = main(["run", str(task), "--teacher-url", "http://localhost:9/v1", "--teacher-backend", "vllm",
+                 "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "models.teacher_url" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing written for a refused command
+
+
+def test_set_overrides_a_key_and_rejects_an_unknown_section(tmp_path, capsys):
+    task = write_task_file(tmp_path)
+    cfg = load_task_config(_parser().parse_args(["run", str(task), "--set", "train.max_steps=7", "--set", "task.name=x y"]))
+    assert cfg.train.max_steps == 7 and cfg.task.name == "x y"
+    assert main(["run", str(task), "--set", "trian.max_steps=7"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown section 'trian'" in err and err.count("\n") == 1
