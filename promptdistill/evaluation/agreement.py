@@ -369,26 +369,28 @@ def _cell(label: str) -> str:
     return str(label).replace("|", "\\|").replace("\n", " ")
 
 
-def _comparison_sentence(system: str, floor_name: str, c: dict) -> str:
-    p = f"p = {c['p_value']:.3g}, exact McNemar test on the {c['wins'] + c['losses']} inputs where exactly one agrees"
-    diff = f"{100 * abs(c['difference']):.1f} points"
+def _comparison_phrase(floor_name: str, c: dict) -> str:
+    """'beats the surface baseline by 10.1 points (p = 0.017)' and the like."""
+    p = f"p = {c['p_value']:.2g}"
     if c["verdict"] == "beats":
-        return f"The {system} beats the {floor_name} by {diff} ({p})."
+        return f"beats the {floor_name} by {100 * c['difference']:.1f} points ({p})"
     if c["verdict"] == "below":
-        return f"The {system} is below the {floor_name} by {diff} ({p})."
-    return f"The {system} is not clearly better than the {floor_name}: {100 * c['difference']:+.1f} points ({p})."
+        return f"is below the {floor_name} by {100 * -c['difference']:.1f} points ({p})"
+    return f"is not clearly different from the {floor_name} ({100 * c['difference']:+.1f} points, {p})"
 
 
 _FLOOR_NAMES = {"majority": "majority answer", "surface": "surface baseline"}
+_P_VALUE_NOTE = "p: exact McNemar test on the inputs where exactly one of the two agrees with the teacher."
 
 
 def agreement_report_lines(section: dict, title: str = "Agreement in context", max_answers: int = 15) -> list[str]:
     """Markdown lines for a reference_points() section, in the style of report.py's tables.
 
-    Three parts: the reference table (floors, systems, ceiling) with the
-    verdicts; agreement per teacher answer with intervals and warnings; the
-    confusion of each non-teacher system against the teacher (at most
-    `max_answers` rows and columns, the rest summed in "(other)").
+    Three parts: the reference table (floors, systems, ceiling) and one line
+    per system saying whether it beats each floor and how close it comes to
+    the ceiling; agreement per teacher answer with intervals and warnings;
+    the confusion of each system against the teacher (at most `max_answers`
+    rows and columns, the rest summed in "(other)").
     """
     floors, systems, ceiling = section["floors"], section["systems"], section.get("ceiling")
     out = [f"## {title}", "",
@@ -396,36 +398,44 @@ def agreement_report_lines(section: dict, title: str = "Agreement in context", m
            "with Wilson 95% intervals. Macro: the mean over teacher answers of the agreement on that answer's inputs. "
            "Floors: always the teacher's most frequent answer; a character 1-3-gram logistic regression fitted on "
            "the training inputs' teacher labels. Ceiling: how often a fresh draw from the teacher gives its own recorded answer.",
-           "", "| reference | agreement (teacher) | 95% interval | macro agreement | share of ceiling |", "|---|---|---|---|---|"]
+           "", "| reference | agreement (teacher) | 95% interval | macro agreement | share of ceiling | accuracy (gold), 95% interval |",
+           "|---|---|---|---|---|---|"]
     maj = floors.get("majority")
     if maj:
         out.append(f"| floor: always `{_cell(maj['label'])}` | {_pct(maj['agreement']['rate'])} | "
-                   f"{_interval_text(maj['agreement'])} | {_pct(maj['macro_agreement'])} | |")
+                   f"{_interval_text(maj['agreement'])} | {_pct(maj['macro_agreement'])} | | |")
     surf = floors.get("surface")
     if surf is not None:
         if surf.get("available"):
             out.append(f"| floor: surface baseline | {_pct(surf['agreement']['rate'])} | {_interval_text(surf['agreement'])} | "
-                       f"{_pct(surf['macro_agreement'])} | |")
+                       f"{_pct(surf['macro_agreement'])} | | |")
         else:
-            out.append(f"| floor: surface baseline | unavailable | | | |")
+            out.append("| floor: surface baseline | unavailable | | | | |")
     for name, m in systems.items():
         out.append(f"| {name} | {_pct(m['agreement']['rate'])} | {_interval_text(m['agreement'])} | {_pct(m['macro_agreement'])} | "
-                   f"{_pct(m['share_of_ceiling'], 0)} |")
+                   f"{_pct(m['share_of_ceiling'], 0)} | {_with_interval(m.get('accuracy'))} |")
     if ceiling:
-        out.append(f"| ceiling: teacher self-consistency ({_ceiling_mode(ceiling)}) | {_pct(ceiling['ceiling'])} | | | 100% |")
+        out.append(f"| ceiling: teacher self-consistency ({_ceiling_mode(ceiling)}) | {_pct(ceiling['ceiling'])} | | | 100% | |")
     out.append("")
     if surf is not None and not surf.get("available"):
         out += [f"Surface baseline unavailable: {surf.get('reason', 'not computed')}.", ""]
-    sentences = []
+    verdicts = []
     for name, m in systems.items():
-        for fname, c in m["against"].items():
-            if c["n"]:
-                sentences.append(_comparison_sentence(name, _FLOOR_NAMES.get(fname, fname), c))
+        parts = [_comparison_phrase(_FLOOR_NAMES.get(f, f), c) for f, c in m["against"].items() if c["n"]]
         if m["share_of_ceiling"] is not None:
-            sentences.append(f"The {name} reaches {_pct(m['share_of_ceiling'], 0)} of the teacher's self-consistency "
-                             f"({_pct(ceiling['ceiling'])}, {ceiling['formula']}).")
-    if sentences:
-        out += [" ".join(sentences), ""]
+            parts.append(f"reaches {_pct(m['share_of_ceiling'], 0)} of the teacher's self-consistency")
+        if parts:
+            verdicts.append(f"The {name} " + (", ".join(parts[:-1]) + " and " if len(parts) > 1 else "") + parts[-1] + ".")
+    if verdicts:
+        out += verdicts
+        if any(m["against"] for m in systems.values()):
+            out.append(_P_VALUE_NOTE)
+        if ceiling:
+            out.append(f"Self-consistency: {ceiling['formula']}, over {ceiling['n']} inputs. It is not a hard bound: a system that "
+                       "always gives the teacher's most likely answer agrees more often than the teacher's own samples do (over 100%).")
+        if (warn := [n for n, m in systems.items() if m["agreement"]["warning"]]):
+            out.append("Uncertain: " + "; ".join(f"{n}: {systems[n]['agreement']['warning']}" for n in warn) + ".")
+        out.append("")
     out += _per_answer_lines(section, max_answers)
     for name, m in systems.items():
         out += _confusion_lines(name, m["confusion"], max_answers)
@@ -455,7 +465,7 @@ def _per_answer_lines(section: dict, max_answers: int) -> list[str]:
            "| teacher answer | n | " + " | ".join(names) + " | note |", "|---" * (len(names) + 3) + "|"]
     for a in shown:
         r = [systems[n]["per_answer"][a] for n in names]
-        note = r[0]["warning"] or ""
+        note = _answer_note(names, r)
         out.append(f"| **{_cell(a)}** | {r[0]['n']} | " + " | ".join(_with_interval(x) for x in r) + f" | {note} |")
     if len(answers) > len(shown):
         out.append(f"| ({len(answers) - len(shown)} rarer answers) | {sum(systems[names[0]]['per_answer'][a]['n'] for a in answers if a not in shown)} | "
@@ -465,11 +475,18 @@ def _per_answer_lines(section: dict, max_answers: int) -> list[str]:
         m = systems[n]
         worst = ", ".join(f"`{_cell(a)}` {_pct(m['per_answer'][a]['rate'], 0)} of {m['per_answer'][a]['n']}" for a in m["worst"])
         out.append(f"{n}: macro agreement {_pct(m['macro_agreement'])}; worst answers: {worst or '-'}.")
-    uncertain = systems[names[0]]["warnings"]
-    if uncertain:
-        out.append(f"Too few inputs to tell (n < {MIN_COUNT} or an interval wider than {100 * MAX_INTERVAL_WIDTH:.0f} points): "
-                   + "; ".join(_cell(w) for w in uncertain) + ".")
+    few = [a for a in answers if systems[names[0]]["per_answer"][a]["n"] < MIN_COUNT]
+    if few:
+        out.append(f"Too few inputs to tell (under {MIN_COUNT}): " + ", ".join(f"`{_cell(a)}`" for a in few) + ". "
+                   f"Rates whose 95% interval is wider than {100 * MAX_INTERVAL_WIDTH:.0f} points are marked in the note column.")
     return out + [""]
+
+
+def _answer_note(names: list[str], rates: list[dict]) -> str:
+    """The warning of one answer's row: its small count once, else each system's too-wide interval."""
+    if rates[0]["n"] < MIN_COUNT:
+        return rates[0]["warning"]
+    return "; ".join(f"{n}: {r['warning']}" for n, r in zip(names, rates) if r["warning"])
 
 
 def _confusion_lines(name: str, confusion: dict, max_answers: int) -> list[str]:
@@ -481,10 +498,12 @@ def _confusion_lines(name: str, confusion: dict, max_answers: int) -> list[str]:
         totals.update({c: v for c, v in confusion[r].items() if c != UNPARSED})
     kept_rows = sorted(rows, key=lambda r: -sum(confusion[r].values()))[:max_answers]
     kept_rows = [r for r in rows if r in kept_rows]
-    cols = [c for c in next(iter(confusion.values())) if c != UNPARSED and totals[c]]
-    kept_cols = set(sorted(cols, key=lambda c: -totals[c])[:max_answers])
-    cols = [c for c in cols if c in kept_cols]
-    other = len(kept_cols) < len([c for c in totals if totals[c]])
+    # Columns: the shown teacher answers (a zero on the diagonal says something),
+    # then the system's other answers, most frequent first, up to max_answers.
+    foreign = sorted((c for c in totals if totals[c] and c not in kept_rows), key=lambda c: -totals[c])
+    kept_cols = set(kept_rows) | set(foreign[:max(0, max_answers - len(kept_rows))])
+    cols = [c for c in next(iter(confusion.values())) if c in kept_cols]
+    other = any(totals[c] for c in totals if c not in kept_cols)
     head = cols + (["(other)"] if other else []) + [UNPARSED]
     out = [f"### Confusion: {name} against the teacher (rows teacher answer, columns {name} answer)", "",
            "| teacher \\ " + name + " | " + " | ".join(_cell(c) for c in head) + " |", "|---" * (len(head) + 1) + "|"]
@@ -523,7 +542,7 @@ def json_agreement_report_lines(sections: dict[str, dict]) -> list[str]:
         for n in names:
             c = s["systems"][n]["against"].get("surface")
             if c and c["n"]:
-                notes.append(f"{f}: " + _comparison_sentence(n, "surface baseline", c))
+                notes.append(f"{f}: the {n} " + _comparison_phrase("surface baseline", c) + ".")
     if notes:
-        out += [""] + notes
+        out += [""] + notes + [_P_VALUE_NOTE]
     return out + [""]

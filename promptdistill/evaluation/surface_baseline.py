@@ -30,9 +30,9 @@ INSTALL_LINE = "pip install 'promptdistill[baseline]'"
 RANDOM_STATE = 0
 # Character n-grams kept (the most frequent); bounds memory on big training sets.
 MAX_FEATURES = 200_000
-# A JSON field with more distinct teacher values than this (a summary, a free
-# sentence) is not a classification problem; its floor is its most frequent
-# value, as for a constant label.
+# A JSON field with more distinct teacher values than this, or than half its
+# training inputs (a summary, a free sentence), is not a classification
+# problem; its floor is its most frequent value, as for a constant label.
 MAX_FIELD_CLASSES = 100
 
 
@@ -82,7 +82,7 @@ def fit_surface_baseline(train_texts: list[str], train_labels: list, *, constant
         # most frequent; ties go to the label seen first (Counter keeps insertion order)
         return SurfaceBaseline(constant=max(counts, key=counts.get), n_train=len(pairs), classes=list(counts))
     pipeline = make_pipeline(
-        TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, max_features=MAX_FEATURES, dtype=float),
+        TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, max_features=MAX_FEATURES),
         LogisticRegression(C=1.0, max_iter=1000, random_state=RANDOM_STATE),
     )
     pipeline.fit([x for x, _ in pairs], [y for _, y in pairs])
@@ -132,7 +132,9 @@ def evaluate_surface_baseline(train_texts: list[str], train_labels: list, heldou
         return score(fit_surface_baseline(train_texts, train_labels), heldout_texts, heldout_teacher_labels, labels)
     fields = {}
     for f in json_fields:
-        baseline = fit_surface_baseline(train_texts, json_field_labels(train_labels, f), constant_above=MAX_FIELD_CLASSES)
+        values = json_field_labels(train_labels, f)
+        n_values = sum(v is not None for v in values)
+        baseline = fit_surface_baseline(train_texts, values, constant_above=min(MAX_FIELD_CLASSES, max(1, n_values // 2)))
         fields[f] = score(baseline, heldout_texts, json_field_labels(heldout_teacher_labels, f))
     # Exact: every field's answer equals the teacher's value (compared field by
     # field, as values; the object is what the baseline would have written).
