@@ -268,9 +268,24 @@ def test_confusion_lines_sum_the_rarest_answers():
     assert confusion[3] == "| **l1** | 10 | 9 | 0 | 0 | 0 | 0 | 0 |"
     # row l2 (18 inputs, k = 39..56): 9 even, 9 odd
     assert confusion[4] == "| **l2** | 9 | 0 | 9 | 0 | 0 | 0 | 0 |"
-    assert "(15 rarer teacher answers not shown)" in lines
-    per_answer = "\n".join(lines)
-    assert "(15 rarer answers) |" in per_answer
+    assert "(rarer teacher answers not shown: 120 inputs)" in lines  # l5..l19: 15 + 14 + ... + 1
+    assert "| (15 rarer answers) | 120 | | |" in lines
+    _check_tables(lines)
+
+
+def test_confusion_is_capped_for_many_distinct_answers(monkeypatch):
+    monkeypatch.setattr(ag, "MAX_CONFUSION", 3)
+    # teacher: p x4, q x3, r x2, s x1, t x1; the system copies p, q, says "zz" for r and s, u for t
+    teacher = ["p"] * 4 + ["q"] * 3 + ["r"] * 2 + ["s", "t"]
+    system = ["p"] * 4 + ["q"] * 3 + ["zz", "zz", "zz", "u"]
+    c = per_answer_fidelity(teacher, system)["confusion"]
+    assert list(c) == ["p", "q", "r", ag.OTHER]
+    assert c["r"] == {"p": 0, "q": 0, "r": 0, ag.OTHER: 2, UNPARSED: 0}
+    assert c[ag.OTHER] == {"p": 0, "q": 0, "r": 0, ag.OTHER: 2, UNPARSED: 0}
+    assert sum(v for row in c.values() for v in row.values()) == 11
+    lines = agreement_report_lines(reference_points(teacher, {"student": system}), max_answers=2)
+    head = lines.index("| teacher \\ student | p | q | (other) | ?? |")
+    assert lines[head + 2:head + 5] == ["| **p** | 4 | 0 | 0 | 0 |", "| **q** | 0 | 3 | 0 | 0 |", "(rarer teacher answers not shown: 4 inputs)"]
 
 
 # ---------------------------------------------------------------- surface baseline

@@ -32,6 +32,9 @@ from collections import Counter
 # The confusion column of unparsed answers; the same string as systems.UNPARSED
 # (not imported from there: that module loads the model code).
 UNPARSED = "??"
+# The confusion's row and column of the answers beyond MAX_CONFUSION.
+OTHER = "(other)"
+MAX_CONFUSION = 50
 
 # Warn when an agreement or accuracy rests on fewer than this many inputs...
 MIN_COUNT = 10
@@ -128,19 +131,21 @@ def per_answer_fidelity(teacher_labels: list, system_labels: list, labels: list 
       more frequent first), the ones to look at;
     - `confusion`: teacher answer -> system answer -> count, the system's
       columns being the teacher's answers, then any other answer the system
-      gave, then `UNPARSED`;
+      gave, most frequent first, then `UNPARSED`. At most `MAX_CONFUSION`
+      rows (the most frequent teacher answers) and as many columns besides
+      `UNPARSED`; the rest is summed in an `OTHER` row and column (an open
+      task or a free-text JSON field has hundreds of distinct answers, and a
+      dense table of them would swamp report.json);
     - `warnings`: "answer: warning" for every uncertain per-answer rate.
     """
     if len(teacher_labels) != len(system_labels):
         raise ValueError(f"{len(teacher_labels)} teacher labels but {len(system_labels)} system labels")
     pairs = [(t, s) for t, s in zip(teacher_labels, system_labels) if t is not None]
     rows = answer_order(teacher_labels, labels)
-    extra = sorted({s for _, s in pairs if s is not None and s not in rows})
-    cols = rows + extra + [UNPARSED]
-    confusion = {t: {c: 0 for c in cols} for t in rows}
-    for t, s in pairs:
-        confusion[t][UNPARSED if s is None else s] += 1
-    per_answer = {t: rate(confusion[t][t], sum(confusion[t].values())) for t in rows}
+    n_by_answer = Counter(t for t, _ in pairs)
+    agree_by_answer = Counter(t for t, s in pairs if t == s)
+    per_answer = {t: rate(agree_by_answer[t], n_by_answer[t]) for t in rows}
+    confusion = _confusion(pairs, rows)
     given = [t for t in rows if per_answer[t]["n"]]
     ranked = sorted(given, key=lambda t: (per_answer[t]["rate"], -per_answer[t]["n"]))
     return {
@@ -151,6 +156,28 @@ def per_answer_fidelity(teacher_labels: list, system_labels: list, labels: list 
         "confusion": confusion,
         "warnings": [f"{t}: {per_answer[t]['warning']}" for t in given if per_answer[t]["warning"]],
     }
+
+
+def _confusion(pairs: list[tuple], rows: list[str]) -> dict:
+    """Dense teacher x system counts, capped at MAX_CONFUSION answers each way (see per_answer_fidelity)."""
+    if len(rows) > MAX_CONFUSION:
+        n = Counter(t for t, _ in pairs)
+        top = set(sorted(rows, key=lambda t: -n[t])[:MAX_CONFUSION])
+        kept_rows = [t for t in rows if t in top]
+    else:
+        kept_rows = rows
+    foreign = Counter(s for _, s in pairs if s is not None and s not in kept_rows)
+    kept_cols = kept_rows + [c for c, _ in sorted(foreign.items(), key=lambda x: (-x[1], x[0]))][:max(0, MAX_CONFUSION - len(kept_rows))]
+    row_set, col_set = set(kept_rows), set(kept_cols)
+    other_row = len(kept_rows) < len(rows)
+    other_col = any(s is not None and s not in col_set for _, s in pairs)
+    cols = kept_cols + ([OTHER] if other_col else []) + [UNPARSED]
+    confusion = {t: {c: 0 for c in cols} for t in kept_rows + ([OTHER] if other_row else [])}
+    for t, s in pairs:
+        row = t if t in row_set else OTHER
+        col = UNPARSED if s is None else s if s in col_set else OTHER
+        confusion[row][col] += 1
+    return confusion
 
 
 def accuracy(gold_labels: list, system_labels: list) -> dict | None:
@@ -468,8 +495,8 @@ def _per_answer_lines(section: dict, max_answers: int) -> list[str]:
         note = _answer_note(names, r)
         out.append(f"| **{_cell(a)}** | {r[0]['n']} | " + " | ".join(_with_interval(x) for x in r) + f" | {note} |")
     if len(answers) > len(shown):
-        out.append(f"| ({len(answers) - len(shown)} rarer answers) | {sum(systems[names[0]]['per_answer'][a]['n'] for a in answers if a not in shown)} | "
-                   + " | ".join("" for _ in names) + " | |")
+        rest = sum(systems[names[0]]["per_answer"][a]["n"] for a in answers if a not in shown)
+        out.append(f"| ({len(answers) - len(shown)} rarer answers) | {rest} |" + " |" * (len(names) + 1))
     out += [""]
     for n in names:
         m = systems[n]
@@ -496,15 +523,17 @@ def _confusion_lines(name: str, confusion: dict, max_answers: int) -> list[str]:
     totals = Counter()
     for r in rows:
         totals.update({c: v for c, v in confusion[r].items() if c != UNPARSED})
-    kept_rows = sorted(rows, key=lambda r: -sum(confusion[r].values()))[:max_answers]
-    kept_rows = [r for r in rows if r in kept_rows]
+    # The data's own OTHER row and column (beyond MAX_CONFUSION) go with the rest not shown.
+    named = [r for r in rows if r != OTHER]
+    kept_rows = sorted(named, key=lambda r: -sum(confusion[r].values()))[:max_answers]
+    kept_rows = [r for r in named if r in kept_rows]
     # Columns: the shown teacher answers (a zero on the diagonal says something),
     # then the system's other answers, most frequent first, up to max_answers.
-    foreign = sorted((c for c in totals if totals[c] and c not in kept_rows), key=lambda c: -totals[c])
+    foreign = sorted((c for c in totals if totals[c] and c not in kept_rows and c != OTHER), key=lambda c: -totals[c])
     kept_cols = set(kept_rows) | set(foreign[:max(0, max_answers - len(kept_rows))])
     cols = [c for c in next(iter(confusion.values())) if c in kept_cols]
     other = any(totals[c] for c in totals if c not in kept_cols)
-    head = cols + (["(other)"] if other else []) + [UNPARSED]
+    head = cols + ([OTHER] if other else []) + [UNPARSED]
     out = [f"### Confusion: {name} against the teacher (rows teacher answer, columns {name} answer)", "",
            "| teacher \\ " + name + " | " + " | ".join(_cell(c) for c in head) + " |", "|---" * (len(head) + 1) + "|"]
     for r in kept_rows:
@@ -514,7 +543,8 @@ def _confusion_lines(name: str, confusion: dict, max_answers: int) -> list[str]:
         cells.append(confusion[r][UNPARSED])
         out.append(f"| **{_cell(r)}** | " + " | ".join(str(v) for v in cells) + " |")
     if len(kept_rows) < len(rows):
-        out.append(f"({len(rows) - len(kept_rows)} rarer teacher answers not shown)")
+        hidden = sum(sum(confusion[r].values()) for r in rows if r not in kept_rows)
+        out.append(f"(rarer teacher answers not shown: {hidden} inputs)")
     return out + [""]
 
 
