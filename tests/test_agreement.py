@@ -367,6 +367,13 @@ def test_surface_baseline_per_json_field():
     assert sections["kind"]["systems"]["student"]["against"]["surface"]["losses"] == 1
     text = "\n".join(json_agreement_report_lines(sections))
     assert "## JSON fields in context" in text and "| kind | 100.0% | 100.0% |" in text
+    # the whole object: the baseline's objects never match (the note field), the student's never either
+    exact = reference_points(test_labels, {"student": student}, surface=r)
+    assert exact["floors"]["surface"]["agreement"]["rate"] == 0.0
+    assert exact["systems"]["student"]["against"]["surface"]["wins"] == 0
+    lines = agreement_report_lines(exact, title="Exact agreement in context")
+    assert "| floor: surface baseline | 0.0% | 0.0-11.7% | - | | |" in lines
+    _check_tables(lines)
 
 
 def test_json_field_labels():

@@ -119,7 +119,8 @@ def evaluate_surface_baseline(train_texts: list[str], train_labels: list, heldou
     Label tasks: `score()`'s dict. JSON tasks (`json_fields`, labels being
     canonical JSON): the same for every field in `fields` (one baseline per
     field, fitted on that field's values; see MAX_FIELD_CLASSES), plus the
-    exact agreement of the object the per-field answers make together.
+    exact agreement of the object the per-field answers make together
+    (`exact_agreement`, also as `agreement`, with the objects as `predictions`).
     Without scikit-learn, or without a training label: {"available": False, "reason": ...}.
     """
     try:
@@ -142,10 +143,16 @@ def evaluate_surface_baseline(train_texts: list[str], train_labels: list, heldou
     exact = [all(fields[f]["predictions"][i] == teacher_fields[f][i] for f in json_fields)
              for i, t in enumerate(heldout_teacher_labels) if t is not None]
     objects = [canonical_json({f: json.loads(fields[f]["predictions"][i]) for f in json_fields}) for i in range(len(heldout_texts))]
+    exact_rate = rate(sum(exact), len(exact))
     return {
         "available": True,
         "model": "per field: tf-idf character 1-3-grams + logistic regression",
         "fields": fields,
-        "exact_agreement": rate(sum(exact), len(exact)),
+        "exact_agreement": exact_rate,
+        # The whole object as one label, so that agreement.reference_points can
+        # take this result on the canonical replies too. No macro: answers are
+        # objects here, mostly distinct, and a mean over them says nothing.
+        "agreement": exact_rate,
+        "macro_agreement": None,
         "predictions": objects,
     }
