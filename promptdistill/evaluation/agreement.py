@@ -195,7 +195,8 @@ def majority_floor(teacher_labels: list) -> dict | None:
     Its macro agreement is 1/K for K distinct teacher answers (it agrees on
     every input of one answer and none of the others), which is why macro
     agreement is the harder floor to fake. Ties go to the answer seen first
-    (the same answer as report.json's `majority_label`).
+    (report.json's `majority_label` breaks ties by set order, so on a tie the
+    two may name different answers, with the same agreement).
     """
     given = [t for t in teacher_labels if t is not None]
     if not given:
@@ -276,7 +277,13 @@ def self_consistency_ceiling_from_probs(label_probs: list[dict | None], recorded
     student's disagreements are no more frequent than the teacher's own
     sampling noise; not a hard bound: a student that reproduces the teacher's
     argmax on every input reaches 100% (its share of the ceiling can pass 1).
+    A student below it loses more agreement than the inputs' own ambiguity
+    (as the teacher sees it) explains. The draw it describes is at
+    temperature 1 over the label set, the distribution choose mode stores;
+    it needs no new requests and has no sampling noise of its own.
     """
+    if recorded is not None and len(recorded) != len(label_probs):
+        raise ValueError(f"{len(label_probs)} distributions but {len(recorded)} recorded answers")
     values = []
     for i, probs in enumerate(label_probs):
         if not probs:
@@ -288,8 +295,9 @@ def self_consistency_ceiling_from_probs(label_probs: list[dict | None], recorded
             values.append(probs.get(recorded[i], 0.0) / total)
     if not values:
         return None
-    return {"mode": "probs", "ceiling": sum(values) / len(values), "n": len(values),
-            "formula": "mean over inputs of the probability of the recorded answer (the top probability)"}
+    formula = ("mean over inputs of the teacher's top label probability" if recorded is None
+               else "mean over inputs of the probability the teacher's distribution gives its recorded answer")
+    return {"mode": "probs", "ceiling": sum(values) / len(values), "n": len(values), "formula": formula}
 
 
 def self_consistency_ceiling_from_samples(recorded: list, resamples: list[list]) -> dict | None:
