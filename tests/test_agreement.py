@@ -370,6 +370,7 @@ def test_surface_baseline_per_json_field():
     # the whole object: the baseline's objects never match (the note field), the student's never either
     exact = reference_points(test_labels, {"student": student}, surface=r)
     assert exact["floors"]["surface"]["agreement"]["rate"] == 0.0
+    assert "fields" not in exact["floors"]["surface"] and "predictions" not in exact["floors"]["surface"]
     assert exact["systems"]["student"]["against"]["surface"]["wins"] == 0
     lines = agreement_report_lines(exact, title="Exact agreement in context")
     assert "| floor: surface baseline | 0.0% | 0.0-11.7% | - | | |" in lines
