@@ -429,11 +429,15 @@ def agreement_report_lines(section: dict, title: str = "Agreement in context", m
     rows and columns, the rest summed in "(other)").
     """
     floors, systems, ceiling = section["floors"], section["systems"], section.get("ceiling")
-    out = [f"## {title}", "",
-           f"Agreement with the teacher on the {section['n']} held-out inputs where its answer parsed, "
-           "with Wilson 95% intervals. Macro: the mean over teacher answers of the agreement on that answer's inputs. "
-           "Floors: always the teacher's most frequent answer; a character 1-3-gram logistic regression fitted on "
-           "the training inputs' teacher labels. Ceiling: how often a fresh draw from the teacher gives its own recorded answer.",
+    intro = (f"Agreement with the teacher on the {section['n']} held-out inputs where its answer parsed, "
+             "with Wilson 95% intervals. Macro: the mean over teacher answers of the agreement on that answer's inputs. "
+             "Floor: always the teacher's most frequent answer")
+    if floors.get("surface") is not None:
+        intro += "; a character 1-3-gram logistic regression fitted on the training inputs' teacher labels"
+    intro += "."
+    if ceiling:
+        intro += " Ceiling: how often a fresh draw from the teacher gives its own recorded answer."
+    out = [f"## {title}", "", intro,
            "", "| reference | agreement (teacher) | 95% interval | macro agreement | share of ceiling | accuracy (gold), 95% interval |",
            "|---|---|---|---|---|---|"]
     maj = floors.get("majority")
@@ -469,9 +473,9 @@ def agreement_report_lines(section: dict, title: str = "Agreement in context", m
         if ceiling:
             out.append(f"Self-consistency: {ceiling['formula']}, over {ceiling['n']} inputs. It is not a hard bound: a system that "
                        "always gives the teacher's most likely answer agrees more often than the teacher's own samples do (over 100%).")
-        if (warn := [n for n, m in systems.items() if m["agreement"]["warning"]]):
-            out.append("Uncertain: " + "; ".join(f"{n}: {systems[n]['agreement']['warning']}" for n in warn) + ".")
         out.append("")
+    if (warn := [n for n, m in systems.items() if m["agreement"]["warning"]]):
+        out += ["Uncertain: " + "; ".join(f"{n}: {systems[n]['agreement']['warning']}" for n in warn) + ".", ""]
     out += _per_answer_lines(section, max_answers)
     for name, m in systems.items():
         out += _confusion_lines(name, m["confusion"], max_answers)
