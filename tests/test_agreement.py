@@ -216,6 +216,7 @@ def test_reference_points_and_report_lines():
     lines = agreement_report_lines(s)
     text = "\n".join(lines)
     assert lines[0] == "## Agreement in context"
+    assert "logistic regression fitted on the training inputs' teacher labels." in lines[2] and "Ceiling:" in lines[2]
     assert "| floor: always `a` | 60.0% | 31.3-83.2% | 33.3% | | |" in lines
     assert "| student | 70.0% | 39.7-89.2% | 44.4% | 80% | 60.0% (31.3-83.2%) |" in lines
     assert "| ceiling: teacher self-consistency (stored distribution) | 87.5% | | | 100% | |" in lines
@@ -254,7 +255,9 @@ def test_report_lines_render_as_html_tables():
 
     assert UNPARSED == systems_unparsed
     s = reference_points(TEACHER, {"student": STUDENT})
-    html = markdown_to_html("\n".join(agreement_report_lines(s)), ".", title="t")
+    text = "\n".join(agreement_report_lines(s))
+    assert "logistic regression" not in text and "Ceiling" not in text  # neither was given
+    html = markdown_to_html(text, ".", title="t")
     assert html.count("<table>") == 3  # reference points, per answer, confusion
 
 
