@@ -232,6 +232,12 @@ def test_reference_points_and_report_lines():
     assert "### Confusion: student against the teacher (rows teacher answer, columns student answer)" in lines
     # every table is a well-formed pipe table: a header, a rule with as many cells, rows as wide
     _check_tables(lines)
+    assert ag.agreement_summary_lines(s) == [
+        "base: agreement 60.0% (95% 31.3-83.2%), macro 33.3%; against majority 60.0%, surface baseline 60.0%, "
+        "teacher self-consistency 87.5% [95% interval 31-83% is too wide to tell]",
+        "student: agreement 70.0% (95% 39.7-89.2%), macro 44.4%; against majority 60.0%, surface baseline 60.0%, "
+        "teacher self-consistency 87.5% [95% interval 40-89% is too wide to tell]",
+    ]
 
 
 def _check_tables(lines):

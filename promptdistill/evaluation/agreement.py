@@ -561,6 +561,29 @@ def _confusion_lines(name: str, confusion: dict, max_answers: int) -> list[str]:
     return out + [""]
 
 
+def agreement_summary_lines(section: dict) -> list[str]:
+    """Plain-text lines for report.py's results_table: per system, its agreement with
+    its interval, its macro agreement, and the floors and ceiling it is read against."""
+    floors, ceiling = section["floors"], section.get("ceiling")
+    refs = []
+    if (maj := floors.get("majority")):
+        refs.append(f"majority {_pct(maj['agreement']['rate'])}")
+    if (surf := floors.get("surface")) is not None:
+        refs.append(f"surface baseline {_pct(surf['agreement']['rate'])}" if surf.get("available") else "surface baseline unavailable")
+    if ceiling:
+        refs.append(f"teacher self-consistency {_pct(ceiling['ceiling'])}")
+    out = []
+    for name, m in section["systems"].items():
+        line = (f"{name}: agreement {_pct(m['agreement']['rate'])} (95% {_interval_text(m['agreement'])}), "
+                f"macro {_pct(m['macro_agreement'])}")
+        if refs:
+            line += "; against " + ", ".join(refs)
+        if m["agreement"]["warning"]:
+            line += f" [{m['agreement']['warning']}]"
+        out.append(line)
+    return out
+
+
 def json_agreement_report_lines(sections: dict[str, dict]) -> list[str]:
     """Markdown for json_reference_points(): one row per field with its floors,
     systems and the student's margin over the surface baseline."""
