@@ -234,6 +234,7 @@ def run_copy(pipeline_run, tmp_path):
     return copy
 
 
+@pytest.mark.slow  # reruns stages of a whole pipeline
 def test_changed_settings_refused_then_forced(pipeline_run, run_copy):
     from promptdistill.errors import PromptDistillError
     from promptdistill.pipeline import run_pipeline
@@ -269,6 +270,7 @@ def test_changed_settings_refused_then_forced(pipeline_run, run_copy):
     assert sum("already complete, skipping" in line for line in logs) == 4
 
 
+@pytest.mark.slow  # reruns stages of a whole pipeline
 def test_forced_resplit_relabels_only_the_new_split(pipeline_run, run_copy):
     """Changing the split (data.seed) with force redoes every stage; the labeled
     files then hold exactly the new split's inputs, so nothing now held out is trained on."""
@@ -357,6 +359,7 @@ def test_cli_render(pipeline_run, tokenizer, capsys):
     assert lines[-1] == f"{len(records)} examples; 0 over max_length=512"
 
 
+@pytest.mark.slow  # reruns stages of a whole pipeline
 @pytest.mark.parametrize("loss", ["kd", "on-policy"])
 def test_run_trains_with_each_loss_from_the_command_line(pipeline_run, tmp_path, loss, capsys):
     """`promptdistill run --loss X` trains with X, reusing the labels, and reports the fidelity metrics."""

@@ -11,6 +11,8 @@ consistent with the predictions it was computed from.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
@@ -22,6 +24,7 @@ OBJECT = {"category": "billing", "priority": "high", "product": "drive", "sentim
           "summary": "Refund the duplicate charge"}
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_support_tickets_report_json_agreement(tmp_path, tiny_model_dir):
     from promptdistill.pipeline import run_pipeline
 
