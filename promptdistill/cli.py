@@ -224,7 +224,6 @@ def cmd_render(args):
 def cmd_train(args):
     from .config import save_config
     from .records import read_labeled
-    from .task import Task
     from .training.recipe import train_student
 
     from .training.distributed import launched_rank
@@ -237,8 +236,7 @@ def cmd_train(args):
     if main_process:
         # Same layout as `run`, so `eval`, `predict` and `export` work on this folder.
         save_config(cfg, run_dir / "config.json")
-    summary = train_student(read_labeled(args.labeled), run_dir / "train", cfg.train, cfg.models, heldout=heldout,
-                            progress=not args.no_progress, task=Task(cfg.task))
+    summary = train_student(cfg, read_labeled(args.labeled), run_dir / "train", heldout=heldout, progress=not args.no_progress)
     if main_process:
         print(json.dumps(summary, indent=2))
 
