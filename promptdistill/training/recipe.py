@@ -98,9 +98,9 @@ class DistillationRecipe:
     """One training run of the student, step by step (see the module docstring)."""
 
     def __init__(self, cfg: Config, run_dir, *, progress: bool = True):
-        if not isinstance(cfg, Config):  # the call before the recipe: train_student(records, run_dir, cfg.train, cfg.models)
+        if not isinstance(cfg, Config):  # e.g. cfg.train alone, as train_student took before it took the whole Config
             raise TypeError(f"train_student takes the whole Config first: train_student(cfg, records, run_dir), not {type(cfg).__name__}")
-        self.cfg, self.train_cfg, self.models_cfg = cfg, cfg.train, cfg.models
+        self.train_cfg, self.models_cfg = cfg.train, cfg.models
         self.task = Task(cfg.task)
         self.run_dir = Path(run_dir)
         self.progress = progress
@@ -136,20 +136,22 @@ class DistillationRecipe:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
     def _setup_data(self, records: list[LabeledExample], heldout: list[LabeledExample]) -> None:
+        """The items of the loss (data.py), the rendered held-out set, and the number of steps."""
         cfg = self.train_cfg
         self.train_set, self.too_long = training_items(records, self.task, self.tokenizer, cfg)
         if not self.train_set:
             raise PromptDistillError("no usable training examples (all rejected or over train.max_length)", field="train")
         self.heldout_set = render_for_training(heldout, self.tokenizer, cfg.max_length)[0]
         self.fingerprint = training_fingerprint(records, cfg, self.models_cfg)
-        if self.too_long and self.dist.is_main:
-            print(f"[promptdistill] {len(self.too_long)} training examples exceed max_length={cfg.max_length} tokens "
-                  f"and are skipped: {self.too_long[:10]}")
+        if self.too_long:
+            self._say(f"{len(self.too_long)} training examples exceed max_length={cfg.max_length} tokens "
+                      f"and are skipped: {self.too_long[:10]}")
         self.per_step = cfg.batch_size * cfg.grad_accum
         self.steps_per_epoch = math.ceil(len(self.train_set) / self.per_step)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
 
     def _setup_optimizer(self) -> None:
+        """AdamW over the LoRA parameters, and the learning-rate schedule over all steps."""
         from transformers import get_scheduler
 
         cfg = self.train_cfg
@@ -208,6 +210,8 @@ class DistillationRecipe:
     # ---- the loop -------------------------------------------------------------
 
     def train(self) -> dict:
+        """Run the steps from the resumed one to the last; return the summary. A first
+        Ctrl-C / SIGTERM stops after the step in progress, checkpointed (KeyboardInterrupt)."""
         cfg = self.train_cfg
         groups = step_groups(len(self.train_set), self.per_step, cfg.seed)
         for _ in range(self.start_step):  # the data order is a function of the seed: skip what is done
@@ -218,15 +222,16 @@ class DistillationRecipe:
         stopping = False
         with _StopAtStepEnd() as stop:
             for step in range(self.start_step + 1, self.total_steps + 1):
-                self._train_step(step, by_length([self.train_set[i] for i in next(groups)]))
+                # Sorted by length here and dealt out round-robin in _train_step:
+                # little padding, and every process gets a similar mix of lengths.
+                group = by_length([self.train_set[i] for i in next(groups)])
+                self._train_step(step, group)
                 if self.heldout_set and (step % cfg.eval_every == 0 or step == self.total_steps):
                     self._evaluate(step)
                 stopping = self.dist.any(stop.requested, self.device)
                 if step % cfg.save_every == 0 or step == self.total_steps or stopping:
                     self._save_checkpoint(step)
-                bar.set_postfix(loss=f"{self.last_loss:.4f}",
-                                **({"heldout": f"{self.last_heldout:.4f}"} if self.last_heldout is not None else {}))
-                bar.update(1)
+                self._show_progress(bar)
                 if stopping:
                     break
         bar.close()
@@ -247,7 +252,6 @@ class DistillationRecipe:
             # Dropout masks from (seed, step, rank): processes draw different masks,
             # and a resumed run draws the same ones without per-process RNG state.
             torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + dist.rank)
-        # Sorted, then dealt out round-robin: every process gets a similar mix of lengths.
         loss_total, stats = self._loss_step(step, dist.shard(group), n_units)
         if dist.enabled:
             dist.sum_gradients(self.trainable)
@@ -302,6 +306,11 @@ class DistillationRecipe:
         total, count = self.dist.sum_floats(list(sums), self.device)
         self.last_heldout = total / max(count, 1.0)
         self._log({"step": step, "heldout_loss": self.last_heldout})
+
+    def _show_progress(self, bar) -> None:
+        heldout = {"heldout": f"{self.last_heldout:.4f}"} if self.last_heldout is not None else {}
+        bar.set_postfix(loss=f"{self.last_loss:.4f}", **heldout)
+        bar.update(1)
 
     def _save_checkpoint(self, step: int) -> None:
         if self.dist.is_main:
