@@ -1,7 +1,7 @@
 """The training recipe (training/recipe.py, training/data.py): train_student takes
 the whole Config, every loss runs through it and logs its statistics, each
 step's items are sorted by length without changing the adapter, gradients
-are clipped, and input problems are one clear error."""
+are clipped, and problems with the inputs or settings are one clear error."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_gradients_are_clipped_to_max_grad_norm_and_the_norm_is_logged(tmp_path,
     assert logged[1e-3][0] == pytest.approx(logged[0.0][0], rel=1e-4)
 
 
-def test_unusable_inputs_are_one_clear_error(tmp_path, tiny_model_dir):
+def test_input_problems_are_one_clear_error(tmp_path, tiny_model_dir):
     cfg = _config(tiny_model_dir)
     rejected = [replace(r, status="no_match") for r in script_records(4)]
     with pytest.raises(PromptDistillError) as info:
@@ -126,6 +126,10 @@ def test_unusable_inputs_are_one_clear_error(tmp_path, tiny_model_dir):
     with pytest.raises(PromptDistillError) as info:
         recipe.train_student(replace(cfg, train=replace(cfg.train, loss="kd")), script_records(4), tmp_path / "kd", progress=False)
     assert info.value.field == "train.loss" and "choose" in info.value.message
+
+    with pytest.raises(PromptDistillError) as info:  # a Config built in code, not checked by load_config
+        recipe.train_student(replace(cfg, train=replace(cfg.train, loss="dpo")), script_records(4), tmp_path / "dpo")
+    assert info.value.field == "train.loss" and "sft" in info.value.message
 
     with pytest.raises(TypeError, match=r"the whole Config first"):  # only the [train] table
         recipe.train_student(cfg.train, script_records(4), tmp_path / "train-table")

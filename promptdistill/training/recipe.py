@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, TrainConfig
+from ..config import LOSSES, Config, TrainConfig
 from ..errors import PromptDistillError
 from ..io import DirectoryLock, atomic_directory, atomic_write_json
 from ..models import AdapterDisabled, load_model, resolve_device
@@ -100,6 +100,8 @@ class DistillationRecipe:
     def __init__(self, cfg: Config, run_dir, *, progress: bool = True):
         if not isinstance(cfg, Config):  # e.g. cfg.train alone, as train_student took before it took the whole Config
             raise TypeError(f"train_student takes the whole Config first: train_student(cfg, records, run_dir), not {type(cfg).__name__}")
+        if cfg.train.loss not in LOSSES:  # a Config built in code skips load_config's checks
+            raise PromptDistillError(f"must be one of {', '.join(LOSSES)}; got {cfg.train.loss!r}", field="train.loss")
         self.train_cfg, self.models_cfg = cfg.train, cfg.models
         self.task = Task(cfg.task)
         self.run_dir = Path(run_dir)
@@ -165,7 +167,7 @@ class DistillationRecipe:
             self.micro_batch_loss = self._sft_loss
         elif self.train_cfg.loss == "kd":
             self.micro_batch_loss = self._kd_loss
-        else:
+        else:  # on-policy
             self.scorer = self._setup_teacher_scorer()
             self.micro_batch_loss = self._on_policy_loss
 
