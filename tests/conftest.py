@@ -14,6 +14,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The test models are tiny: a thread pool per process only adds synchronisation,
+# and where tests share a few cores it oversubscribes them (the training tests
+# ran 3x slower on 2 shared cores). Set before torch loads; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(config, items):
