@@ -88,8 +88,8 @@ def main() -> int:
         run_dir = work / f"train-{name.replace(' ', '_')}"
         shutil.rmtree(run_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        train_student(records, run_dir, train_cfg, dataclasses.replace(cfg.models, device="cpu", dtype="float32"),
-                      progress=True, task=task)
+        run_cfg = dataclasses.replace(cfg, train=train_cfg, models=dataclasses.replace(cfg.models, device="cpu", dtype="float32"))
+        train_student(run_cfg, records, run_dir, progress=True)
         seconds = time.perf_counter() - t0
         from peft import PeftModel
 

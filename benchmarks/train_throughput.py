@@ -20,7 +20,7 @@ Each method runs in its own subprocess, so its peak RSS (ru_maxrss) is its
 own. Printed per method: trained (reply) tokens per second of the training
 loop (model loading and dataset preparation excluded), peak RSS, and the
 held-out loss after training: mean cross-entropy per reply token on the same
-held-out records, computed by the same function (train.heldout_loss) for both.
+held-out records, computed by the same function (training.recipe.heldout_loss) for both.
 The last line is the throughput ratio ours / TRL.
 
     .venv/bin/python benchmarks/train_throughput.py [--train 96] [--heldout 48] [--batch 8 --accum 2]
@@ -59,28 +59,29 @@ def records(args):
 
 
 def heldout(model, tokenizer, examples) -> float:
-    from promptdistill.training.recipe import heldout_loss, render_for_training
+    from promptdistill.training.data import render_for_training
+    from promptdistill.training.recipe import heldout_loss
 
     rendered, _ = render_for_training(examples, tokenizer, 512)
     return heldout_loss(model, rendered, tokenizer.pad_token_id)
 
 
 def trained_tokens(examples, tokenizer) -> int:
-    from promptdistill.training.recipe import render_for_training
+    from promptdistill.training.data import render_for_training
 
     return sum(e.num_trained for e in render_for_training(examples, tokenizer, 512)[0])
 
 
 def run_ours(args, train, held, work: Path) -> dict:
-    from promptdistill.config import ModelsConfig, TrainConfig
+    from promptdistill.config import Config, ModelsConfig, TrainConfig
     from promptdistill.models import load_model
     from promptdistill.training.recipe import train_student
 
-    cfg = TrainConfig(lora_rank=32, lora_alpha=32, lora_dropout=0.0, learning_rate=args.lr, lr_schedule="constant",
-                      max_steps=args.steps, batch_size=args.batch, grad_accum=args.accum, eval_every=10**9, save_every=10**9,
-                      seed=args.seed)
+    train_cfg = TrainConfig(lora_rank=32, lora_alpha=32, lora_dropout=0.0, learning_rate=args.lr, lr_schedule="constant",
+                            max_steps=args.steps, batch_size=args.batch, grad_accum=args.accum, eval_every=10**9,
+                            save_every=10**9, seed=args.seed)
     models = ModelsConfig(student=STUDENT, teacher=STUDENT, device="cpu", dtype="float32")
-    summary = train_student(train, work / "ours", cfg, models, progress=False)
+    summary = train_student(Config(train=train_cfg, models=models), train, work / "ours", progress=False)
     trained = load_model(STUDENT, "cpu", "float32", adapter=work / "ours" / "adapter")
     # summary["seconds"] is the step loop (it includes writing the final checkpoint and adapter)
     return {"seconds": summary["seconds"], "tokens": trained_tokens(train, trained.tokenizer),

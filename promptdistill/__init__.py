@@ -29,7 +29,7 @@ In a notebook, the seed's steps are (see examples/tutorial.ipynb):
     label_inputs(read_inputs("data.jsonl"), task, teacher, "run/labels/train.jsonl")
     records = read_labeled("run/labels/train.jsonl")
     token_counts(records, teacher.tokenizer)          # tokens and trained tokens per example
-    train_student(records, "run/train", cfg.train, cfg.models)
+    train_student(cfg, records, "run/train")
     read_metrics("run")                               # loss per step
     report = evaluate_run(cfg, task, "run", heldout)  # teacher vs base vs student
     print(results_table(report))

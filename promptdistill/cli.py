@@ -233,7 +233,6 @@ def cmd_render(args):
 def cmd_train(args):
     from .records import read_labeled
     from .rundir import RunDir
-    from .task import Task
     from .training.distributed import launched_rank
     from .training.recipe import train_student
 
@@ -245,8 +244,7 @@ def cmd_train(args):
     if main_process:
         # Same layout as `run`, so `eval`, `predict` and `export` work on this folder.
         run.save_config(cfg)
-    summary = train_student(read_labeled(args.labeled), run.train_dir, cfg.train, cfg.models, heldout=heldout,
-                            progress=not args.no_progress, task=Task(cfg.task))
+    summary = train_student(cfg, read_labeled(args.labeled), run.train_dir, heldout=heldout, progress=not args.no_progress)
     if main_process:
         print(json.dumps(summary, indent=2))
 

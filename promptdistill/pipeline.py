@@ -97,9 +97,8 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
         # Only records of the current split, whatever else a labels file holds.
         train_ids, heldout_ids = {e.id for e in train_inputs}, {e.id for e in heldout_inputs}
         summary = train_student(
-            [r for r in read_labeled(run.labels_file("train")) if r.id in train_ids], run.train_dir, cfg.train, cfg.models,
+            cfg, [r for r in read_labeled(run.labels_file("train")) if r.id in train_ids], run.train_dir,
             heldout=[r for r in read_labeled(run.labels_file("heldout")) if r.id in heldout_ids], progress=progress,
-            task=task,
         )
         run.mark_done("train", prints["train"], summary)
         log(f"[promptdistill] train: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "

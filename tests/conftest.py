@@ -15,6 +15,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The test models are tiny: a thread pool per process only adds synchronisation,
+# and where tests share a few cores it oversubscribes them (the training tests
+# ran 3x slower on 2 shared cores). Set before torch loads; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -132,6 +136,21 @@ def make_task(**fields):
     if "system_prompt" in fields:
         defaults.pop("user_template")
     return Task(TaskConfig(**{**defaults, **fields}))
+
+
+def script_records(n: int, offset: int = 0) -> list:
+    """`n` ok LabeledExamples whose target is the script of the text ("la" Latin, "cy"
+    Cyrillic), of varied lengths (so sorting, padding and sharding have work to do)."""
+    from promptdistill.records import LabeledExample
+
+    out = []
+    for i in range(offset, offset + n):
+        label = ["la", "cy"][i % 2]
+        text = f"example {i} " + ("abc def " if label == "la" else "где ты ") * (1 + (i * 7) % 5)
+        reply = f"Final Answer: {label}"
+        out.append(LabeledExample(id=str(i), text=text, gold_label=label, teacher_reply=reply, label=label, status="ok",
+                                  messages=[{"role": "user", "content": text}, {"role": "assistant", "content": reply}]))
+    return out
 
 
 def _toml_value(value) -> str:

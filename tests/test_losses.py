@@ -1,4 +1,6 @@
-"""The kd and on-policy losses: hand-computed values, gradients, the frozen teacher."""
+"""The losses (training/losses.py, training/onpolicy.py): hand-computed values,
+independence from batching, gradients that reach only the LoRA parameters,
+the frozen teacher of on-policy."""
 
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ import math
 import pytest
 import torch
 
-from promptdistill.config import TaskConfig, TrainConfig
+from conftest import make_task
+from promptdistill.config import TrainConfig
+from promptdistill.render import render_example, render_prompt, reply_ids
+from promptdistill.training.data import collate
 from promptdistill.training.losses import (
     LabelKDExample,
     TokenKDExample,
@@ -15,16 +20,63 @@ from promptdistill.training.losses import (
     label_kl,
     token_kd_loss,
     topk_kl,
+    weighted_token_loss,
 )
-from promptdistill.render import render_prompt, reply_ids
-from promptdistill.task import Task
-from promptdistill.training.recipe import _lora_model
+from promptdistill.training.recipe import lora_model
 
 LABELS = ["en", "fr", "de"]
 
 
 def _task(**kw):
-    return Task(TaskConfig(user_template="Which language is this? {text}", labels=LABELS, answer_mode="choose", **kw))
+    return make_task(user_template="Which language is this? {text}", answer_mode="choose", **kw)
+
+
+# ---- sft: weighted token cross-entropy ------------------------------------------
+
+
+def _sft_batch(tokenizer):
+    convs = [
+        [{"role": "user", "content": "short"}, {"role": "assistant", "content": "Final Answer: la"}],
+        [{"role": "user", "content": "a much longer input with many more words in it"}, {"role": "assistant", "content": "Final Answer: cy"}],
+    ]
+    return collate([render_example(tokenizer, c) for c in convs], tokenizer.pad_token_id)
+
+
+def _full_logits_loss(model, ids, mask, weights):
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    w = weights[:, 1:]
+    return (nll * w).sum(), w.sum()
+
+
+def test_weighted_token_loss_equals_full_logits_computation(tiny, tokenizer):
+    ids, mask, weights = _sft_batch(tokenizer)
+    for model in (tiny.model, lora_model(tiny.model, TrainConfig(lora_rank=4))):
+        got, n = weighted_token_loss(model, ids, mask, weights)
+        want, n_ref = _full_logits_loss(model, ids, mask, weights)
+        assert n == n_ref == 10  # "Final Answer: xx<|im_end|>" is 5 tokens, twice
+        assert torch.allclose(got, want, atol=1e-4), (got, want)
+
+
+def test_weighted_token_loss_ignores_unweighted_tokens(tiny, tokenizer):
+    ids, mask, weights = _sft_batch(tokenizer)
+    base, _ = weighted_token_loss(tiny.model, ids, mask, weights)
+    changed = ids.clone()
+    first_weighted = int(weights[0].nonzero()[0])
+    changed[0, 3] = (changed[0, 3] + 1) % 1000  # a prompt token far before the reply: changes the context
+    assert first_weighted > 4
+    changed_loss, _ = weighted_token_loss(tiny.model, changed, mask, weights)
+    assert not torch.allclose(base, changed_loss)  # the context matters
+    zeroed = weights.clone()
+    zeroed[0] = 0
+    only_second, n = weighted_token_loss(tiny.model, ids, mask, zeroed)
+    assert n == 5
+    second_alone, _ = weighted_token_loss(tiny.model, ids[1:], mask[1:], weights[1:])
+    assert torch.allclose(only_second, second_alone, atol=1e-4)
+
+
+# ---- kd: label-level and token-level KL --------------------------------------------
 
 
 def test_label_kl_equals_hand_computation():
@@ -99,15 +151,20 @@ def _assert_only_lora_gets_gradients(model):
     named = dict(model.named_parameters())
     with_grad = [n for n, p in named.items() if p.grad is not None and p.grad.abs().sum() > 0]
     assert with_grad and all("lora_" in n for n in with_grad)
+    assert any("lora_B" in n for n in with_grad)
     assert all(not p.requires_grad for n, p in named.items() if "lora_" not in n)
 
 
-@pytest.mark.parametrize("kind", ["label", "token"])
-def test_kd_gradients_reach_only_lora(tiny, tokenizer, kind):
+@pytest.mark.parametrize("kind", ["sft", "kd-label", "kd-token"])
+def test_gradients_reach_only_lora(tiny, tokenizer, kind):
     task = _task()
-    model = _lora_model(tiny.model, TrainConfig(lora_rank=4))
+    model = lora_model(tiny.model, TrainConfig(lora_rank=4))
     prompt, cands = _candidates(tokenizer, task, "guten Tag")
-    if kind == "label":
+    if kind == "sft":
+        ids, mask, weights = _sft_batch(tokenizer)
+        loss, n = weighted_token_loss(model, ids, mask, weights)
+        loss = loss / n
+    elif kind == "kd-label":
         loss, _ = label_kd_loss(model, [LabelKDExample(prompt, cands, [0.2, 0.2, 0.6], 2)], alpha=0.5)
     else:
         top = [[[t, -0.1], [t + 3, -2.5]] for t in cands[2]]
@@ -116,18 +173,19 @@ def test_kd_gradients_reach_only_lora(tiny, tokenizer, kind):
     _assert_only_lora_gets_gradients(model)
 
 
+# ---- on-policy: the student samples, the teacher scores ------------------------------
+
+
 @pytest.mark.parametrize("kl", ["full", "sampled"])
 def test_on_policy_trains_the_student_and_leaves_the_shared_teacher_unchanged(varied_model, tokenizer, kl):
-    from promptdistill.models import AdapterDisabled
-    from promptdistill.training.onpolicy import TeacherScorer, on_policy_loss
+    from promptdistill.models import AdapterDisabled, load_model
     from promptdistill.records import Example
-
-    from promptdistill.models import load_model
+    from promptdistill.training.onpolicy import TeacherScorer, on_policy_loss
 
     task = _task(max_new_tokens=4)
     # a fresh copy: get_peft_model changes the model it wraps, and varied_model is shared
     fresh = load_model(varied_model.name, "cpu", "float32")
-    model = _lora_model(fresh.model, TrainConfig(lora_rank=4, lora_alpha=8))
+    model = lora_model(fresh.model, TrainConfig(lora_rank=4, lora_alpha=8))
     scorer = TeacherScorer(task, AdapterDisabled(model), tokenizer)
     records = [Example(id=str(i), text=t) for i, t in enumerate(["hello world", "ciao a tutti", "hola amigos", "good morning"])]
     probe = [[400, 401, 402]] * len(records)

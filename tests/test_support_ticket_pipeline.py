@@ -4,7 +4,7 @@ A random tiny model cannot write JSON, so the teacher is given a reply prefix
 that is already a complete object (the prefill mechanism real tasks use to
 start the teacher's reply): every teacher reply is then valid and becomes the
 student's target. The student trains a few steps (far too few to learn a
-50-token object; learning is tested in test_train_learns.py), and the report
+50-token object; learning is tested in test_training_learns.py), and the report
 must carry validity, exact agreement and per-field agreement for each system,
 consistent with the predictions it was computed from.
 """

@@ -52,7 +52,7 @@ def trained_run(tmp_path_factory):
                         max_steps=6, batch_size=8, grad_accum=1, save_every=100, eval_every=100)
     run = tmp_path_factory.mktemp("lora-run")
     save_config(cfg, run / "config.json")
-    train_student(records, run / "train", cfg.train, cfg.models, progress=False)
+    train_student(cfg, records, run / "train", progress=False)
     return run, [e.text for e in rows[N_TRAIN:]]
 
 

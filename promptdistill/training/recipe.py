@@ -1,11 +1,22 @@
-"""Training the student: LoRA fine-tuning without the prompt.
+"""Training the student: LoRA fine-tuning without the prompt, as a recipe in named steps.
 
-The loop is plain PyTorch and only the LoRA parameters are trained. What the
-student matches is `train.loss` (losses.py, onpolicy.py):
+`train_student(cfg, records, run_dir)` runs a `DistillationRecipe`:
 
-- sft: each example is rendered to token ids plus loss weights (render.py);
-  the loss is the weighted mean of per-token cross-entropy over all weighted
-  tokens of an optimiser step;
+    setup       _setup_model (student + LoRA), _setup_data (data.py), _setup_optimizer
+                (AdamW + schedule), _setup_loss (cfg.train.loss), then _resume
+    train       the loop: one _train_step per optimiser step, held-out
+                evaluation, checkpoints, a clean stop on Ctrl-C / SIGTERM
+    _finish     the adapter and train_summary.json
+    cleanup     closes the metrics file, whatever happened
+
+The steps are methods of one object, rather than one long function, so
+each reads on its own and the loop reads on one screen; the state they share
+(model, optimiser, progress) is the recipe's. The loop is plain PyTorch and
+only the LoRA parameters are trained. What the student matches is
+`train.loss` (losses.py, onpolicy.py):
+
+- sft: the loss is the weighted mean of per-token cross-entropy over all
+  weighted tokens of an optimiser step;
 - kd: KL from the teacher's stored soft labels, mean over the step's examples;
 - on-policy: the student samples, the teacher scores; mean over the step's examples.
 
@@ -29,6 +40,7 @@ The run directory receives:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -39,46 +51,340 @@ import time
 from pathlib import Path
 
 import torch
-from ..progress import progress_bar
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
-from ..config import ModelsConfig, TrainConfig, training_settings
-from .distributed import Distributed
+from ..config import LOSSES, Config, TrainConfig
 from ..errors import PromptDistillError
 from ..io import DirectoryLock, atomic_directory, atomic_write_json
-from ..models import load_model, resolve_device
+from ..models import AdapterDisabled, load_model, resolve_device
+from ..progress import progress_bar
 from ..records import LabeledExample
-from .losses import kd_kind, label_kd_examples, label_kd_loss, token_kd_examples, token_kd_loss, weighted_token_loss
-from ..render import RenderedExample, render_example, render_prompt
-from ..task import OK, Task
+from ..render import RenderedExample
+from ..task import Task
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
+from .data import by_length, collate, micro_batches, render_for_training, step_groups, training_fingerprint, training_items
+from .distributed import Distributed
+from .losses import label_kd_loss, token_kd_loss, weighted_token_loss
 from .tracking import open_tracker
 
 
-def render_for_training(records: list[LabeledExample], tokenizer, max_length: int):
-    """Render the usable records; return (rendered, ids of records over max_length)."""
-    rendered, too_long = [], []
-    for r in records:
-        if r.status != OK:
-            continue
-        ex = render_example(tokenizer, r.messages)
-        if ex.num_tokens > max_length:
-            too_long.append(r.id)
-            continue
-        rendered.append(ex)
-    return rendered, too_long
+def train_student(cfg: Config, records: list[LabeledExample], run_dir, *, heldout: list[LabeledExample] | None = None,
+                  progress: bool = True) -> dict:
+    """LoRA-train the student on teacher-labeled records; return the summary.
+
+    Everything comes from `cfg`: the training settings (cfg.train), the student
+    and, for on-policy, the teacher (cfg.models), and the task that kd and
+    on-policy read replies and the teacher's prompt from (cfg.task). The
+    held-out loss is the cross-entropy on the held-out records' targets
+    whatever the training loss, so runs compare.
+
+    Resumes from the newest checkpoint in `run_dir` made with the same data
+    and settings, and ends with the adapter an uninterrupted run gives.
+    """
+    recipe = DistillationRecipe(cfg, run_dir, progress=progress)
+    with recipe.lock():
+        try:
+            recipe.setup(records, heldout or [])
+            return recipe.train()
+        finally:
+            recipe.cleanup()
 
 
-def collate(batch: list[RenderedExample], pad_id: int):
-    width = max(e.num_tokens for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    weights = torch.zeros((len(batch), width), dtype=torch.float32)
-    for i, e in enumerate(batch):
-        n = e.num_tokens
-        ids[i, :n] = torch.tensor(e.input_ids)
-        mask[i, :n] = 1
-        weights[i, :n] = torch.tensor(e.weights)
-    return ids, mask, weights
+# The per-step statistics each loss reports (summed across processes by name,
+# so every process must hold every key even when its shard is empty).
+_STAT_KEYS = {"sft": ("tokens",), "kd": ("kl", "tokens"), "on-policy": ("reverse_kl", "sampled_tokens", "tokens")}
+
+
+class DistillationRecipe:
+    """One training run of the student, step by step (see the module docstring)."""
+
+    def __init__(self, cfg: Config, run_dir, *, progress: bool = True):
+        if not isinstance(cfg, Config):  # e.g. cfg.train alone, as train_student took before it took the whole Config
+            raise TypeError(f"train_student takes the whole Config first: train_student(cfg, records, run_dir), not {type(cfg).__name__}")
+        if cfg.train.loss not in LOSSES:  # a Config built in code skips load_config's checks
+            raise PromptDistillError(f"must be one of {', '.join(LOSSES)}; got {cfg.train.loss!r}", field="train.loss")
+        self.train_cfg, self.models_cfg = cfg.train, cfg.models
+        self.task = Task(cfg.task)
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.dist = Distributed(cpu=resolve_device(cfg.models.device) == "cpu")
+        self._metrics = self._tracker = None
+
+    def lock(self):
+        """The run directory's lock: the main process holds it for all of them."""
+        if not self.dist.is_main:
+            return contextlib.nullcontext()
+        return DirectoryLock(self.run_dir / ".lock", "this training directory")
+
+    # ---- setup ---------------------------------------------------------------
+
+    def setup(self, records: list[LabeledExample], heldout: list[LabeledExample]) -> None:
+        random.seed(self.train_cfg.seed)
+        torch.manual_seed(self.train_cfg.seed)
+        self._setup_model()
+        self._setup_data(records, heldout)
+        self._setup_optimizer()
+        self._setup_loss()
+        self._resume()
+        self._open_logs()
+
+    def _setup_model(self) -> None:
+        """The student with fresh LoRA adapters, in training mode, on this process's device."""
+        m = self.models_cfg
+        device = self.dist.device(resolve_device(m.device)) if self.dist.enabled else m.device
+        loaded = load_model(m.student, device, m.dtype)
+        self.tokenizer, self.device = loaded.tokenizer, loaded.device
+        self.model = lora_model(loaded.model, self.train_cfg)
+        self.model.train()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _setup_data(self, records: list[LabeledExample], heldout: list[LabeledExample]) -> None:
+        """The items of the loss (data.py), the rendered held-out set, and the number of steps."""
+        cfg = self.train_cfg
+        self.train_set, self.too_long = training_items(records, self.task, self.tokenizer, cfg)
+        if not self.train_set:
+            raise PromptDistillError("no usable training examples (all rejected or over train.max_length)", field="train")
+        self.heldout_set = render_for_training(heldout, self.tokenizer, cfg.max_length)[0]
+        self.fingerprint = training_fingerprint(records, cfg, self.models_cfg)
+        if self.too_long:
+            self._say(f"{len(self.too_long)} training examples exceed max_length={cfg.max_length} tokens "
+                      f"and are skipped: {self.too_long[:10]}")
+        self.per_step = cfg.batch_size * cfg.grad_accum
+        self.steps_per_epoch = math.ceil(len(self.train_set) / self.per_step)
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+
+    def _setup_optimizer(self) -> None:
+        """AdamW over the LoRA parameters, and the learning-rate schedule over all steps."""
+        from transformers import get_scheduler
+
+        cfg = self.train_cfg
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[cfg.lr_schedule]
+        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=self.total_steps)
+
+    def _setup_loss(self) -> None:
+        """micro_batch_loss(items, step) -> (sum of per-unit losses, stats to log), for train.loss."""
+        if self.train_cfg.loss == "sft":
+            self.micro_batch_loss = self._sft_loss
+        elif self.train_cfg.loss == "kd":
+            self.micro_batch_loss = self._kd_loss
+        else:  # on-policy
+            self.scorer = self._setup_teacher_scorer()
+            self.micro_batch_loss = self._on_policy_loss
+
+    def _setup_teacher_scorer(self):
+        """The on-policy teacher: reads the prompt and scores the student's samples."""
+        from .onpolicy import TeacherScorer
+
+        m = self.models_cfg
+        if m.teacher == m.student:
+            teacher_model = AdapterDisabled(self.model)  # the base weights, held once
+        else:
+            teacher_model = load_model(m.teacher, self.device, m.dtype).model
+        return TeacherScorer(self.task, teacher_model, self.tokenizer)
+
+    def _resume(self) -> None:
+        """Continue from the newest checkpoint made with the same data and settings;
+        remove checkpoints made with others. Sets the step to start after."""
+        self.start_step, self.last_loss, self.last_heldout = 0, float("nan"), None
+        found = latest_checkpoint(self.run_dir)
+        if found is not None:
+            saved = json.loads((found / "trainer_state.json").read_text(encoding="utf-8"))
+            if saved.get("fingerprint") == self.fingerprint:
+                state = load_checkpoint(found, self.model, self.optimizer, self.scheduler)
+                self.start_step, self.last_loss, self.last_heldout = state["step"], state["last_loss"], state["last_heldout"]
+                self._say(f"resuming training from {found} (step {self.start_step} of {self.total_steps})")
+            else:
+                self.dist.barrier()  # every process has read the checkpoint's state before the main one removes it
+                self._say(f"checkpoints in {found.parent} were made with other data or settings; starting over")
+                if self.dist.is_main:
+                    shutil.rmtree(found.parent)
+        self.dist.broadcast_parameters(self.trainable)
+
+    def _open_logs(self) -> None:
+        """metrics.jsonl (cut back to the resumed step) and the optional tracker: main process only."""
+        if not self.dist.is_main:
+            return
+        metrics_path = self.run_dir / "metrics.jsonl"
+        truncate_metrics(metrics_path, self.start_step)
+        self._metrics = open(metrics_path, "a", encoding="utf-8")
+        self._tracker = open_tracker(self.train_cfg.report_to, self.run_dir, self.train_cfg)
+
+    # ---- the loop -------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Run the steps from the resumed one to the last; return the summary. A first
+        Ctrl-C / SIGTERM stops after the step in progress, checkpointed (KeyboardInterrupt)."""
+        cfg = self.train_cfg
+        groups = step_groups(len(self.train_set), self.per_step, cfg.seed)
+        for _ in range(self.start_step):  # the data order is a function of the seed: skip what is done
+            next(groups)
+        started = time.time()
+        bar = progress_bar(total=self.total_steps, initial=self.start_step, unit="step", desc=f"train ({cfg.loss})",
+                   disable=not (self.progress and self.dist.is_main))
+        stopping = False
+        with _StopAtStepEnd() as stop:
+            for step in range(self.start_step + 1, self.total_steps + 1):
+                # Sorted by length here and dealt out round-robin in _train_step:
+                # little padding, and every process gets a similar mix of lengths.
+                group = by_length([self.train_set[i] for i in next(groups)])
+                self._train_step(step, group)
+                if self.heldout_set and (step % cfg.eval_every == 0 or step == self.total_steps):
+                    self._evaluate(step)
+                stopping = self.dist.any(stop.requested, self.device)
+                if step % cfg.save_every == 0 or step == self.total_steps or stopping:
+                    self._save_checkpoint(step)
+                self._show_progress(bar)
+                if stopping:
+                    break
+        bar.close()
+        if stopping:
+            self._say(f"stopped after step {step}; rerun the same command to continue")
+            raise KeyboardInterrupt
+        return self._finish(seconds=time.time() - started)
+
+    def _train_step(self, step: int, group: list) -> None:
+        """One optimiser step on `group`: this process's share, gradients summed
+        across processes, clipped, applied, and the step's metrics logged."""
+        cfg, dist = self.train_cfg, self.dist
+        started = time.time()
+        # sft averages over trained tokens, the other losses over examples; the
+        # divisor is the whole step's, on every process, so shard gradients add up
+        n_units = sum(e.num_trained for e in group) if cfg.loss == "sft" else len(group)
+        if dist.enabled:
+            # Dropout masks from (seed, step, rank): processes draw different masks,
+            # and a resumed run draws the same ones without per-process RNG state.
+            torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + dist.rank)
+        loss_total, stats = self._loss_step(step, dist.shard(group), n_units)
+        if dist.enabled:
+            dist.sum_gradients(self.trainable)
+            keys = sorted(stats)
+            summed = dist.sum_floats([loss_total] + [float(stats[k]) for k in keys], self.device)
+            loss_total, stats = summed[0], dict(zip(keys, summed[1:]))
+        # After the all-reduce: every process clips the same summed gradient.
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm or math.inf))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = loss_total / n_units
+        tokens = stats.pop("tokens")
+        self._log({"step": step, "epoch": round(step / self.steps_per_epoch, 3), "loss": self.last_loss,
+                   "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                   "tokens_per_s": tokens / (time.time() - started), "examples": len(group),
+                   **({"trained_tokens": n_units} if cfg.loss == "sft" else {k: v / len(group) for k, v in stats.items()})})
+
+    def _loss_step(self, step: int, items: list, n_units: int) -> tuple[float, dict]:
+        """Backpropagate this process's `items` in micro-batches, each divided by
+        the step's `n_units`; return the summed loss and statistics."""
+        loss_total, stats = 0.0, dict.fromkeys(_STAT_KEYS[self.train_cfg.loss], 0)
+        for batch in micro_batches(items, self.train_cfg.batch_size):
+            loss_sum, batch_stats = self.micro_batch_loss(batch, step)
+            (loss_sum / n_units).backward()
+            loss_total += loss_sum.item()
+            for key, value in batch_stats.items():
+                stats[key] = stats.get(key, 0) + value
+        return loss_total, stats
+
+    def _sft_loss(self, batch: list[RenderedExample], step: int):
+        ids, mask, weights = collate(batch, self.tokenizer.pad_token_id)
+        loss_sum, _ = weighted_token_loss(self.model, ids.to(self.device), mask.to(self.device), weights)
+        return loss_sum, {"tokens": int(mask.sum())}
+
+    def _kd_loss(self, batch: list, step: int):
+        loss = label_kd_loss if hasattr(batch[0], "candidates") else token_kd_loss
+        loss_sum, kl_sum = loss(self.model, batch, self.train_cfg.kd_alpha)
+        return loss_sum, {"kl": kl_sum, "tokens": sum(e.num_tokens for e in batch)}
+
+    def _on_policy_loss(self, batch: list[LabeledExample], step: int):
+        from .onpolicy import on_policy_loss
+
+        cfg = self.train_cfg
+        loss_sum, reverse_kl, sampled = on_policy_loss(self.model, self.tokenizer, self.task, self.scorer, batch, step=step,
+                                                       seed=cfg.seed, temperature=cfg.onpolicy_temperature, kl=cfg.onpolicy_kl)
+        return loss_sum, {"reverse_kl": reverse_kl, "sampled_tokens": sampled, "tokens": sampled}
+
+    def _evaluate(self, step: int) -> None:
+        """The held-out loss, each process scoring its shard."""
+        sums = heldout_sums(self.model, self.dist.shard(self.heldout_set), self.tokenizer.pad_token_id)
+        total, count = self.dist.sum_floats(list(sums), self.device)
+        self.last_heldout = total / max(count, 1.0)
+        self._log({"step": step, "heldout_loss": self.last_heldout})
+
+    def _show_progress(self, bar) -> None:
+        heldout = {"heldout": f"{self.last_heldout:.4f}"} if self.last_heldout is not None else {}
+        bar.set_postfix(loss=f"{self.last_loss:.4f}", **heldout)
+        bar.update(1)
+
+    def _save_checkpoint(self, step: int) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.fingerprint,
+                            {"last_loss": self.last_loss, "last_heldout": self.last_heldout})
+        self.dist.barrier()  # a checkpoint is whole before any process can stop or go on
+
+    # ---- the end ----------------------------------------------------------------
+
+    def _finish(self, seconds: float) -> dict:
+        """Write the adapter and train_summary.json; return the summary."""
+        self._close_logs(finish_tracker=True)
+        summary = {
+            "steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "train_examples": len(self.train_set),
+            "skipped_too_long": self.too_long,
+            "loss": self.train_cfg.loss,
+            "final_loss": self.last_loss,
+            "final_heldout_loss": self.last_heldout,
+            "seconds": seconds,
+            "student": self.models_cfg.student,
+            "processes": self.dist.world,
+            "adapter": str(self.run_dir / "adapter"),
+        }
+        if self.dist.is_main:
+            save_adapter(self.model, self.run_dir / "adapter")
+            atomic_write_json(self.run_dir / "train_summary.json", summary)
+        self.dist.barrier()  # the adapter is on disk when any process returns
+        return summary
+
+    def cleanup(self) -> None:
+        """Close the metrics file, also after an error or a stop."""
+        # Only a finished run finishes the tracker: W&B would record a stopped run as a successful one.
+        self._close_logs(finish_tracker=False)
+
+    def _close_logs(self, finish_tracker: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        if finish_tracker and self._tracker is not None:
+            self._tracker.finish()
+            self._tracker = None
+
+    def _log(self, record: dict) -> None:
+        if self._metrics is not None:
+            self._metrics.write(json.dumps(record) + "\n")
+            self._metrics.flush()
+        if self._tracker is not None:
+            self._tracker.log(record)
+
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(f"[promptdistill] {message}", flush=True)
+
+
+# ---- pieces the recipe composes (also used by tests and benchmarks) -------------
+
+
+def lora_model(base, cfg: TrainConfig):
+    """`base` wrapped with fresh LoRA adapters as `cfg` sets them; only they are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(base, lora)
+
+
+def save_adapter(model, path: Path) -> None:
+    """Write a PEFT adapter folder atomically."""
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp)
 
 
 def heldout_loss(model, examples: list[RenderedExample], pad_id: int, batch_size: int = 16) -> float:
@@ -94,83 +400,13 @@ def heldout_sums(model, examples: list[RenderedExample], pad_id: int, batch_size
     model.eval()
     total, count = 0.0, 0.0
     device = next(model.parameters()).device
-    for i in range(0, len(examples), batch_size):
-        ids, mask, weights = collate(examples[i : i + batch_size], pad_id)
+    for batch in micro_batches(examples, batch_size):
+        ids, mask, weights = collate(batch, pad_id)
         loss_sum, w = weighted_token_loss(model, ids.to(device), mask.to(device), weights)
         total += loss_sum.item()
         count += w.item()
     model.train(was_training)
     return total, count
-
-
-def _loss_function(cfg: TrainConfig, model, loaded, task, models_cfg: ModelsConfig, device, pad_id):
-    """micro_batch_loss(items, step) -> (sum of per-unit losses, stats to log) for cfg.loss."""
-    if cfg.loss == "sft":
-        def sft(mb, step):
-            ids, mask, weights = collate(mb, pad_id)
-            loss_sum, _ = weighted_token_loss(model, ids.to(device), mask.to(device), weights)
-            return loss_sum, {"tokens": int(mask.sum())}
-        return sft
-    if cfg.loss == "kd":
-        def kd(mb, step):
-            fn = label_kd_loss if hasattr(mb[0], "candidates") else token_kd_loss
-            loss_sum, kl_sum = fn(model, mb, cfg.kd_alpha)
-            return loss_sum, {"kl": kl_sum, "tokens": sum(e.num_tokens for e in mb)}
-        return kd
-
-    from ..models import AdapterDisabled
-    from .onpolicy import TeacherScorer, on_policy_loss
-
-    if models_cfg.teacher == models_cfg.student:
-        teacher_model = AdapterDisabled(model)  # the base weights, held once
-    else:
-        teacher_model = load_model(models_cfg.teacher, device, models_cfg.dtype).model
-    scorer = TeacherScorer(task, teacher_model, loaded.tokenizer)
-
-    def on_policy(mb, step):
-        loss_sum, reverse_kl, sampled = on_policy_loss(model, loaded.tokenizer, task, scorer, mb, step=step, seed=cfg.seed,
-                                                       temperature=cfg.onpolicy_temperature, kl=cfg.onpolicy_kl)
-        return loss_sum, {"reverse_kl": reverse_kl, "sampled_tokens": sampled, "tokens": sampled}
-    return on_policy
-
-
-def _scheduler(optimizer, cfg: TrainConfig, total_steps: int):
-    from transformers import get_scheduler
-
-    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[cfg.lr_schedule]
-    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
-
-
-def _lora_model(base, cfg: TrainConfig):
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, lora)
-
-
-def save_adapter(model, path: Path) -> None:
-    """Write a PEFT adapter folder atomically."""
-    with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp)
-
-
-def _training_fingerprint(records: list[LabeledExample], cfg: TrainConfig, models_cfg: ModelsConfig) -> str:
-    """Hash of what a checkpoint is only valid for: data, targets, settings, student."""
-    import hashlib
-
-    blob = json.dumps([[r.id, r.status, r.messages] for r in records] + [training_settings(cfg), models_cfg.student], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# The per-step statistics each loss reports (summed across processes by name,
-# so every process must hold every key even when its shard is empty).
-_STAT_KEYS = {"sft": ("tokens",), "kd": ("kl", "tokens"), "on-policy": ("reverse_kl", "sampled_tokens", "tokens")}
 
 
 class _StopAtStepEnd:
@@ -196,211 +432,3 @@ class _StopAtStepEnd:
     def __exit__(self, *exc):
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
-
-
-def _by_length(items: list) -> list:
-    """Items sorted by token count (stable), so micro-batches carry little padding.
-
-    On-policy items are plain records (their length is the student's sample,
-    unknown here) and keep their order."""
-    if items and hasattr(items[0], "num_tokens"):
-        return sorted(items, key=lambda e: e.num_tokens)
-    return items
-
-
-def _step_groups(n: int, per_step: int, seed: int):
-    """Yield the example indices of each optimiser step: a seeded shuffle per
-    epoch, cut into groups of `per_step` (the last group of an epoch may be smaller)."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(n, generator=generator).tolist()
-        for i in range(0, n, per_step):
-            yield order[i : i + per_step]
-
-
-def train_student(
-    records: list[LabeledExample],
-    run_dir,
-    train_cfg: TrainConfig,
-    models_cfg: ModelsConfig,
-    heldout: list[LabeledExample] | None = None,
-    progress: bool = True,
-    task: Task | None = None,
-) -> dict:
-    """LoRA-train the student on teacher-labeled records; return a summary.
-
-    `task` is needed by the `kd` and `on-policy` losses (label replies, the
-    teacher's prompt). The held-out loss is the cross-entropy on the held-out
-    records' targets whatever the training loss, so runs compare.
-
-    Resumes from the newest checkpoint in `run_dir` made with the same data
-    and settings, and ends with the adapter an uninterrupted run gives.
-    """
-    run_dir = Path(run_dir)
-    dist = Distributed(cpu=resolve_device(models_cfg.device) == "cpu")
-    if not dist.is_main:  # the main process holds the lock for all of them
-        return _train(records, run_dir, train_cfg, models_cfg, heldout, progress, task, dist)
-    with DirectoryLock(run_dir / ".lock", "this training directory"):
-        return _train(records, run_dir, train_cfg, models_cfg, heldout, progress, task, dist)
-
-
-def _training_items(mode: str, records, task: Task | None, tok, cfg: TrainConfig):
-    """What the step loop consumes for `mode`, and the ids of records over max_length."""
-    if mode != "sft" and task is None:
-        raise PromptDistillError(f"loss {mode!r} needs the task (pass task=...)", field="train.loss")
-    if mode == "sft":
-        return render_for_training(records, tok, cfg.max_length)
-    usable = [r for r in records if r.status == OK]
-    if not usable:
-        return [], []
-    if mode == "kd":
-        items = label_kd_examples(usable, task, tok) if kd_kind(usable) == "label" else token_kd_examples(usable, task, tok)
-        sizes = [i.num_tokens for i in items]
-    else:  # on-policy: the inputs, with room for the student's longest sample
-        items = usable
-        sizes = [len(render_prompt(tok, task.student_messages(r.text))) + task.config.max_new_tokens for r in usable]
-    keep = [i for i, n in zip(items, sizes) if n <= cfg.max_length]
-    return keep, [r.id for r, n in zip(usable, sizes) if n > cfg.max_length]
-
-
-def _train(records, run_dir: Path, train_cfg: TrainConfig, models_cfg: ModelsConfig, heldout, progress: bool, task,
-           dist: Distributed) -> dict:
-    cfg = train_cfg
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-
-    device_name = dist.device(resolve_device(models_cfg.device)) if dist.enabled else models_cfg.device
-    loaded = load_model(models_cfg.student, device_name, models_cfg.dtype)
-    tok = loaded.tokenizer
-    pad_id = tok.pad_token_id
-    train_set, too_long = _training_items(cfg.loss, records, task, tok, cfg)
-    if not train_set:
-        raise PromptDistillError("no usable training examples (all rejected or over train.max_length)", field="train")
-    heldout_set = render_for_training(heldout, tok, cfg.max_length)[0] if heldout else []
-    if too_long and dist.is_main:
-        print(f"[promptdistill] {len(too_long)} training examples exceed max_length={cfg.max_length} tokens and are skipped: {too_long[:10]}")
-
-    model = _lora_model(loaded.model, cfg)
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    per_step = cfg.batch_size * cfg.grad_accum
-    steps_per_epoch = math.ceil(len(train_set) / per_step)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    scheduler = _scheduler(optimizer, cfg, total_steps)
-    device = loaded.device
-    micro_batch_loss = _loss_function(cfg, model, loaded, task, models_cfg, device, pad_id)
-
-    fingerprint = _training_fingerprint(records, cfg, models_cfg)
-    start, last_loss, last_heldout = 0, float("nan"), None
-    found = latest_checkpoint(run_dir)
-    if found is not None:
-        saved = json.loads((found / "trainer_state.json").read_text(encoding="utf-8"))
-        if saved.get("fingerprint") == fingerprint:
-            state = load_checkpoint(found, model, optimizer, scheduler)
-            start, last_loss, last_heldout = state["step"], state["last_loss"], state["last_heldout"]
-            if dist.is_main:
-                print(f"[promptdistill] resuming training from {found} (step {start} of {total_steps})", flush=True)
-        else:
-            dist.barrier()  # every process has read the checkpoint's state before the main one removes it
-            if dist.is_main:
-                print(f"[promptdistill] checkpoints in {found.parent} were made with other data or settings; starting over", flush=True)
-                shutil.rmtree(found.parent)
-    dist.broadcast_parameters(trainable)
-
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics = tracker = None
-    if dist.is_main:
-        truncate_metrics(metrics_path, start)
-        metrics = open(metrics_path, "a", encoding="utf-8")
-        tracker = open_tracker(cfg.report_to, run_dir, cfg)
-
-    def log(record: dict) -> None:
-        if metrics is not None:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-        if tracker is not None:
-            tracker.log(record)
-
-    groups = _step_groups(len(train_set), per_step, cfg.seed)
-    for _ in range(start):
-        next(groups)
-    started = time.time()
-    bar = progress_bar(total=total_steps, initial=start, unit="step", desc=f"train ({cfg.loss})", disable=not (progress and dist.is_main))
-    with _StopAtStepEnd() as stop:
-        for step in range(start + 1, total_steps + 1):
-            t0 = time.time()
-            group = _by_length([train_set[i] for i in next(groups)])
-            # Sorted, then dealt out round-robin: every process gets a similar mix of lengths.
-            local = dist.shard(group)
-            micro = [local[i : i + cfg.batch_size] for i in range(0, len(local), cfg.batch_size)]
-            # sft averages over trained tokens, the other losses over examples; the
-            # divisor is the whole step's, on every process, so shard gradients add up
-            n_units = sum(e.num_trained for e in group) if cfg.loss == "sft" else len(group)
-            if dist.enabled:
-                # Dropout masks from (seed, step, rank): processes draw different masks,
-                # and a resumed run draws the same ones without per-process RNG state.
-                torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + dist.rank)
-            loss_total, stats = 0.0, dict.fromkeys(_STAT_KEYS[cfg.loss], 0)
-            for mb in micro:
-                loss_sum, mb_stats = micro_batch_loss(mb, step)
-                (loss_sum / n_units).backward()
-                loss_total += loss_sum.item()
-                for key, value in mb_stats.items():
-                    stats[key] = stats.get(key, 0) + value
-            if dist.enabled:
-                dist.sum_gradients(trainable)
-                keys = sorted(stats)
-                summed = dist.sum_floats([loss_total] + [float(stats[k]) for k in keys], device)
-                loss_total, stats = summed[0], dict(zip(keys, summed[1:]))
-            # After the all-reduce: every process clips the same summed gradient.
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            last_loss = loss_total / n_units
-            elapsed = time.time() - t0
-            tokens = stats.pop("tokens")
-            log({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                 "tokens_per_s": tokens / elapsed, "examples": len(group),
-                 **({"trained_tokens": n_units} if cfg.loss == "sft" else {k: v / len(group) for k, v in stats.items()})})
-            if heldout_set and (step % cfg.eval_every == 0 or step == total_steps):
-                total, count = dist.sum_floats(list(heldout_sums(model, dist.shard(heldout_set), pad_id)), device)
-                last_heldout = total / max(count, 1.0)
-                log({"step": step, "heldout_loss": last_heldout})
-            stopping = dist.any(stop.requested, device)
-            if step % cfg.save_every == 0 or step == total_steps or stopping:
-                if dist.is_main:
-                    save_checkpoint(run_dir, step, model, optimizer, scheduler, fingerprint,
-                                    {"last_loss": last_loss, "last_heldout": last_heldout})
-                dist.barrier()  # a checkpoint is whole before any process can stop or go on
-            bar.set_postfix(loss=f"{last_loss:.4f}", **({"heldout": f"{last_heldout:.4f}"} if last_heldout is not None else {}))
-            bar.update(1)
-            if stopping:
-                bar.close()
-                if dist.is_main:
-                    print(f"[promptdistill] stopped after step {step}; rerun the same command to continue", flush=True)
-                raise KeyboardInterrupt
-    bar.close()
-    if metrics is not None:
-        metrics.close()
-    if tracker is not None:
-        tracker.finish()
-    summary = {
-        "steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "train_examples": len(train_set),
-        "skipped_too_long": too_long,
-        "loss": cfg.loss,
-        "final_loss": last_loss,
-        "final_heldout_loss": last_heldout,
-        "seconds": time.time() - started,
-        "student": models_cfg.student,
-        "processes": dist.world,
-        "adapter": str(run_dir / "adapter"),
-    }
-    if dist.is_main:
-        save_adapter(model, run_dir / "adapter")
-        atomic_write_json(run_dir / "train_summary.json", summary)
-    dist.barrier()  # the adapter is on disk when any process returns
-    return summary

@@ -17,42 +17,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from promptdistill.records import LabeledExample
+from conftest import read_jsonl, script_records, write_jsonl, write_task_file
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _records(n: int, offset: int = 0) -> list[dict]:
-    out = []
-    for i in range(offset, offset + n):
-        label = ["la", "cy"][i % 2]
-        # lengths vary, so sorting by length and sharding both have work to do
-        text = f"example {i} " + ("abc def " if label == "la" else "где ты ") * (1 + i % 4)
-        out.append(LabeledExample(id=str(i), text=text, gold_label=label, teacher_reply=f"Final Answer: {label}", label=label,
-                                  status="ok", messages=[{"role": "user", "content": text},
-                                                         {"role": "assistant", "content": f"Final Answer: {label}"}]).to_json())
-    return out
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def _task_file(folder: Path, model_dir: str) -> Path:
     # dropout 0: with dropout the processes draw their masks from other random streams
-    path = folder / "task.toml"
-    path.write_text(
-        "[task]\nname = 'script_id'\nuser_template = 'Which script? {text}'\nlabels = ['la', 'cy']\nanswer_mode = 'choose'\n"
-        f"[models]\nteacher = '{model_dir}'\nstudent = '{model_dir}'\ndevice = 'cpu'\ndtype = 'float32'\n"
-        "[train]\nlora_rank = 4\nlora_alpha = 8\nlora_dropout = 0.0\nlearning_rate = 1e-2\nlr_schedule = 'cosine'\n"
-        "warmup_steps = 1\nmax_steps = 4\nbatch_size = 2\ngrad_accum = 3\neval_every = 2\nsave_every = 2\nseed = 3\n",
-        encoding="utf-8",
+    return write_task_file(
+        folder, model_dir,
+        task=dict(name="script_id", user_template="Which script? {text}", labels=["la", "cy"], answer_mode="choose"),
+        train=dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2, lr_schedule="cosine", warmup_steps=1,
+                   max_steps=4, batch_size=2, grad_accum=3, eval_every=2, save_every=2, seed=3),
     )
-    return path
 
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -70,7 +51,7 @@ def _adapter(run: Path) -> dict:
 
 
 def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(run / "train" / "metrics.jsonl")
 
 
 def _assert_same_adapter(want: dict, got: dict) -> None:
@@ -79,13 +60,14 @@ def _assert_same_adapter(want: dict, got: dict) -> None:
         assert torch.allclose(want[key], got[key], atol=1e-5, rtol=1e-4), (key, (want[key] - got[key]).abs().max())
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_one_process_adapter_and_resume(tmp_path, tiny_model_dir):
     from promptdistill.cli import main
 
     task = _task_file(tmp_path, tiny_model_dir)
     # 21 examples, 6 per step: the last group of the epoch (3) splits unevenly over 2 processes
-    labeled = _write_jsonl(tmp_path / "train.jsonl", _records(21))
-    heldout = _write_jsonl(tmp_path / "heldout.jsonl", _records(5, offset=100))
+    labeled = write_jsonl(tmp_path / "train.jsonl", [r.to_json() for r in script_records(21)])
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", [r.to_json() for r in script_records(5, offset=100)])
     args = [str(task), "--labeled", str(labeled), "--heldout", str(heldout)]
 
     one = tmp_path / "one"
@@ -111,8 +93,7 @@ def test_two_processes_train_the_one_process_adapter_and_resume(tmp_path, tiny_m
     resumed = tmp_path / "resumed"
     (resumed / "train" / "checkpoints").mkdir(parents=True)
     shutil.copytree(two / "train" / "checkpoints" / "step-000002", resumed / "train" / "checkpoints" / "step-000002")
-    kept = [line for line in (two / "train" / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 2]
-    (resumed / "train" / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    write_jsonl(resumed / "train" / "metrics.jsonl", [m for m in m2 if m["step"] <= 2])
     done = _torchrun([*args, "--run-dir", str(resumed)], tmp_path)
     assert done.stdout.count("resuming training from") == 1  # printed by the main process only
     _assert_same_adapter(_adapter(two), _adapter(resumed))

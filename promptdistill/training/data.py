@@ -1,0 +1,102 @@
+"""What the training loop consumes: items per loss, step groups, micro-batches.
+
+Kept apart from the recipe because every function here is a pure function of
+the records, the tokenizer and the seed, and that is what makes resuming
+exact: the checkpoint does not store a position in the data, a resumed run
+recomputes the same step groups and skips the ones already done
+(checkpoint.py). The fingerprint says which data and settings a checkpoint
+belongs to.
+
+- sft trains on `RenderedExample`s (token ids plus loss weights, render.py);
+- kd on `LabelKDExample`s or `TokenKDExample`s (losses.py), whichever soft
+  labels the records carry;
+- on-policy on the records themselves: the student writes the reply at
+  training time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelsConfig, TrainConfig, training_settings
+from ..io import fingerprint
+from ..records import LabeledExample
+from ..render import RenderedExample, render_example, render_prompt
+from ..task import OK, Task
+from .losses import kd_kind, label_kd_examples, token_kd_examples
+
+
+def render_for_training(records: list[LabeledExample], tokenizer, max_length: int):
+    """Render the usable records; return (rendered, ids of records over max_length)."""
+    rendered, too_long = [], []
+    for r in records:
+        if r.status != OK:
+            continue
+        ex = render_example(tokenizer, r.messages)
+        if ex.num_tokens > max_length:
+            too_long.append(r.id)
+            continue
+        rendered.append(ex)
+    return rendered, too_long
+
+
+def training_items(records: list[LabeledExample], task: Task, tokenizer, cfg: TrainConfig):
+    """What the step loop consumes for `cfg.loss`, and the ids of records over max_length."""
+    if cfg.loss == "sft":
+        return render_for_training(records, tokenizer, cfg.max_length)
+    usable = [r for r in records if r.status == OK]
+    if not usable:
+        return [], []
+    if cfg.loss == "kd":
+        build = label_kd_examples if kd_kind(usable) == "label" else token_kd_examples
+        items = build(usable, task, tokenizer)
+        sizes = [i.num_tokens for i in items]
+    else:  # on-policy: the inputs, with room for the student's longest sample
+        items = usable
+        sizes = [len(render_prompt(tokenizer, task.student_messages(r.text))) + task.config.max_new_tokens for r in usable]
+    keep = [i for i, n in zip(items, sizes) if n <= cfg.max_length]
+    return keep, [r.id for r, n in zip(usable, sizes) if n > cfg.max_length]
+
+
+def training_fingerprint(records: list[LabeledExample], cfg: TrainConfig, models_cfg: ModelsConfig) -> str:
+    """Hash of what a checkpoint is only valid for: data, targets, settings, student."""
+    return fingerprint([[r.id, r.status, r.messages] for r in records] + [training_settings(cfg), models_cfg.student])
+
+
+def step_groups(n: int, per_step: int, seed: int):
+    """Yield the item indices of each optimiser step: a seeded shuffle per
+    epoch, cut into groups of `per_step` (the last group of an epoch may be smaller)."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for i in range(0, n, per_step):
+            yield order[i : i + per_step]
+
+
+def by_length(items: list) -> list:
+    """Items sorted by token count (stable), so micro-batches carry little padding.
+
+    A step's loss is a sum over its items, so their order changes only float
+    rounding. On-policy items are plain records (their length is the
+    student's sample, unknown here) and keep their order."""
+    if items and hasattr(items[0], "num_tokens"):
+        return sorted(items, key=lambda e: e.num_tokens)
+    return items
+
+
+def micro_batches(items: list, batch_size: int) -> list[list]:
+    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+
+def collate(batch: list[RenderedExample], pad_id: int):
+    """(ids, attention mask, loss weights), each batch x longest, right-padded."""
+    width = max(e.num_tokens for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    weights = torch.zeros((len(batch), width), dtype=torch.float32)
+    for i, e in enumerate(batch):
+        n = e.num_tokens
+        ids[i, :n] = torch.tensor(e.input_ids)
+        mask[i, :n] = 1
+        weights[i, :n] = torch.tensor(e.weights)
+    return ids, mask, weights
