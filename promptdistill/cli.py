@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tomllib
@@ -34,6 +35,11 @@ def main(argv=None) -> int:
     # SIGTERM (a scheduler stopping the job) stops as cleanly as Ctrl-C: what
     # is finished is already on disk, and a rerun continues from there.
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    if not sys.stderr.isatty():
+        # transformers' and the hub's own bars ("Loading weights") would fill a log
+        # with carriage-return frames; ours print a plain line instead (progress.py).
+        # Read when transformers is first imported, so set before any stage loads it.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.func(args) or 0
     except PromptDistillError as e:
