@@ -140,10 +140,10 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
     heldout_inputs = read_inputs(split_dir / "heldout.jsonl")
 
     if stage_needed("label"):
-        teacher = load_teacher(cfg.models)
+        teacher = load_teacher(cfg)
         summaries = {}
         for name, exs in (("train", train_inputs), ("heldout", heldout_inputs)):
-            summaries[name] = label_inputs(exs, task, teacher, label_dir / f"{name}.jsonl", force=force, progress=progress)
+            summaries[name] = label_inputs(cfg, exs, teacher, label_dir / f"{name}.jsonl", force=force, progress=progress)
             s = summaries[name]
             log(f"[promptdistill] label {name}: {s['labeled']} labeled, {s['rejected']} rejected "
                 f"{s['by_status']}; teacher accuracy vs gold: {_pct(s['teacher_accuracy'])}")
@@ -181,6 +181,7 @@ def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress:
     from .evaluation.systems import evaluate_systems
     from .models import AdapterDisabled, LoadedModel, load_model
     from .evaluation.report import write_run_report
+    from .teachers import load_teacher
 
     if cfg.eval.max_examples:
         examples = examples[: cfg.eval.max_examples]
@@ -190,13 +191,10 @@ def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress:
     base = load_model(cfg.models.student, cfg.models.device, cfg.models.dtype)
     peft_model = PeftModel.from_pretrained(base.model, str(adapter)).eval()
     student = LoadedModel(peft_model, base.tokenizer, cfg.models.student, base.device)
-    # The base row and (when it is the same model) the teacher share the
-    # student's weights with the adapter switched off: one copy in memory.
+    # The base row and (when it is the same model on the transformers backend)
+    # the teacher share the student's weights with the adapter switched off: one copy in memory.
     base_view = LoadedModel(AdapterDisabled(peft_model), base.tokenizer, cfg.models.student, base.device)
-    if cfg.models.teacher == cfg.models.student:
-        teacher = LoadedModel(base_view.model, base.tokenizer, cfg.models.teacher, base.device)
-    else:
-        teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)
+    teacher = load_teacher(cfg, base=base_view)
     blob = json.dumps([cfg.to_dict(), [(e.id, e.text) for e in examples]], sort_keys=True).encode()
     fingerprint = hashlib.sha256(blob + (adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
     report = evaluate_systems(

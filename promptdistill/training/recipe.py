@@ -118,17 +118,12 @@ def _loss_function(cfg: TrainConfig, model, loaded, task, models_cfg: ModelsConf
             return loss_sum, {"kl": kl_sum, "tokens": sum(e.num_tokens for e in mb)}
         return kd
 
-    from ..models import AdapterDisabled
-    from .onpolicy import TeacherScorer, on_policy_loss
+    from .onpolicy import on_policy_loss, training_teacher
 
-    if models_cfg.teacher == models_cfg.student:
-        teacher_model = AdapterDisabled(model)  # the base weights, held once
-    else:
-        teacher_model = load_model(models_cfg.teacher, device, models_cfg.dtype).model
-    scorer = TeacherScorer(task, teacher_model, loaded.tokenizer)
+    teacher = training_teacher(models_cfg, model, loaded)
 
     def on_policy(mb, step):
-        loss_sum, reverse_kl, sampled = on_policy_loss(model, loaded.tokenizer, task, scorer, mb, step=step, seed=cfg.seed,
+        loss_sum, reverse_kl, sampled = on_policy_loss(model, loaded.tokenizer, task, teacher, mb, step=step, seed=cfg.seed,
                                                        temperature=cfg.onpolicy_temperature, kl=cfg.onpolicy_kl)
         return loss_sum, {"reverse_kl": reverse_kl, "sampled_tokens": sampled, "tokens": sampled}
     return on_policy
