@@ -11,7 +11,9 @@ import torch
 from promptdistill import engine, prefix_cache
 from promptdistill.records import Example
 from promptdistill.render import render_prompt
-from promptdistill.labeling import label_inputs, shared_prefix
+from promptdistill.config import Config
+from promptdistill.labeling import label_inputs
+from promptdistill.teachers.local import LocalTeacher, shared_prefix
 from conftest import build_varied_model
 from test_prefix_reuse import TEXTS, make_task
 
@@ -113,7 +115,7 @@ def test_a_sliding_window_model_falls_back_to_the_copied_cache_with_one_note(sli
     runs = {}
     for reuse in (True, False):
         out = tmp_path / f"{reuse}.jsonl"
-        label_inputs(examples, task, sliding_window_model, out, mode="generate", batch_size=4, progress=False, reuse_prefix=reuse)
+        label_inputs(Config(task=task.config), examples, LocalTeacher(sliding_window_model), out, mode="generate", batch_size=4, progress=False, reuse_prefix=reuse)
         rows = [json.loads(line) for p in (out, out.with_name(out.stem + ".rejects.jsonl")) if p.exists()
                 for line in p.read_text(encoding="utf-8").splitlines()]
         runs[reuse] = sorted((r["id"], r["teacher_reply"]) for r in rows)

@@ -1,18 +1,17 @@
-"""Shared-prefix reuse gives the same answers as sending every request whole."""
+"""The engine's shared-prefix paths give what sending every request whole gives.
+(Labeling through them is compared with whole requests in test_labeling.py.)"""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
 from promptdistill import engine
 from promptdistill.config import TaskConfig
-from promptdistill.records import Example
 from promptdistill.render import render_prompt
 from promptdistill.task import Task
-from promptdistill.labeling import label_inputs, shared_prefix
+from promptdistill.teachers.local import shared_prefix
 
 TEXTS = [
     "a",
@@ -33,20 +32,6 @@ def make_task(form: str = "user", **overrides) -> Task:
     else:
         cfg = TaskConfig(system_prompt=prompt, labels=LABELS, **overrides)
     return Task(cfg)
-
-
-@pytest.mark.parametrize("form", ["user", "system"])
-def test_shared_prefix_is_a_prefix_of_every_prompt(tokenizer, form):
-    task = make_task(form)
-    prefix = shared_prefix(task, tokenizer)
-    assert len(prefix) > 20
-    for text in TEXTS:
-        ids = render_prompt(tokenizer, task.teacher_messages(text))
-        assert ids[: len(prefix)] == prefix
-        assert len(ids) > len(prefix)
-    # the prefix stops before the input: its text holds the prompt, not any input
-    decoded = tokenizer.decode(prefix)
-    assert "Han -> zh" in decoded and "Hello" not in decoded
 
 
 @pytest.mark.parametrize("shared_attention", [True, False], ids=["shared-prefix-attention", "copied-cache"])
@@ -131,58 +116,3 @@ def test_score_with_prefix_equals_direct(varied_model, candidates):
         direct = engine.score_continuations(varied_model.model, ids, candidates)
         shared = engine.score_with_prefix(cache, ids[len(prefix_ids):], candidates)
         assert torch.allclose(direct, shared, atol=1e-4), (direct, shared)
-
-
-def _records(path):
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-@pytest.mark.parametrize("mode", ["generate", "choose"])
-def test_label_inputs_same_with_and_without_prefix_reuse(varied_model, tmp_path, mode):
-    task = make_task(max_new_tokens=8, answer_mode=mode)
-    examples = [Example(id=str(i), text=t) for i, t in enumerate(TEXTS)]
-    runs = {}
-    for reuse in (False, True):
-        out = tmp_path / f"{reuse}.jsonl"
-        label_inputs(examples, task, varied_model, out, mode=mode, batch_size=4, progress=False, reuse_prefix=reuse)
-        runs[reuse] = _records(out) + _records(out.with_name(out.stem + ".rejects.jsonl"))
-    assert len(runs[True]) == len(runs[False]) == len(TEXTS)
-    slow = {r["id"]: r for r in runs[False]}
-    for r in runs[True]:
-        s = slow[r["id"]]
-        assert (r["teacher_reply"], r["label"], r["status"]) == (s["teacher_reply"], s["label"], s["status"])
-        if mode == "choose":
-            for label in LABELS:
-                assert r["label_probs"][label] == pytest.approx(s["label_probs"][label], abs=1e-5)
-
-
-def test_generate_records_reach_the_file_a_batch_at_a_time_and_a_crash_resumes_to_the_same_file(varied_model, tmp_path, monkeypatch):
-    """An interruption in the second batch leaves the first batch's records on
-    disk; the rerun labels the rest and both files equal an uninterrupted run's."""
-    task = make_task(max_new_tokens=3, answer_mode="generate")
-    texts = TEXTS + ["b", "Hola, ¿qué tal estás hoy, amigo mío?", "θ"]
-    examples = [Example(id=f"e{i}", text=t) for i, t in enumerate(texts)]
-
-    def files(out):
-        return [_records(p) if p.exists() else [] for p in (out, out.with_name(out.stem + ".rejects.jsonl"))]
-
-    whole = tmp_path / "whole.jsonl"
-    label_inputs(examples, task, varied_model, whole, mode="generate", batch_size=3, progress=False)
-
-    decode, calls = engine.decode_with_prefix, []
-
-    def crashing(prefix, suffixes, **kwargs):
-        calls.append(len(suffixes))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return decode(prefix, suffixes, **kwargs)
-
-    monkeypatch.setattr(engine, "decode_with_prefix", crashing)
-    out = tmp_path / "labels.jsonl"
-    with pytest.raises(KeyboardInterrupt):
-        label_inputs(examples, task, varied_model, out, mode="generate", batch_size=3, progress=False)
-    assert sorted(r["id"] for f in files(out) for r in f) == ["e0", "e1", "e2"]
-    monkeypatch.setattr(engine, "decode_with_prefix", decode)
-    label_inputs(examples, task, varied_model, out, mode="generate", batch_size=3, progress=False)
-    assert files(out) == files(whole)
-    assert sum(len(f) for f in files(out)) == len(texts)
