@@ -198,7 +198,7 @@ def evaluate_run(cfg: Config, task: Task, run_path: Path, examples, *, progress:
     blob = json.dumps([cfg.to_dict(), [(e.id, e.text) for e in examples]], sort_keys=True).encode()
     fingerprint = hashlib.sha256(blob + (adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
     report = evaluate_systems(
-        task, examples, Path(run_path) / "eval", teacher=teacher, student=student,
+        task, examples, Path(run_path) / "eval", teacher=teacher, student=student, seed=cfg.data.seed,
         base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=fingerprint,
     )
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.

@@ -33,6 +33,7 @@ from ..config import TEACHER_CAPABILITIES
 from ..errors import PromptDistillError
 from ..records import Example, LabeledExample
 from ..task import Task
+from .records import label_candidates
 
 
 class Teacher(ABC):
@@ -63,6 +64,16 @@ class Teacher(ABC):
         the prompt's cache itself to send every request whole instead (for
         comparison); backends whose engine caches prefixes ignore it.
         """
+
+    def candidates(self, task: Task) -> list[list[int]]:
+        """Choose mode's allowed replies as token ids, end-of-turn included, computed
+        once per task: after the generation header they do not depend on the input,
+        and the evaluation asks for one input at a time."""
+        cache = self.__dict__.setdefault("_candidates_by_task", {})
+        key = task.fingerprint()
+        if key not in cache:
+            cache[key] = label_candidates(task, self.tokenizer, task.teacher_messages("x"))
+        return cache[key]
 
     def can(self, capability: str) -> bool:
         """Whether this backend has `capability` (a key of config.TEACHER_CAPABILITIES)."""

@@ -31,7 +31,7 @@ from ..records import Example, LabeledExample
 from ..render import end_of_turn_ids, render_prompt
 from ..task import Task
 from .base import Teacher
-from .records import choose_record, decode_reply, label_candidates, normalize_scores, sample_seed, top_logprobs_record, vote
+from .records import choose_record, decode_reply, normalize_scores, sample_seed, top_logprobs_record, vote
 
 # Inputs per generate batch. With shared-prefix attention a row costs only its
 # own tokens' cache, so a large batch is cheap in memory and keeps the decode
@@ -125,12 +125,9 @@ class LocalTeacher(Teacher):
               reuse_prefix: bool = True) -> Iterator[LabeledExample]:
         prefix = self.prefix_cache(task) if reuse_prefix and examples else None
         if mode == "choose":  # one input at a time on top of the prefix, each record written when scored
-            candidates = None
             for e in examples:
-                messages = task.teacher_messages(e.text)
-                if candidates is None:
-                    candidates = label_candidates(task, self.tokenizer, messages)
-                yield choose_record(task, e, label_distribution(task, self.loaded, messages, candidates, prefix))
+                distribution = label_distribution(task, self.loaded, task.teacher_messages(e.text), self.candidates(task), prefix)
+                yield choose_record(task, e, distribution)
             return
         step = batch_size or LOCAL_BATCH_SIZE
         for i in range(0, len(examples), step):

@@ -64,8 +64,8 @@ from ..records import Example, LabeledExample
 from ..render import end_of_turn_ids, render_prompt
 from ..task import Task
 from .base import Teacher
-from .records import (api_seed, candidate_logps, choose_record, decode_reply, label_candidates, normalize_scores, scoring_steps,
-                      top_logprobs_record, vote)
+from .records import (api_seed, candidate_logps, choose_record, decode_reply, normalize_scores, scoring_steps, top_logprobs_record,
+                      vote)
 
 API_KEY_VARIABLES = ("PROMPTDISTILL_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -165,7 +165,7 @@ class ServerTeacher(Teacher):
 
     def _chooser(self, task: Task):
         tok = self.tokenizer
-        candidates = label_candidates(task, tok, task.teacher_messages("x"))
+        candidates = self.candidates(task)
         by_token: dict[int, list[tuple]] = {}
         for before, token in scoring_steps(candidates):
             by_token.setdefault(token, []).append(before)

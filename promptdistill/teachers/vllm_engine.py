@@ -49,8 +49,8 @@ from ..records import Example, LabeledExample
 from ..render import end_of_turn_ids, render_prompt
 from ..task import Task
 from .base import Teacher
-from .records import (api_seed, candidate_logps, choose_record, decode_reply, label_candidates, normalize_scores, scoring_steps,
-                      top_logprobs_record, vote)
+from .records import (api_seed, candidate_logps, choose_record, decode_reply, normalize_scores, scoring_steps, top_logprobs_record,
+                      vote)
 
 DEFAULT_BATCH = 256
 _INSTALL = ("the vllm teacher backend needs vLLM: pip install 'promptdistill[vllm]' (GPU machines) or, on CPU, "
@@ -129,7 +129,7 @@ class VllmTeacher(Teacher):
 
     def _choose(self, batch: list[Example], task: Task, seed: int) -> list[LabeledExample]:
         tok = self.tokenizer
-        candidates = label_candidates(task, tok, task.teacher_messages("x"))
+        candidates = self.candidates(task)
         steps = scoring_steps(candidates)
         prompts, params = [], []
         for e in batch:
