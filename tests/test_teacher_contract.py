@@ -248,3 +248,29 @@ def test_interrupted_labeling_resumes_to_the_uninterrupted_file(backend, tmp_pat
     assert rerun.asked == [f"e{i}" for i in range(3, len(TEXTS))]  # only the missing inputs
     for g, w in zip(resumed, whole):
         assert_same_records(g, w, backend)
+
+
+def test_the_evaluation_teacher_row_answers_as_labeling_did(backend, tmp_path, varied_model):
+    """The eval stage's teacher row goes through the same backend, seed and reply
+    prefix as labeling, one timed request per input."""
+    from promptdistill.evaluation.systems import evaluate_systems
+
+    cfg = config(data_seed=3, system_prompt=PROMPT + "Reply in JSON.", reply_format="json", json_fields=["script"],
+                 reply_prefix='{"script": "', max_new_tokens=4, top_logprobs=0)
+    labeled, rejected = label_files(cfg, backend.teacher, tmp_path / "labels.jsonl")
+    report = evaluate_systems(Task(cfg.task), examples(), tmp_path / "eval", teacher=backend.teacher, student=varied_model,
+                              seed=cfg.data.seed, progress=False)
+    teacher_rows = [p for p in read_jsonl(tmp_path / "eval" / "predictions.jsonl") if p["system"] == "teacher"]
+    by_id = {r["id"]: r["teacher_reply"] for r in labeled + rejected}
+    assert [p["id"] for p in teacher_rows] == [e.id for e in examples()]
+    assert all(p["reply"] == by_id[p["id"]] and p["latency_s"] > 0 for p in teacher_rows)
+    assert report["models"]["teacher"] == backend.teacher.name
+    # free-form fidelity needs the teacher's full distributions: computed, or said to be unavailable
+    fidelity = report["fidelity"]
+    if backend.teacher.can("continuation_logprobs"):
+        assert fidelity["unavailable"] is None and fidelity["kl_student"] is not None
+    else:
+        from promptdistill.evaluation.report import results_table
+
+        assert fidelity["kl_student"] is None and f"KL not available with teacher backend {backend.name!r}" in fidelity["unavailable"]
+        assert fidelity["unavailable"] in results_table(report)  # printed under the table, not left out silently
