@@ -103,9 +103,12 @@ class ModelsConfig:
     student: str = "smollm2-135m-instruct"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    # Who runs the teacher when labeling: transformers in this process, vLLM's
-    # offline engine in this process (the vllm extra), or an OpenAI-compatible
-    # server at teacher_url (then `teacher` is the model name the server knows).
+    # Who runs the teacher wherever it answers (labeling, the evaluation's
+    # teacher row, fidelity; see TEACHER_CAPABILITIES for what needs
+    # transformers): transformers in this process, vLLM's offline engine in
+    # this process (the vllm extra), or an OpenAI-compatible server at
+    # teacher_url (then `teacher` is the model name the server knows, and its
+    # tokenizer must load here under that name: prompts are rendered here).
     teacher_backend: str = "transformers"  # transformers | vllm | openai
     teacher_url: str | None = None  # e.g. http://localhost:8000/v1
     # openai backend: requests in flight at once.

@@ -119,7 +119,7 @@ def test_kd_gradients_reach_only_lora(tiny, tokenizer, kind):
 @pytest.mark.parametrize("kl", ["full", "sampled"])
 def test_on_policy_trains_the_student_and_leaves_the_shared_teacher_unchanged(varied_model, tokenizer, kl):
     from promptdistill.config import ModelsConfig
-    from promptdistill.models import load_model
+    from promptdistill.models import AdapterDisabled, load_model
     from promptdistill.records import Example
     from promptdistill.training.onpolicy import on_policy_loss, training_teacher
 
@@ -129,7 +129,7 @@ def test_on_policy_trains_the_student_and_leaves_the_shared_teacher_unchanged(va
     model = _lora_model(fresh.model, TrainConfig(lora_rank=4, lora_alpha=8))
     # the teacher is the student's own base weights (adapter switched off), as in training
     teacher = training_teacher(ModelsConfig(teacher=fresh.name, student=fresh.name, device="cpu"), model, fresh)
-    assert teacher.loaded.model._m is model
+    assert isinstance(teacher.loaded.model, AdapterDisabled)
     records = [Example(id=str(i), text=t) for i, t in enumerate(["hello world", "ciao a tutti", "hola amigos", "good morning"])]
     probe = [[400, 401, 402]] * len(records)
 
