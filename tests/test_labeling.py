@@ -40,8 +40,8 @@ def config(**task) -> Config:
 
 def open_config(**task) -> Config:
     # The random model never writes "Final Answer:", so its first word is read as the label.
-    return Config(task=TaskConfig(user_template="Say one word about:\n{text}", answer_pattern=r"^\s*(\S+)", answer_template="{label}",
-                                  max_new_tokens=3, **task))
+    return Config(task=TaskConfig(**{"user_template": "Say one word about:\n{text}", "answer_pattern": r"^\s*(\S+)",
+                                     "answer_template": "{label}", "max_new_tokens": 3, **task}))
 
 
 def examples(n=len(TEXTS)):
@@ -202,6 +202,23 @@ def test_shared_prefix_gives_what_whole_requests_give(varied_model, tmp_path, mo
             assert fast.get(key) == whole.get(key)
         if mode == "choose":
             assert fast["label_probs"] == pytest.approx(whole["label_probs"], abs=1e-5)
+
+
+def test_a_model_that_cannot_share_prefix_attention_labels_as_whole_requests(tokenizer, tmp_path, capsys):
+    """A sliding-window model falls back to a copied prefix cache: same labels as
+    whole requests, and the fallback is said at most once, not once per batch."""
+    from conftest import build_varied_model
+
+    model = build_varied_model(tmp_path / "sliding", tokenizer, seed=5, family="mistral", sliding_window=4)
+    teacher = LocalTeacher(model)
+    runs = {}
+    for reuse in (True, False):
+        out = tmp_path / f"{reuse}.jsonl"
+        label_inputs(open_config(max_new_tokens=6), examples(), teacher, out, batch_size=2, progress=False, reuse_prefix=reuse)
+        runs[reuse] = [(r["id"], r["teacher_reply"]) for r in all_records(out)]
+    assert runs[True] == runs[False] and len(runs[True]) == len(TEXTS)
+    notes = [line for line in capsys.readouterr().out.splitlines() if "shared-prefix attention is not available" in line]
+    assert len(notes) <= 1
 
 
 def test_the_prefix_cache_is_built_once_per_task(varied_model, tmp_path, monkeypatch):

@@ -113,6 +113,10 @@ class LocalTeacher(Teacher):
                 except Exception as e:  # a model without a standard key/value cache
                     print(f"[promptdistill] note: shared-prefix reuse is not available for this model ({type(e).__name__}: {e}); "
                           "answering without it", flush=True)
+                # A cache that falls back to copies per batch says why (prefix_cache's
+                # PrefixCache.note); said once here, as the cache is built once per task.
+                if getattr(self._prefix, "note", None):
+                    print(f"[promptdistill] note: {self._prefix.note}", flush=True)
         return self._prefix
 
     def _whole_prompts(self) -> engine.PrefixCache:
