@@ -63,6 +63,11 @@ def label_inputs(
     request once; `reuse_prefix=False` sends every request whole, as a plain
     loop would.
     """
+    if not isinstance(cfg, Config) or not isinstance(teacher, Teacher):
+        # The signature changed (the config first, a Teacher instead of a loaded model): say so instead of an AttributeError.
+        raise TypeError(f"label_inputs(cfg, examples, teacher, out_path) takes the Config and a teachers.Teacher "
+                        f"(teachers.load_teacher(cfg), or teachers.local.LocalTeacher(loaded_model)); got "
+                        f"{type(cfg).__name__} and {type(teacher).__name__}")
     task = Task(cfg.task)
     mode = mode or task.config.answer_mode
     if mode == "choose" and not task.closed:

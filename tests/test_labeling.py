@@ -89,6 +89,11 @@ def test_generate_mode_rejects_garbage(tiny, tmp_path):
     assert (summary["labeled"], summary["rejected"], summary["by_status"], summary["teacher_accuracy"]) == (0, 5, {"no_match": 5}, 0.0)
 
 
+def test_the_old_call_gets_a_clear_error(tiny, tmp_path):
+    with pytest.raises(TypeError, match=r"takes the Config and a teachers.Teacher .* got list and LoadedModel"):
+        label_inputs(examples(1), config().task, tiny, tmp_path / "o.jsonl")
+
+
 def test_choose_mode_needs_labels(tiny, tmp_path):
     with pytest.raises(PromptDistillError):
         label_inputs(Config(task=TaskConfig(system_prompt="p")), examples(1), LocalTeacher(tiny), tmp_path / "o.jsonl", mode="choose",
