@@ -36,6 +36,7 @@ from promptdistill.records import read_inputs, read_labeled  # noqa: E402
 from promptdistill.split import split_examples, subsample  # noqa: E402
 from promptdistill.task import Task  # noqa: E402
 from promptdistill.labeling import label_inputs  # noqa: E402
+from promptdistill.teachers.local import LocalTeacher  # noqa: E402
 from promptdistill.training.recipe import train_student  # noqa: E402
 
 MODES = [("sft", {"loss": "sft"}), ("kd", {"loss": "kd"}), ("kd+ce 0.5", {"loss": "kd", "kd_alpha": 0.5}),
@@ -69,14 +70,14 @@ def main() -> int:
     work = Path(args.work)
     examples = subsample(read_inputs(cfg.resolve_path(cfg.data.inputs)), args.train + args.heldout, seed=0)
     train_inputs, heldout = split_examples(examples, args.heldout / len(examples), seed=0)
-    teacher = load_model(cfg.models.teacher, "cpu", "float32")
+    teacher = LocalTeacher.load(cfg.models.teacher, "cpu", "float32")
     t0 = time.perf_counter()
-    label_inputs(train_inputs, task, teacher, work / "labels.jsonl", mode="choose", batch_size=16, progress=True)
+    label_inputs(cfg, train_inputs, teacher, work / "labels.jsonl", mode="choose", batch_size=16, progress=True)
     print(f"labels: {len(train_inputs)} training inputs ({time.perf_counter() - t0:.0f} s, cached in {work})")
     records = read_labeled(work / "labels.jsonl")
 
     scorer = FidelityScorer(task, teacher)
-    base_agree, base_kl = fidelity(task, scorer, LoadedModel(teacher.model, teacher.tokenizer, "base", "cpu"), heldout)
+    base_agree, base_kl = fidelity(task, scorer, LoadedModel(teacher.loaded.model, teacher.tokenizer, "base", "cpu"), heldout)
     rows = [("base (no training)", base_agree, base_kl, None, 0.0)]
     wanted = args.modes.split(",")
     for name, settings in MODES:

@@ -40,17 +40,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from promptdistill.config import load_config  # noqa: E402
-from promptdistill.models import load_model  # noqa: E402
 from promptdistill.records import read_inputs  # noqa: E402
 from promptdistill.split import subsample  # noqa: E402
-from promptdistill.task import Task  # noqa: E402
 from promptdistill.labeling import label_inputs  # noqa: E402
+from promptdistill.teachers.local import LocalTeacher  # noqa: E402
 
 
-def timed_labels(examples, task, teacher, out: Path, mode: str, **kwargs):
+def timed_labels(examples, cfg, teacher, out: Path, mode: str, **kwargs):
     """Label `examples` into a fresh `out`; return (seconds, records by id)."""
+    if isinstance(teacher, LocalTeacher):
+        teacher = LocalTeacher(teacher.loaded)  # same weights, no cache kept: each run pays for its prompt prefix
     t0 = time.perf_counter()
-    label_inputs(examples, task, teacher, out, mode=mode, force=True, progress=False, **kwargs)
+    label_inputs(cfg, examples, teacher, out, mode=mode, force=True, progress=False, **kwargs)
     seconds = time.perf_counter() - t0
     records = {}
     for path in (out, out.with_name(out.stem + ".rejects.jsonl")):
@@ -61,7 +62,7 @@ def timed_labels(examples, task, teacher, out: Path, mode: str, **kwargs):
     return seconds, records
 
 
-def interleaved(examples, task, teacher, tmp: Path, mode: str, rounds: int, batch_size):
+def interleaved(examples, cfg, teacher, tmp: Path, mode: str, rounds: int, batch_size):
     """Naive and fast inputs/s measured over the same stretch of time.
 
     The naive loop labels the inputs in `rounds` slices; after each slice the
@@ -72,10 +73,10 @@ def interleaved(examples, task, teacher, tmp: Path, mode: str, rounds: int, batc
     naive_s, fast_s, naive, fast_runs = 0.0, 0.0, {}, []
     for r in range(rounds):
         part = examples[r * len(examples) // rounds : (r + 1) * len(examples) // rounds]
-        seconds, records = timed_labels(part, task, teacher, tmp / f"{mode}-naive-{r}.jsonl", mode, reuse_prefix=False, batch_size=1)
+        seconds, records = timed_labels(part, cfg, teacher, tmp / f"{mode}-naive-{r}.jsonl", mode, reuse_prefix=False, batch_size=1)
         naive_s += seconds
         naive.update(records)
-        seconds, records = timed_labels(examples, task, teacher, tmp / f"{mode}-fast-{r}.jsonl", mode, batch_size=batch_size)
+        seconds, records = timed_labels(examples, cfg, teacher, tmp / f"{mode}-fast-{r}.jsonl", mode, batch_size=batch_size)
         fast_s += seconds
         fast_runs.append(records)
     return len(examples) / naive_s, naive, rounds * len(examples) / fast_s, fast_runs
@@ -116,9 +117,8 @@ def main() -> int:
     args = p.parse_args()
 
     cfg = load_config(args.task)
-    task = Task(cfg.task)
     examples = subsample(read_inputs(cfg.resolve_path(cfg.data.inputs)), args.n, seed=0)
-    teacher = load_model(cfg.models.teacher, "cpu", "float32")
+    teacher = LocalTeacher.load(cfg.models.teacher, "cpu", "float32")
     print(f"{len(examples)} inputs, teacher {cfg.models.teacher}, torch threads {torch.get_num_threads()}, greedy")
     vllm_teacher = start_vllm(cfg.models.teacher)
     ok = True
@@ -126,7 +126,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for mode in ("choose", "generate"):
-            naive_rate, naive, fast_rate, fast_runs = interleaved(examples, task, teacher, tmp, mode, args.rounds, args.batch_size)
+            naive_rate, naive, fast_rate, fast_runs = interleaved(examples, cfg, teacher, tmp, mode, args.rounds, args.batch_size)
             fast = fast_runs[0]
             same = all(run.keys() == naive.keys() for run in fast_runs) and all(
                 (naive[i]["teacher_reply"], naive[i]["label"]) == (run[i]["teacher_reply"], run[i]["label"]) for run in fast_runs for i in naive
@@ -136,7 +136,7 @@ def main() -> int:
             ratios[mode] = fast_rate / naive_rate
             column = ""
             if vllm_teacher is not None:
-                vllm_s, by_vllm = timed_labels(examples, task, vllm_teacher, tmp / f"{mode}-vllm.jsonl", mode)
+                vllm_s, by_vllm = timed_labels(examples, cfg, vllm_teacher, tmp / f"{mode}-vllm.jsonl", mode)
                 vllm_rate = len(examples) / vllm_s
                 agrees = by_vllm.keys() == fast.keys() and all(agree(by_vllm[i], fast[i]) for i in fast)
                 ok &= agrees

@@ -9,7 +9,8 @@ two. One module per stage:
     records    input readers and the labeled record
     models     model loading (hub id, folder, built-in SmolLM2)
     engine     token-level generation and continuation scoring
-    teacher    label_inputs
+    teachers   the teacher backends (transformers, vLLM, HTTP server): load_teacher
+    labeling   label_inputs
     render     conversation -> token ids + loss weights
     train      train_student
     evaluate   evaluate_systems
@@ -25,8 +26,8 @@ two. One module per stage:
 In a notebook, the seed's steps are (see examples/tutorial.ipynb):
 
     cfg = load_config("task.toml"); task = Task(cfg.task)
-    teacher = load_model(cfg.models.teacher)
-    label_inputs(read_inputs("data.jsonl"), task, teacher, "run/labels/train.jsonl")
+    teacher = load_teacher(cfg)                       # models.teacher_backend decides who runs it
+    label_inputs(cfg, read_inputs("data.jsonl"), teacher, "run/labels/train.jsonl")
     records = read_labeled("run/labels/train.jsonl")
     token_counts(records, teacher.tokenizer)          # tokens and trained tokens per example
     train_student(cfg, records, "run/train")
@@ -58,6 +59,8 @@ _EXPORTS = {
     "load_model": "models",
     "load_tokenizer": "models",
     "label_inputs": "labeling",
+    "load_teacher": "teachers",
+    "Teacher": "teachers",
     "render_example": "render",
     "train_student": "training.recipe",
     "evaluate_systems": "evaluation.systems",

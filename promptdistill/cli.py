@@ -214,11 +214,12 @@ def cmd_label(args):
     examples = report_duplicates(examples, inputs, args.dedupe, lambda m: print(m, file=sys.stderr), "--dedupe")
     if args.limit:
         examples = examples[: args.limit]
-    from .labeling import label_inputs, load_teacher
+    from .labeling import label_inputs
+    from .teachers import load_teacher
 
-    teacher = load_teacher(cfg.models)
+    teacher = load_teacher(cfg)
 
-    summary = label_inputs(examples, task, teacher, args.out, args.rejects, mode=args.mode, batch_size=args.batch_size,
+    summary = label_inputs(cfg, examples, teacher, args.out, args.rejects, mode=args.mode, batch_size=args.batch_size,
                            force=args.force, progress=not args.no_progress, reuse_prefix=not args.no_prefix_reuse)
     print(json.dumps(summary, indent=2))
 

@@ -25,7 +25,18 @@ from pathlib import Path
 from .errors import PromptDistillError
 
 ANSWER_MODES = ("generate", "choose")
-TEACHER_BACKENDS = ("transformers", "vllm", "openai")
+# What each teacher backend (models.teacher_backend) can do beyond labeling.
+# teachers/ implements the backends; the table sits here so validate_config
+# refuses a setting the chosen backend cannot serve when the task file is
+# read, without importing any stage.
+#   continuation_logprobs: score given token sequences after the prompt, with
+#   the full log-distribution per token (on-policy training, per-token fidelity KL)
+TEACHER_CAPABILITIES = {
+    "transformers": {"continuation_logprobs": True},
+    "vllm": {"continuation_logprobs": False},
+    "openai": {"continuation_logprobs": False},
+}
+TEACHER_BACKENDS = tuple(TEACHER_CAPABILITIES)
 STUDENT_TARGETS = ("normalized", "teacher_reply")
 REPLY_FORMATS = ("label", "json")
 REPORT_TO = ("none", "tensorboard", "wandb")  # trackers, see tracking.py
@@ -92,9 +103,12 @@ class ModelsConfig:
     student: str = "smollm2-135m-instruct"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    # Who runs the teacher when labeling: transformers in this process, vLLM's
-    # offline engine in this process (the vllm extra), or an OpenAI-compatible
-    # server at teacher_url (then `teacher` is the model name the server knows).
+    # Who runs the teacher wherever it answers (labeling, the evaluation's
+    # teacher row, fidelity; see TEACHER_CAPABILITIES for what needs
+    # transformers): transformers in this process, vLLM's offline engine in
+    # this process (the vllm extra), or an OpenAI-compatible server at
+    # teacher_url (then `teacher` is the model name the server knows, and its
+    # tokenizer must load here under that name: prompts are rendered here).
     teacher_backend: str = "transformers"  # transformers | vllm | openai
     teacher_url: str | None = None  # e.g. http://localhost:8000/v1
     # openai backend: requests in flight at once.
@@ -345,6 +359,10 @@ def validate_config(cfg: Config, source=None) -> None:
     _one_of(tr.lr_schedule, LR_SCHEDULES, source, "train.lr_schedule")
     _one_of(tr.loss, LOSSES, source, "train.loss")
     _one_of(tr.onpolicy_kl, ("full", "sampled"), source, "train.onpolicy_kl")
+    if tr.loss == "on-policy" and not TEACHER_CAPABILITIES[m.teacher_backend]["continuation_logprobs"]:
+        raise PromptDistillError(
+            f"on-policy training needs a teacher that scores the student's samples token by token, which teacher_backend "
+            f"{m.teacher_backend!r} cannot; use teacher_backend = \"transformers\" (or another loss)", path=source, field="train.loss")
     if not 0 <= tr.kd_alpha <= 1:
         raise PromptDistillError("must be between 0 and 1", path=source, field="train.kd_alpha")
     if tr.onpolicy_temperature <= 0:

@@ -82,10 +82,10 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
     heldout_inputs = read_inputs(run.split_file("heldout"))
 
     if stage_needed("label"):
-        teacher = load_teacher(cfg.models)
+        teacher = load_teacher(cfg)
         summaries = {}
         for name, exs in (("train", train_inputs), ("heldout", heldout_inputs)):
-            summaries[name] = label_inputs(exs, task, teacher, run.labels_file(name), force=force, progress=progress)
+            summaries[name] = label_inputs(cfg, exs, teacher, run.labels_file(name), force=force, progress=progress)
             s = summaries[name]
             log(f"[promptdistill] label {name}: {s['labeled']} labeled, {s['rejected']} rejected "
                 f"{s['by_status']}; teacher accuracy vs gold: {_pct(s['teacher_accuracy'])}")
@@ -119,7 +119,7 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> di
     `examples` and write the report with its pictures into RUN/eval; return the report."""
     from .evaluation.report import write_run_report
     from .evaluation.systems import evaluate_systems
-    from .models import LoadedModel, load_model
+    from .teachers import load_teacher
 
     run = RunDir(run_dir)
     task = Task(cfg.task)
@@ -127,17 +127,14 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> di
         examples = examples[: cfg.eval.max_examples]
     adapter = run.adapter()
     student = run.load_student(cfg)
-    # The base row and (when it is the same model) the teacher share the
-    # student's weights with the adapter switched off: one copy in memory.
+    # The base row and (when it is the same model on the transformers backend)
+    # the teacher share the student's weights with the adapter switched off: one copy in memory.
     base_view = run.base_of(student)
-    if cfg.models.teacher == cfg.models.student:
-        teacher = LoadedModel(base_view.model, base_view.tokenizer, cfg.models.teacher, base_view.device)
-    else:
-        teacher = load_model(cfg.models.teacher, cfg.models.device, cfg.models.dtype)
+    teacher = load_teacher(cfg, base=base_view)
     # An interrupted evaluation resumes only with the same settings, inputs and adapter.
     inputs_print = fingerprint([cfg.to_dict(), [(e.id, e.text) for e in examples]], (adapter / "adapter_model.safetensors").read_bytes())
     report = evaluate_systems(
-        task, examples, run.eval_dir, teacher=teacher, student=student,
+        task, examples, run.eval_dir, teacher=teacher, student=student, seed=cfg.data.seed,
         base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=inputs_print,
     )
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.

@@ -127,6 +127,17 @@ def write_jsonl(path, rows) -> Path:
     return path
 
 
+def direct_logprob(model, context: list[int], candidate: list[int]):
+    """log p(candidate | context) from one plain forward over context + candidate (no cache):
+    the reference the engine's cached and packed scoring is checked against."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([context + candidate]), use_cache=False).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return sum(logp[len(context) - 1 + j, t] for j, t in enumerate(candidate))
+
+
 def make_task(**fields):
     """A Task from TaskConfig fields; by default a closed language-ID task over en/fr/de."""
     from promptdistill.config import TaskConfig

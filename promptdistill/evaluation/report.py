@@ -132,6 +132,8 @@ def results_table(report: dict) -> str:
 
 def _gap_line(report: dict) -> str | None:
     f = report.get("fidelity") or {}
+    if f.get("unavailable"):
+        return f"({f['unavailable']})"
     if f.get("gap_closed") is None:
         return None
     return (f"(the student closes {_fmt(f['gap_closed'], True)} of the base-to-teacher gap: KL {f['kl_base']:.3f} -> "

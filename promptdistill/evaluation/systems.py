@@ -3,7 +3,9 @@
 On held-out inputs that the student never trained on, each system answers
 every input one request at a time, so latency is per request:
 
-- teacher: the teacher model with the long prompt, in the task's answer mode;
+- teacher: the teacher with the long prompt, in the task's answer mode,
+  answering through its `Teacher` backend (`models.teacher_backend`) with
+  the labeling code, so it answers as it labeled;
 - base: the student's base model without the prompt (what you get for free);
 - student: the base plus the trained LoRA adapter, without the prompt.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..progress import progress_bar
@@ -30,8 +32,8 @@ from ..models import LoadedModel
 from ..records import Example
 from ..render import end_of_turn_ids, render_prompt
 from ..task import OK, Task
+from ..teachers import Teacher
 from .fidelity import FidelityScorer
-from ..labeling import label_candidates, label_distribution
 
 UNPARSED = "??"
 
@@ -52,52 +54,74 @@ class Prediction:
     kl: float | None = None
 
 
-def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict], reply_prefix: str = "") -> tuple[str, int]:
-    """Greedy (or sampled, per the task) reply to `messages`, starting with `reply_prefix`;
-    returns (reply, prompt tokens)."""
+def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict]) -> tuple[str, int]:
+    """Greedy (or sampled, per the task) reply to `messages`; returns (reply, prompt tokens)."""
     tok = loaded.tokenizer
-    prompt = render_prompt(tok, messages, reply_prefix)
+    prompt = render_prompt(tok, messages)
     out = engine.generate(
         loaded.model, [prompt], max_new_tokens=task.config.max_new_tokens, eos_ids=end_of_turn_ids(tok),
         pad_id=tok.pad_token_id, temperature=task.config.temperature, seed=0,
     )[0]
-    return reply_prefix + tok.decode(out, skip_special_tokens=True), len(prompt)
+    return tok.decode(out, skip_special_tokens=True), len(prompt)
 
 
-def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], system: str, *, with_prompt: bool,
-                   mode: str = "generate", progress=True, done: dict | None = None, sink=None,
-                   fidelity: FidelityScorer | None = None, teacher_preds: dict | None = None):
-    """Answer every example one request at a time, timing each request.
+def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], system: str, *, progress=True,
+                   done: dict | None = None, sink=None, fidelity: FidelityScorer | None = None,
+                   teacher_preds: dict | None = None) -> list[Prediction]:
+    """A system without the prompt (base or student): every example answered
+    one request at a time, timed per request.
 
-    `done` maps example ids to predictions kept from an interrupted run (they
-    are reused, not recomputed); each new prediction is passed to `sink`.
     With a `fidelity` scorer and the teacher's predictions by id, each
     prediction also gets its KL from the teacher (computed outside the timing).
     """
+    def answer(e: Example) -> Prediction:
+        t0 = time.perf_counter()
+        reply, n_prompt = generate_answer(task, loaded, task.student_messages(e.text))
+        latency = time.perf_counter() - t0
+        label, status = task.parse_answer(reply)
+        kl = probs = None
+        if fidelity is not None and teacher_preds and e.id in teacher_preds:
+            kl, probs = fidelity.kl(loaded, e.id, e.text, teacher_preds[e.id].reply)
+        return Prediction(e.id, system, label, reply, status, n_prompt, latency, probs, kl)
+
+    return _predict_each(examples, system, answer, progress, done, sink)
+
+
+def predict_teacher(task: Task, teacher: Teacher, examples: list[Example], *, mode: str, seed: int = 0, progress=True,
+                    done: dict | None = None, sink=None) -> list[Prediction]:
+    """The teacher row: every example answered by `teacher.label`, one request at
+    a time and timed per request, with the labeling seed so it answers as it labeled.
+
+    Each request is sent whole (`reuse_prefix=False`), so the latency is what a
+    request carrying the prompt costs, and no top-k log-probabilities are asked
+    for (the row does not store them).
+    """
+    row_task = Task(replace(task.config, top_logprobs=0))
+    prefill = task.config.reply_prefix if mode == "generate" else ""
+
+    def answer(e: Example) -> Prediction:
+        t0 = time.perf_counter()
+        (record,) = teacher.label([e], row_task, mode, seed, 1, reuse_prefix=False)
+        latency = time.perf_counter() - t0
+        # The parse status, not the labeling status: low confidence is still an answer here.
+        label, status = task.parse_answer(record.teacher_reply)
+        n_prompt = len(render_prompt(teacher.tokenizer, task.teacher_messages(e.text), prefill))
+        return Prediction(e.id, "teacher", label, record.teacher_reply, status, n_prompt, latency, record.label_probs)
+
+    return _predict_each(examples, "teacher", answer, progress, done, sink)
+
+
+def _predict_each(examples: list[Example], system: str, answer, progress, done: dict | None, sink) -> list[Prediction]:
+    """`answer(e)` for each example, in order. `done` maps example ids to
+    predictions kept from an interrupted run (reused, not recomputed); each
+    new prediction is passed to `sink`."""
     preds = []
-    candidates = None
     done = done or {}
     for e in progress_bar(examples, desc=f"eval {system}", unit="input", disable=not progress):
         if e.id in done:
             preds.append(done[e.id])
             continue
-        messages = task.teacher_messages(e.text) if with_prompt else task.student_messages(e.text)
-        t0 = time.perf_counter()
-        probs = None
-        if mode == "choose":
-            if candidates is None:
-                candidates = label_candidates(task, loaded.tokenizer, messages)
-            probs = label_distribution(task, loaded, messages, candidates)
-            reply = task.label_reply(max(probs, key=probs.get))
-            n_prompt = len(render_prompt(loaded.tokenizer, messages))
-        else:
-            reply, n_prompt = generate_answer(task, loaded, messages, task.config.reply_prefix if with_prompt else "")
-        latency = time.perf_counter() - t0
-        label, status = task.parse_answer(reply)
-        kl = None
-        if fidelity is not None and teacher_preds and e.id in teacher_preds:
-            kl, probs = fidelity.kl(loaded, e.id, e.text, teacher_preds[e.id].reply)
-        preds.append(Prediction(e.id, system, label, reply, status, n_prompt, latency, probs, kl))
+        preds.append(answer(e))
         if sink is not None:
             sink(preds[-1])
     return preds
@@ -133,16 +157,18 @@ def evaluate_systems(
     examples: list[Example],
     out_dir,
     *,
-    teacher: LoadedModel,
+    teacher: Teacher,
     student: LoadedModel,
     base: LoadedModel | None = None,
     teacher_mode: str | None = None,
+    seed: int = 0,
     progress: bool = True,
     fingerprint: str | None = None,
 ) -> dict:
     """Run teacher, base and student on `examples`; write and return the report.
 
-    `base` may share the student's weights (see models.AdapterDisabled);
+    `teacher` is any backend (teachers.load_teacher); `seed` is the labeling
+    seed (data.seed), for sampled teacher answers. `base` may share the student's weights (see models.AdapterDisabled);
     pass `base=None` to skip the base row. With a `fingerprint` (a hash of
     the models, adapter and inputs), predictions are also appended to
     `predictions.partial.jsonl` as they are made, and a rerun with the same
@@ -157,15 +183,15 @@ def evaluate_systems(
             log.append({"fingerprint": fingerprint})
         sink = (lambda p: log.append(asdict(p))) if fingerprint is not None else None
         run = dict(progress=progress, sink=sink)
-        all_preds = {"teacher": predict_system(task, teacher, examples, "teacher", with_prompt=True, mode=teacher_mode,
-                                               done=done.get("teacher"), **run)}
-        fidelity = FidelityScorer(task, teacher)
+        all_preds = {"teacher": predict_teacher(task, teacher, examples, mode=teacher_mode, seed=seed,
+                                                done=done.get("teacher"), **run)}
+        fidelity = FidelityScorer(task, teacher, seed)
         for p in all_preds["teacher"]:
             fidelity.remember(p.id, p.label_probs)
         run.update(fidelity=fidelity, teacher_preds={p.id: p for p in all_preds["teacher"]})
         if base is not None:
-            all_preds["base"] = predict_system(task, base, examples, "base", with_prompt=False, done=done.get("base"), **run)
-        all_preds["student"] = predict_system(task, student, examples, "student", with_prompt=False, done=done.get("student"), **run)
+            all_preds["base"] = predict_system(task, base, examples, "base", done=done.get("base"), **run)
+        all_preds["student"] = predict_system(task, student, examples, "student", done=done.get("student"), **run)
 
     teacher_labels = [p.label for p in all_preds["teacher"] if p.label is not None]
     majority = max(set(teacher_labels), key=teacher_labels.count) if teacher_labels else None
@@ -178,7 +204,7 @@ def evaluate_systems(
         "majority_label": majority,
         "majority_agreement": teacher_labels.count(majority) / len(teacher_labels) if teacher_labels else None,
         "models": {"teacher": teacher.name, "student": student.name},
-        "fidelity": _fidelity_summary(task, all_preds),
+        "fidelity": _fidelity_summary(task, all_preds, fidelity.unavailable),
         "systems": {
             name: {"uses_prompt": name == "teacher", **system_metrics(task, examples, preds, all_preds["teacher"])}
             for name, preds in all_preds.items()
@@ -190,13 +216,15 @@ def evaluate_systems(
     return report
 
 
-def _fidelity_summary(task: Task, all_preds: dict) -> dict:
+def _fidelity_summary(task: Task, all_preds: dict, unavailable: str | None) -> dict:
     """KL of base and student from the teacher, and the share of the gap the student closes."""
     kl = {name: statistics.fmean(v) if (v := [p.kl for p in preds if p.kl is not None]) else None
           for name, preds in all_preds.items() if name != "teacher"}
     base, student = kl.get("base"), kl.get("student")
     return {
         "kind": "label distribution" if task.closed else "per reply token",
+        # why there is no KL at all (a teacher backend without full distributions), else None
+        "unavailable": unavailable,
         "kl_base": base,
         "kl_student": student,
         "gap_closed": 1 - student / base if base and student is not None else None,

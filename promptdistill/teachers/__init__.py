@@ -1,5 +1,69 @@
-"""Teacher backends: who runs the model that sees the long prompt.
+"""Teachers: who runs the model that sees the long prompt.
 
-    server        an OpenAI-compatible HTTP server (vLLM, SGLang, TGI, ...)
-    vllm_engine   vLLM's offline engine in this process
+    base          the `Teacher` interface every stage talks to
+    local         LocalTeacher: transformers in this process (shared-prefix cache)
+    vllm_engine   VllmTeacher: vLLM's offline engine in this process
+    server        ServerTeacher: an OpenAI-compatible HTTP server (vLLM, SGLang, ...)
+    records       answers -> labeled records, the same for every backend
+
+`load_teacher(cfg)` builds the backend `models.teacher_backend` names; every
+stage that needs a teacher (labeling, the evaluation's teacher row, fidelity,
+on-policy training) gets it from here, so the setting means the same
+everywhere. What each backend can do is in config.TEACHER_CAPABILITIES,
+which validate_config checks when a task file is read.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from .base import Teacher
+
+if TYPE_CHECKING:
+    from ..config import Config, ModelsConfig
+    from ..models import LoadedModel
+
+
+def _transformers(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
+    from ..models import LoadedModel
+    from .local import LocalTeacher
+
+    if base is not None and models.teacher == models.student:
+        # The student's base weights (adapter switched off by the caller): one copy in memory.
+        return LocalTeacher(LoadedModel(base.model, base.tokenizer, models.teacher, base.device))
+    return LocalTeacher.load(models.teacher, models.device, models.dtype)
+
+
+def _vllm(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
+    from .vllm_engine import VllmTeacher
+
+    return VllmTeacher(models.teacher, dtype=models.dtype, options=models.vllm_options)
+
+
+def _openai(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
+    from .server import ServerTeacher
+
+    return ServerTeacher(models.teacher_url, models.teacher, concurrency=models.teacher_concurrency)
+
+
+# models.teacher_backend -> how to build it; the keys are config.TEACHER_CAPABILITIES'.
+BACKENDS: dict[str, Callable[..., Teacher]] = {"transformers": _transformers, "vllm": _vllm, "openai": _openai}
+
+
+def teacher_for(models: ModelsConfig, *, base: LoadedModel | None = None) -> Teacher:
+    """The teacher a `[models]` table names (see `load_teacher`)."""
+    return BACKENDS[models.teacher_backend](models, base)
+
+
+def load_teacher(cfg: Config, *, base: LoadedModel | None = None) -> Teacher:
+    """The teacher `cfg.models.teacher_backend` names: a local transformers
+    model, vLLM's offline engine, or a client of an OpenAI-compatible server.
+
+    `base` is the student's base model (e.g. `models.AdapterDisabled` over the
+    trained student): when the teacher is that same model on the transformers
+    backend it is reused instead of loading a second copy.
+    """
+    return teacher_for(cfg.models, base=base)
+
+
+__all__ = ["BACKENDS", "Teacher", "load_teacher", "teacher_for"]

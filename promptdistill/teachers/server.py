@@ -1,32 +1,41 @@
-"""Teacher labeling through an OpenAI-compatible server (vLLM, SGLang, TGI, ...).
+"""The teacher behind an OpenAI-compatible HTTP server (`teacher_backend = "openai"`).
 
-The teacher runs wherever the server runs; this process only sends requests.
-`RemoteTeacher.label` keeps up to `concurrency` requests in flight and yields
+The teacher runs wherever the server runs (vLLM, SGLang, ...); this process
+renders the prompts and sends requests. Prompts are rendered here with the
+teacher's tokenizer (render.render_prompt, as local labeling renders them)
+and sent as token ids to `POST /completions`, never as chat messages: the
+server's own chat template would tokenize an input that spells a control
+token (`<|im_end|>`) as that token, letting the input close its turn, and
+would ignore `task.reply_prefix`. So the tokenizer must load locally under
+`models.teacher`, and the server must take token-id prompts (vLLM does).
+
+`ServerTeacher.label` keeps up to `concurrency` requests in flight and yields
 the records **in input order** (a finished record waits for the ones before
 it), so the labels file is always a prefix of what an uninterrupted run
 writes: a rerun after an interruption labels only the missing inputs and the
 final file holds the uninterrupted run's records in its order. At most
 `concurrency * LOOKAHEAD` answers wait in memory behind a slow request.
 
-- `generate` mode: `POST /chat/completions` with the task's conversation; the
-  server applies the model's chat template. Each sample is its own request
-  with a seed derived from the input's id (as local labeling does), so
-  sampled labels do not depend on concurrency or on resuming. With
-  `task.top_logprobs > 0` it asks for `logprobs`/`top_logprobs` and for token
-  ids instead of token strings (`return_tokens_as_token_ids`, a vLLM
-  extension: the records store token ids, which a plain OpenAI server cannot
-  give; set `task.top_logprobs = 0` there).
-- `choose` mode: `POST /completions` with prompts as token ids (rendered here
-  with the teacher's tokenizer, exactly as local labeling renders them):
-  each candidate reply's tokens are scored one step at a time as in
-  vllm_teacher.py (prompt = context + the tokens before, `max_tokens = 1`,
+- `generate` mode: one request per (input, sample): the prompt ends with
+  `task.reply_prefix`, `stop_token_ids` are the tokenizer's end-of-turn
+  tokens, and the seed is derived from the input's id (as local labeling
+  does), so sampled labels do not depend on concurrency or on resuming. The
+  reply's token ids come back (`return_token_ids`, a vLLM extension) and are
+  decoded here exactly as local labeling decodes them; a server without it
+  gives its own text. With `task.top_logprobs > 0` it asks for `logprobs = k`
+  with tokens as token ids (`return_tokens_as_token_ids`, a vLLM extension:
+  the records store token ids, which a plain OpenAI server cannot give; set
+  `task.top_logprobs = 0` there).
+- `choose` mode: each candidate reply's tokens are scored one step at a time
+  as in vllm_engine.py (prompt = context + the tokens before, `max_tokens = 1`,
   `allowed_token_ids = [token]`, `logprobs = 0`), one request per distinct
   next token with all its prompts in a list; the sums are normalised over the
-  label set as in teacher.py. This needs vLLM's completions extensions
-  (token-id prompts, `allowed_token_ids`, raw log-probs); OpenAI's hosted API
-  has none of them. (`echo` + `logprobs` over context + candidate is the
-  portable alternative, but vLLM computes it as full-vocabulary prompt
-  log-probs at every position: on CPU more than 5 times slower, see BENCHMARKS.md.)
+  label set (records.normalize_scores). This needs vLLM's completions
+  extensions (token-id prompts, `allowed_token_ids`, raw log-probs);
+  OpenAI's hosted API has none of them. (`echo` + `logprobs` over context +
+  candidate is the portable alternative, but vLLM computes it as
+  full-vocabulary prompt log-probs at every position: on CPU more than 5
+  times slower, see BENCHMARKS.md.)
 
 Failures: 429, 5xx, timeouts and dropped connections are retried with
 exponential backoff (1 s, 2 s, 4 s, ... capped at 60 s, `Retry-After` honoured);
@@ -47,11 +56,16 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import PromptDistillError
-from ..records import Example
+from ..records import Example, LabeledExample
+from ..render import end_of_turn_ids, render_prompt
 from ..task import Task
+from .base import Teacher
+from .records import (api_seed, candidate_logps, choose_record, decode_reply, normalize_scores, scoring_steps, top_logprobs_record,
+                      vote)
 
 API_KEY_VARIABLES = ("PROMPTDISTILL_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -59,8 +73,10 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 LOOKAHEAD = 4
 
 
-class RemoteTeacher:
-    """A teacher model behind an OpenAI-compatible HTTP API."""
+class ServerTeacher(Teacher):
+    """A teacher model behind an OpenAI-compatible HTTP API that takes token-id prompts."""
+
+    backend = "openai"
 
     def __init__(self, url: str, model: str, *, concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0,
                  backoff: float = 1.0, tokenizer=None):
@@ -71,6 +87,7 @@ class RemoteTeacher:
         self.timeout = timeout
         self.backoff = backoff
         self._tokenizer = tokenizer
+        self._served_checked = False
         self.api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
 
     def meta(self) -> dict:
@@ -78,7 +95,7 @@ class RemoteTeacher:
 
     @property
     def tokenizer(self):
-        """The teacher's tokenizer, loaded here by model name (choose mode renders token ids itself)."""
+        """The teacher's tokenizer, loaded here by model name: prompts are rendered here."""
         if self._tokenizer is None:
             from ..models import load_tokenizer
 
@@ -86,8 +103,8 @@ class RemoteTeacher:
                 self._tokenizer = load_tokenizer(self.name)
             except PromptDistillError as e:
                 raise PromptDistillError(
-                    f"choose mode through a server renders the prompt here and needs the teacher's tokenizer: {e.message}",
-                    field="models.teacher") from None
+                    f"the openai teacher backend renders prompts here and needs the teacher's tokenizer under the served "
+                    f"model's name: {e.message}", field="models.teacher") from None
         return self._tokenizer
 
     def check_server(self) -> list[str]:
@@ -95,57 +112,65 @@ class RemoteTeacher:
         body = self._request("GET", "/models", None, what="the model list")
         return [m.get("id") for m in body.get("data", [])]
 
-    def label(self, examples: list[Example], task: Task, mode: str, seed: int, batch_size=None):
-        """Yield one record per input, in input order, with up to `concurrency` requests in flight."""
+    def label(self, examples: list[Example], task: Task, mode: str, seed: int, batch_size: int | None = None, *,
+              reuse_prefix: bool = True) -> Iterator[LabeledExample]:
+        """Up to `concurrency` requests in flight; `batch_size` and `reuse_prefix` are the server's business."""
         if not examples:
             return
-        served = self.check_server()
-        if served and self.name not in served:
-            raise PromptDistillError(f"the server at {self.url} does not serve model {self.name!r}; it serves: {', '.join(served)}",
-                                     field="models.teacher")
+        if not self._served_checked:  # once: the evaluation calls this once per input
+            served = self.check_server()
+            if served and self.name not in served:
+                raise PromptDistillError(f"the server at {self.url} does not serve model {self.name!r}; it serves: {', '.join(served)}",
+                                         field="models.teacher")
+            self._served_checked = True
         answer = self._chooser(task) if mode == "choose" else self._generator(task, seed)
         yield from ordered_map(answer, examples, self.concurrency)
 
     # -- generate mode ----------------------------------------------------
 
     def _generator(self, task: Task, seed: int):
-        from ..labeling import _sample_seed, generate_record
+        tok = self.tokenizer
+        c = task.config
+        k = c.top_logprobs
+        eot = end_of_turn_ids(tok)
 
-        k = task.config.top_logprobs
-
-        def answer(e: Example):
+        def answer(e: Example) -> LabeledExample:
+            prompt = render_prompt(tok, task.teacher_messages(e.text), c.reply_prefix)
             replies, logprobs = [], []
-            for n in range(task.config.samples):
+            for n in range(c.samples):
                 body = {
                     "model": self.name,
-                    "messages": task.teacher_messages(e.text),
-                    "max_tokens": task.config.max_new_tokens,
-                    "temperature": task.config.temperature,
-                    "seed": _sample_seed(seed, e.id, n) % 2**31,
+                    "prompt": prompt,
+                    "max_tokens": c.max_new_tokens,
+                    "temperature": c.temperature,
+                    "seed": api_seed(seed, e.id, n),
+                    "stop_token_ids": sorted(eot),
+                    "return_token_ids": True,
                 }
                 if k:
-                    body.update(logprobs=True, top_logprobs=k, return_tokens_as_token_ids=True)
-                choice = self._request("POST", "/chat/completions", body, what=f"input {e.id!r}")["choices"][0]
-                replies.append(choice["message"]["content"] or "")
-                logprobs.append(_top_logprobs(choice, k, self.url) if k else None)
-            return generate_record(task, e, replies, logprobs if k else None)
+                    body.update(logprobs=k, return_tokens_as_token_ids=True)
+                choice = self._request("POST", "/completions", body, what=f"input {e.id!r}")["choices"][0]
+                token_ids, steps = _completion_logprobs(choice, self.url) if k else (None, None)
+                token_ids = choice.get("token_ids") or token_ids
+                if token_ids is not None:
+                    replies.append(decode_reply(tok, task, token_ids, eot))
+                else:  # a server that returns text only: its own decoding
+                    replies.append(c.reply_prefix + (choice.get("text") or ""))
+                logprobs.append(top_logprobs_record(token_ids, steps, k) if k else None)
+            return vote(task, e, replies, logprobs)
 
         return answer
 
     # -- choose mode ------------------------------------------------------
 
     def _chooser(self, task: Task):
-        from ..render import render_prompt
-        from ..labeling import choose_record, label_candidates, normalize_scores
-        from .vllm_engine import candidate_logps, scoring_steps
-
         tok = self.tokenizer
-        candidates = label_candidates(task, tok, task.teacher_messages("x"))
+        candidates = self.candidates(task)
         by_token: dict[int, list[tuple]] = {}
         for before, token in scoring_steps(candidates):
             by_token.setdefault(token, []).append(before)
 
-        def answer(e: Example):
+        def answer(e: Example) -> LabeledExample:
             context = render_prompt(tok, task.teacher_messages(e.text))
             step_logps = {}
             for token, befores in by_token.items():
@@ -230,18 +255,16 @@ def ordered_map(fn, items, workers: int):
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _top_logprobs(choice: dict, k: int, url: str) -> dict:
-    """The reply's token ids and, per token, its top-k [token_id, logprob] pairs, most likely first."""
-    content = (choice.get("logprobs") or {}).get("content")
-    if content is None:
+def _completion_logprobs(choice: dict, url: str) -> tuple[list[int], list[list[tuple[int, float]]]]:
+    """The reply's token ids and, per token, its (token_id, logprob) alternatives, from a
+    `/completions` choice asked for `logprobs` with `return_tokens_as_token_ids`."""
+    logprobs = choice.get("logprobs") or {}
+    tokens, alternatives = logprobs.get("tokens"), logprobs.get("top_logprobs")
+    if tokens is None or alternatives is None:
         raise PromptDistillError(f"the server at {url} returned no logprobs; set task.top_logprobs = 0 for servers without them")
-    token_ids, top = [], []
-    for entry in content:
-        token_ids.append(_token_id(entry["token"], url))
-        alternatives = sorted(((_token_id(a["token"], url), a["logprob"]) for a in entry.get("top_logprobs") or []),
-                              key=lambda pair: -pair[1])
-        top.append([[t, lp] for t, lp in alternatives[:k]])
-    return {"token_ids": token_ids, "top": top}
+    token_ids = [_token_id(t, url) for t in tokens]
+    steps = [[(_token_id(t, url), lp) for t, lp in (step or {}).items()] for step in alternatives]
+    return token_ids, steps
 
 
 def _token_id(token: str, url: str) -> int:

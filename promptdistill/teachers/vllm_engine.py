@@ -3,7 +3,7 @@
 vLLM schedules many requests at once (continuous batching) over a paged
 key/value cache, and with automatic prefix caching the long prompt every
 request starts with is computed once and its cache blocks shared: the same
-idea as teacher.py's shared-prefix path, done by an engine built for GPUs
+idea as local.py's shared-prefix path, done by an engine built for GPUs
 (tensor parallelism is vLLM's own `tensor_parallel_size`, passed through
 `models.vllm_options`).
 
@@ -12,13 +12,14 @@ Prompts go in as token ids rendered here with the teacher's tokenizer
 sees, inputs that spell control tokens included.
 
 - `generate` mode: one request per (input, sample) with the per-sample seed
-  local labeling uses, stopping at the same end-of-turn tokens; the reply is
-  decoded with the same tokenizer call. With `task.top_logprobs > 0` the
+  local labeling uses, stopping at the same end-of-turn tokens; the prompt
+  ends with `task.reply_prefix` and the reply is that prefix plus the tokens
+  decoded with the same tokenizer call as local labeling (records.decode_reply). With `task.top_logprobs > 0` the
   record carries the reply's token ids and each token's top-k log-probs.
 - `choose` mode: the log-probability of each candidate reply
   (`answer_template` plus end-of-turn) is the sum over its tokens of
   log p(token | context + the candidate's tokens before it), normalised over
-  the label set, as teacher.py's local choose mode computes it. Each term is
+  the label set, as local.py's choose mode computes it. Each term is
   one request: prompt = context + the tokens before, one new token,
   `allowed_token_ids = [token]` and `logprobs = 0`; vLLM reports the
   log-probability of the raw model output (`logprobs_mode = raw_logprobs`, its
@@ -41,9 +42,15 @@ The engine starts worker processes; a script that labels with it needs an
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from ..errors import PromptDistillError
-from ..records import Example
+from ..records import Example, LabeledExample
+from ..render import end_of_turn_ids, render_prompt
 from ..task import Task
+from .base import Teacher
+from .records import (api_seed, candidate_logps, choose_record, decode_reply, normalize_scores, scoring_steps, top_logprobs_record,
+                      vote)
 
 DEFAULT_BATCH = 256
 _INSTALL = ("the vllm teacher backend needs vLLM: pip install 'promptdistill[vllm]' (GPU machines) or, on CPU, "
@@ -59,15 +66,17 @@ def import_vllm():
     return vllm
 
 
-class VllmTeacher:
+class VllmTeacher(Teacher):
     """A teacher model loaded in vLLM's offline engine, with prefix caching on."""
+
+    backend = "vllm"
 
     def __init__(self, name: str, *, dtype: str = "auto", options: dict | None = None):
         vllm = import_vllm()
         from ..models import load_tokenizer, model_path
 
         self.name = name
-        self.tokenizer = load_tokenizer(name)
+        self._tokenizer = load_tokenizer(name)
         path = model_path(name)
         settings = {"enable_prefix_caching": True, "dtype": _vllm_dtype(dtype), **(options or {})}
         try:
@@ -76,11 +85,16 @@ class VllmTeacher:
             raise PromptDistillError(f"vllm.LLM refused the settings {settings}: {e}", field="models.vllm_options") from None
         self.vllm = vllm
 
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
     def meta(self) -> dict:
         return {"backend": "vllm"}
 
-    def label(self, examples: list[Example], task: Task, mode: str, seed: int, batch_size=None):
-        """Yield one record per input, in input order, one engine call per `batch_size` inputs."""
+    def label(self, examples: list[Example], task: Task, mode: str, seed: int, batch_size: int | None = None, *,
+              reuse_prefix: bool = True) -> Iterator[LabeledExample]:
+        """One engine call per `batch_size` inputs; vLLM's own prefix caching shares the prompt (`reuse_prefix` is moot)."""
         answer = self._choose if mode == "choose" else self._generate
         step = batch_size or DEFAULT_BATCH
         for i in range(0, len(examples), step):
@@ -89,39 +103,33 @@ class VllmTeacher:
     def _run(self, prompts: list[list[int]], params: list) -> list:
         return self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
 
-    def _generate(self, batch: list[Example], task: Task, seed: int):
-        from ..render import end_of_turn_ids, render_prompt
-        from ..labeling import _sample_seed, generate_record
-
+    def _generate(self, batch: list[Example], task: Task, seed: int) -> list[LabeledExample]:
         tok = self.tokenizer
         c = task.config
         k = c.top_logprobs
-        eot = sorted(end_of_turn_ids(tok))
+        eot = end_of_turn_ids(tok)
         prompts, params = [], []
         for e in batch:
-            ids = render_prompt(tok, task.teacher_messages(e.text))
+            ids = render_prompt(tok, task.teacher_messages(e.text), c.reply_prefix)
             for n in range(c.samples):
                 prompts.append(ids)
                 params.append(self.vllm.SamplingParams(
-                    max_tokens=c.max_new_tokens, temperature=c.temperature, seed=_sample_seed(seed, e.id, n) % 2**31,
-                    stop_token_ids=eot, logprobs=k or None, skip_special_tokens=True,
+                    max_tokens=c.max_new_tokens, temperature=c.temperature, seed=api_seed(seed, e.id, n),
+                    stop_token_ids=sorted(eot), logprobs=k or None, skip_special_tokens=True,
                 ))
         outputs = self._run(prompts, params)
         records = []
         for i, e in enumerate(batch):
             outs = [o.outputs[0] for o in outputs[i * c.samples : (i + 1) * c.samples]]
-            # The reply is what comes before the end-of-turn token, decoded as local labeling decodes it.
-            replies = [tok.decode([t for t in _until_end(o.token_ids, eot)], skip_special_tokens=True) for o in outs]
-            logprobs = [_top_logprobs(o, k) for o in outs] if k else None
-            records.append(generate_record(task, e, replies, logprobs))
+            replies = [decode_reply(tok, task, o.token_ids, eot) for o in outs]
+            logprobs = [top_logprobs_record(o.token_ids, [[(t, lp.logprob) for t, lp in step.items()] for step in o.logprobs or []], k)
+                        for o in outs]
+            records.append(vote(task, e, replies, logprobs))
         return records
 
-    def _choose(self, batch: list[Example], task: Task, seed: int):
-        from ..render import render_prompt
-        from ..labeling import choose_record, label_candidates, normalize_scores
-
+    def _choose(self, batch: list[Example], task: Task, seed: int) -> list[LabeledExample]:
         tok = self.tokenizer
-        candidates = label_candidates(task, tok, task.teacher_messages("x"))
+        candidates = self.candidates(task)
         steps = scoring_steps(candidates)
         prompts, params = [], []
         for e in batch:
@@ -138,35 +146,6 @@ class VllmTeacher:
                 step_logps[before, token] = out.logprobs[0][token].logprob
             records.append(choose_record(task, e, normalize_scores(task, candidate_logps(candidates, step_logps))))
         return records
-
-
-def scoring_steps(candidates: list[list[int]]) -> list[tuple[tuple[int, ...], int]]:
-    """The distinct (tokens before, next token) pairs whose log-probs sum to the candidates' scores."""
-    return sorted({(tuple(c[:j]), c[j]) for c in candidates for j in range(len(c))})
-
-
-def candidate_logps(candidates: list[list[int]], step_logps: dict) -> list[float]:
-    """Each candidate's total log-probability from the log-probs of its steps."""
-    return [sum(step_logps[tuple(c[:j]), c[j]] for j in range(len(c))) for c in candidates]
-
-
-def _until_end(token_ids, eot: list[int]) -> list[int]:
-    ids = list(token_ids)
-    for i, t in enumerate(ids):
-        if t in eot:
-            return ids[:i]
-    return ids
-
-
-def _top_logprobs(out, k: int) -> dict:
-    """The reply's token ids (end-of-turn token included when it stopped there) and,
-    per token, its top-k [token_id, logprob] pairs, most likely first."""
-    top = []
-    for position in out.logprobs:
-        # vLLM adds the sampled token to the top-k when it is not among them; keep the k best.
-        pairs = sorted(((t, lp.logprob) for t, lp in position.items()), key=lambda pair: -pair[1])[:k]
-        top.append([[int(t), float(lp)] for t, lp in pairs])
-    return {"token_ids": [int(t) for t in out.token_ids], "top": top}
 
 
 def _vllm_dtype(dtype: str) -> str:

@@ -27,21 +27,29 @@ Two ways to measure the per-token reverse KL (`train.onpolicy_kl`):
   this; on the toy of tests/test_loss_modes_learn.py the sampled estimate
   did not lower the held-out KL in 20 steps, the full one did.
 
-When teacher and student share the base model, the teacher is the student's
-own weights with the LoRA adapter disabled, so no second copy is held in
-memory; the prompt's shared-prefix cache is computed once, since the base
-never changes while the adapter trains.
+The teacher is a `Teacher` (teachers/) that can score given continuations
+(`continuation_logprobs`, the transformers backend; validate_config refuses
+on-policy with another backend). `training_teacher` builds it: when teacher
+and student share the base model, the teacher is the student's own weights
+with the LoRA adapter disabled, so no second copy is held in memory; the
+prompt's shared-prefix cache is computed once (the teacher keeps it), since
+the base never changes while the adapter trains.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import torch
 
 from .. import engine
-from .losses import logits_at
+from ..config import ModelsConfig
+from ..errors import PromptDistillError
+from ..models import AdapterDisabled, LoadedModel
 from ..render import end_of_turn_ids, render_prompt
+from ..teachers import Teacher
+from .losses import logits_at
 
 
 def sample_seed(seed: int, step: int, example_id: str) -> int:
@@ -49,34 +57,22 @@ def sample_seed(seed: int, step: int, example_id: str) -> int:
     return int(hashlib.sha256(f"on-policy:{seed}:{step}:{example_id}".encode()).hexdigest()[:15], 16)
 
 
-class TeacherScorer:
-    """The teacher with the prompt, scoring continuations on top of its cached shared prefix."""
+def training_teacher(models: ModelsConfig, peft_model, tokenizer, device: str) -> Teacher:
+    """The teacher that grades the student's samples, on the student's device.
 
-    def __init__(self, task, teacher_model, tokenizer):
-        from ..labeling import shared_prefix
+    `peft_model` is the student being trained: a teacher that is the same
+    model reuses its weights with the adapter switched off."""
+    from ..teachers import teacher_for
 
-        self.task, self.tokenizer = task, tokenizer
-        prefix = shared_prefix(task, tokenizer)
-        self.prefix = engine.PrefixCache(teacher_model, prefix)
-        self.whole = engine.PrefixCache(teacher_model, [])
-
-    def logprobs(self, texts: list[str], continuations: list[list[int]], full: bool = False) -> list[torch.Tensor]:
-        """Per continuation, the teacher's log-probability of each of its tokens
-        (with `full`, the whole log-distribution at each of its positions)."""
-        from ..labeling import _split_prefix
-
-        prompts = [render_prompt(self.tokenizer, self.task.teacher_messages(t)) for t in texts]
-        suffixes = [_split_prefix(self.prefix, p) for p in prompts]
-        fast = [i for i, s in enumerate(suffixes) if s is not None]
-        slow = [i for i, s in enumerate(suffixes) if s is None]
-        out: dict[int, torch.Tensor] = {}
-        if fast:
-            got = engine.continuation_logprobs(self.prefix, [suffixes[i] for i in fast], [continuations[i] for i in fast], full)
-            out.update(zip(fast, got))
-        if slow:
-            got = engine.continuation_logprobs(self.whole, [prompts[i] for i in slow], [continuations[i] for i in slow], full)
-            out.update(zip(slow, got))
-        return [out[i] for i in range(len(prompts))]
+    base = LoadedModel(AdapterDisabled(peft_model), tokenizer, models.student, device)
+    teacher = teacher_for(replace(models, device=device), base=base)
+    if not teacher.can("continuation_logprobs"):  # validate_config refuses this first; a direct caller gets the same line
+        raise PromptDistillError(f"on-policy training cannot use teacher backend {teacher.backend!r}: it needs the teacher's "
+                                 "per-token distributions (teacher_backend = \"transformers\")", field="train.loss")
+    if teacher.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise PromptDistillError("on-policy training compares teacher and student token by token: they must share one "
+                                 "vocabulary", field="models.teacher")
+    return teacher
 
 
 def sample_replies(model, tokenizer, prompts: list[list[int]], seeds: list[int], *, max_new_tokens: int,
@@ -94,7 +90,7 @@ def sample_replies(model, tokenizer, prompts: list[list[int]], seeds: list[int],
     return [d.token_ids for d in got]
 
 
-def on_policy_loss(model, tokenizer, task, scorer: TeacherScorer, records, *, step: int, seed: int, temperature: float,
+def on_policy_loss(model, tokenizer, task, teacher: Teacher, records, *, step: int, seed: int, temperature: float,
                    kl: str = "full"):
     """Sum over `records` of each sample's mean per-token loss (see the module
     docstring for `kl`); the sum of each sample's mean reverse KL; sampled tokens."""
@@ -102,7 +98,7 @@ def on_policy_loss(model, tokenizer, task, scorer: TeacherScorer, records, *, st
     prompts = [render_prompt(tokenizer, task.student_messages(r.text)) for r in records]
     seeds = [sample_seed(seed, step, r.id) for r in records]
     samples = sample_replies(model, tokenizer, prompts, seeds, max_new_tokens=task.config.max_new_tokens, temperature=temperature)
-    teacher_lp = scorer.logprobs([r.text for r in records], samples, full=kl == "full")
+    teacher_lp = teacher.continuation_logprobs(task, [r.text for r in records], samples, full=kl == "full")
 
     rows = [p + s[:-1] for p, s in zip(prompts, samples)]
     width = max(len(r) for r in rows)

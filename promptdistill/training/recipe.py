@@ -55,7 +55,7 @@ import torch
 from ..config import LOSSES, Config, TrainConfig
 from ..errors import PromptDistillError
 from ..io import DirectoryLock, atomic_directory, atomic_write_json
-from ..models import AdapterDisabled, load_model, resolve_device
+from ..models import load_model, resolve_device
 from ..progress import progress_bar
 from ..records import LabeledExample
 from ..render import RenderedExample
@@ -168,19 +168,15 @@ class DistillationRecipe:
         elif self.train_cfg.loss == "kd":
             self.micro_batch_loss = self._kd_loss
         else:  # on-policy
-            self.scorer = self._setup_teacher_scorer()
+            self.teacher = self._setup_teacher()
             self.micro_batch_loss = self._on_policy_loss
 
-    def _setup_teacher_scorer(self):
-        """The on-policy teacher: reads the prompt and scores the student's samples."""
-        from .onpolicy import TeacherScorer
+    def _setup_teacher(self):
+        """The on-policy teacher (a teachers.Teacher): reads the prompt and scores the
+        student's samples; the student's own base weights when it is the same model."""
+        from .onpolicy import training_teacher
 
-        m = self.models_cfg
-        if m.teacher == m.student:
-            teacher_model = AdapterDisabled(self.model)  # the base weights, held once
-        else:
-            teacher_model = load_model(m.teacher, self.device, m.dtype).model
-        return TeacherScorer(self.task, teacher_model, self.tokenizer)
+        return training_teacher(self.models_cfg, self.model, self.tokenizer, self.device)
 
     def _resume(self) -> None:
         """Continue from the newest checkpoint made with the same data and settings;
@@ -298,7 +294,7 @@ class DistillationRecipe:
         from .onpolicy import on_policy_loss
 
         cfg = self.train_cfg
-        loss_sum, reverse_kl, sampled = on_policy_loss(self.model, self.tokenizer, self.task, self.scorer, batch, step=step,
+        loss_sum, reverse_kl, sampled = on_policy_loss(self.model, self.tokenizer, self.task, self.teacher, batch, step=step,
                                                        seed=cfg.seed, temperature=cfg.onpolicy_temperature, kl=cfg.onpolicy_kl)
         return loss_sum, {"reverse_kl": reverse_kl, "sampled_tokens": sampled, "tokens": sampled}
 

