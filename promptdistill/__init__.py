@@ -2,26 +2,19 @@
 
 A teacher that sees the long prompt labels inputs; a student is LoRA-trained on
 input -> teacher answer without the prompt; held-out evaluation compares the
-two. One module per stage:
+two. The layers, each importing only those below it (README, "How the code
+is laid out"; checked by `make lint`):
 
-    config     task files (TOML) -> dataclasses
-    task       prompt rendering and answer parsing
-    records    input readers and the labeled record
-    models     model loading (hub id, folder, built-in SmolLM2)
-    engine     token-level generation and continuation scoring
-    teachers   the teacher backends (transformers, vLLM, HTTP server): load_teacher
-    labeling   label_inputs
-    render     conversation -> token ids + loss weights
-    train      train_student
-    evaluate   evaluate_systems
-    split      train / held-out split
-    pipeline   run_pipeline: all stages, resumable; evaluate_run
-    predict    answering with a trained student
-    export     the student as a merged transformers folder or a PEFT adapter
-    jsonreply  free-form JSON replies: validity, field-level agreement
-    rundata    a run's data for notebooks: token counts, metrics, report
-    plots      report pictures (matplotlib)
-    report_html  report.md with pictures and a self-contained report.html
+    cli                     the command line
+    pipeline                run_pipeline (all stages, resumable), evaluate_run
+    labeling                label_inputs: durable, resumable labeling through any teacher
+    training/               train_student: the recipe in named steps, losses, checkpoints
+    evaluation/             evaluate_systems, fidelity, agreement, the report and its pictures
+    export, predict         the student as a merged folder or adapter; answering with it
+    rundir, rundata         a run directory's layout and files; its data for notebooks
+    teachers/               the Teacher interface and its backends: load_teacher
+    ground                  config, task, records, render, models, engine, prefix_cache,
+                            io, progress, split, jsonreply, compat, errors
 
 In a notebook, the seed's steps are (see examples/tutorial.ipynb):
 
@@ -32,7 +25,7 @@ In a notebook, the seed's steps are (see examples/tutorial.ipynb):
     token_counts(records, teacher.tokenizer)          # tokens and trained tokens per example
     train_student(cfg, records, "run/train")
     read_metrics("run")                               # loss per step
-    report = evaluate_run(cfg, task, "run", heldout)  # teacher vs base vs student
+    report = evaluate_run(cfg, "run", heldout)        # teacher vs base vs student
     print(results_table(report))
     predict_texts(*load_student("run"), ["some input"])
 
@@ -60,6 +53,7 @@ _EXPORTS = {
     "load_tokenizer": "models",
     "label_inputs": "labeling",
     "load_teacher": "teachers",
+    "RunDir": "rundir",
     "Teacher": "teachers",
     "render_example": "render",
     "train_student": "training.recipe",
