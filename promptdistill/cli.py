@@ -266,11 +266,10 @@ def cmd_render(args):
 
 def cmd_train(args):
     from .outputs import check_file, check_paths, claim_run_dir, relation
+    from .pipeline import check_max_length
     from .records import read_labeled
     from .rundir import RunDir
     from .task import Task
-    from .training.distributed import launched_rank
-    from .training.recipe import train_student
 
     cfg = load_task_config(args)
     labeled = check_file(args.labeled, "labeled file")
@@ -287,6 +286,10 @@ def cmd_train(args):
     if not records:
         raise PromptDistillError("no labeled records", path=labeled)
     heldout = read_labeled(heldout_path) if heldout_path else None
+    check_max_length(cfg)
+    from .training.distributed import launched_rank
+    from .training.recipe import train_student
+
     # Under torchrun / accelerate launch every process runs this command; one writes.
     main_process = launched_rank() == 0
     if main_process:
@@ -359,7 +362,9 @@ def _read_texts(args) -> list[str]:
 def cmd_predict(args):
     from .config import check_device
     from .outputs import check_run_dir
+    from .pipeline import fit_context
     from .predict import predict_texts
+    from .records import Example
     from .rundir import RunDir
     from .task import Task
 
@@ -372,8 +377,14 @@ def cmd_predict(args):
     texts = _read_texts(args)
     if not texts:
         raise PromptDistillError("no texts given (pass them as arguments or on stdin)")
-    task, student = Task(cfg.task), run.load_student(cfg, device=args.device)
-    for text, (label, reply) in zip(texts, predict_texts(task, student, texts)):
+    task = Task(cfg.task)
+    # Texts over the student's context: reported by number, truncated or (data.too_long = "skip") answered "??".
+    examples = [Example(id=str(n), text=t, line=n) for n, t in enumerate(texts, start=1)]
+    fitted = {e.id: e.text for e in fit_context(examples, task, cfg, "<arguments>" if args.texts else "<stdin>", _log, roles=("student",))}
+    student = run.load_student(cfg, device=args.device)
+    answers = dict(zip(fitted, predict_texts(task, student, list(fitted.values()))))
+    for e in examples:
+        label, reply = answers.get(e.id, (None, "??"))
         print(reply if args.raw else (label if label is not None else "??"))
 
 

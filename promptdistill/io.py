@@ -6,10 +6,11 @@ records are appended one line at a time and flushed, so an interrupted run
 loses at most the record being written (a torn last line is ignored on read).
 
 Results get the permissions any other program's files get: `mkstemp` and
-`mkdtemp` create 0600 files and 0700 folders (private scratch space), so
-before a temporary file or folder is renamed into place it is given the
-mode the umask allows (0666 / 0777 minus the umask), or, for a file that
-replaces another, the mode the old file had. Otherwise an exported model
+`mkdtemp` create 0600 files and 0700 folders (private scratch space), and
+safetensors writes its files 0600, so before a temporary file or folder is
+renamed into place it (and all it holds) is given the mode the umask allows
+(0666 / 0777 minus the umask), or, for a file that replaces another, the
+mode the old file had. Otherwise an exported model
 would be unreadable to the other accounts that serve it.
 
 Which paths a command may write or replace at all is decided before any of
@@ -73,6 +74,19 @@ def atomic_write_text(path, text: str) -> None:
         raise
 
 
+def give_default_modes(folder) -> None:
+    """Give `folder` and everything in it the modes the umask allows (keeping execute bits)."""
+    dir_mode, file_mode = default_mode(directory=True), default_mode()
+    os.chmod(folder, dir_mode)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), dir_mode)
+        for f in files:
+            p = os.path.join(root, f)
+            if not os.path.islink(p):
+                os.chmod(p, file_mode | (os.stat(p).st_mode & 0o111 & dir_mode))
+
+
 @contextmanager
 def atomic_directory(path):
     """Yield a temporary folder beside `path`; when the block succeeds it
@@ -91,8 +105,9 @@ def atomic_directory(path):
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     old = None
     try:
-        os.chmod(tmp, default_mode(directory=True))  # mkdtemp made it 0700
         yield tmp
+        # mkdtemp made the folder 0700, and some writers (safetensors) make their files 0600.
+        give_default_modes(tmp)
         if path.exists():
             # Move the old folder aside first, and back if the new one cannot take its place.
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))

@@ -88,12 +88,12 @@ def check_paths(reads: dict[str, object], writes: dict[str, object]) -> None:
     writes = {k: v for k, v in writes.items() if v is not None}
     for wname, w in writes.items():
         for rname, r in reads.items():
-            rel = relation(w, r)
+            rel = relation(r, w)
             if rel is None:
                 continue
             what = {"is": "is the same path as", "is inside": "is inside", "contains": "contains"}[rel]
-            raise PromptDistillError(f"{wname} {what} {rname} ({r}); writing it would overwrite what the command reads: "
-                                     f"choose another {wname}", path=w)
+            raise PromptDistillError(f"{rname} ({r}) {what} {wname} ({w}), which this command writes; "
+                                     "writing it would destroy what the command reads: use separate paths")
     names = list(writes)
     for i, a in enumerate(names):
         for b in names[i + 1:]:

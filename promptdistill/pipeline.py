@@ -55,6 +55,7 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
     outputs = {f"the run's {name}": run.path / name for name in ("config.json", ".lock", "stages", *STAGE_OUTPUTS.values())}
     check_paths({"data.inputs": inputs, **(reads or {})}, outputs)
     run.check_files()
+    check_max_length(cfg)
     with run.lock():
         return _run_stages(cfg, run, force=force, progress=progress, log=log)
 
@@ -213,6 +214,17 @@ def fit_context(examples, task: Task, cfg: Config, path, log, roles=("teacher", 
         examples = _fit(examples, tok, messages, prefix, context - cfg.task.max_new_tokens,
                         f"the {role} {name}'s context of {context} tokens", cfg, path, log)
     return examples
+
+
+def check_max_length(cfg: Config) -> None:
+    """train.max_length may not exceed the student's context: training examples
+    longer than the model's positions would fail, or train on garbage."""
+    from .models import load_tokenizer
+
+    context = model_context(cfg.models.student, load_tokenizer(cfg.models.student))
+    if context is not None and cfg.train.max_length > context:
+        raise PromptDistillError(f"{cfg.train.max_length} exceeds the student {cfg.models.student}'s context of {context} tokens; "
+                                 f"set train.max_length <= {context}", field="train.max_length")
 
 
 def model_context(name: str, tokenizer) -> int | None:
