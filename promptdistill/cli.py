@@ -265,7 +265,7 @@ def cmd_render(args):
 
 
 def cmd_train(args):
-    from .outputs import check_file, check_paths, claim_run_dir, relation
+    from .outputs import check_file, check_paths, claim_run_dir
     from .pipeline import check_max_length
     from .records import read_labeled
     from .rundir import RunDir
@@ -274,9 +274,6 @@ def cmd_train(args):
     cfg = load_task_config(args)
     labeled = check_file(args.labeled, "labeled file")
     heldout_path = check_file(args.heldout, "held-out file") if args.heldout else None
-    if heldout_path is not None and relation(labeled, heldout_path) == "is":
-        raise PromptDistillError("--heldout is the same file as --labeled; the held-out loss needs records not trained on",
-                                 path=heldout_path)
     run = RunDir(claim_run_dir(args.run_dir))
     check_paths({"--labeled": labeled, "--heldout": heldout_path, "the task file": args.task},
                 {"the run's config.json": run.config_path, "the run's train/ folder": run.train_dir})

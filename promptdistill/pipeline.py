@@ -5,6 +5,13 @@ settings it depended on (`stage_settings`). Rerunning skips every stage whose
 marker matches; a stage whose settings changed is refused unless `force`, in
 which case it and every later stage run again. The directory's layout is
 `rundir.RunDir`'s.
+
+Which inputs get labeled is decided once, by `prepare_inputs`, for both the
+split stage and `promptdistill label`: data.dedupe, data.too_long (inputs
+too long for train.max_length or for the student's or teacher's context
+window, reported with their lines) and data.limit mean the same in both.
+Before the run directory is locked, `run_pipeline` checks it may write there
+(outputs.py): nothing is written for a refused run.
 """
 
 from __future__ import annotations
