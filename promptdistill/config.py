@@ -361,6 +361,7 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError("must be > 0", path=source, field="train.learning_rate")
     validate_numbers(cfg, source)
     validate_devices(cfg.models, source)
+    validate_text(cfg, source)
 
 
 def _validate_json_task(t: TaskConfig, source) -> None:
@@ -455,3 +456,28 @@ def check_device(device: str, source=None, field_name: str = "models.device") ->
 
     if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
         raise PromptDistillError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps", path=source, field=field_name)
+
+
+def validate_text(cfg: Config, source=None) -> None:
+    """Every string setting is text a tokenizer takes: a command-line argument
+    with bytes that are not UTF-8 arrives as lone surrogates (Python's
+    surrogateescape), which would fail only when the prompt is first tokenized."""
+    def check(value, name):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise PromptDistillError(f"not valid text (undecodable byte or lone surrogate at character {e.start})",
+                                         path=source, field=name) from None
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                check(item, name)
+        elif isinstance(value, dict):
+            for k, item in value.items():
+                check(k, name)
+                check(item, f"{name}.{k}")
+
+    for section in _SECTIONS:
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(values):
+            check(getattr(values, f.name), f"{section}.{f.name}")

@@ -204,6 +204,9 @@ def check_outside_runs(path, what: str) -> None:
 def claim_run_dir(path, what: str = "--run-dir") -> Path:
     """A run directory `run` or `train` will write into: new, empty, or already a run."""
     p = Path(path)
+    if not (p / "config.json").is_file():
+        # A new run may not be made inside another run (its folders are that run's).
+        check_outside_runs(p, what)
     if not p.exists():
         _check_parent(p, what)
         return p

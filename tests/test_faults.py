@@ -136,6 +136,7 @@ CASES = {
     "label --out inside a run": (None, L + ["--out", "run/labels/extra.jsonl"], None, ["inside the run directory"]),
     "label --out's sidecar is a folder": (_sidecar_dir, L + ["--out", "out.jsonl"], None, ["sidecar", "is a folder"]),
     "label --out's sidecar is corrupt": (_labels_with_bad_sidecar, L + ["--out", "out.jsonl"], None, ["corrupt labels sidecar", "--force"]),
+    "label --rejects is a folder": (None, L + ["--out", "o.jsonl", "--rejects", "emptydir"], None, ["--rejects is a folder"]),
     "label --inputs missing": (None, L + ["--inputs", "nope.jsonl", "--out", "o.jsonl"], None, ["nope.jsonl", "not found"]),
     "label --inputs is a folder": (None, L + ["--inputs", "emptydir", "--out", "o.jsonl"], None, ["emptydir", "is a folder"]),
     "label task file is a folder": (None, ["label", "emptydir", "--out", "o.jsonl"], None, ["task file is a folder"]),
@@ -156,6 +157,7 @@ CASES = {
     "weight_decay negative": (None, L + ["--out", "o.jsonl", "--set", "train.weight_decay=-1"], None, ["train.weight_decay", ">= 0"]),
     "temperature -inf": (None, L + ["--out", "o.jsonl", "--set", "task.temperature=-inf"], None, ["task.temperature"]),
     "dtype unknown": (None, L + ["--out", "o.jsonl", "--set", "models.dtype='float8'"], None, ["models.dtype"]),
+    "a --set value that is not UTF-8": (None, L + ["--out", "o.jsonl", "--set", "task.name=caf\udce9"], None, ["task.name", "not valid text"]),
     "data.limit negative": (None, L + ["--out", "o.jsonl", "--set", "data.limit=-1"], None, ["data.limit"]),
     # -- train: nothing written into the run before the arguments are checked
     "train --labeled missing": (None, T + ["--labeled", "nope.jsonl", "--run-dir", "run"], None, ["labeled file not found"]),
@@ -163,6 +165,10 @@ CASES = {
     "train --labeled is not labels": (None, T + ["--labeled", "inputs.jsonl", "--run-dir", "run"], None, ["inputs.jsonl:1", "messages"]),
     "train --heldout missing": (None, T + ["--labeled", "run/labels/train.jsonl", "--heldout", "nope.jsonl", "--run-dir", "run"], None,
                                 ["held-out file not found"]),
+    "train --heldout is a folder": (None, T + ["--labeled", "run/labels/train.jsonl", "--heldout", "emptydir", "--run-dir", "run"], None,
+                                    ["held-out file is a folder"]),
+    "train --run-dir inside another run": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "run/eval/sub"], None,
+                                           ["inside the run directory"]),
     "train --run-dir is a file": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "inputs.jsonl"], None, ["is a file"]),
     "train --run-dir is a user's folder": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "mine"], None,
                                            ["not a run directory", "notes.txt"]),
@@ -178,6 +184,9 @@ CASES = {
     # -- eval
     "eval a folder that is not a run": (None, E + ["--run-dir", "mine"], None, ["not a run directory"]),
     "eval a missing run": (None, E + ["--run-dir", "nope"], None, ["run directory not found"]),
+    "eval run is a file": (None, E + ["--run-dir", "inputs.jsonl"], None, ["is a file"]),
+    "eval --inputs missing": (None, E + ["--run-dir", "run", "--inputs", "nope.jsonl"], None, ["input file not found"]),
+    "eval --inputs is a folder": (None, E + ["--run-dir", "run", "--inputs", "emptydir"], None, ["input file is a folder"]),
     "eval --inputs inside eval/": (None, E + ["--run-dir", "run", "--inputs", "run/eval/predictions.jsonl"], None, ["--inputs", "is inside the run's eval/ folder"]),
     "eval corrupt partial predictions": (_partial, E + ["--run-dir", "run"], None, ["predictions.partial.jsonl:2", "delete"]),
     "eval corrupt labels": (lambda w: _middle_garbage(w / "run/labels/train.jsonl"), E + ["--run-dir", "run"], None,
@@ -193,6 +202,7 @@ CASES = {
                                     ["config.json", "corrupt run configuration"]),
     "predict run is a file": (None, ["predict", "--run-dir", "inputs.jsonl", "hello"], None, ["is a file"]),
     "predict missing run": (None, ["predict", "--run-dir", "nope", "hello"], None, ["not found"]),
+    "predict a folder that is not a run": (None, ["predict", "--run-dir", "mine", "hello"], None, ["not a run directory"]),
     "predict --device banana": (None, ["predict", "--run-dir", "run", "--device", "banana", "hello"], None, ["--device", "banana"]),
     "predict invalid UTF-8 on stdin": (None, ["predict", "--run-dir", "run"], b"hello\n\xff\n", ["<stdin>", "UTF-8"]),
     # -- export: never onto, into or around the run, never over a user's folder
@@ -209,10 +219,13 @@ CASES = {
     "export --dtype unknown": (None, ["export", "run", "--merged", "m", "--dtype", "float8"], None, ["--dtype"]),
     "export --device banana": (None, ["export", "run", "--merged", "m", "--device", "banana"], None, ["--device"]),
     "export a folder that is not a run": (None, ["export", "mine", "--adapter", "a"], None, ["not a run directory"]),
+    "export a missing run": (None, ["export", "nope", "--adapter", "a"], None, ["run directory not found"]),
+    "export a run that is a file": (None, ["export", "inputs.jsonl", "--adapter", "a"], None, ["is a file"]),
     "export corrupt adapter": (lambda w: _truncate(w / "run/train/adapter/adapter_model.safetensors"),
                                ["export", "run", "--adapter", "a"], None, ["corrupt or incomplete"]),
     # -- run
     "run --run-dir is a user's folder": (None, ["run", "task.toml", "--run-dir", "mine"], None, ["not a run directory"]),
+    "run --run-dir inside another run": (None, ["run", "task.toml", "--run-dir", "run/train/nested"], None, ["inside the run directory"]),
     "run --run-dir is a file": (None, ["run", "task.toml", "--run-dir", "inputs.jsonl"], None, ["is a file"]),
     "run data.inputs inside the run's split/": (None, ["run", "task.toml", "--run-dir", "run", "--set", "data.inputs='run/split/train.jsonl'"],
                                                 None, ["data.inputs", "is inside the run's split"]),
@@ -225,6 +238,7 @@ CASES = {
                                 ["config.json", "delete config.json"]),
     "run corrupt stage marker": (lambda w: _corrupt(w / "run/stages/label.json"), ["run", "task.toml", "--run-dir", "run"], None,
                                  ["label.json", "corrupt stage marker"]),
+    "render --labeled missing": (None, ["render", "task.toml", "--labeled", "nope.jsonl"], None, ["labeled file not found"]),
     "render --labeled is a folder": (None, ["render", "task.toml", "--labeled", "emptydir"], None, ["is a folder"]),
 }
 
