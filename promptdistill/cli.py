@@ -299,7 +299,6 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    from .evaluation.report import results_table
     from .outputs import check_file, check_paths, check_run_dir
     from .pipeline import evaluate_run, fit_context
     from .records import check_gold_labels, read_inputs
@@ -322,6 +321,8 @@ def cmd_eval(args):
         raise PromptDistillError("no inputs left to evaluate (all too long, see above)", path=inputs)
     with run.lock():
         report = evaluate_run(cfg, run.path, examples, progress=not args.no_progress)
+    from .evaluation.report import results_table
+
     print(results_table(report))
     print(f"\nreport: {run.report_md}")
 
@@ -360,7 +361,6 @@ def cmd_predict(args):
     from .config import check_device
     from .outputs import check_run_dir
     from .pipeline import fit_context
-    from .predict import predict_texts
     from .records import Example
     from .rundir import RunDir
     from .task import Task
@@ -378,6 +378,8 @@ def cmd_predict(args):
     # Texts over the student's context: reported by number, truncated or (data.too_long = "skip") answered "??".
     examples = [Example(id=str(n), text=t, line=n) for n, t in enumerate(texts, start=1)]
     fitted = {e.id: e.text for e in fit_context(examples, task, cfg, "<arguments>" if args.texts else "<stdin>", _log, roles=("student",))}
+    from .predict import predict_texts
+
     student = run.load_student(cfg, device=args.device)
     answers = dict(zip(fitted, predict_texts(task, student, list(fitted.values()))))
     for e in examples:
