@@ -350,18 +350,24 @@ def test_label_applies_data_limit_dedupe_and_too_long(world, tmp_path):
     assert "1 duplicate inputs" in err and "more.jsonl" in err and "lines 8" in err and "train.max_length=128" in err
 
 
-def test_inputs_over_the_models_context_are_reported_by_line(tmp_path, tiny_model_dir, tokenizer):
-    """The tiny model's max_position_embeddings is 2048: an input of ~2,500 tokens
-    exceeds it, whatever train.max_length says, and is reported with its line."""
+@pytest.mark.parametrize("short_one", ["student", "teacher"])
+def test_inputs_over_the_models_context_are_reported_by_line(tmp_path, tiny_model_dir, short_one):
+    """The tiny model's max_position_embeddings is 2048; the other model here is
+    its copy claiming 16384. An input of ~2,500 tokens exceeds the short one's
+    context, whatever train.max_length says, and is reported with its line
+    (the teacher's check counts the teacher's prompt, the student's its own)."""
     from promptdistill.config import config_from_dict
     from promptdistill.pipeline import prepare_inputs
     from promptdistill.task import Task
 
+    roomy = tmp_path / "roomy"
+    shutil.copytree(tiny_model_dir, roomy)
+    config = json.loads((roomy / "config.json").read_text())
+    (roomy / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16384}))
+    models = {"student": tiny_model_dir, "teacher": str(roomy)} if short_one == "student" else {"student": str(roomy), "teacher": tiny_model_dir}
     write_jsonl(tmp_path / "in.jsonl", [{"text": "short"}, {"text": " ".join(["word"] * 2500)}, {"text": "also short"}])
-    cfg = config_from_dict({"task": {"user_template": "{text}", "max_new_tokens": 10},
-                            "models": {"student": tiny_model_dir, "teacher": tiny_model_dir},
-                            "train": {"max_length": 8192}})
+    cfg = config_from_dict({"task": {"user_template": "{text}", "max_new_tokens": 10}, "models": models, "train": {"max_length": 4096}})
     logged = []
     kept = prepare_inputs(cfg, Task(cfg.task), tmp_path / "in.jsonl", logged.append)
     assert [e.text for e in kept] == ["short", "also short"]
-    assert len(logged) == 1 and "context of 2048 tokens" in logged[0] and "lines 2" in logged[0]
+    assert len(logged) == 1 and f"the {short_one}" in logged[0] and "context of 2048 tokens" in logged[0] and "lines 2" in logged[0]
