@@ -220,7 +220,9 @@ def claim_run_dir(path, what: str = "--run-dir") -> Path:
             return p
         raise PromptDistillError("config.json is not a promptdistill configuration (corrupt, or another tool's); "
                                  "if this is a run, delete config.json and rerun, otherwise choose another --run-dir", path=config)
-    other = sorted(e.name for e in p.iterdir() if e.name not in _RUN_SCRATCH)
+    # config.json being written right now (another process of a torchrun launch) is ours too.
+    other = sorted(e.name for e in p.iterdir()
+                   if e.name not in _RUN_SCRATCH and not (e.name.startswith(".config.json.") and e.name.endswith(".tmp")))
     if other:
         shown = ", ".join(other[:3]) + (" ..." if len(other) > 3 else "")
         raise PromptDistillError(f"{what} exists and is not a run directory (it holds {shown}); choose a new or empty folder", path=p)

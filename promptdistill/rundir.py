@@ -133,9 +133,10 @@ class RunDir:
             _check_jsonl(self.metrics_path, "corrupt training metrics; delete train/metrics.jsonl (rerun the train stage to rewrite it)",
                          torn_ok=True)
         for side in ("train", "heldout"):
-            if self.labels_file(side).exists():
-                _check_jsonl(self.labels_file(side), "corrupt labeled record; fix or delete this line (it is relabeled on rerun)",
-                             torn_ok=True)
+            labels = self.labels_file(side)
+            for path in (labels, labels.with_name(labels.stem + ".rejects.jsonl")):
+                if path.exists():
+                    _check_jsonl(path, "corrupt labeled record; fix or delete this line (it is relabeled on rerun)", torn_ok=True)
         partial = self.eval_dir / "predictions.partial.jsonl"
         if partial.exists():
             _check_jsonl(partial, "corrupt interrupted evaluation; delete this file to evaluate from the start", torn_ok=True)
