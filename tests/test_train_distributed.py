@@ -110,6 +110,7 @@ def test_two_processes_train_the_one_process_adapter_and_resume(tmp_path, tiny_m
     # Resume in two-process mode: a run that stopped after its step-2 checkpoint.
     resumed = tmp_path / "resumed"
     (resumed / "train" / "checkpoints").mkdir(parents=True)
+    shutil.copy(two / "config.json", resumed / "config.json")  # `train` writes it before it trains
     shutil.copytree(two / "train" / "checkpoints" / "step-000002", resumed / "train" / "checkpoints" / "step-000002")
     kept = [line for line in (two / "train" / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 2]
     (resumed / "train" / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
