@@ -17,7 +17,8 @@ Two standard shapes are written from it:
 
 Both folders are written whole or not at all (temporary folder, then rename),
 and only where the tool may write (`check_export_target`, the rule of
-outputs.py): never inside, onto or around the run directory, and an
+outputs.py): never onto or around the run directory or into its own files
+(a new folder directly in the run, such as RUN/merged, is fine), and an
 existing folder only when it is empty or was exported by promptdistill and
 left unchanged (a manifest of the files written, `outputs.MANIFEST`, is kept
 in it), unless `overwrite`. Files and folders get the umask's permissions, so
@@ -31,17 +32,20 @@ import shutil
 from pathlib import Path
 
 from .io import atomic_directory, atomic_write_text
-from .outputs import check_outside_runs, check_paths, claim_folder, write_manifest
+from .outputs import check_outside_runs, check_paths, claim_folder, relation, write_manifest
 from .rundir import RunDir
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def check_export_target(run: RunDir, out_dir, what: str = "the export folder", *, overwrite: bool = False) -> None:
-    """Refuse an export folder that is, lies in, or contains the run (or another run),
-    is a file, or holds what promptdistill did not write (unless `overwrite`)."""
-    check_paths({"the run directory": run.path}, {what: out_dir})
-    check_outside_runs(out_dir, what)
+    """Refuse an export folder that is the run, contains it, lies in the run's own
+    files (config.json, train/, ...) or in another run, is a file, or holds what
+    promptdistill did not write (unless `overwrite`). A new folder directly in
+    the run (RUN/merged) is allowed: it replaces nothing of the run."""
+    if relation(out_dir, run.path) != "is inside":
+        check_paths({"the run directory": run.path}, {what: out_dir})
+    check_outside_runs(out_dir, what, own_run=run.path)
     claim_folder(out_dir, what, overwrite=overwrite)
 
 

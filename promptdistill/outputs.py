@@ -27,7 +27,10 @@ same order, validate, then lock, then write:
      config.json and whole subfolders into it;
    - nothing may be written inside a run directory from outside it
      (`check_outside_runs`): a run's files are only written by the commands
-     that work on that run.
+     that work on that run. The one exception: an export of a run may go
+     into a new folder directly in that run (RUN/merged, as the tutorial
+     keeps everything of a run together), never into the run's own entries
+     (config.json, stages/, split/, labels/, train/, eval/).
 
 Only then does a command take its lock and write its first byte, so a
 refused command leaves no config, lock or sidecar behind. Each refusal is
@@ -193,9 +196,22 @@ def _check_parent(p: Path, what: str) -> None:
         raise PromptDistillError(f"{what} cannot be written (no permission in {anc})", path=p)
 
 
-def check_outside_runs(path, what: str) -> None:
-    """Refuse writing inside a run directory that the command does not work on."""
-    for parent in _real(path).parents:
+# What a run directory holds of its own (rundir.py's layout): nothing else may be written there.
+RUN_ENTRIES = ("config.json", ".lock", "stages", "split", "labels", "train", "eval")
+
+
+def check_outside_runs(path, what: str, *, own_run=None) -> None:
+    """Refuse writing inside a run directory. Into `own_run` (the run an export
+    is made from) only a new folder beside the run's own entries is allowed,
+    e.g. RUN/merged: never into config.json, stages/, split/, labels/, train/ or eval/."""
+    real = _real(path)
+    for parent in real.parents:
+        if own_run is not None and parent == _real(own_run):
+            top = real.relative_to(parent).parts[0]
+            if top in RUN_ENTRIES:
+                raise PromptDistillError(f"{what} is inside the run's own {top}; choose a path outside the run, "
+                                         "or a new folder directly in it (such as RUN/merged)", path=path)
+            continue
         if looks_like_run(parent):
             raise PromptDistillError(f"{what} is inside the run directory {parent}; a run's files are written only by the "
                                      "commands that work on that run: choose a path outside it", path=path)

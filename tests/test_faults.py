@@ -207,7 +207,12 @@ CASES = {
     "predict invalid UTF-8 on stdin": (None, ["predict", "--run-dir", "run"], b"hello\n\xff\n", ["<stdin>", "UTF-8"]),
     # -- export: never onto, into or around the run, never over a user's folder
     "export --adapter into a user's folder": (None, ["export", "run", "--adapter", "mine"], None, ["did not write", "notes.txt", "--overwrite"]),
-    "export --adapter inside the run": (None, ["export", "run", "--adapter", "run/exported"], None, ["the run directory", "contains --adapter"]),
+    "export --adapter into the run's train/": (None, ["export", "run", "--adapter", "run/train/exported", "--overwrite"], None,
+                                               ["inside the run's own train"]),
+    "export --adapter onto the run's eval/": (None, ["export", "run", "--adapter", "run/eval", "--overwrite"], None,
+                                              ["inside the run's own eval"]),
+    "export --merged onto the run's config.json": (None, ["export", "run", "--merged", "run/config.json", "--overwrite"], None,
+                                                   ["inside the run's own config.json"]),
     "export --adapter is the run": (None, ["export", "run", "--adapter", "run", "--overwrite"], None, ["the run directory", "is the same path as --adapter"]),
     "export --merged contains the run": (None, ["export", "run", "--merged", ".", "--overwrite"], None, ["the run directory", "is inside --merged"]),
     "export --adapter is a file": (None, ["export", "run", "--adapter", "inputs.jsonl"], None, ["is a file"]),
@@ -311,6 +316,9 @@ def test_export_replaces_its_own_folder_and_overwrite_replaces_a_users(world, tm
         assert stat.S_IMODE((w / "exported").stat().st_mode) == 0o755
         for f in (w / "exported").iterdir():
             assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+        beside = cli(["export", "run", "--adapter", "run/exported"], cwd=w)  # a new folder beside the run's own entries
+        assert beside.returncode == 0, beside.stderr.decode()[-2000:]
+        assert (w / "run" / "exported" / "adapter_config.json").exists()
         forced = cli(["export", "run", "--adapter", "mine", "--overwrite"], cwd=w)
         assert forced.returncode == 0, forced.stderr.decode()[-2000:]
         assert not (w / "mine" / "notes.txt").exists() and (w / "mine" / "adapter_config.json").exists()
