@@ -8,6 +8,10 @@
     promptdistill predict --run-dir D [TEXT ...]            answer with the student
     promptdistill export  D --merged DIR | --adapter DIR    the student as a model others load
 
+No command removes or replaces what it did not create (outputs.py): every
+path argument is checked, and the files it will read, before anything is
+written.
+
 Any setting of the task file can be overridden with `--set section.key=VALUE`
 (VALUE is read as TOML, falling back to a plain string).
 """
@@ -82,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--rejects", help="where unparsed answers go (default: OUT with .rejects.jsonl)")
     sp.add_argument("--mode", choices=["generate", "choose"], help="answer mode (default: task.answer_mode)")
     sp.add_argument("--batch-size", type=int, help="inputs per generate batch (default 64) or per vLLM engine call (default 256)")
-    sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs")
+    sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs (after data.dedupe, data.too_long and data.limit, as `run` applies them)")
     sp.add_argument("--force", action="store_true", help="discard labels made with other settings")
     sp.add_argument("--dedupe", action="store_true", help="label only the first of inputs with the same text")
     sp.add_argument("--samples", type=int, help="self-consistency: answers drawn per input (sets task.samples)")
@@ -131,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--adapter", metavar="DIR", help="PEFT adapter folder (e.g. for vllm serve --enable-lora)")
     sp.add_argument("--device", default="cpu", help="device used for merging (default: cpu)")
     sp.add_argument("--dtype", help="dtype of the merged weights (default: models.dtype of the run)")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace an existing folder even if it holds files promptdistill did not write (never the run itself)")
     sp.set_defaults(func=cmd_export)
     return p
 
@@ -190,7 +196,17 @@ def load_task_config(args):
     base_dir = cfg.base_dir
     cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if args.overrides else path)
     cfg.base_dir = base_dir
+    check_models(cfg.models)
     return cfg
+
+
+def check_models(models) -> None:
+    """Models given as local folders must hold a model (a server's teacher is a name, not checked)."""
+    from .outputs import check_model_folder
+
+    if models.teacher_backend != "openai":
+        check_model_folder(models.teacher, "models.teacher")
+    check_model_folder(models.student, "models.student")
 
 
 def _toml_value(text: str):
@@ -200,18 +216,36 @@ def _toml_value(text: str):
         return text
 
 
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# Every command validates all of its arguments and the files it will read
+# before it takes a lock or writes a byte (outputs.py has the rule and why).
+
 def cmd_label(args):
-    from .records import check_gold_labels, read_inputs, report_duplicates
+    from .outputs import check_file, check_outside_runs, check_paths, claim_labels_file
+    from .pipeline import prepare_inputs
     from .task import Task
 
     cfg = load_task_config(args)
+    if args.dedupe:
+        cfg.data.dedupe = True
     task = Task(cfg.task)
     inputs = Path(args.inputs) if args.inputs else (cfg.resolve_path(cfg.data.inputs) if cfg.data.inputs else None)
     if inputs is None:
         raise PromptDistillError("no inputs: pass --inputs or set data.inputs", field="data.inputs")
-    examples = read_inputs(inputs)
-    check_gold_labels(examples, task.labels, inputs)
-    examples = report_duplicates(examples, inputs, args.dedupe, lambda m: print(m, file=sys.stderr), "--dedupe")
+    check_file(inputs, "input file")
+    out = Path(args.out)
+    rejects = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.jsonl")
+    writes = {"--out": out, "--rejects": rejects, "--out's sidecar": out.with_name(out.name + ".meta.json"),
+              "--out's lock file": out.with_name(out.name + ".lock")}
+    check_paths({"--inputs": inputs, "the task file": args.task}, writes)
+    for name, path in writes.items():
+        check_outside_runs(path, name)
+    claim_labels_file(out, "--out")
+    claim_labels_file(rejects, "--rejects", sidecars=False)
+    examples = prepare_inputs(cfg, task, inputs, _log, dedupe_hint="--dedupe")
     if args.limit:
         examples = examples[: args.limit]
     from .labeling import label_inputs
@@ -219,7 +253,7 @@ def cmd_label(args):
 
     teacher = load_teacher(cfg)
 
-    summary = label_inputs(cfg, examples, teacher, args.out, args.rejects, mode=args.mode, batch_size=args.batch_size,
+    summary = label_inputs(cfg, examples, teacher, out, rejects, mode=args.mode, batch_size=args.batch_size,
                            force=args.force, progress=not args.no_progress, reuse_prefix=not args.no_prefix_reuse)
     print(json.dumps(summary, indent=2))
 
@@ -238,37 +272,62 @@ def cmd_render(args):
 
 
 def cmd_train(args):
+    from .outputs import check_file, check_paths, claim_run_dir
+    from .pipeline import check_max_length
     from .records import read_labeled
     from .rundir import RunDir
+
+    cfg = load_task_config(args)
+    labeled = check_file(args.labeled, "labeled file")
+    heldout_path = check_file(args.heldout, "held-out file") if args.heldout else None
+    run = RunDir(claim_run_dir(args.run_dir))
+    check_paths({"--labeled": labeled, "--heldout": heldout_path, "the task file": args.task},
+                {"the run's config.json": run.config_path, "the run's train/ folder": run.train_dir})
+    run.check_files()
+    # Read (and so validate) the labeled data before anything is written into the run.
+    records = read_labeled(labeled)
+    if not records:
+        raise PromptDistillError("no labeled records", path=labeled)
+    heldout = read_labeled(heldout_path) if heldout_path else None
+    check_max_length(cfg)
     from .training.distributed import launched_rank
     from .training.recipe import train_student
 
-    cfg = load_task_config(args)
-    heldout = read_labeled(args.heldout) if args.heldout else None
-    run = RunDir(args.run_dir)
     # Under torchrun / accelerate launch every process runs this command; one writes.
     main_process = launched_rank() == 0
     if main_process:
         # Same layout as `run`, so `eval`, `predict` and `export` work on this folder.
         run.save_config(cfg)
-    summary = train_student(cfg, read_labeled(args.labeled), run.train_dir, heldout=heldout, progress=not args.no_progress)
+    summary = train_student(cfg, records, run.train_dir, heldout=heldout, progress=not args.no_progress)
     if main_process:
         print(json.dumps(summary, indent=2))
 
 
 def cmd_eval(args):
-    from .evaluation.report import results_table
-    from .pipeline import evaluate_run
+    from .outputs import check_file, check_paths, check_run_dir
+    from .pipeline import evaluate_run, fit_context
     from .records import check_gold_labels, read_inputs
     from .rundir import RunDir
+    from .task import Task
 
     cfg = load_task_config(args)
-    run = RunDir(args.run_dir)
-    inputs = Path(args.inputs) if args.inputs else run.split_file("heldout")
+    run = RunDir(check_run_dir(args.run_dir))
+    inputs = check_file(args.inputs, "input file") if args.inputs else run.split_file("heldout")
+    if not args.inputs and not inputs.exists():
+        raise PromptDistillError("no held-out inputs in this run (split/heldout.jsonl); pass --inputs FILE", path=inputs)
+    check_paths({"--inputs": inputs, "the task file": args.task, "the run's adapter": run.adapter_dir},
+                {"the run's eval/ folder": run.eval_dir, "the run's lock file": run.path / ".lock"})
+    run.adapter()
+    run.check_files()
     examples = read_inputs(inputs)
     check_gold_labels(examples, cfg.task.labels, inputs)
+    examples = fit_context(examples, Task(cfg.task), cfg, inputs, _log)
+    if not examples:
+        raise PromptDistillError("no inputs left to evaluate (all too long, see above)", path=inputs)
     with run.lock():
         report = evaluate_run(cfg, run.path, examples, progress=not args.no_progress)
+    from .evaluation.report import results_table
+
     print(results_table(report))
     print(f"\nreport: {run.report_md}")
 
@@ -277,27 +336,83 @@ def cmd_run(args):
     from .pipeline import run_pipeline
 
     cfg = load_task_config(args)
-    run_dir = args.run_dir or str(Path("runs") / cfg.task.name)
-    run_pipeline(cfg, run_dir, force=args.force, progress=not args.no_progress)
+    if args.run_dir:
+        run_dir = args.run_dir
+    else:
+        name = cfg.task.name
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise PromptDistillError(f"task.name {name!r} is not a folder name; pass --run-dir", field="task.name")
+        run_dir = str(Path("runs") / name)
+    run_pipeline(cfg, run_dir, force=args.force, progress=not args.no_progress, reads={"the task file": args.task})
+
+
+def _read_texts(args) -> list[str]:
+    from .records import check_encodable
+
+    if args.texts:
+        texts = args.texts
+    else:
+        try:
+            data = sys.stdin.buffer.read()
+            texts = [line.strip() for line in data.decode("utf-8").removeprefix("\ufeff").split("\n") if line.strip()]
+        except UnicodeDecodeError as e:
+            raise PromptDistillError(f"invalid UTF-8 at byte {e.start}", path="<stdin>") from None
+    for n, text in enumerate(texts, start=1):
+        check_encodable(text, "<stdin>" if not args.texts else "<arguments>", n)
+    return texts
 
 
 def cmd_predict(args):
-    from .predict import load_student, predict_texts
+    from .config import check_device
+    from .outputs import check_run_dir
+    from .pipeline import fit_context
+    from .records import Example
+    from .rundir import RunDir
+    from .task import Task
 
-    texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
+    run = RunDir(check_run_dir(args.run_dir))
+    if args.device is not None:
+        check_device(args.device, field_name="--device")
+    cfg = run.load_config()
+    check_models(cfg.models)
+    run.adapter()
+    texts = _read_texts(args)
     if not texts:
         raise PromptDistillError("no texts given (pass them as arguments or on stdin)")
-    task, student = load_student(args.run_dir, device=args.device)
-    for text, (label, reply) in zip(texts, predict_texts(task, student, texts)):
+    task = Task(cfg.task)
+    # Texts over the student's context: reported by number, truncated or (data.too_long = "skip") answered "??".
+    examples = [Example(id=str(n), text=t, line=n) for n, t in enumerate(texts, start=1)]
+    fitted = {e.id: e.text for e in fit_context(examples, task, cfg, "<arguments>" if args.texts else "<stdin>", _log, roles=("student",))}
+    from .predict import predict_texts
+
+    student = run.load_student(cfg, device=args.device)
+    answers = dict(zip(fitted, predict_texts(task, student, list(fitted.values()))))
+    for e in examples:
+        label, reply = answers.get(e.id, (None, "??"))
         print(reply if args.raw else (label if label is not None else "??"))
 
 
 def cmd_export(args):
-    from .export import export_adapter, export_merged
+    from .config import DTYPES, check_device
+    from .export import check_export_target, export_adapter, export_merged
+    from .outputs import check_paths, check_run_dir
+    from .rundir import RunDir
 
     if not args.merged and not args.adapter:
         raise PromptDistillError("nothing to export: pass --merged DIR and/or --adapter DIR")
+    run = RunDir(check_run_dir(args.run_dir))
+    check_device(args.device, field_name="--device")
+    if args.dtype is not None and args.dtype not in DTYPES:
+        raise PromptDistillError(f"must be one of {', '.join(DTYPES)}; got {args.dtype!r}", field="--dtype")
+    cfg = run.load_config()
+    check_models(cfg.models)
+    run.adapter()
+    # Both targets are checked before either is written.
+    check_paths({}, {"--merged": args.merged, "--adapter": args.adapter})
+    for flag, target in (("--merged", args.merged), ("--adapter", args.adapter)):
+        if target:
+            check_export_target(run, target, flag, overwrite=args.overwrite)
     if args.merged:
-        print(f"merged model: {export_merged(args.run_dir, args.merged, device=args.device, dtype=args.dtype)}")
+        print(f"merged model: {export_merged(run.path, args.merged, device=args.device, dtype=args.dtype, overwrite=args.overwrite)}")
     if args.adapter:
-        print(f"adapter: {export_adapter(args.run_dir, args.adapter)}")
+        print(f"adapter: {export_adapter(run.path, args.adapter, overwrite=args.overwrite)}")

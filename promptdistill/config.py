@@ -204,13 +204,15 @@ _SECTIONS = {"task": TaskConfig, "data": DataConfig, "models": ModelsConfig, "tr
 
 def load_config(path) -> Config:
     """Read a task TOML file into a validated `Config`."""
-    path = Path(path)
-    if not path.exists():
-        raise PromptDistillError("task file not found", path=path)
+    from .outputs import check_file
+
+    path = check_file(path, "task file")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise PromptDistillError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path=path) from None
+    except OSError as e:
+        raise PromptDistillError(f"cannot be read ({e.strerror})", path=path) from None
     except tomllib.TOMLDecodeError as e:
         line = getattr(e, "lineno", None)
         raise PromptDistillError(f"invalid TOML: {getattr(e, 'msg', e)}", path=path, line=line) from None
@@ -375,6 +377,9 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError("must be >= 0 (0 = no clipping)", path=source, field="train.max_grad_norm")
     if tr.learning_rate <= 0:
         raise PromptDistillError("must be > 0", path=source, field="train.learning_rate")
+    validate_numbers(cfg, source)
+    validate_devices(cfg.models, source)
+    validate_text(cfg, source)
 
 
 def _validate_json_task(t: TaskConfig, source) -> None:
@@ -398,3 +403,99 @@ def _reads_back(pattern, template: str, label: str) -> bool:
 def _one_of(value, allowed, source, field_name) -> None:
     if value not in allowed:
         raise PromptDistillError(f"must be one of {', '.join(allowed)}; got {value!r}", path=source, field=field_name)
+
+
+# -- numbers, devices and dtypes (every setting checked when the config is read) --
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
+
+# Ranges beyond "finite": field -> (low, high, low inclusive, high inclusive); None is unbounded.
+_RANGES = {
+    "task.temperature": (0, None, True, False),
+    "task.min_confidence": (0, 1, True, True),
+    "data.heldout_fraction": (0, 1, False, False),
+    "data.limit": (0, None, True, False),
+    "models.teacher_concurrency": (1, None, True, False),
+    "train.kd_alpha": (0, 1, True, True),
+    "train.onpolicy_temperature": (0, None, False, False),
+    "train.lora_rank": (1, None, True, False),
+    "train.lora_alpha": (0, None, False, False),
+    "train.lora_dropout": (0, 1, True, False),
+    "train.learning_rate": (0, None, False, False),
+    "train.weight_decay": (0, None, True, False),
+    "train.max_grad_norm": (0, None, True, False),
+    "train.warmup_steps": (0, None, True, False),
+    "train.max_steps": (0, None, True, False),
+    "eval.max_examples": (0, None, True, False),
+}
+
+
+def validate_numbers(cfg: Config, source=None) -> None:
+    """Every number of every section is finite (TOML reads nan and inf, and
+    comparisons with nan are all false, so range checks alone let it through)
+    and within its range, with the field named."""
+    import math
+
+    for section in _SECTIONS:
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            name = f"{section}.{f.name}"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PromptDistillError(f"must be a finite number, got {value}", path=source, field=name)
+            if name in _RANGES and isinstance(value, (int, float)):
+                _check_range(value, name, *_RANGES[name], source)
+    if isinstance(cfg.train.target_modules, list) and not cfg.train.target_modules:
+        raise PromptDistillError("must name at least one module (or \"all-linear\")", path=source, field="train.target_modules")
+
+
+def _check_range(value, name, low, high, low_in, high_in, source) -> None:
+    ok = (low is None or (value >= low if low_in else value > low)) and (high is None or (value <= high if high_in else value < high))
+    if ok:
+        return
+    if high is None:
+        text = f"must be {'>=' if low_in else '>'} {low}"
+    else:
+        text = f"must be in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+    raise PromptDistillError(f"{text}, got {value}", path=source, field=name)
+
+
+def validate_devices(models: ModelsConfig, source=None) -> None:
+    """The device and dtype strings, checked before any model loads."""
+    check_device(models.device, source, "models.device")
+    if models.dtype not in DTYPES:
+        raise PromptDistillError(f"must be one of {', '.join(DTYPES)}; got {models.dtype!r}", path=source, field="models.dtype")
+
+
+def check_device(device: str, source=None, field_name: str = "models.device") -> None:
+    """auto, cpu, mps, cuda or cuda:N."""
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
+        raise PromptDistillError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps", path=source, field=field_name)
+
+
+def validate_text(cfg: Config, source=None) -> None:
+    """Every string setting is text a tokenizer takes: a command-line argument
+    with bytes that are not UTF-8 arrives as lone surrogates (Python's
+    surrogateescape), which would fail only when the prompt is first tokenized."""
+    def check(value, name):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise PromptDistillError(f"not valid text (undecodable byte or lone surrogate at character {e.start})",
+                                         path=source, field=name) from None
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                check(item, name)
+        elif isinstance(value, dict):
+            for k, item in value.items():
+                check(k, name)
+                check(item, f"{name}.{k}")
+
+    for section in _SECTIONS:
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(values):
+            check(getattr(values, f.name), f"{section}.{f.name}")

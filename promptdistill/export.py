@@ -15,7 +15,14 @@ Two standard shapes are written from it:
   on, for servers that apply adapters on top of a shared base, e.g.
   `vllm serve BASE --enable-lora --lora-modules student=DIR`.
 
-Both folders are written whole or not at all (temporary folder, then rename).
+Both folders are written whole or not at all (temporary folder, then rename),
+and only where the tool may write (`check_export_target`, the rule of
+outputs.py): never onto or around the run directory or into its own files
+(a new folder directly in the run, such as RUN/merged, is fine), and an
+existing folder only when it is empty or was exported by promptdistill and
+left unchanged (a manifest of the files written, `outputs.MANIFEST`, is kept
+in it), unless `overwrite`. Files and folders get the umask's permissions, so
+other accounts (a serving user) can read them.
 """
 
 from __future__ import annotations
@@ -25,18 +32,31 @@ import shutil
 from pathlib import Path
 
 from .io import atomic_directory, atomic_write_text
+from .outputs import check_outside_runs, check_paths, claim_folder, relation, write_manifest
 from .rundir import RunDir
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def export_merged(run_dir, out_dir, *, device: str = "cpu", dtype: str | None = None) -> Path:
+def check_export_target(run: RunDir, out_dir, what: str = "the export folder", *, overwrite: bool = False) -> None:
+    """Refuse an export folder that is the run, contains it, lies in the run's own
+    files (config.json, train/, ...) or in another run, is a file, or holds what
+    promptdistill did not write (unless `overwrite`). A new folder directly in
+    the run (RUN/merged) is allowed: it replaces nothing of the run."""
+    if relation(out_dir, run.path) != "is inside":
+        check_paths({"the run directory": run.path}, {what: out_dir})
+    check_outside_runs(out_dir, what, own_run=run.path)
+    claim_folder(out_dir, what, overwrite=overwrite)
+
+
+def export_merged(run_dir, out_dir, *, device: str = "cpu", dtype: str | None = None, overwrite: bool = False) -> Path:
     """Write the student (base + LoRA merged) as a standalone transformers folder; return it."""
     from .render import end_of_turn_ids
 
     run = RunDir(run_dir)
     cfg = run.load_config()
     adapter = run.adapter()
+    check_export_target(run, out_dir, overwrite=overwrite)
     student = run.load_student(cfg, device=device, dtype=dtype)
     merged = student.model.merge_and_unload()
     tok = student.tokenizer
@@ -51,16 +71,18 @@ def export_merged(run_dir, out_dir, *, device: str = "cpu", dtype: str | None = 
         merged.save_pretrained(tmp)  # safetensors (transformers' default)
         tok.save_pretrained(tmp)
         atomic_write_text(tmp / "README.md", _merged_readme(cfg, adapter))
+        write_manifest(tmp, "merged")
     return Path(out_dir)
 
 
-def export_adapter(run_dir, out_dir) -> Path:
+def export_adapter(run_dir, out_dir, *, overwrite: bool = False) -> Path:
     """Write the student's PEFT adapter folder, pointing at its base model; return it."""
     from .models import model_path
 
     run = RunDir(run_dir)
     cfg = run.load_config()
     adapter = run.adapter()
+    check_export_target(run, out_dir, overwrite=overwrite)
     base_path = model_path(cfg.models.student)
     with atomic_directory(out_dir) as tmp:
         for name in _ADAPTER_FILES:
@@ -72,6 +94,7 @@ def export_adapter(run_dir, out_dir) -> Path:
         adapter_cfg["base_model_name_or_path"] = base_path
         atomic_write_text(config_path, json.dumps(adapter_cfg, indent=2) + "\n")
         atomic_write_text(tmp / "README.md", _adapter_readme(cfg, base_path, Path(out_dir), adapter_cfg.get("r")))
+        write_manifest(tmp, "adapter")
     return Path(out_dir)
 
 

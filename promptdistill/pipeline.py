@@ -5,6 +5,13 @@ settings it depended on (`stage_settings`). Rerunning skips every stage whose
 marker matches; a stage whose settings changed is refused unless `force`, in
 which case it and every later stage run again. The directory's layout is
 `rundir.RunDir`'s.
+
+Which inputs get labeled is decided once, by `prepare_inputs`, for both the
+split stage and `promptdistill label`: data.dedupe, data.too_long (inputs
+too long for train.max_length or for the student's or teacher's context
+window, reported with their lines) and data.limit mean the same in both.
+Before the run directory is locked, `run_pipeline` checks it may write there
+(outputs.py): nothing is written for a refused run.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from .config import Config, task_settings, training_settings
 from .errors import PromptDistillError
 from .io import atomic_write_json, fingerprint
 from .records import check_gold_labels, read_inputs, read_labeled, report_duplicates, write_examples
-from .rundir import RunDir
+from .rundir import STAGE_OUTPUTS, RunDir
 from .split import split_examples, subsample
 from .task import Task
 
@@ -39,11 +46,23 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
     return {"split": split, "label": label, "train": train, "eval": evaluate}
 
 
-def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = True, log=print) -> dict:
-    """Run every stage not already complete; return the evaluation report."""
+def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = True, log=print, reads: dict | None = None) -> dict:
+    """Run every stage not already complete; return the evaluation report.
+
+    Before the run directory is locked or written: the input file must be
+    readable, the run directory new, empty or a run (`outputs.claim_run_dir`),
+    no input (data.inputs, or the paths in `reads`, e.g. the task file) may
+    lie among the run's outputs, and the run's existing files must be readable."""
+    from .outputs import check_file, check_paths, claim_run_dir
+
     if not cfg.data.inputs:
         raise PromptDistillError("set data.inputs to the input file", field="data.inputs")
-    run = RunDir(run_dir)
+    inputs = check_file(cfg.resolve_path(cfg.data.inputs), "input file (data.inputs)")
+    run = RunDir(claim_run_dir(run_dir))
+    outputs = {f"the run's {name}": run.path / name for name in ("config.json", ".lock", "stages", *STAGE_OUTPUTS.values())}
+    check_paths({"data.inputs": inputs, **(reads or {})}, outputs)
+    run.check_files()
+    check_max_length(cfg)
     with run.lock():
         return _run_stages(cfg, run, force=force, progress=progress, log=log)
 
@@ -66,12 +85,7 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
         return True
 
     if stage_needed("split"):
-        inputs_path = cfg.resolve_path(cfg.data.inputs)
-        examples = read_inputs(inputs_path)
-        check_gold_labels(examples, task.labels, inputs_path)
-        examples = report_duplicates(examples, inputs_path, cfg.data.dedupe, lambda m: log(f"[promptdistill] {m}"), "data.dedupe = true")
-        examples = fit_inputs(examples, task, cfg, inputs_path, log)
-        examples = subsample(examples, cfg.data.limit, cfg.data.seed)
+        examples = prepare_inputs(cfg, task, cfg.resolve_path(cfg.data.inputs), log)
         train, heldout = split_examples(examples, cfg.data.heldout_fraction, cfg.data.seed)
         write_examples(run.split_file("train"), train)
         write_examples(run.split_file("heldout"), heldout)
@@ -82,9 +96,12 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
     heldout_inputs = read_inputs(run.split_file("heldout"))
 
     if stage_needed("label"):
+        # The split was fitted to the teacher it was made with; the teacher may have changed since.
+        sides = {side: fit_context(exs, task, cfg, run.split_file(side), log, roles=("teacher",))
+                 for side, exs in (("train", train_inputs), ("heldout", heldout_inputs))}
         teacher = load_teacher(cfg)
         summaries = {}
-        for name, exs in (("train", train_inputs), ("heldout", heldout_inputs)):
+        for name, exs in sides.items():
             summaries[name] = label_inputs(cfg, exs, teacher, run.labels_file(name), force=force, progress=progress)
             s = summaries[name]
             log(f"[promptdistill] label {name}: {s['labeled']} labeled, {s['rejected']} rejected "
@@ -146,28 +163,121 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def prepare_inputs(cfg: Config, task: Task, path, log, *, dedupe_hint: str = "data.dedupe = true") -> list:
+    """The inputs of the input file that get labeled, the same for `run` (its
+    split stage) and `label`: read and checked (gold labels in the label set),
+    duplicates reported (only the first kept with data.dedupe), inputs too
+    long for the student or the teacher reported with their lines (skipped or
+    truncated per data.too_long), then data.limit of them drawn with data.seed."""
+    examples = read_inputs(path)
+    check_gold_labels(examples, task.labels, path)
+    examples = report_duplicates(examples, path, cfg.data.dedupe, lambda m: log(f"[promptdistill] {m}"), dedupe_hint)
+    examples = fit_inputs(examples, task, cfg, path, log)
+    examples = fit_context(examples, task, cfg, path, log, roles=("teacher",))
+    examples = subsample(examples, cfg.data.limit, cfg.data.seed)
+    if not examples:
+        raise PromptDistillError("no inputs left after dropping those too long (see above); raise train.max_length or "
+                                 "set data.too_long = \"truncate\"", path=path)
+    return examples
+
+
 def fit_inputs(examples, task: Task, cfg: Config, path, log) -> list:
-    """Report inputs too long for the student (prompt + reply within train.max_length);
-    skip them or truncate their text, as data.too_long says."""
+    """Report inputs too long for the student (prompt + reply within train.max_length,
+    and within the student model's context); skip them or truncate their text, as
+    data.too_long says."""
     from .models import load_tokenizer
-    from .render import render_prompt
 
     tok = load_tokenizer(cfg.models.student)
-    budget = cfg.train.max_length - cfg.task.max_new_tokens
+    limit, what = cfg.train.max_length, f"train.max_length={cfg.train.max_length}"
+    context = model_context(cfg.models.student, tok)
+    if context is not None and context < limit:
+        limit, what = context, f"the student {cfg.models.student}'s context of {context} tokens"
+    return _fit(examples, tok, task.student_messages, "", limit - cfg.task.max_new_tokens, what, cfg, path, log)
+
+
+def fit_context(examples, task: Task, cfg: Config, path, log, roles=("teacher", "student")) -> list:
+    """Report inputs whose prompt plus max_new_tokens exceed the teacher's (its
+    prompt included) or the student's context window, with their lines; skip
+    or truncate them per data.too_long. A server's teacher (openai backend) has
+    no tokenizer here and is not checked."""
+    from .models import load_tokenizer
+
+    m = cfg.models
+    for role in roles:
+        if role == "teacher" and m.teacher_backend == "openai":
+            continue
+        name = m.teacher if role == "teacher" else m.student
+        tok = load_tokenizer(name)
+        context = model_context(name, tok)
+        if role == "teacher" and m.teacher_backend == "vllm" and isinstance(m.vllm_options.get("max_model_len"), int):
+            context = m.vllm_options["max_model_len"]
+        if context is None:
+            continue
+        messages, prefix = (task.teacher_messages, cfg.task.reply_prefix) if role == "teacher" else (task.student_messages, "")
+        examples = _fit(examples, tok, messages, prefix, context - cfg.task.max_new_tokens,
+                        f"the {role} {name}'s context of {context} tokens", cfg, path, log)
+    return examples
+
+
+def check_max_length(cfg: Config) -> None:
+    """train.max_length may not exceed the student's context: training examples
+    longer than the model's positions would fail, or train on garbage."""
+    from .models import load_tokenizer
+
+    context = model_context(cfg.models.student, load_tokenizer(cfg.models.student))
+    if context is not None and cfg.train.max_length > context:
+        raise PromptDistillError(f"{cfg.train.max_length} exceeds the student {cfg.models.student}'s context of {context} tokens; "
+                                 f"set train.max_length <= {context}", field="train.max_length")
+
+
+def model_context(name: str, tokenizer) -> int | None:
+    """The most tokens a model takes: its config's max_position_embeddings (or the
+    equivalent key), capped by the tokenizer's model_max_length when that is set."""
+    from transformers import AutoConfig
+
+    from .models import model_path
+
+    limits = []
+    try:
+        mc = AutoConfig.from_pretrained(model_path(name))
+    except (OSError, ValueError, KeyError):
+        mc = None
+    for c in (mc, getattr(mc, "text_config", None)):
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(c, key, None) if c is not None else None
+            if isinstance(value, int) and value > 0:
+                limits.append(value)
+                break
+        if limits:
+            break
+    cap = getattr(tokenizer, "model_max_length", None)
+    if isinstance(cap, int) and 0 < cap < 10**8:
+        limits.append(cap)
+    return min(limits) if limits else None
+
+
+def _fit(examples, tok, messages, reply_prefix: str, budget: int, what: str, cfg: Config, path, log) -> list:
+    from .render import render_prompt
+
+    # The prompt's tokens around an empty text, plus the text's own: exact up to a
+    # few tokens where they meet, so inputs near the budget are rendered whole.
+    around = len(render_prompt(tok, messages(""), reply_prefix))
     kept, too_long = [], []
     for e in examples:
-        extra = len(render_prompt(tok, task.student_messages(e.text))) - budget
+        ids = tok(e.text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        size = around + len(ids)
+        if size > budget - 16:
+            size = len(render_prompt(tok, messages(e.text), reply_prefix))
+        extra = size - budget
         if extra <= 0:
             kept.append(e)
             continue
         too_long.append(e)
-        if cfg.data.too_long == "truncate":
-            ids = tok(e.text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-            if extra < len(ids):
-                kept.append(replace(e, text=tok.decode(ids[: len(ids) - extra]).strip()))
+        if cfg.data.too_long == "truncate" and extra < len(ids):
+            kept.append(replace(e, text=tok.decode(ids[: len(ids) - extra]).strip()))
     if too_long:
         lines = ", ".join(str(e.line or e.id) for e in too_long[:20]) + (" ..." if len(too_long) > 20 else "")
         action = "truncated to fit" if cfg.data.too_long == "truncate" else "skipped (data.too_long = \"truncate\" keeps them shortened)"
-        log(f"[promptdistill] {path}: {len(too_long)} inputs too long for train.max_length={cfg.train.max_length} "
+        log(f"[promptdistill] {path}: {len(too_long)} inputs too long for {what} "
             f"with room for {cfg.task.max_new_tokens} reply tokens, {action}: lines {lines}")
     return kept

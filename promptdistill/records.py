@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PromptDistillError
+from .outputs import check_file
 
 
 @dataclass
@@ -119,9 +120,7 @@ class LabeledExample:
 
 def read_inputs(path) -> list[Example]:
     """Read inputs from .txt, .jsonl/.json or .csv, by extension."""
-    path = Path(path)
-    if not path.exists():
-        raise PromptDistillError("input file not found", path=path)
+    path = check_file(path, "input file")
     text = _read_utf8(path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
@@ -138,9 +137,7 @@ def read_inputs(path) -> list[Example]:
 
 def read_labeled(path) -> list[LabeledExample]:
     """The labeled records of a JSONL file written by `label_inputs` (or `promptdistill label`)."""
-    path = Path(path)
-    if not path.exists():
-        raise PromptDistillError("labeled file not found", path=path)
+    path = check_file(path, "labeled file")
     return [LabeledExample.from_json(obj, path, n) for n, obj in iter_jsonl(path)]
 
 
@@ -163,11 +160,37 @@ def iter_jsonl(path, text: str | None = None):
             raise PromptDistillError(f"invalid JSON: {e.msg} (column {e.colno})", path=path, line=n) from None
         if not isinstance(obj, dict):
             raise PromptDistillError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=n)
+        if "\\u" in line:  # only a JSON escape can make a lone surrogate (the file itself is valid UTF-8)
+            check_encodable(obj, path, n)
         yield n, obj
 
 
+def check_encodable(obj, path=None, line=None, field_name: str | None = None) -> None:
+    """Refuse text no tokenizer (nor UTF-8 file) can take: a JSON escape such as
+    "\\ud800" decodes to a lone surrogate, which fails later when tokenized or
+    written back, leaving half-written outputs. Named with its line and field."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise PromptDistillError(f"text holds a lone surrogate code point U+{ord(obj[e.start]):04X} at character {e.start}, "
+                                     "which no tokenizer can take", path=path, line=line, field=field_name) from None
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            check_encodable(k, path, line, field_name)
+            check_encodable(v, path, line, f"{field_name}.{k}" if field_name else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            check_encodable(v, path, line, f"{field_name}[{i}]" if field_name else f"[{i}]")
+
+
 def _read_utf8(path: Path) -> str:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise PromptDistillError("is a folder, expected a file", path=path) from None
+    except OSError as e:
+        raise PromptDistillError(f"cannot be read ({e.strerror})", path=path) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

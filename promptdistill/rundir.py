@@ -105,10 +105,41 @@ class RunDir:
     # -- models -------------------------------------------------------------
 
     def adapter(self) -> Path:
-        """The trained adapter folder (checked to exist)."""
+        """The trained adapter folder, checked to exist and to be readable: its
+        adapter_config.json a JSON object, its weights a whole safetensors file."""
         if not (self.adapter_dir / "adapter_config.json").exists():
             raise PromptDistillError("no trained adapter in this run directory; run the train stage first", path=self.adapter_dir)
+        check_adapter_folder(self.adapter_dir, "rerun the train stage (delete train/adapter first)")
         return self.adapter_dir
+
+    def check_files(self) -> None:
+        """Every file of the run a command reads back is readable, or one clear
+        error names it and says what to do: stage markers, checkpoints'
+        trainer_state.json, train/metrics.jsonl, the labels, and an interrupted
+        evaluation's predictions.partial.jsonl. (config.json and the adapter are
+        checked when read: `load_config`, `adapter`.)"""
+        for stage in STAGES:
+            if self.marker(stage).exists():
+                _read_json_object(self.marker(stage), "corrupt stage marker; delete it to redo this stage")
+        checkpoints = self.train_dir / "checkpoints"
+        if checkpoints.is_dir():
+            for step in sorted(checkpoints.glob("step-*")):
+                state = step / "trainer_state.json"
+                if state.exists():
+                    _read_json_object(state, f"corrupt checkpoint; delete {step} to resume from an earlier one")
+                    if (step / "adapter_model.safetensors").exists():
+                        _check_safetensors(step / "adapter_model.safetensors", f"corrupt checkpoint; delete {step} to resume from an earlier one")
+        if self.metrics_path.exists():
+            _check_jsonl(self.metrics_path, "corrupt training metrics; delete train/metrics.jsonl (rerun the train stage to rewrite it)",
+                         torn_ok=True)
+        for side in ("train", "heldout"):
+            labels = self.labels_file(side)
+            for path in (labels, labels.with_name(labels.stem + ".rejects.jsonl")):
+                if path.exists():
+                    _check_jsonl(path, "corrupt labeled record; fix or delete this line (it is relabeled on rerun)", torn_ok=True)
+        partial = self.eval_dir / "predictions.partial.jsonl"
+        if partial.exists():
+            _check_jsonl(partial, "corrupt interrupted evaluation; delete this file to evaluate from the start", torn_ok=True)
 
     def load_student(self, cfg: Config | None = None, *, device: str | None = None, dtype: str | None = None):
         """The trained student: the base model with this run's adapter (a PEFT model), as a `LoadedModel`."""
@@ -119,7 +150,12 @@ class RunDir:
         cfg = cfg or self.load_config()
         adapter = self.adapter()
         base = load_model(cfg.models.student, device or cfg.models.device, dtype or cfg.models.dtype)
-        peft_model = PeftModel.from_pretrained(base.model, str(adapter)).eval()
+        try:
+            peft_model = PeftModel.from_pretrained(base.model, str(adapter)).eval()
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PromptDistillError(f"the adapter does not load onto {cfg.models.student!r} ({first[:200]}); "
+                                     "rerun the train stage", path=adapter) from None
         return LoadedModel(peft_model, base.tokenizer, cfg.models.student, base.device)
 
     @staticmethod
@@ -168,3 +204,71 @@ class RunDir:
             for s in STAGES[STAGES.index(stale[0]):]:
                 shutil.rmtree(self.path / STAGE_OUTPUTS[s], ignore_errors=True)
         return list(STAGES[todo:])
+
+
+# -- reading a run's files back -----------------------------------------------------
+
+def _read_json_object(path: Path, what_to_do: str) -> dict:
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        obj = None
+    except OSError as e:
+        raise PromptDistillError(f"cannot be read ({e.strerror})", path=path) from None
+    if not isinstance(obj, dict):
+        raise PromptDistillError(what_to_do, path=path)
+    return obj
+
+
+def _check_jsonl(path: Path, what_to_do: str, *, torn_ok: bool) -> None:
+    """Every line a JSON object; a last line without its newline (cut by a kill) is allowed when `torn_ok`."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PromptDistillError(f"cannot be read ({e.strerror})", path=path) from None
+    lines = data.split(b"\n")
+    last = len(lines)
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            ok = isinstance(json.loads(line.decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok and not (torn_ok and n == last):
+            raise PromptDistillError(what_to_do, path=path, line=n)
+
+
+def _check_safetensors(path: Path, what_to_do: str) -> None:
+    """A whole safetensors file: an 8-byte header length, a JSON header, and
+    exactly the data the header describes (read without torch)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = json.loads(f.read(n).decode("utf-8")) if 0 < n <= size - 8 else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    except OSError as e:
+        raise PromptDistillError(f"cannot be read ({e.strerror})", path=path) from None
+    ok = isinstance(header, dict)
+    if ok:
+        try:
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (TypeError, KeyError, IndexError, ValueError):
+            ends = None
+        ok = ends is not None and (max(ends, default=0) == size - 8 - n)
+    if not ok:
+        raise PromptDistillError(f"corrupt or incomplete weights file; {what_to_do}", path=path)
+
+
+def check_adapter_folder(folder: Path, what_to_do: str) -> None:
+    """A PEFT adapter folder readable without loading it: its config a JSON object, its weights whole."""
+    config = _read_json_object(folder / "adapter_config.json", f"corrupt adapter configuration; {what_to_do}")
+    if "peft_type" not in config:
+        raise PromptDistillError(f"not a PEFT adapter configuration (no peft_type); {what_to_do}", path=folder / "adapter_config.json")
+    weights = folder / "adapter_model.safetensors"
+    if not weights.exists():
+        raise PromptDistillError(f"adapter weights missing (adapter_model.safetensors); {what_to_do}", path=folder)
+    _check_safetensors(weights, what_to_do)

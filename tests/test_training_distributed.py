@@ -92,6 +92,7 @@ def test_two_processes_train_the_one_process_adapter_and_resume(tmp_path, tiny_m
     # Resume in two-process mode: a run that stopped after its step-2 checkpoint.
     resumed = tmp_path / "resumed"
     (resumed / "train" / "checkpoints").mkdir(parents=True)
+    shutil.copy(two / "config.json", resumed / "config.json")  # `train` writes it before it trains
     shutil.copytree(two / "train" / "checkpoints" / "step-000002", resumed / "train" / "checkpoints" / "step-000002")
     write_jsonl(resumed / "train" / "metrics.jsonl", [m for m in m2 if m["step"] <= 2])
     done = _torchrun([*args, "--run-dir", str(resumed)], tmp_path)

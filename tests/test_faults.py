@@ -1,0 +1,381 @@
+"""The fault table: every bad argument or damaged file, through the real CLI.
+
+Each case runs `python -m promptdistill ...` in a subprocess on a copy of one
+small world (a tiny model, a task file, inputs, a run directory made by
+`promptdistill run`) and asserts what the rule of outputs.py promises:
+
+- exit status 2 and one line on stderr, `error: ...`, with the expected words
+  (the path, line or field, and what to do), never a traceback;
+- nothing changed: every file and folder of the world (contents, modes, and
+  no new or removed entries: no stray config, lock, sidecar or folder) hashes
+  the same before and after, so a refused command has written nothing.
+
+The successes that go with the refusals (re-exporting into the tool's own
+folder, --overwrite, label applying data.limit, inputs over a model's context
+reported by line, exports readable by others) follow the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jsonl, write_task_file
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = [("Hello there", "en"), ("Bonjour à tous", "fr"), ("Guten Tag", "de"),
+         ("Good night", "en"), ("Bonne nuit", "fr"), ("Gute Nacht", "de")]
+
+
+def cli(args, cwd, stdin: bytes | None = None, timeout: int = 300):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "promptdistill", *map(str, args)], cwd=cwd, env=env, input=stdin or b"",
+                          capture_output=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_model_dir):
+    """A task, its inputs, a copy of the tiny model, and a run trained for one step (with a checkpoint)."""
+    w = tmp_path_factory.mktemp("world")
+    shutil.copytree(tiny_model_dir, w / "model")
+    write_jsonl(w / "inputs.jsonl", [{"id": str(i), "text": t, "label": lab} for i, (t, lab) in enumerate(TEXTS)])
+    write_task_file(w, str(w / "model"), task=dict(labels=["en", "fr", "de"], answer_mode="choose", max_new_tokens=8),
+                    data=dict(inputs="inputs.jsonl", heldout_fraction=0.34),
+                    train=dict(max_steps=1, save_every=1, batch_size=2, lora_rank=4, lora_alpha=8), eval=dict(max_examples=2))
+    done = cli(["run", "task.toml", "--run-dir", "run", "--no-progress"], cwd=w)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    (w / "mine").mkdir()
+    (w / "mine" / "notes.txt").write_text("the user's notes\n", encoding="utf-8")
+    (w / "emptydir").mkdir()
+    return w
+
+
+def tree(root: Path) -> dict:
+    """Every entry under root: its kind, mode, and for files the sha256 of the contents."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            digest = hashlib.sha256(p.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else None
+            out[p.relative_to(root).as_posix()] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), digest)
+    return out
+
+
+def _corrupt(path: Path, data: bytes = b"{not json\n"):
+    path.write_bytes(data)
+
+
+def _truncate(path: Path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _middle_garbage(path: Path):
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:1] + [b"garbage\n"] + lines[1:]))
+
+
+def _checkpoint(w: Path) -> Path:
+    return sorted((w / "run" / "train" / "checkpoints").glob("step-*"))[-1]
+
+
+def _other_run(w: Path) -> Path:
+    shutil.copytree(w / "run", w / "run2")
+    return w / "run2"
+
+
+def _partial(w: Path):
+    (w / "run" / "eval" / "predictions.partial.jsonl").write_bytes(b'{"fingerprint": "x"}\ngarbage\n{"id": "1"}\n')
+
+
+def _exported_then_edited(w: Path):
+    from promptdistill.export import export_adapter
+
+    export_adapter(w / "run", w / "exported")
+    with open(w / "exported" / "README.md", "a", encoding="utf-8") as f:
+        f.write("my notes\n")
+
+
+def _sidecar_dir(w: Path):
+    (w / "out.jsonl.meta.json").mkdir()
+
+
+def _labels_with_bad_sidecar(w: Path):
+    shutil.copy(w / "run" / "labels" / "train.jsonl", w / "out.jsonl")
+    _corrupt(w / "out.jsonl.meta.json")
+
+
+L = ["label", "task.toml", "--no-progress"]
+T = ["train", "task.toml", "--no-progress"]
+E = ["eval", "task.toml", "--no-progress"]
+
+# id: (setup(world) or None, argv, stdin, words the one line must contain)
+CASES = {
+    # -- label: its outputs against its inputs, and outputs that are not its own
+    "label --out is the input file": (None, L + ["--inputs", "inputs.jsonl", "--out", "inputs.jsonl"], None,
+                                      ["--inputs", "is the same path as --out"]),
+    "label --rejects is the input file": (None, L + ["--out", "o.jsonl", "--rejects", "inputs.jsonl"], None,
+                                          ["--inputs", "is the same path as --rejects"]),
+    "label --out is the task file": (None, L + ["--out", "task.toml"], None, ["the task file", "is the same path as --out"]),
+    "label --out equals --rejects": (None, L + ["--out", "o.jsonl", "--rejects", "o.jsonl"], None, ["--out is the same path as --rejects"]),
+    "label --out is a folder": (None, L + ["--out", "emptydir"], None, ["is a folder"]),
+    "label --out under a file": (None, L + ["--out", "mine/notes.txt/o.jsonl"], None, ["is a file, so no folder"]),
+    "label --out is a user's file": (lambda w: (w / "notes.txt").write_text("hello\nworld\n"), L + ["--out", "notes.txt"], None,
+                                     ["not a labeled JSONL file"]),
+    "label --out is a user's one-line file": (lambda w: (w / "notes.txt").write_text("hello"), L + ["--out", "notes.txt"], None,
+                                              ["not a labeled JSONL file"]),
+    "label --out inside a run": (None, L + ["--out", "run/labels/extra.jsonl"], None, ["inside the run directory"]),
+    "label --out's sidecar is a folder": (_sidecar_dir, L + ["--out", "out.jsonl"], None, ["sidecar", "is a folder"]),
+    "label --out's sidecar is corrupt": (_labels_with_bad_sidecar, L + ["--out", "out.jsonl"], None, ["corrupt labels sidecar", "--force"]),
+    "label --rejects is a folder": (None, L + ["--out", "o.jsonl", "--rejects", "emptydir"], None, ["--rejects is a folder"]),
+    "label --inputs missing": (None, L + ["--inputs", "nope.jsonl", "--out", "o.jsonl"], None, ["nope.jsonl", "not found"]),
+    "label --inputs is a folder": (None, L + ["--inputs", "emptydir", "--out", "o.jsonl"], None, ["emptydir", "is a folder"]),
+    "label task file is a folder": (None, ["label", "emptydir", "--out", "o.jsonl"], None, ["task file is a folder"]),
+    "label task file missing": (None, ["label", "nope.toml", "--out", "o.jsonl"], None, ["task file not found"]),
+    "label lone surrogate in an input": (lambda w: (w / "bad.jsonl").write_text('{"text": "ok"}\n{"text": "x\\ud800y"}\n'),
+                                         L + ["--inputs", "bad.jsonl", "--out", "o.jsonl"], None, ["bad.jsonl:2", "'text'", "surrogate"]),
+    "label invalid UTF-8 input": (lambda w: (w / "bad.txt").write_bytes(b"ok\n\xff\xfe\n"), L + ["--inputs", "bad.txt", "--out", "o.jsonl"],
+                                  None, ["bad.txt:2", "UTF-8"]),
+    "label empty model folder": (None, L + ["--out", "o.jsonl", "--teacher", "emptydir"], None, ["models.teacher", "no config.json"]),
+    "label model is a file": (None, L + ["--out", "o.jsonl", "--student", "inputs.jsonl"], None, ["models.student", "is a file"]),
+    "label model folder missing": (None, L + ["--out", "o.jsonl", "--teacher", "./no-model"], None, ["models.teacher", "not found"]),
+    "label --device banana": (None, L + ["--out", "o.jsonl", "--device", "banana"], None, ["models.device", "banana"]),
+    # -- settings checked when the config is read
+    "learning_rate nan": (None, L + ["--out", "o.jsonl", "--set", "train.learning_rate=nan"], None, ["train.learning_rate", "finite"]),
+    "learning_rate inf": (None, L + ["--out", "o.jsonl", "--set", "train.learning_rate=inf"], None, ["train.learning_rate", "finite"]),
+    "lora_dropout 1.5": (None, L + ["--out", "o.jsonl", "--set", "train.lora_dropout=1.5"], None, ["train.lora_dropout", "[0, 1)"]),
+    "heldout_fraction nan": (None, L + ["--out", "o.jsonl", "--set", "data.heldout_fraction=nan"], None, ["data.heldout_fraction"]),
+    "weight_decay negative": (None, L + ["--out", "o.jsonl", "--set", "train.weight_decay=-1"], None, ["train.weight_decay", ">= 0"]),
+    "temperature -inf": (None, L + ["--out", "o.jsonl", "--set", "task.temperature=-inf"], None, ["task.temperature"]),
+    "dtype unknown": (None, L + ["--out", "o.jsonl", "--set", "models.dtype='float8'"], None, ["models.dtype"]),
+    "a --set value that is not UTF-8": (None, L + ["--out", "o.jsonl", "--set", "task.name=caf\udce9"], None, ["task.name", "not valid text"]),
+    "data.limit negative": (None, L + ["--out", "o.jsonl", "--set", "data.limit=-1"], None, ["data.limit"]),
+    # -- train: nothing written into the run before the arguments are checked
+    "train --labeled missing": (None, T + ["--labeled", "nope.jsonl", "--run-dir", "run"], None, ["labeled file not found"]),
+    "train --labeled is a folder": (None, T + ["--labeled", "emptydir", "--run-dir", "run"], None, ["is a folder"]),
+    "train --labeled is not labels": (None, T + ["--labeled", "inputs.jsonl", "--run-dir", "run"], None, ["inputs.jsonl:1", "messages"]),
+    "train --heldout missing": (None, T + ["--labeled", "run/labels/train.jsonl", "--heldout", "nope.jsonl", "--run-dir", "run"], None,
+                                ["held-out file not found"]),
+    "train --heldout is a folder": (None, T + ["--labeled", "run/labels/train.jsonl", "--heldout", "emptydir", "--run-dir", "run"], None,
+                                    ["held-out file is a folder"]),
+    "train --run-dir inside another run": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "run/eval/sub"], None,
+                                           ["inside the run directory"]),
+    "train --run-dir is a file": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "inputs.jsonl"], None, ["is a file"]),
+    "train --run-dir is a user's folder": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "mine"], None,
+                                           ["not a run directory", "notes.txt"]),
+    "train --labeled inside the run's train/": (lambda w: shutil.copy(w / "run/labels/train.jsonl", w / "run/train/l.jsonl"),
+                                                T + ["--labeled", "run/train/l.jsonl", "--run-dir", "run"], None, ["--labeled", "is inside the run's train/ folder"]),
+    "train corrupt checkpoint state": (lambda w: _corrupt(_checkpoint(w) / "trainer_state.json"),
+                                       T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "run"], None,
+                                       ["trainer_state.json", "corrupt checkpoint", "delete"]),
+    "train corrupt metrics": (lambda w: _middle_garbage(w / "run/train/metrics.jsonl"),
+                              T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "run"], None, ["metrics.jsonl:2", "corrupt"]),
+    "train corrupt config.json": (lambda w: _corrupt(w / "run/config.json"),
+                                  T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "run"], None, ["config.json", "delete"]),
+    # -- eval
+    "eval a folder that is not a run": (None, E + ["--run-dir", "mine"], None, ["not a run directory"]),
+    "eval a missing run": (None, E + ["--run-dir", "nope"], None, ["run directory not found"]),
+    "eval run is a file": (None, E + ["--run-dir", "inputs.jsonl"], None, ["is a file"]),
+    "eval --inputs missing": (None, E + ["--run-dir", "run", "--inputs", "nope.jsonl"], None, ["input file not found"]),
+    "eval --inputs is a folder": (None, E + ["--run-dir", "run", "--inputs", "emptydir"], None, ["input file is a folder"]),
+    "eval --inputs inside eval/": (None, E + ["--run-dir", "run", "--inputs", "run/eval/predictions.jsonl"], None, ["--inputs", "is inside the run's eval/ folder"]),
+    "eval corrupt partial predictions": (_partial, E + ["--run-dir", "run"], None, ["predictions.partial.jsonl:2", "delete"]),
+    "eval corrupt labels": (lambda w: _middle_garbage(w / "run/labels/train.jsonl"), E + ["--run-dir", "run"], None,
+                            ["train.jsonl:2", "corrupt labeled record"]),
+    "eval corrupt adapter weights": (lambda w: _truncate(w / "run/train/adapter/adapter_model.safetensors"), E + ["--run-dir", "run"],
+                                     None, ["adapter_model.safetensors", "corrupt or incomplete"]),
+    # -- predict
+    "predict corrupt adapter weights": (lambda w: _truncate(w / "run/train/adapter/adapter_model.safetensors"),
+                                        ["predict", "--run-dir", "run", "hello"], None, ["adapter_model.safetensors", "train stage"]),
+    "predict corrupt adapter config": (lambda w: _corrupt(w / "run/train/adapter/adapter_config.json"),
+                                       ["predict", "--run-dir", "run", "hello"], None, ["adapter_config.json", "corrupt adapter configuration"]),
+    "predict corrupt config.json": (lambda w: _corrupt(w / "run/config.json"), ["predict", "--run-dir", "run", "hello"], None,
+                                    ["config.json", "corrupt run configuration"]),
+    "predict run is a file": (None, ["predict", "--run-dir", "inputs.jsonl", "hello"], None, ["is a file"]),
+    "predict missing run": (None, ["predict", "--run-dir", "nope", "hello"], None, ["not found"]),
+    "predict a folder that is not a run": (None, ["predict", "--run-dir", "mine", "hello"], None, ["not a run directory"]),
+    "predict --device banana": (None, ["predict", "--run-dir", "run", "--device", "banana", "hello"], None, ["--device", "banana"]),
+    "predict invalid UTF-8 on stdin": (None, ["predict", "--run-dir", "run"], b"hello\n\xff\n", ["<stdin>", "UTF-8"]),
+    # -- export: never onto, into or around the run, never over a user's folder
+    "export --adapter into a user's folder": (None, ["export", "run", "--adapter", "mine"], None, ["did not write", "notes.txt", "--overwrite"]),
+    "export --adapter into the run's train/": (None, ["export", "run", "--adapter", "run/train/exported", "--overwrite"], None,
+                                               ["inside the run's own train"]),
+    "export --adapter onto the run's eval/": (None, ["export", "run", "--adapter", "run/eval", "--overwrite"], None,
+                                              ["inside the run's own eval"]),
+    "export --merged onto the run's config.json": (None, ["export", "run", "--merged", "run/config.json", "--overwrite"], None,
+                                                   ["inside the run's own config.json"]),
+    "export --adapter is the run": (None, ["export", "run", "--adapter", "run", "--overwrite"], None, ["the run directory", "is the same path as --adapter"]),
+    "export --merged contains the run": (None, ["export", "run", "--merged", ".", "--overwrite"], None, ["the run directory", "is inside --merged"]),
+    "export --adapter is a file": (None, ["export", "run", "--adapter", "inputs.jsonl"], None, ["is a file"]),
+    "export --merged equals --adapter": (None, ["export", "run", "--merged", "x", "--adapter", "x"], None, ["--merged is the same path as --adapter"]),
+    "export into another run": (_other_run, ["export", "run", "--adapter", "run2/adapter-copy", "--overwrite"], None,
+                                ["inside the run directory"]),
+    "export over an edited export": (_exported_then_edited, ["export", "run", "--adapter", "exported"], None,
+                                     ["README.md (changed since export)"]),
+    "export --dtype unknown": (None, ["export", "run", "--merged", "m", "--dtype", "float8"], None, ["--dtype"]),
+    "export --device banana": (None, ["export", "run", "--merged", "m", "--device", "banana"], None, ["--device"]),
+    "export a folder that is not a run": (None, ["export", "mine", "--adapter", "a"], None, ["not a run directory"]),
+    "export a missing run": (None, ["export", "nope", "--adapter", "a"], None, ["run directory not found"]),
+    "export a run that is a file": (None, ["export", "inputs.jsonl", "--adapter", "a"], None, ["is a file"]),
+    "export corrupt adapter": (lambda w: _truncate(w / "run/train/adapter/adapter_model.safetensors"),
+                               ["export", "run", "--adapter", "a"], None, ["corrupt or incomplete"]),
+    # -- run
+    "run --run-dir is a user's folder": (None, ["run", "task.toml", "--run-dir", "mine"], None, ["not a run directory"]),
+    "run --run-dir inside another run": (None, ["run", "task.toml", "--run-dir", "run/train/nested"], None, ["inside the run directory"]),
+    "run --run-dir is a file": (None, ["run", "task.toml", "--run-dir", "inputs.jsonl"], None, ["is a file"]),
+    "run data.inputs inside the run's split/": (None, ["run", "task.toml", "--run-dir", "run", "--set", "data.inputs='run/split/train.jsonl'"],
+                                                None, ["data.inputs", "is inside the run's split"]),
+    "run task file inside the run's outputs": (lambda w: (w / "run/eval/task.toml").write_text(
+                                                   (w / "task.toml").read_text().replace('"inputs.jsonl"', '"../../inputs.jsonl"')),
+                                               ["run", "run/eval/task.toml", "--run-dir", "run"], None,
+                                               ["the task file", "is inside the run's eval"]),
+    "run task name leaves runs/": (None, ["run", "task.toml", "--set", "task.name='../../x'"], None, ["task.name", "--run-dir"]),
+    "run corrupt config.json": (lambda w: _corrupt(w / "run/config.json"), ["run", "task.toml", "--run-dir", "run"], None,
+                                ["config.json", "delete config.json"]),
+    "run corrupt stage marker": (lambda w: _corrupt(w / "run/stages/label.json"), ["run", "task.toml", "--run-dir", "run"], None,
+                                 ["label.json", "corrupt stage marker"]),
+    "render --labeled missing": (None, ["render", "task.toml", "--labeled", "nope.jsonl"], None, ["labeled file not found"]),
+    "render --labeled is a folder": (None, ["render", "task.toml", "--labeled", "emptydir"], None, ["is a folder"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fault(case, world, tmp_path):
+    setup, argv, stdin, words = CASES[case]
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    # The task file names the model by its absolute path in the original world; point it at this copy.
+    task = w / "task.toml"
+    task.write_text(task.read_text(encoding="utf-8").replace(str(world), str(w)), encoding="utf-8")
+    if setup is not None:
+        setup(w)
+    before = tree(w)
+    done = cli(argv, cwd=w, stdin=stdin)
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 2, f"exit {done.returncode}\n{err[-3000:]}"
+    assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1, err
+    for word in words:
+        assert word in err, f"{word!r} not in {err!r}"
+    after = tree(w)
+    assert after == before, {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file whatever its mode")
+@pytest.mark.parametrize("argv", [L + ["--out", "o.jsonl"], ["predict", "--run-dir", "run", "hi"]])
+def test_unreadable(world, tmp_path, argv):
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    target = w / ("inputs.jsonl" if argv[0] == "label" else "run/config.json")
+    target.chmod(0)
+    done = cli(argv, cwd=w)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "Traceback" not in err and err.count("\n") == 1 and "permission" in err.lower() or "cannot be read" in err
+
+
+def test_unreadable_file_is_one_line_in_process(tmp_path, monkeypatch):
+    """Even as root (where modes do not stop a read): a read that fails is one error naming the file."""
+    from promptdistill.errors import PromptDistillError
+    from promptdistill.records import read_inputs
+
+    path = tmp_path / "in.txt"
+    path.write_text("hello\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(PromptDistillError) as info:
+        read_inputs(path)
+    assert "in.txt" in str(info.value) and "Permission denied" in str(info.value)
+
+
+# -- what is allowed, next to what is refused ----------------------------------------
+
+
+def test_export_replaces_its_own_folder_and_overwrite_replaces_a_users(world, tmp_path):
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    old_mask = os.umask(0o022)
+    try:
+        first = cli(["export", "run", "--adapter", "exported"], cwd=w)
+        assert first.returncode == 0, first.stderr.decode()[-2000:]
+        again = cli(["export", "run", "--adapter", "exported"], cwd=w)  # unchanged since: the tool's own, replaced
+        assert again.returncode == 0, again.stderr.decode()[-2000:]
+        manifest = json.loads((w / "exported" / ".promptdistill-export.json").read_text())
+        assert set(manifest["files"]) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+        # Readable by others: the umask's permissions, not mkstemp's 0600 / mkdtemp's 0700.
+        assert stat.S_IMODE((w / "exported").stat().st_mode) == 0o755
+        for f in (w / "exported").iterdir():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+        beside = cli(["export", "run", "--adapter", "run/exported"], cwd=w)  # a new folder beside the run's own entries
+        assert beside.returncode == 0, beside.stderr.decode()[-2000:]
+        assert (w / "run" / "exported" / "adapter_config.json").exists()
+        forced = cli(["export", "run", "--adapter", "mine", "--overwrite"], cwd=w)
+        assert forced.returncode == 0, forced.stderr.decode()[-2000:]
+        assert not (w / "mine" / "notes.txt").exists() and (w / "mine" / "adapter_config.json").exists()
+    finally:
+        os.umask(old_mask)
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    from promptdistill.io import atomic_write_text
+
+    old_mask = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "new.txt", "x")
+        assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640
+        (tmp_path / "new.txt").chmod(0o600)
+        atomic_write_text(tmp_path / "new.txt", "y")
+        assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o600
+    finally:
+        os.umask(old_mask)
+
+
+def test_label_applies_data_limit_dedupe_and_too_long(world, tmp_path):
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    task = w / "task.toml"
+    task.write_text(task.read_text(encoding="utf-8").replace(str(world), str(w)), encoding="utf-8")
+    rows = [{"id": str(i), "text": t} for i, (t, _) in enumerate(TEXTS)] + [{"id": "dup", "text": TEXTS[0][0]},
+                                                                             {"id": "long", "text": " ".join(["word"] * 400)}]
+    write_jsonl(w / "more.jsonl", rows)
+    done = cli(L + ["--inputs", "more.jsonl", "--out", "o.jsonl", "--set", "data.limit=3", "--set", "data.dedupe=true",
+                    "--set", "train.max_length=128"], cwd=w)
+    err = done.stderr.decode()
+    assert done.returncode == 0, err[-3000:]
+    ids = [json.loads(line)["id"] for f in ("o.jsonl", "o.rejects.jsonl") if (w / f).exists()
+           for line in (w / f).read_text().splitlines() if line.strip()]
+    assert len(ids) == 3 and "dup" not in ids and "long" not in ids
+    assert "1 duplicate inputs" in err and "more.jsonl" in err and "lines 8" in err and "train.max_length=128" in err
+
+
+@pytest.mark.parametrize("short_one", ["student", "teacher"])
+def test_inputs_over_the_models_context_are_reported_by_line(tmp_path, tiny_model_dir, short_one):
+    """The tiny model's max_position_embeddings is 2048; the other model here is
+    its copy claiming 16384. An input of ~2,500 tokens exceeds the short one's
+    context, whatever train.max_length says, and is reported with its line
+    (the teacher's check counts the teacher's prompt, the student's its own)."""
+    from promptdistill.config import config_from_dict
+    from promptdistill.pipeline import prepare_inputs
+    from promptdistill.task import Task
+
+    roomy = tmp_path / "roomy"
+    shutil.copytree(tiny_model_dir, roomy)
+    config = json.loads((roomy / "config.json").read_text())
+    (roomy / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16384}))
+    models = {"student": tiny_model_dir, "teacher": str(roomy)} if short_one == "student" else {"student": str(roomy), "teacher": tiny_model_dir}
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "short"}, {"text": " ".join(["word"] * 2500)}, {"text": "also short"}])
+    cfg = config_from_dict({"task": {"user_template": "{text}", "max_new_tokens": 10}, "models": models, "train": {"max_length": 4096}})
+    logged = []
+    kept = prepare_inputs(cfg, Task(cfg.task), tmp_path / "in.jsonl", logged.append)
+    assert [e.text for e in kept] == ["short", "also short"]
+    assert len(logged) == 1 and f"the {short_one}" in logged[0] and "context of 2048 tokens" in logged[0] and "lines 2" in logged[0]

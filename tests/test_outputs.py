@@ -1,0 +1,107 @@
+"""outputs.py, in process: how paths relate (symlinks and hard links included),
+which existing labels files and folders count as the tool's own, and that
+replacing a folder never leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from promptdistill.errors import PromptDistillError
+from promptdistill.outputs import (MANIFEST, check_paths, claim_folder, claim_labels_file, claim_run_dir, foreign_entries,
+                                   relation, write_manifest)
+
+
+def test_relation_sees_through_symlinks_and_hard_links(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("{}\n")
+    (tmp_path / "alias.jsonl").symlink_to(data)
+    os.link(data, tmp_path / "hard.jsonl")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dirlink").symlink_to(tmp_path / "dir")
+    assert relation(tmp_path / "alias.jsonl", data) == "is"
+    assert relation(tmp_path / "hard.jsonl", data) == "is"
+    assert relation(tmp_path / "dirlink" / "x", tmp_path / "dir") == "is inside"
+    assert relation(tmp_path, data) == "contains"
+    assert relation(tmp_path / "a", tmp_path / "b") is None
+    with pytest.raises(PromptDistillError, match="is the same path as --out"):
+        check_paths({"--inputs": data}, {"--out": tmp_path / "alias.jsonl"})
+
+
+def test_labels_file_with_a_torn_last_record_is_ours_a_text_file_is_not(tmp_path):
+    out = tmp_path / "labels.jsonl"
+    out.write_text('{"id": "1", "status": "ok"}\n{"id": "2", "sta')
+    claim_labels_file(out, "--out")  # a record cut by a kill: resumable
+    out.write_text("just some words")
+    with pytest.raises(PromptDistillError, match="not a labeled JSONL file"):
+        claim_labels_file(out, "--out")
+    out.write_text('{"id": "1", "status": "ok"}\nnot json\n{"id": "3", "status": "ok"}\n')
+    with pytest.raises(PromptDistillError, match="corrupt labeled record") as info:
+        claim_labels_file(out, "--out")
+    assert info.value.line == 2
+
+
+def test_export_folder_is_ours_only_while_unchanged(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    assert foreign_entries(folder) == []  # empty: free to use
+    (folder / "weights.bin").write_bytes(b"123")
+    assert foreign_entries(folder) == ["weights.bin"]
+    write_manifest(folder, "adapter")
+    assert foreign_entries(folder) == []
+    claim_folder(folder, "--adapter")
+    (folder / "weights.bin").write_bytes(b"124")
+    assert foreign_entries(folder) == ["weights.bin (changed since export)"]
+    (folder / "sub").mkdir()
+    assert "sub/" in foreign_entries(folder)
+    with pytest.raises(PromptDistillError, match="--overwrite"):
+        claim_folder(folder, "--adapter")
+    claim_folder(folder, "--adapter", overwrite=True)
+    (folder / MANIFEST).write_text("{broken")
+    assert MANIFEST in foreign_entries(folder)
+
+
+def test_run_dir_claim(tmp_path):
+    claim_run_dir(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    claim_run_dir(tmp_path / "empty")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("1")
+    claim_run_dir(run)  # only a lock left by a command that stopped early
+    (run / "config.json").write_text('{"task": {}, "train": {}}')
+    claim_run_dir(run)
+    (run / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')  # a model folder's config.json
+    with pytest.raises(PromptDistillError, match="not a promptdistill configuration"):
+        claim_run_dir(run)
+
+
+def test_atomic_directory_restores_the_old_folder_when_the_new_one_cannot_take_its_place(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from promptdistill.io import atomic_directory
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    real_rename = Path.rename
+
+    def failing_rename(self, dest):
+        if Path(dest) == target and self.name.startswith(".out.") and ".old." not in self.name:
+            raise OSError("disk trouble")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError):
+        with atomic_directory(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert (target / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    file_target = tmp_path / "a-file"
+    file_target.write_text("keep me")
+    with pytest.raises(PromptDistillError, match="is a file"):
+        with atomic_directory(file_target):
+            pass
+    assert file_target.read_text() == "keep me"
