@@ -269,20 +269,9 @@ def test_fault(case, world, tmp_path):
     assert after == before, {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file whatever its mode")
-@pytest.mark.parametrize("argv", [L + ["--out", "o.jsonl"], ["predict", "--run-dir", "run", "hi"]])
-def test_unreadable(world, tmp_path, argv):
-    w = tmp_path / "w"
-    shutil.copytree(world, w, symlinks=True)
-    target = w / ("inputs.jsonl" if argv[0] == "label" else "run/config.json")
-    target.chmod(0)
-    done = cli(argv, cwd=w)
-    err = done.stderr.decode()
-    assert done.returncode == 2 and "Traceback" not in err and err.count("\n") == 1 and "permission" in err.lower() or "cannot be read" in err
-
-
 def test_unreadable_file_is_one_line_in_process(tmp_path, monkeypatch):
-    """Even as root (where modes do not stop a read): a read that fails is one error naming the file."""
+    """A read that fails is one error naming the file. Simulated: this project's
+    machines and CI run as root, where file modes do not stop a read."""
     from promptdistill.errors import PromptDistillError
     from promptdistill.records import read_inputs
 
