@@ -7,6 +7,8 @@
     promptdistill run     TASK [--run-dir D]                all stages, resumable
     promptdistill predict --run-dir D [TEXT ...]            answer with the student
     promptdistill export  D --merged DIR | --adapter DIR    the student as a model others load
+    promptdistill synthesize TASK --n N --out FILE          inputs written by a generator from the prompt
+    promptdistill import-chats LOGS TASK --out FILE         labeled records from production chat logs
 
 Any setting of the task file can be overridden with `--set section.key=VALUE`
 (VALUE is read as TOML, falling back to a plain string).
@@ -132,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu", help="device used for merging (default: cpu)")
     sp.add_argument("--dtype", help="dtype of the merged weights (default: models.dtype of the run)")
     sp.set_defaults(func=cmd_export)
+    _data_source_parsers(sub, with_task, with_teacher_backend)
     return p
 
 
@@ -301,3 +304,51 @@ def cmd_export(args):
         print(f"merged model: {export_merged(args.run_dir, args.merged, device=args.device, dtype=args.dtype)}")
     if args.adapter:
         print(f"adapter: {export_adapter(args.run_dir, args.adapter)}")
+
+
+# -- where the data comes from (issue 16): synthesize and import-chats -------
+
+
+def _data_source_parsers(sub, with_task, with_teacher_backend) -> None:
+    sp = with_teacher_backend(with_task(sub.add_parser(
+        "synthesize", help="write inputs with a generator model from the task's prompt (and seed inputs)")))
+    sp.add_argument("--n", type=int, required=True, help="inputs to keep after the quality gates")
+    sp.add_argument("--out", required=True, help="inputs JSONL to write (raw generations beside it, resumable)")
+    sp.add_argument("--seeds", help="real inputs to paraphrase and edit (sets synthesize.seed_inputs)")
+    sp.add_argument("--strategies", help="comma-separated: prompt, magpie, seeds (sets synthesize.strategies)")
+    sp.add_argument("--generator", help="generator model (default: the teacher; sets synthesize.generator)")
+    sp.add_argument("--force", action="store_true", help="discard generations made with other settings")
+    sp.set_defaults(func=cmd_synthesize)
+
+    sp = sub.add_parser("import-chats", help="labeled records from chat logs that already hold the teacher's answers")
+    sp.add_argument("logs", help="chat-format JSONL ({\"messages\": [system, user, assistant]} per line)")
+    sp.add_argument("task", help="task TOML file")
+    sp.add_argument("--out", required=True, help="labeled JSONL to write")
+    sp.add_argument("--rejects", help="unparsable replies (default: OUT with .rejects.jsonl)")
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a setting of the task file (repeatable)")
+    sp.set_defaults(func=cmd_import_chats)
+
+
+def cmd_synthesize(args):
+    from .synthesis import synthesize
+
+    if args.seeds:
+        args.overrides.append(f"synthesize.seed_inputs={json.dumps(str(Path(args.seeds).resolve()))}")
+    if args.strategies:
+        args.overrides.append(f"synthesize.strategies={json.dumps([s.strip() for s in args.strategies.split(',') if s.strip()])}")
+    if args.generator:
+        args.overrides.append(f"synthesize.generator={json.dumps(args.generator)}")
+    cfg = load_task_config(args)
+    summary = synthesize(cfg, args.n, args.out, force=args.force, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_import_chats(args):
+    from .chatlogs import import_chats
+    from .task import Task
+
+    args.teacher = args.student = args.device = None
+    cfg = load_task_config(args)
+    summary = import_chats(Task(cfg.task), args.logs, args.out, args.rejects)
+    print(json.dumps(summary, indent=2))
