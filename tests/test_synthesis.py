@@ -220,3 +220,51 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_output(tmp_path, tiny_model_
     ids = [r["request"] for r in read_jsonl(raw)]
     assert ids == list(range(len(ids)))  # nothing asked twice, nothing lost
     assert json.loads(cut.with_name("inputs.synthesis.json").read_text())["kept"] == 40
+
+
+# -- run: data.synthesize --------------------------------------------------
+
+def _run_config(base: Path, model_dir: str, inputs: bool):
+    raw = {
+        "task": {"name": "lang", "system_prompt": SYSTEM, "labels": ["en", "fr", "de"], "answer_mode": "choose"},
+        "data": {"heldout_fraction": 0.25, "seed": 0, "synthesize": 8, **({"inputs": "inputs.jsonl"} if inputs else {})},
+        "models": {"teacher": model_dir, "student": model_dir, "device": "cpu", "dtype": "float32"},
+        "train": {"lora_rank": 4, "lora_alpha": 8, "max_steps": 2, "batch_size": 4, "eval_every": 2, "save_every": 2},
+        "eval": {"include_base": False},
+        "synthesize": {"strategies": ["prompt", "seeds"] if inputs else ["prompt"], "max_new_tokens": 10, "round_size": 8,
+                       "drop_truncated": False},
+    }
+    cfg = config_from_dict(raw)
+    cfg.base_dir = base
+    return cfg
+
+
+@pytest.mark.parametrize("inputs", [False, True], ids=["prompt-alone", "with-real-inputs"])
+def test_run_from_a_prompt_alone_or_with_real_inputs(tmp_path, tiny_model_dir, inputs):
+    from promptdistill.pipeline import run_pipeline
+
+    if inputs:
+        rows = [{"id": f"r{i}", "text": t, "label": lab} for i, (t, lab) in enumerate(
+            [("hello my friend", "en"), ("bonjour mon ami", "fr"), ("guten tag mein freund", "de"), ("good morning all", "en"),
+             ("bonne nuit", "fr"), ("gute nacht", "de"), ("see you soon", "en"), ("à bientôt", "fr")])]
+        (tmp_path / "inputs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    run = tmp_path / "run"
+    report = run_pipeline(_run_config(tmp_path, tiny_model_dir, inputs), run, progress=False, log=lambda m: None)
+    heldout = read_jsonl(run / "split" / "heldout.jsonl")
+    train = read_jsonl(run / "split" / "train.jsonl")
+    synthetic = lambda rs: [r for r in rs if (r.get("meta") or {}).get("synthetic")]  # noqa: E731
+    md = (run / "eval" / "report.md").read_text()
+    if inputs:
+        assert report["heldout_source"] == "real" and not synthetic(heldout) and heldout
+        assert all(r["id"].startswith("r") for r in heldout)
+        assert len(synthetic(train)) == report["synthetic_train"] > 0
+        assert "held-out inputs are real inputs only" in md
+    else:
+        assert report["heldout_source"] == "synthetic" and heldout and len(synthetic(heldout)) == len(heldout)
+        assert "held-out inputs are synthetic" in md
+    synth = json.loads((run / "synth" / "inputs.synthesis.json").read_text())
+    assert synth["labels_vs_quotas"]["labeled"] == len(synthetic(train)) + len(synthetic(heldout))
+    # rerun: every stage is complete, nothing generated again
+    raw_lines = (run / "synth" / "inputs.raw.jsonl").read_text()
+    run_pipeline(_run_config(tmp_path, tiny_model_dir, inputs), run, progress=False, log=lambda m: None)
+    assert (run / "synth" / "inputs.raw.jsonl").read_text() == raw_lines
