@@ -26,8 +26,10 @@ inputs are shared evenly between the ones listed in `synthesize.strategies`:
 Durable and resumable as labeling is: every generation (kept or not) is
 appended and flushed to `<out>.raw.jsonl` in request order, and requests are
 planned in rounds of `round_size` from what earlier rounds kept only, each
-with its own seed (records.sample_seed), so a rerun after `kill -9` finishes
-the interrupted round and the file ends as an uninterrupted run's. The kept
+with its own seed (records.sample_seed), so a rerun after `kill -9` sends
+the interrupted round again (the same rows make the same batch, hence the
+same samples), appends only what is missing, and the file ends as an
+uninterrupted run's. The kept
 inputs (`<out>`), the quality gates' numbers and the report
 (`<out>.synthesis.json` / `.md`) are recomputed from the raw file at the end.
 
@@ -285,9 +287,14 @@ def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = N
                 # No bigger than what is still missing: requests past the quotas are wasted.
                 size = min(sy.round_size, max_requests - first, sum(max(0, d) for d in state.deficits().values()))
                 plans = _plan_round(task, cfg, state, seeds, generator, first, size, seed)
-                todo = plans[len(raws) - first:]
-                requests = [p.pop("_request") for p in todo]
-                for plan, completion in zip(todo, generator.complete(requests)):
+                # The whole round is sent again even when part of it is on disk: a local batch
+                # decodes rows together, so the same rows make the same batch and the same
+                # samples; only what is missing is appended.
+                written = len(raws) - first
+                requests = [p.pop("_request") for p in plans]
+                for k, (plan, completion) in enumerate(zip(plans, generator.complete(requests))):
+                    if k < written:
+                        continue
                     plan["text"] = clean(generator.tokenizer.decode(completion.token_ids, skip_special_tokens=True))
                     plan["stopped"] = completion.stopped
                     appender.append(plan)
@@ -322,7 +329,8 @@ def _plan_round(task: Task, cfg: Config, state: _State, seeds: list[Example], ge
         request_seed = sample_seed(seed, rid, 0)
         rng = random.Random(request_seed)
         persona, difficulty = rng.choice(sy.personas), rng.choice(sy.difficulties)
-        temperature = round(sy.temperature_min + (sy.temperature_max - sy.temperature_min) * min(1.0, i / horizon), 4)
+        # In steps of 0.05, so a local batch decodes many rows per temperature together.
+        temperature = round(round((sy.temperature_min + (sy.temperature_max - sy.temperature_min) * min(1.0, i / horizon)) * 20) / 20, 4)
         plan = {"request": i, "round": [first, size], "id": rid, "category": category, "strategy": strategy, "target": target, "seed": request_seed,
                 "temperature": temperature}
         if strategy == "prompt":
@@ -421,7 +429,7 @@ def report_markdown(report: dict) -> str:
         f"- exact-duplicate rate {_f(report['exact_duplicate_rate'], True)}, near-duplicate rate "
         f"{_f(report['near_duplicate_rate'], True)} (character {report['ngram']}-gram Jaccard >= {report['near_duplicate_threshold']})",
         "", "| dropped because | count |", "|---|---:|",
-    ] + [f"| {k} | {v} |" for k, v in report["dropped_by_reason"].items()] + [
+    ] + ([f"| {k} | {v} |" for k, v in report["dropped_by_reason"].items()] or ["| (nothing dropped) | 0 |"]) + [
         "", "| category (strategy/asked for) | quota | kept |", "|---|---:|---:|",
     ] + [f"| {c} | {q['quota']} | {q['kept']} |" for c, q in report["quotas"].items()]
     if report.get("labels_vs_quotas"):
