@@ -53,7 +53,7 @@ from .errors import PromptDistillError
 from .io import DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, fingerprint
 from .progress import progress_bar
 from .records import Example, iter_jsonl, read_inputs
-from .render import end_of_turn_ids, render_prompt
+from .render import render_prompt
 from .task import Task
 from .teachers import CompletionRequest, Teacher, teacher_for
 from .teachers.records import sample_seed

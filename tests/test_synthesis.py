@@ -187,7 +187,7 @@ def test_server_backend_matches_local_greedy(tmp_path, varied_model, openai_url)
     cfg = config(strategies=["prompt"], temperature_min=0.0, temperature_max=0.0, max_new_tokens=8)
     server = ServerTeacher(openai_url, varied_model.name, concurrency=3)
     got = synthesize(cfg, 4, tmp_path / "server" / "inputs.jsonl", teacher=server, progress=False)
-    want = synthesize(cfg, 4, tmp_path / "local" / "inputs.jsonl", teacher=LocalTeacher(varied_model), progress=False)
+    synthesize(cfg, 4, tmp_path / "local" / "inputs.jsonl", teacher=LocalTeacher(varied_model), progress=False)
     assert got["kept"] == 4
     texts = lambda side: [r["text"] for r in read_jsonl(tmp_path / side / "inputs.jsonl")]  # noqa: E731
     assert texts("server") == texts("local")
@@ -268,3 +268,20 @@ def test_run_from_a_prompt_alone_or_with_real_inputs(tmp_path, tiny_model_dir, i
     raw_lines = (run / "synth" / "inputs.raw.jsonl").read_text()
     run_pipeline(_run_config(tmp_path, tiny_model_dir, inputs), run, progress=False, log=lambda m: None)
     assert (run / "synth" / "inputs.raw.jsonl").read_text() == raw_lines
+
+
+@pytest.mark.vllm
+def test_vllm_backend_matches_local_greedy(tmp_path):
+    """`make test-vllm`: VllmTeacher.complete against LocalTeacher on the packaged SmolLM2."""
+    import os
+
+    from promptdistill.teachers.vllm_engine import VllmTeacher
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cfg = config(strategies=["prompt", "magpie"], temperature_min=0.0, temperature_max=0.0, max_new_tokens=16)
+    vllm = VllmTeacher("smollm2-135m-instruct", dtype="float32", options={"max_model_len": 2048, "enforce_eager": True})
+    local = LocalTeacher.load("smollm2-135m-instruct", "cpu", "float32")
+    synthesize(cfg, 4, tmp_path / "vllm" / "inputs.jsonl", teacher=vllm, progress=False)
+    synthesize(cfg, 4, tmp_path / "local" / "inputs.jsonl", teacher=local, progress=False)
+    texts = lambda side: [r["text"] for r in read_jsonl(tmp_path / side / "inputs.raw.jsonl")]  # noqa: E731
+    assert texts("vllm") == texts("local")
