@@ -211,7 +211,7 @@ def add_synthetic_inputs(cfg: Config, run: RunDir, task: Task, train: list, held
 
     out = synthetic_dir(run) / "inputs.jsonl"
     seeds = train if train and "seeds" in cfg.synthesize.strategies else None
-    report = synthesize(cfg, cfg.data.synthesize, out, seeds=seeds, force=force, progress=progress, log=log)
+    report = synthesize(cfg, cfg.data.synthesize, out, seeds=seeds, avoid=heldout, force=force, progress=progress, log=log)
     synthetic = fit_inputs(read_inputs(out), task, cfg, out, log) if report["kept"] else []
     log(f"[promptdistill] synthesize: {report['kept']} inputs kept of {report['requests']} generated "
         f"(dropped {report['dropped_by_reason']}); report: {out.with_name('inputs.synthesis.md')}")

@@ -241,12 +241,14 @@ class _State:
         return all(d <= 0 for d in self.deficits().values())
 
 
-def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = None, teacher: Teacher | None = None,
-               force: bool = False, progress: bool = True, log=print) -> dict:
+def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = None, avoid: list[Example] | None = None,
+               teacher: Teacher | None = None, force: bool = False, progress: bool = True, log=print) -> dict:
     """Write `n` synthetic inputs to `out_path` (JSONL, readable by read_inputs) with the
     generator of `cfg.synthesize` (default: the teacher, on `models.teacher_backend`);
     write the report beside it and return it. `seeds` are real inputs for the seeds
-    strategy (default: synthesize.seed_inputs, else data.inputs)."""
+    strategy (default: synthesize.seed_inputs, else data.inputs); `avoid` are inputs no kept
+    input may copy or nearly copy without being seeds (`run` passes the real held-out inputs,
+    so none leaks into training as a near copy)."""
     if n < 1:
         raise PromptDistillError(f"the number of inputs to synthesize must be at least 1, got {n}", field="data.synthesize")
     task, sy = Task(cfg.task), cfg.synthesize
@@ -262,7 +264,7 @@ def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = N
     seed = cfg.data.seed
     meta = {"generator": generator.name, **generator.meta(), "task_fingerprint": task.fingerprint(), "n": n, "seed": seed,
             "synthesize": {k: v for k, v in cfg.to_dict()["synthesize"].items() if k != "generator"},
-            "seeds": fingerprint([e.text for e in seeds])}
+            "seeds": fingerprint([[e.text for e in seeds], [e.text for e in avoid or []]])}
     max_requests = max(n, int(n * sy.max_requests_per_input))
     with DirectoryLock(raw_path.with_name(raw_path.name + ".lock"), str(out_path)):
         _check_or_write_meta(raw_path, meta, force)
@@ -276,7 +278,7 @@ def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = N
                 first = len(raws)
                 if raws and raws[-1]["round"][0] + raws[-1]["round"][1] > len(raws):
                     first = raws[-1]["round"][0]
-                state = _State(task, cfg, quotas, seeds)
+                state = _State(task, cfg, quotas, seeds + list(avoid or []))
                 for r in raws[:first]:
                     state.add(r)
                 kept_now = sum(len(v) for v in state.kept.values())
@@ -300,7 +302,7 @@ def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = N
                     appender.append(plan)
                     raws.append(plan)
             bar.close()
-    state = _State(task, cfg, quotas, seeds)
+    state = _State(task, cfg, quotas, seeds + list(avoid or []))
     for r in raws:
         state.add(r)
     kept = sorted((r for rs in state.kept.values() for r in rs), key=lambda r: r["request"])

@@ -285,3 +285,15 @@ def test_vllm_backend_matches_local_greedy(tmp_path):
     synthesize(cfg, 4, tmp_path / "local" / "inputs.jsonl", teacher=local, progress=False)
     texts = lambda side: [r["text"] for r in read_jsonl(tmp_path / side / "inputs.raw.jsonl")]  # noqa: E731
     assert texts("vllm") == texts("local")
+
+
+def test_held_out_inputs_are_avoided_not_used_as_seeds(tmp_path, tokenizer):
+    from promptdistill.records import Example
+
+    held_out = [Example(id="h1", text="Where is the nearest train station, please?")]
+    gen = Scripted(tokenizer, ["Where is the nearest train station please?", "A completely different question about tea"])
+    cfg = config(strategies=["prompt"], label_quotas=False, edge_share=0.0, round_size=1)
+    report = synthesize(cfg, 1, tmp_path / "inputs.jsonl", teacher=gen, avoid=held_out, progress=False)
+    assert report["dropped_by_reason"] == {"near_duplicate": 1}
+    assert [r["text"] for r in read_jsonl(tmp_path / "inputs.jsonl")] == ["A completely different question about tea"]
+    assert "nearest train station" not in tokenizer.decode(gen.asked[0].prompt)
