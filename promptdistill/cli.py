@@ -318,6 +318,7 @@ def _data_source_parsers(sub, with_task, with_teacher_backend) -> None:
     sp.add_argument("--strategies", help="comma-separated: prompt, magpie, seeds (sets synthesize.strategies)")
     sp.add_argument("--generator", help="generator model (default: the teacher; sets synthesize.generator)")
     sp.add_argument("--force", action="store_true", help="discard generations made with other settings")
+    sp.add_argument("--labeled", help="after `label` on OUT: add the teacher's label distribution against the quotas to the report")
     sp.set_defaults(func=cmd_synthesize)
 
     sp = sub.add_parser("import-chats", help="labeled records from chat logs that already hold the teacher's answers")
@@ -341,6 +342,14 @@ def cmd_synthesize(args):
         args.overrides.append(f"synthesize.generator={json.dumps(args.generator)}")
     cfg = load_task_config(args)
     summary = synthesize(cfg, args.n, args.out, force=args.force, progress=not args.no_progress)
+    if args.labeled:
+        from .records import read_labeled
+        from .synthesis import quota_report
+
+        labeled = Path(args.labeled)
+        rejects = labeled.with_name(labeled.stem + ".rejects.jsonl")
+        summary = quota_report(args.out, [r.to_json() for r in read_labeled(labeled)],
+                               len(read_labeled(rejects)) if rejects.exists() else 0)
     print(json.dumps(summary, indent=2))
 
 

@@ -297,3 +297,20 @@ def test_held_out_inputs_are_avoided_not_used_as_seeds(tmp_path, tokenizer):
     assert report["dropped_by_reason"] == {"near_duplicate": 1}
     assert [r["text"] for r in read_jsonl(tmp_path / "inputs.jsonl")] == ["A completely different question about tea"]
     assert "nearest train station" not in tokenizer.decode(gen.asked[0].prompt)
+
+
+def test_cli_synthesize_label_then_labels_against_quotas(tmp_path, tiny_model_dir, capsys):
+    from promptdistill.cli import main
+
+    task = write_task_file(tmp_path, tiny_model_dir, task=dict(system_prompt=SYSTEM, labels=["en", "fr", "de"], answer_mode="choose"),
+                           synthesize=dict(edge_share=0.0, max_new_tokens=8, drop_truncated=False))
+    out, labels = tmp_path / "inputs.jsonl", tmp_path / "labels.jsonl"
+    assert main(["synthesize", str(task), "--n", "3", "--out", str(out), "--no-progress"]) == 0
+    assert main(["label", str(task), "--inputs", str(out), "--out", str(labels), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["synthesize", str(task), "--n", "3", "--out", str(out), "--labeled", str(labels), "--no-progress"]) == 0
+    lv = json.loads(capsys.readouterr().out)["labels_vs_quotas"]
+    assert lv["labeled"] == 3 and sum(v["labeled"] for v in lv["labels"].values()) == 3
+    assert {k: v["quota"] for k, v in lv["labels"].items() if v["quota"]} == {"en": 1, "fr": 1, "de": 1}
+    assert main(["synthesize", str(task), "--n", "3", "--out", str(out), "--strategies", "prompt,pasta"]) == 2
+    assert "synthesize.strategies" in capsys.readouterr().err
