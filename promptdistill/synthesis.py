@@ -34,7 +34,7 @@ inputs (`<out>`), the quality gates' numbers and the report
 (`<out>.synthesis.json` / `.md`) are recomputed from the raw file at the end.
 
 Quality gates, each counted by reason: truncated generations, length limits,
-replies that state an answer or copy the prompt, exact duplicates and near
+replies that state an answer ("Final Answer:") or copy the prompt, exact and near
 duplicates (character n-gram Jaccard against every kept input and every seed
 input: a paraphrase too close to a real input teaches nothing new, and would
 leak a held-out input when seeds come from it), and full quotas.
@@ -197,6 +197,10 @@ class _State:
         self.exact = {normalize(e.text) for e in seeds}
         self.pool = [shingles(e.text, self.sy.ngram) for e in seeds]
         self.prompt = normalize(_prompt_text(task))
+        # The fixed words of an answer ("Final Answer:"): an input holding them answers itself.
+        # (Not answer_pattern: a permissive pattern like `^(\S+)` matches any text.)
+        marker = task.config.answer_template.partition("{label}")[0].strip().casefold()
+        self.answer_marker = marker if len(marker) >= 3 and not task.json_reply else ""
         self.generated = 0
 
     def gate(self, raw: dict) -> str:
@@ -209,7 +213,7 @@ class _State:
             return "too_short"
         if len(text) > sy.max_chars:
             return "too_long"
-        if not self.task.json_reply and self.task.pattern.search(text):
+        if self.answer_marker and self.answer_marker in text.casefold():
             return "states_an_answer"
         norm = normalize(text)
         if len(norm) >= 20 and (norm in self.prompt or self.prompt[:80] in norm):

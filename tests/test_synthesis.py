@@ -314,3 +314,11 @@ def test_cli_synthesize_label_then_labels_against_quotas(tmp_path, tiny_model_di
     assert {k: v["quota"] for k, v in lv["labels"].items() if v["quota"]} == {"en": 1, "fr": 1, "de": 1}
     assert main(["synthesize", str(task), "--n", "3", "--out", str(out), "--strategies", "prompt,pasta"]) == 2
     assert "synthesize.strategies" in capsys.readouterr().err
+
+
+def test_a_permissive_answer_pattern_does_not_drop_every_input(tmp_path, tokenizer):
+    cfg = config(strategies=["prompt"], label_quotas=False, edge_share=0.0)
+    cfg.task = TaskConfig(system_prompt=SYSTEM, answer_pattern=r"^\s*(\S+)", answer_template="{label}")
+    report = synthesize(cfg, 2, tmp_path / "inputs.jsonl", teacher=Scripted(tokenizer, ["first input here", "second one there"]),
+                        progress=False)
+    assert report["kept"] == 2
