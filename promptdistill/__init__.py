@@ -11,8 +11,6 @@ two. One module per stage:
     engine     token-level generation and continuation scoring
     teachers   the teacher backends (transformers, vLLM, HTTP server): load_teacher
     labeling   label_inputs
-    synthesis  synthesize: inputs written by a generator from the prompt (and seed inputs)
-    chatlogs   import_chats: production chat logs as labeled records
     render     conversation -> token ids + loss weights
     train      train_student
     evaluate   evaluate_systems
@@ -61,8 +59,6 @@ _EXPORTS = {
     "load_model": "models",
     "load_tokenizer": "models",
     "label_inputs": "labeling",
-    "synthesize": "synthesis",
-    "import_chats": "chatlogs",
     "load_teacher": "teachers",
     "Teacher": "teachers",
     "render_example": "render",
@@ -80,6 +76,9 @@ _EXPORTS = {
     "subsample": "split",
     "write_examples": "records",
     "run_pipeline": "pipeline",
+    # where the data comes from when there are few inputs (synthesis) or the answers exist (chat logs)
+    "synthesize": "synthesis",
+    "import_chats": "chatlogs",
     "load_student": "predict",
     "predict_texts": "predict",
     "PromptDistillError": "errors",
