@@ -70,6 +70,9 @@ _EXPORTS = {
     "subsample": "split",
     "write_examples": "records",
     "run_pipeline": "pipeline",
+    # where the data comes from when there are few inputs (synthesis) or the answers exist (chat logs)
+    "synthesize": "synthesis",
+    "import_chats": "chatlogs",
     "load_student": "predict",
     "predict_texts": "predict",
     "PromptDistillError": "errors",

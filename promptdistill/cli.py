@@ -7,6 +7,8 @@
     promptdistill run     TASK [--run-dir D]                all stages, resumable
     promptdistill predict --run-dir D [TEXT ...]            answer with the student
     promptdistill export  D --merged DIR | --adapter DIR    the student as a model others load
+    promptdistill synthesize TASK --n N --out FILE          inputs written by a generator from the prompt
+    promptdistill import-chats LOGS TASK --out FILE         labeled records from production chat logs
 
 No command removes or replaces what it did not create (outputs.py): every
 path argument is checked, and the files it will read, before anything is
@@ -138,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true",
                     help="replace an existing folder even if it holds files promptdistill did not write (never the run itself)")
     sp.set_defaults(func=cmd_export)
+    _data_source_parsers(sub, with_task, with_teacher_backend)
     return p
 
 
@@ -416,3 +419,82 @@ def cmd_export(args):
         print(f"merged model: {export_merged(run.path, args.merged, device=args.device, dtype=args.dtype, overwrite=args.overwrite)}")
     if args.adapter:
         print(f"adapter: {export_adapter(run.path, args.adapter, overwrite=args.overwrite)}")
+
+
+# -- where the data comes from (issue 16): synthesize and import-chats -------
+
+
+def _data_source_parsers(sub, with_task, with_teacher_backend) -> None:
+    sp = with_teacher_backend(with_task(sub.add_parser(
+        "synthesize", help="write inputs with a generator model from the task's prompt (and seed inputs)")))
+    sp.add_argument("--n", type=int, required=True, help="inputs to keep after the quality gates")
+    sp.add_argument("--out", required=True, help="inputs JSONL to write (raw generations beside it, resumable)")
+    sp.add_argument("--seeds", help="real inputs to paraphrase and edit (sets synthesize.seed_inputs)")
+    sp.add_argument("--strategies", help="comma-separated: prompt, magpie, seeds (sets synthesize.strategies)")
+    sp.add_argument("--generator", help="generator model (default: the teacher; sets synthesize.generator)")
+    sp.add_argument("--force", action="store_true", help="discard generations made with other settings")
+    sp.add_argument("--labeled", help="after `label` on OUT: add the teacher's label distribution against the quotas to the report")
+    sp.set_defaults(func=cmd_synthesize)
+
+    sp = sub.add_parser("import-chats", help="labeled records from chat logs that already hold the teacher's answers")
+    sp.add_argument("logs", help="chat-format JSONL ({\"messages\": [system, user, assistant]} per line)")
+    sp.add_argument("task", help="task TOML file")
+    sp.add_argument("--out", required=True, help="labeled JSONL to write")
+    sp.add_argument("--rejects", help="unparsable replies (default: OUT with .rejects.jsonl)")
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a setting of the task file (repeatable)")
+    sp.set_defaults(func=cmd_import_chats)
+
+
+def cmd_synthesize(args):
+    from .outputs import check_file, check_outside_runs, check_paths
+    from .synthesis import claim_synthesis_output, synthesize
+
+    if args.seeds:
+        args.overrides.append(f"synthesize.seed_inputs={json.dumps(str(Path(args.seeds).resolve()))}")
+    if args.strategies:
+        args.overrides.append(f"synthesize.strategies={json.dumps([s.strip() for s in args.strategies.split(',') if s.strip()])}")
+    if args.generator:
+        args.overrides.append(f"synthesize.generator={json.dumps(args.generator)}")
+    cfg = load_task_config(args)
+    out, raw = claim_synthesis_output(args.out)
+    reads = {"the task file": args.task}
+    for name, path in (("--seeds", cfg.synthesize.seed_inputs), ("data.inputs", cfg.data.inputs), ("--labeled", args.labeled)):
+        if path:
+            reads[name] = check_file(cfg.resolve_path(path) if name != "--labeled" else Path(path), name)
+    writes = {"--out": out, "its raw generations": raw, "their sidecar": raw.with_name(raw.name + ".meta.json"),
+              "the synthesis report": out.with_name(out.stem + ".synthesis.json")}
+    check_paths(reads, writes)
+    for name, path in writes.items():
+        check_outside_runs(path, name)
+    summary = synthesize(cfg, args.n, out, force=args.force, progress=not args.no_progress)
+    if args.labeled:
+        from .records import read_labeled
+        from .synthesis import quota_report
+
+        labeled = Path(args.labeled)
+        rejects = labeled.with_name(labeled.stem + ".rejects.jsonl")
+        summary = quota_report(args.out, [r.to_json() for r in read_labeled(labeled)],
+                               len(read_labeled(rejects)) if rejects.exists() else 0)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_import_chats(args):
+    from .chatlogs import import_chats
+    from .outputs import check_file, check_outside_runs, check_paths, claim_labels_file
+    from .task import Task
+
+    args.teacher = args.student = args.device = None
+    cfg = load_task_config(args)
+    logs = check_file(args.logs, "chat logs")
+    out = Path(args.out)
+    rejects = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.jsonl")
+    writes = {"--out": out, "--rejects": rejects, "--out's sidecar": out.with_name(out.name + ".meta.json"),
+              "the set-aside records": out.with_name(out.stem + ".foreign.jsonl")}
+    check_paths({"the chat logs": logs, "the task file": args.task}, writes)
+    for name, path in writes.items():
+        check_outside_runs(path, name)
+    claim_labels_file(out, "--out")
+    claim_labels_file(rejects, "--rejects", sidecars=False)
+    summary = import_chats(Task(cfg.task), logs, out, rejects)
+    print(json.dumps(summary, indent=2))

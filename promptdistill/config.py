@@ -11,6 +11,7 @@ to the file itself.
     [models]    teacher and student model names, device, dtype
     [train]     LoRA and optimiser settings
     [eval]      evaluation settings
+    [synthesize] how inputs are written when there are few or none (synthesis.py)
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ ANSWER_MODES = ("generate", "choose")
 # read, without importing any stage.
 #   continuation_logprobs: score given token sequences after the prompt, with
 #   the full log-distribution per token (on-policy training, per-token fidelity KL)
+#   complete: continue raw token-id prompts with sampling (synthesis: generator
+#   conversations and Magpie's cut-open templates); the server backend sends
+#   token ids to /completions, so it needs a server that takes them (vLLM does)
 TEACHER_CAPABILITIES = {
-    "transformers": {"continuation_logprobs": True},
-    "vllm": {"continuation_logprobs": False},
-    "openai": {"continuation_logprobs": False},
+    "transformers": {"continuation_logprobs": True, "complete": True},
+    "vllm": {"continuation_logprobs": False, "complete": True},
+    "openai": {"continuation_logprobs": False, "complete": True},
 }
 TEACHER_BACKENDS = tuple(TEACHER_CAPABILITIES)
 STUDENT_TARGETS = ("normalized", "teacher_reply")
@@ -95,6 +99,11 @@ class DataConfig:
     # Inputs whose student prompt leaves no room within train.max_length for
     # the reply are reported with their lines, then skipped or truncated.
     too_long: str = "skip"  # skip | truncate
+    # Synthesize this many inputs (synthesis.py, settings in [synthesize]) before
+    # the split: `run` can then start from the prompt alone. With data.inputs
+    # too, the synthetic inputs join the training side only and the held-out
+    # set stays real (the report says which it was).
+    synthesize: int = 0
 
 
 @dataclass
@@ -179,6 +188,53 @@ class EvalConfig:
     include_base: bool = True
 
 
+SYNTHESIS_STRATEGIES = ("prompt", "magpie", "seeds")
+DEFAULT_PERSONAS = [
+    "a busy professional writing quickly on a phone", "a student who is new to the topic", "a domain expert who uses jargon",
+    "a non-native speaker", "an annoyed customer", "a retiree who writes long, polite messages", "a teenager using slang",
+    "a journalist checking facts",
+]
+
+
+@dataclass
+class SynthesizeConfig:
+    """How synthetic inputs are written (synthesis.py; `promptdistill synthesize` or data.synthesize)."""
+
+    # prompt: the generator reads the task's prompt and writes inputs it is about;
+    # magpie: the generator continues the task's own template cut open in the user
+    # turn; seeds: paraphrases and minimal edits of real inputs (seed_inputs).
+    # The kept inputs are shared evenly between the strategies listed.
+    strategies: list[str] = field(default_factory=lambda: ["prompt"])
+    # Generator model (same backend as the teacher); default: the teacher itself.
+    generator: str | None = None
+    # Real inputs for the seeds strategy (a file read like data.inputs); `run` uses its real train split.
+    seed_inputs: str | None = None
+    # One persona and one difficulty are drawn per request (Persona Hub's idea: who writes steers what is written).
+    personas: list[str] = field(default_factory=lambda: list(DEFAULT_PERSONAS))
+    difficulties: list[str] = field(default_factory=lambda: ["easy", "typical", "hard", "ambiguous"])
+    # Sampling temperature ramps from the first to the last request (diversity grows as the pool fills).
+    temperature_min: float = 0.7
+    temperature_max: float = 1.1
+    max_new_tokens: int = 96
+    # Earlier accepted inputs shown to the generator as examples not to repeat.
+    feedback_examples: int = 3
+    # Share of the prompt strategy's inputs that are edge cases or out of scope.
+    edge_share: float = 0.1
+    # Closed label sets: ask for inputs that should get each label in equal numbers.
+    label_quotas: bool = True
+    # Quality gates: character n-gram Jaccard at or above this against a kept input is a near duplicate.
+    near_duplicate_threshold: float = 0.7
+    ngram: int = 5
+    min_chars: int = 3
+    max_chars: int = 2000
+    # Drop generations cut off at max_new_tokens (half an input); false keeps them as cut.
+    drop_truncated: bool = True
+    # Requests are planned in rounds of this many (feedback and quotas update between rounds).
+    round_size: int = 32
+    # Give up after this many requests per kept input asked for.
+    max_requests_per_input: float = 4.0
+
+
 @dataclass
 class Config:
     """A whole task file: one dataclass per table (task, data, models, train, eval)."""
@@ -188,6 +244,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
     # Folder the config was read from: relative paths resolve against it.
     base_dir: Path = field(default_factory=Path.cwd, repr=False)
 
@@ -199,7 +256,8 @@ class Config:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "base_dir"}
 
 
-_SECTIONS = {"task": TaskConfig, "data": DataConfig, "models": ModelsConfig, "train": TrainConfig, "eval": EvalConfig}
+_SECTIONS = {"task": TaskConfig, "data": DataConfig, "models": ModelsConfig, "train": TrainConfig, "eval": EvalConfig,
+             "synthesize": SynthesizeConfig}
 
 
 def load_config(path) -> Config:
@@ -380,6 +438,43 @@ def validate_config(cfg: Config, source=None) -> None:
     validate_numbers(cfg, source)
     validate_devices(cfg.models, source)
     validate_text(cfg, source)
+    _validate_synthesize(cfg, source)
+
+
+def _validate_synthesize(cfg: Config, source) -> None:
+    sy = cfg.synthesize
+    if cfg.data.synthesize < 0:
+        raise PromptDistillError("must be >= 0", path=source, field="data.synthesize")
+    if not sy.strategies:
+        raise PromptDistillError(f"name at least one of {', '.join(SYNTHESIS_STRATEGIES)}", path=source, field="synthesize.strategies")
+    for s in sy.strategies:
+        _one_of(s, SYNTHESIS_STRATEGIES, source, "synthesize.strategies")
+    if len(set(sy.strategies)) != len(sy.strategies):
+        raise PromptDistillError("strategies must be unique", path=source, field="synthesize.strategies")
+    if "seeds" in sy.strategies and not (sy.seed_inputs or cfg.data.inputs):
+        raise PromptDistillError("the seeds strategy needs real inputs: set synthesize.seed_inputs (or data.inputs)",
+                                 path=source, field="synthesize.seed_inputs")
+    if not TEACHER_CAPABILITIES[cfg.models.teacher_backend]["complete"]:
+        raise PromptDistillError(f"synthesis needs a backend that completes raw prompts, which {cfg.models.teacher_backend!r} "
+                                 "cannot", path=source, field="models.teacher_backend")
+    if not sy.personas or not sy.difficulties:
+        raise PromptDistillError("needs at least one entry", path=source,
+                                 field="synthesize.personas" if not sy.personas else "synthesize.difficulties")
+    if not 0 <= sy.temperature_min <= sy.temperature_max:
+        raise PromptDistillError("needs 0 <= temperature_min <= temperature_max", path=source, field="synthesize.temperature_min")
+    if not 0 <= sy.edge_share < 1:
+        raise PromptDistillError("must be between 0 and 1 (1 excluded)", path=source, field="synthesize.edge_share")
+    if not 0 < sy.near_duplicate_threshold <= 1:
+        raise PromptDistillError("must be in (0, 1]", path=source, field="synthesize.near_duplicate_threshold")
+    for key in ("max_new_tokens", "ngram", "round_size", "min_chars"):
+        if getattr(sy, key) < 1:
+            raise PromptDistillError("must be at least 1", path=source, field=f"synthesize.{key}")
+    if sy.feedback_examples < 0:
+        raise PromptDistillError("must be >= 0", path=source, field="synthesize.feedback_examples")
+    if sy.max_chars < sy.min_chars:
+        raise PromptDistillError("must be >= min_chars", path=source, field="synthesize.max_chars")
+    if sy.max_requests_per_input < 1:
+        raise PromptDistillError("must be at least 1", path=source, field="synthesize.max_requests_per_input")
 
 
 def _validate_json_task(t: TaskConfig, source) -> None:

@@ -31,12 +31,17 @@ from .task import Task
 def stage_settings(cfg: Config) -> dict[str, dict]:
     """The configuration each stage depends on (including its predecessors)."""
     d = cfg.to_dict()
+    if not cfg.data.synthesize:
+        # Only when set, so run directories made before synthesis existed keep their fingerprint.
+        d["data"].pop("synthesize", None)
     split = {
         "data": d["data"],
         "inputs": str(cfg.resolve_path(cfg.data.inputs)) if cfg.data.inputs else None,
         # what decides which inputs are too long for the student
         "fit": [cfg.train.max_length, cfg.task.max_new_tokens, cfg.models.student],
     }
+    if cfg.data.synthesize:
+        split["synthesize"] = [d["synthesize"], d["models"]["teacher"], cfg.models.teacher_backend, task_settings(cfg.task)]
     label = {**split, "task": task_settings(cfg.task), "teacher": d["models"]["teacher"]}
     if cfg.models.teacher_backend != "transformers":
         # Only then, so run directories labeled before backends existed keep their fingerprint.
@@ -49,18 +54,22 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
 def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = True, log=print, reads: dict | None = None) -> dict:
     """Run every stage not already complete; return the evaluation report.
 
-    Before the run directory is locked or written: the input file must be
-    readable, the run directory new, empty or a run (`outputs.claim_run_dir`),
-    no input (data.inputs, or the paths in `reads`, e.g. the task file) may
-    lie among the run's outputs, and the run's existing files must be readable."""
+    Before the run directory is locked or written: the input file (if any)
+    must be readable, the run directory new, empty or a run
+    (`outputs.claim_run_dir`), no input (data.inputs, or the paths in `reads`,
+    e.g. the task file) may lie among the run's outputs, and the run's
+    existing files must be readable."""
     from .outputs import check_file, check_paths, claim_run_dir
 
-    if not cfg.data.inputs:
-        raise PromptDistillError("set data.inputs to the input file", field="data.inputs")
-    inputs = check_file(cfg.resolve_path(cfg.data.inputs), "input file (data.inputs)")
+    if not cfg.data.inputs and not cfg.data.synthesize:
+        raise PromptDistillError("set data.inputs to the input file, or data.synthesize to a number of inputs to write",
+                                 field="data.inputs")
+    reads = dict(reads or {})
+    if cfg.data.inputs:
+        reads["data.inputs"] = check_file(cfg.resolve_path(cfg.data.inputs), "input file (data.inputs)")
     run = RunDir(claim_run_dir(run_dir))
     outputs = {f"the run's {name}": run.path / name for name in ("config.json", ".lock", "stages", *STAGE_OUTPUTS.values())}
-    check_paths({"data.inputs": inputs, **(reads or {})}, outputs)
+    check_paths(reads, outputs)
     run.check_files()
     check_max_length(cfg)
     with run.lock():
@@ -85,11 +94,16 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
         return True
 
     if stage_needed("split"):
-        examples = prepare_inputs(cfg, task, cfg.resolve_path(cfg.data.inputs), log)
-        train, heldout = split_examples(examples, cfg.data.heldout_fraction, cfg.data.seed)
+        train, heldout = [], []
+        if cfg.data.inputs:
+            examples = prepare_inputs(cfg, task, cfg.resolve_path(cfg.data.inputs), log)
+            train, heldout = split_examples(examples, cfg.data.heldout_fraction, cfg.data.seed)
+        summary = {}
+        if cfg.data.synthesize:
+            train, heldout, summary = add_synthetic_inputs(cfg, run, task, train, heldout, force=force, progress=progress, log=log)
         write_examples(run.split_file("train"), train)
         write_examples(run.split_file("heldout"), heldout)
-        run.mark_done("split", prints["split"], {"train": len(train), "heldout": len(heldout)})
+        run.mark_done("split", prints["split"], {"train": len(train), "heldout": len(heldout), **summary})
         log(f"[promptdistill] split: {len(train)} train, {len(heldout)} held-out")
 
     train_inputs = read_inputs(run.split_file("train"))
@@ -107,6 +121,8 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
             log(f"[promptdistill] label {name}: {s['labeled']} labeled, {s['rejected']} rejected "
                 f"{s['by_status']}; teacher accuracy vs gold: {_pct(s['teacher_accuracy'])}")
         atomic_write_json(run.labels_summary, summaries)
+        if cfg.data.synthesize:
+            synthetic_label_report(run)
         run.mark_done("label", prints["label"], summaries)
         del teacher
 
@@ -154,6 +170,7 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> di
         task, examples, run.eval_dir, teacher=teacher, student=student, seed=cfg.data.seed,
         base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=inputs_print,
     )
+    _record_heldout_source(run, examples)
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
     write_run_report(run.path)
     return report
@@ -281,3 +298,71 @@ def _fit(examples, tok, messages, reply_prefix: str, budget: int, what: str, cfg
         log(f"[promptdistill] {path}: {len(too_long)} inputs too long for {what} "
             f"with room for {cfg.task.max_new_tokens} reply tokens, {action}: lines {lines}")
     return kept
+
+
+# -- synthetic inputs (issue 16) -------------------------------------------
+
+
+def synthetic_dir(run: RunDir):
+    return run.path / "synth"
+
+
+def add_synthetic_inputs(cfg: Config, run: RunDir, task: Task, train: list, heldout: list, *, force: bool, progress: bool,
+                         log) -> tuple[list, list, dict]:
+    """`data.synthesize` inputs written into RUN/synth (synthesis.py), joined to the split.
+
+    With real inputs, the synthetic ones go to the training side only and the
+    held-out set stays real: a student scored on the generator's own inputs
+    measures how well it imitates the generator's distribution, not how it
+    does on the inputs it will meet. The seeds strategy paraphrases the real
+    training inputs only, and the near-duplicate gate compares against them, so
+    no held-out input leaks in as a paraphrase. With no real inputs, the
+    synthetic ones are split as real ones would be and the report says the
+    held-out set is synthetic.
+    """
+    from .synthesis import synthesize
+
+    out = synthetic_dir(run) / "inputs.jsonl"
+    seeds = train if train and "seeds" in cfg.synthesize.strategies else None
+    report = synthesize(cfg, cfg.data.synthesize, out, seeds=seeds, avoid=heldout, force=force, progress=progress, log=log)
+    synthetic = fit_inputs(read_inputs(out), task, cfg, out, log) if report["kept"] else []
+    log(f"[promptdistill] synthesize: {report['kept']} inputs kept of {report['requests']} generated "
+        f"(dropped {report['dropped_by_reason']}); report: {out.with_name('inputs.synthesis.md')}")
+    if train or heldout:
+        return train + synthetic, heldout, {"synthetic_train": len(synthetic), "heldout_source": "real"}
+    if not synthetic:
+        raise PromptDistillError("synthesis kept no inputs; see the synthesis report", path=out.with_name("inputs.synthesis.md"))
+    train, heldout = split_examples(synthetic, cfg.data.heldout_fraction, cfg.data.seed)
+    return train, heldout, {"synthetic_train": len(train), "heldout_source": "synthetic"}
+
+
+def synthetic_label_report(run: RunDir) -> None:
+    """The teacher's labels of the synthetic inputs against the quotas they were asked for."""
+    from .synthesis import quota_report
+
+    out = synthetic_dir(run) / "inputs.jsonl"
+    if not out.with_name("inputs.synthesis.json").exists():
+        return
+    labeled, rejected = [], 0
+    for side in ("train", "heldout"):
+        path = run.labels_file(side)
+        labeled += [r.to_json() for r in read_labeled(path) if r.meta.get("synthetic")] if path.exists() else []
+        rejects = path.with_name(path.stem + ".rejects.jsonl")
+        rejected += sum(1 for r in read_labeled(rejects) if r.meta.get("synthetic")) if rejects.exists() else 0
+    quota_report(out, labeled, rejected)
+
+
+def heldout_source(examples) -> str:
+    """"real", "synthetic" or "mixed": where the held-out inputs come from (synthesis marks its inputs)."""
+    synthetic = sum(1 for e in examples if (e.meta or {}).get("synthetic"))
+    return "real" if synthetic == 0 else "synthetic" if synthetic == len(examples) else "mixed"
+
+
+def _record_heldout_source(run: RunDir, examples) -> None:
+    """report.json says whether the held-out set is real (report.md says it in a sentence)."""
+    report = json.loads(run.report_path.read_text(encoding="utf-8"))
+    report["heldout_source"] = heldout_source(examples)
+    train_split = run.split_file("train")
+    if train_split.exists():
+        report["synthetic_train"] = sum(1 for e in read_inputs(train_split) if e.meta.get("synthetic"))
+    atomic_write_json(run.report_path, report)

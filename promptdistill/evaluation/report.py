@@ -156,6 +156,14 @@ def report_markdown(report: dict) -> str:
             f"| {name} | {'yes' if m['uses_prompt'] else 'no'} | {_fmt(m['accuracy'], True)} | {_fmt(m['agreement'], True)} | "
             f"{_fmt(m.get('kl_to_teacher'), digits=3)} | {_fmt(m['parse_rate'], True)} | {_fmt(m['mean_prompt_tokens'])} | {_fmt(m['median_latency_ms'])} |"
         )
+    source = report.get("heldout_source")
+    if source == "synthetic":
+        out += ["", "**The held-out inputs are synthetic** (written by the generator, see synth/inputs.synthesis.md): these "
+                "numbers say how the student imitates the teacher on the generator's inputs, not on real ones."]
+    elif source == "mixed":
+        out += ["", "The held-out inputs are partly synthetic (written by the generator): read the numbers with that in mind."]
+    elif source == "real" and report.get("synthetic_train"):
+        out += ["", "The held-out inputs are real inputs only; synthetic inputs were used for training."]
     out += ["", "Agreement is measured on inputs where the teacher gave a label. Accuracy counts unparsed answers as wrong. "
             "KL is in nats (fidelity.py): over the label distribution for label-constrained tasks, per reply token otherwise."]
     if (gap := _gap_line(report)) is not None:

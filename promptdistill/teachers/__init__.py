@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from .base import Teacher
+from .base import Completion, CompletionRequest, Teacher
 
 if TYPE_CHECKING:
     from ..config import Config, ModelsConfig
@@ -66,4 +66,4 @@ def load_teacher(cfg: Config, *, base: LoadedModel | None = None) -> Teacher:
     return teacher_for(cfg.models, base=base)
 
 
-__all__ = ["BACKENDS", "Teacher", "load_teacher", "teacher_for"]
+__all__ = ["BACKENDS", "Completion", "CompletionRequest", "Teacher", "load_teacher", "teacher_for"]

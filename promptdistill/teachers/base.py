@@ -22,18 +22,43 @@ The interface is kept small on purpose:
   log-probabilities (or whole log-distributions) of given continuations
   after the prompt, which on-policy training and free-form fidelity need.
   Only backends with the `continuation_logprobs` capability implement it.
+- `complete(requests)`: continue given token-id prompts with sampling, one
+  `CompletionRequest` each (its own seed, temperature and length), yielding
+  the generated tokens in request order. Synthesis (synthesis.py) writes
+  inputs through it: a generator conversation rendered here, or a raw
+  template cut open inside the user turn (Magpie). Every backend already
+  sends token ids, so all three implement it (capability `complete`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from ..config import TEACHER_CAPABILITIES
 from ..errors import PromptDistillError
 from ..records import Example, LabeledExample
 from ..task import Task
 from .records import label_candidates
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One sampled continuation of a token-id prompt (stops at the tokenizer's end-of-turn tokens)."""
+
+    prompt: list[int]
+    seed: int
+    temperature: float
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The generated tokens (end-of-turn not included) and whether the model stopped on its own."""
+
+    token_ids: list[int]
+    stopped: bool
 
 
 class Teacher(ABC):
@@ -87,3 +112,8 @@ class Teacher(ABC):
         raise PromptDistillError(
             f"teacher backend {self.backend!r} cannot score given continuations (on-policy training and "
             "per-token fidelity need it); use teacher_backend = \"transformers\"", field="models.teacher_backend")
+
+    def complete(self, requests: list[CompletionRequest], batch_size: int | None = None) -> Iterator[Completion]:
+        """One `Completion` per request, in request order. Backends without the capability refuse."""
+        raise PromptDistillError(f"teacher backend {self.backend!r} cannot complete raw prompts (synthesis needs it)",
+                                 field="models.teacher_backend")

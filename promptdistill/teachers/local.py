@@ -30,7 +30,7 @@ from ..models import LoadedModel, load_model
 from ..records import Example, LabeledExample
 from ..render import end_of_turn_ids, render_prompt
 from ..task import Task
-from .base import Teacher
+from .base import Completion, CompletionRequest, Teacher
 from .records import choose_record, decode_reply, normalize_scores, sample_seed, top_logprobs_record, vote
 
 # Inputs per generate batch. With shared-prefix attention a row costs only its
@@ -172,6 +172,25 @@ class LocalTeacher(Teacher):
             replies = [decode_reply(tok, task, d.token_ids, eot) for d in decoded]
             records.append(vote(task, e, replies, [top_logprobs_record(d.token_ids, d.top, k) for d in decoded]))
         return records
+
+    def complete(self, requests: list[CompletionRequest], batch_size: int | None = None) -> Iterator[Completion]:
+        """Batches of `batch_size` requests; inside one, rows with the same temperature and
+        length decode together (our decoder takes one of each per call), each with its seed."""
+        tok = self.tokenizer
+        eot = end_of_turn_ids(tok)
+        step = batch_size or LOCAL_BATCH_SIZE
+        for start in range(0, len(requests), step):
+            batch = requests[start: start + step]
+            out: dict[int, Completion] = {}
+            groups: dict[tuple, list[int]] = {}
+            for i, r in enumerate(batch):
+                groups.setdefault((r.temperature, r.max_new_tokens), []).append(i)
+            for (temperature, max_new), rows in groups.items():
+                got = engine.decode_with_prefix(self._whole_prompts(), [batch[i].prompt for i in rows], max_new_tokens=max_new,
+                                                eos_ids=eot, pad_id=tok.pad_token_id, temperature=temperature,
+                                                seeds=[batch[i].seed for i in rows])
+                out.update((i, Completion(d.text_ids, d.stopped)) for i, d in zip(rows, got))
+            yield from (out[i] for i in range(len(batch)))
 
     def continuation_logprobs(self, task: Task, texts: list[str], continuations: list[list[int]], full: bool = False) -> list:
         """Per text, the log-probability of each continuation token after the

@@ -63,7 +63,7 @@ from ..errors import PromptDistillError
 from ..records import Example, LabeledExample
 from ..render import end_of_turn_ids, render_prompt
 from ..task import Task
-from .base import Teacher
+from .base import Completion, CompletionRequest, Teacher
 from .records import (api_seed, candidate_logps, choose_record, decode_reply, normalize_scores, scoring_steps, top_logprobs_record,
                       vote)
 
@@ -125,6 +125,26 @@ class ServerTeacher(Teacher):
             self._served_checked = True
         answer = self._chooser(task) if mode == "choose" else self._generator(task, seed)
         yield from ordered_map(answer, examples, self.concurrency)
+
+    def complete(self, requests: list[CompletionRequest], batch_size: int | None = None) -> Iterator[Completion]:
+        """`/completions` with the token-id prompt as is (no chat template on the server), up to
+        `concurrency` in flight, answers in request order; needs the server's `return_token_ids`."""
+        if not requests:
+            return
+        eot = sorted(end_of_turn_ids(self.tokenizer))
+
+        def answer(r: CompletionRequest) -> Completion:
+            body = {"model": self.name, "prompt": r.prompt, "max_tokens": r.max_new_tokens, "temperature": r.temperature,
+                    "seed": r.seed % 2**31, "stop_token_ids": eot, "return_token_ids": True}
+            choice = self._request("POST", "/completions", body, what="a synthesis request")["choices"][0]
+            ids = choice.get("token_ids")
+            if ids is None:  # a server that returns text only: its text, re-encoded
+                ids = self.tokenizer(choice.get("text") or "", add_special_tokens=False)["input_ids"]
+            ids = [int(t) for t in ids]
+            stopped = bool(ids) and ids[-1] in eot or choice.get("finish_reason") == "stop"
+            return Completion([t for t in ids if t not in eot], stopped)
+
+        yield from ordered_map(answer, requests, self.concurrency)
 
     # -- generate mode ----------------------------------------------------
 

@@ -48,7 +48,7 @@ from ..errors import PromptDistillError
 from ..records import Example, LabeledExample
 from ..render import end_of_turn_ids, render_prompt
 from ..task import Task
-from .base import Teacher
+from .base import Completion, CompletionRequest, Teacher
 from .records import (api_seed, candidate_logps, choose_record, decode_reply, normalize_scores, scoring_steps, top_logprobs_record,
                       vote)
 
@@ -99,6 +99,19 @@ class VllmTeacher(Teacher):
         step = batch_size or DEFAULT_BATCH
         for i in range(0, len(examples), step):
             yield from answer(examples[i : i + step], task, seed)
+
+    def complete(self, requests: list[CompletionRequest], batch_size: int | None = None) -> Iterator[Completion]:
+        """One engine call per `batch_size` requests, each with its own seed and temperature."""
+        eot = sorted(end_of_turn_ids(self.tokenizer))
+        step = batch_size or DEFAULT_BATCH
+        for i in range(0, len(requests), step):
+            batch = requests[i: i + step]
+            params = [self.vllm.SamplingParams(max_tokens=r.max_new_tokens, temperature=r.temperature, seed=r.seed % 2**31,
+                                               stop_token_ids=eot) for r in batch]
+            for out in self._run([r.prompt for r in batch], params):
+                ids = [int(t) for t in out.outputs[0].token_ids]
+                stopped = out.outputs[0].finish_reason == "stop"
+                yield Completion([t for t in ids if t not in eot], stopped)
 
     def _run(self, prompts: list[list[int]], params: list) -> list:
         return self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
