@@ -486,7 +486,7 @@ def cmd_import_chats(args):
 
     args.teacher = args.student = args.device = None
     cfg = load_task_config(args)
-    logs = check_file(args.logs, "chat logs")
+    logs = check_file(args.logs, "chat log file")
     out = Path(args.out)
     rejects = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.jsonl")
     writes = {"--out": out, "--rejects": rejects, "--out's sidecar": out.with_name(out.name + ".meta.json"),

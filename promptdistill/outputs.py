@@ -49,12 +49,14 @@ import json
 import os
 from pathlib import Path
 
+from .config import Config
 from .errors import PromptDistillError
 
 # Written by export into every folder it creates: the files it wrote, with sizes and hashes.
 MANIFEST = ".promptdistill-export.json"
 # The sections of a promptdistill configuration (a run's config.json).
-_RUN_SECTIONS = {"task", "data", "models", "train", "eval"}
+# The tables of a task file, as a run's config.json holds them.
+_RUN_SECTIONS = set(Config().to_dict())
 # Left in a run directory by a command that stopped before writing config.json.
 _RUN_SCRATCH = {".lock"}
 
@@ -197,7 +199,7 @@ def _check_parent(p: Path, what: str) -> None:
 
 
 # What a run directory holds of its own (rundir.py's layout): nothing else may be written there.
-RUN_ENTRIES = ("config.json", ".lock", "stages", "split", "labels", "train", "eval")
+RUN_ENTRIES = ("config.json", ".lock", "stages", "synth", "split", "labels", "train", "eval")
 
 
 def check_outside_runs(path, what: str, *, own_run=None) -> None:

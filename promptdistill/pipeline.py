@@ -68,7 +68,7 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
     if cfg.data.inputs:
         reads["data.inputs"] = check_file(cfg.resolve_path(cfg.data.inputs), "input file (data.inputs)")
     run = RunDir(claim_run_dir(run_dir))
-    outputs = {f"the run's {name}": run.path / name for name in ("config.json", ".lock", "stages", *STAGE_OUTPUTS.values())}
+    outputs = {f"the run's {name}": run.path / name for name in ("config.json", ".lock", "stages", "synth", *STAGE_OUTPUTS.values())}
     check_paths(reads, outputs)
     run.check_files()
     check_max_length(cfg)
@@ -304,7 +304,7 @@ def _fit(examples, tok, messages, reply_prefix: str, budget: int, what: str, cfg
 
 
 def synthetic_dir(run: RunDir):
-    return run.path / "synth"
+    return run.synth_dir
 
 
 def add_synthetic_inputs(cfg: Config, run: RunDir, task: Task, train: list, heldout: list, *, force: bool, progress: bool,

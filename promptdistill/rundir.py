@@ -4,6 +4,7 @@ Every command that reads or writes a run goes through `RunDir`, so the
 layout is written down once, here:
 
     RUN/config.json                    the resolved configuration (what predict/export/eval read back)
+    RUN/synth/                         inputs written by synthesis (data.synthesize), its raw generations and report
     RUN/split/{train,heldout}.jsonl    the inputs of each side of the split
     RUN/labels/{train,heldout}.jsonl   the teacher's labels (+ .rejects.jsonl, .meta.json), summary.json
     RUN/train/                         metrics.jsonl, checkpoints/, adapter/, train_summary.json
@@ -45,6 +46,10 @@ class RunDir:
     @property
     def config_path(self) -> Path:
         return self.path / "config.json"
+
+    @property
+    def synth_dir(self) -> Path:
+        return self.path / "synth"
 
     def split_file(self, side: str) -> Path:
         """The inputs of one side of the split ('train' or 'heldout')."""
