@@ -87,14 +87,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def random_teacher(size: str, device: str, dtype: str) -> LocalTeacher:
+def random_teacher(size: str, device: str, dtype: str, tokenizer: str | None = None) -> LocalTeacher:
     """A teacher with random weights of `size`'s shape, built straight on the device
     (no hub access, and no save and reload of many GB), with SmolLM2's tokenizer."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from promptdistill.models import BUILTIN_SMOLLM2, LoadedModel, load_tokenizer
 
-    tok = load_tokenizer(BUILTIN_SMOLLM2)
+    tok = load_tokenizer(tokenizer or BUILTIN_SMOLLM2)
     config = LlamaConfig(vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.02, **SIZES[size])
     torch.manual_seed(0)
@@ -228,6 +228,7 @@ def main() -> int:
     p.add_argument("--task", default=str(ROOT / "examples/language_id/task.toml"))
     p.add_argument("--model", help="teacher model id or folder (default: the task's teacher)")
     p.add_argument("--random-weights", choices=sorted(SIZES), help="a random-weight teacher of this shape, built on the device")
+    p.add_argument("--tokenizer", help="with --random-weights: a folder of SmolLM2's tokenizer files (default: the packaged model's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--prompt-repeat", type=int, default=1, help="repeat the prompt's rules K times (a longer prompt)")
@@ -237,7 +238,7 @@ def main() -> int:
     repeat_prompt(cfg, args.prompt_repeat)
     examples = subsample(read_inputs(cfg.resolve_path(cfg.data.inputs)), args.n, seed=0)
     if args.random_weights:
-        teacher = random_teacher(args.random_weights, args.device, args.dtype)
+        teacher = random_teacher(args.random_weights, args.device, args.dtype, args.tokenizer)
     else:
         teacher = LocalTeacher.load(args.model or cfg.models.teacher, args.device, args.dtype)
     prompt_tokens = len(render_prompt(teacher.tokenizer, Task(cfg.task).teacher_messages(examples[0].text)))
