@@ -13,7 +13,10 @@ It knows nothing about tasks or chat templates. Two operations:
 Each has a shared-prefix form for prompts that all start with the same
 tokens (`decode_with_prefix`, `score_with_prefix`, `continuation_logprobs`):
 the prefix runs once into a `prefix_cache.PrefixCache` and every request
-runs only its own suffix on top of it.
+runs only its own suffix on top of it. `score_batch_with_prefix` scores many
+inputs' candidates together: the candidates do not depend on the input, so
+every input's row is its suffix and the same block of candidate tokens under
+a block attention mask, and many inputs share one forward.
 """
 
 from __future__ import annotations
