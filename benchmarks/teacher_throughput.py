@@ -1,20 +1,35 @@
-"""Teacher labeling throughput: the naive loop against promptdistill's fast path.
+"""Teacher labeling throughput: promptdistill's fast path against two baselines.
 
-Labels the same inputs of the example data set with the packaged
-SmolLM2-135M-Instruct, greedy decoding, two ways in one run:
+Labels the same inputs of the example data set, greedy decoding, three ways
+in one run:
 
   (a) naive: one full-prompt request per input, as the seed tutorial does
       (label_inputs with reuse_prefix=False, batch_size=1);
-  (b) fast: the shared prompt prefix runs once, inputs run in batches on top
+  (b) plain: what a practitioner writes instead, without this package's
+      engine: full prompts, left-padded, transformers' `model.generate` in
+      batches of 64 (`plain_generate`; generate mode only);
+  (c) fast: the shared prompt prefix runs once, inputs run in batches on top
       of its cache (label_inputs defaults).
 
-It checks that both give identical replies and labels, prints inputs/s for
-each, does the same for `choose` mode, and prints the generate-mode ratio
-(fast / naive) as its last line. The two are measured interleaved (the naive
-loop in --rounds slices, each followed by one fast run over all inputs), so a
-shared machine's changes of speed over minutes hit both alike.
+It checks that they give identical replies and labels (in float32; random
+bfloat16 weights have nearly flat logits, so there it reports the share of
+equal answers), prints inputs/s for each, does the same for `choose` mode
+(naive and fast), and prints the ratios fast / naive and, as its last line,
+fast / plain. The columns are measured interleaved (the naive loop in
+--rounds slices, each followed by one fast run over all inputs; plain runs
+over all inputs after --plain-rounds of those rounds, and fast / plain
+compares it with the fast runs of the same rounds), so a shared machine's
+changes of speed over minutes hit them alike.
 
-When vLLM is installed (`make test-vllm` builds .venv-vllm) a third column labels the
+The teacher is the task's (the packaged SmolLM2-135M-Instruct), or `--model`
+(a model id or folder), or `--random-weights {135m,1.5b,8b}`: random weights
+of those shapes built on the device (Llama-style configs with SmolLM2's
+vocabulary and tokenizer; 1.5b is Qwen2.5-1.5B-like, 8b Llama-3-8B-like),
+for speed on a GPU where no weights can be downloaded; their answers mean
+nothing. `--prompt-repeat K` repeats the prompt's rules K times (a longer
+prompt, as a stand-in for a long policy document).
+
+When vLLM is installed (`make test-vllm` builds .venv-vllm) a fourth column labels the
 same inputs with vLLM's offline engine (prefix caching on, float32,
 `enforce_eager` on CPU); its engine start is timed and printed apart, and
 its answers are checked against the fast path's (replies equal; choose-mode
@@ -22,6 +37,7 @@ labels equal and distributions within 1e-4). Without vLLM the column is
 left out with a note.
 
     .venv/bin/python benchmarks/teacher_throughput.py [--n 64] [--batch-size 64] [--rounds 4]
+    .venv/bin/python benchmarks/teacher_throughput.py --device cuda --random-weights 1.5b --dtype bfloat16 --prompt-repeat 7
     .venv-vllm/bin/python benchmarks/teacher_throughput.py      # with the vLLM column
 """
 
@@ -43,15 +59,93 @@ from promptdistill.config import load_config  # noqa: E402
 from promptdistill.records import read_inputs  # noqa: E402
 from promptdistill.split import subsample  # noqa: E402
 from promptdistill.labeling import label_inputs  # noqa: E402
+from promptdistill.render import end_of_turn_ids, render_prompt  # noqa: E402
+from promptdistill.task import Task  # noqa: E402
 from promptdistill.teachers.local import LocalTeacher  # noqa: E402
+from promptdistill.teachers.records import decode_reply  # noqa: E402
+
+# Model shapes for --random-weights, all with SmolLM2's 49,152-token vocabulary.
+SIZES = {
+    # SmolLM2-135M's own shape
+    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                 tie_word_embeddings=True),
+    # Qwen2.5-1.5B-like dense shape
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                 tie_word_embeddings=True),
+    # Llama-3-8B-like dense shape
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+               tie_word_embeddings=False),
+    # a few layers, to try this script (and gpu_check.py) on a CPU in seconds
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 tie_word_embeddings=True),
+}
+
+
+def sync(device: str) -> None:
+    # CUDA runs asynchronously: a timer must wait for the queued work.
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def random_teacher(size: str, device: str, dtype: str, tokenizer: str | None = None) -> LocalTeacher:
+    """A teacher with random weights of `size`'s shape, built straight on the device
+    (no hub access, and no save and reload of many GB), with SmolLM2's tokenizer."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from promptdistill.models import BUILTIN_SMOLLM2, LoadedModel, load_tokenizer
+
+    tok = load_tokenizer(tokenizer or BUILTIN_SMOLLM2)
+    config = LlamaConfig(vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.02, **SIZES[size])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.eval()
+    return LocalTeacher(LoadedModel(model=model, tokenizer=tok, name=f"random-{size}", device=device))
+
+
+def repeat_prompt(cfg, k: int) -> None:
+    """Repeat the prompt's rules (all before "Text to classify:") `k` times in place."""
+    if k > 1:
+        head, sep, tail = cfg.task.user_template.partition("Text to classify:")
+        cfg.task.user_template = head * k + sep + tail
+
+
+@torch.inference_mode()
+def plain_generate(examples, cfg, teacher: LocalTeacher, batch_size: int = 64):
+    """The plain baseline: full prompts, left-padded, `model.generate` in batches,
+    greedy; returns (seconds, reply by id). No prefix reuse, no engine of ours."""
+    task, tok, model = Task(cfg.task), teacher.tokenizer, teacher.loaded.model
+    eot = end_of_turn_ids(tok)
+    prompts = [render_prompt(tok, task.teacher_messages(e.text), cfg.task.reply_prefix) for e in examples]
+    device = str(next(model.parameters()).device)
+    replies = {}
+    sync(device)
+    t0 = time.perf_counter()
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.task.max_new_tokens, do_sample=False,
+                             top_p=None, top_k=None, temperature=None, eos_token_id=sorted(eot), pad_token_id=tok.pad_token_id)
+        for e, row in zip(examples[start : start + batch_size], out[:, width:].tolist()):
+            cut = next((i for i, t in enumerate(row) if t in eot), len(row))
+            replies[e.id] = decode_reply(tok, task, row[:cut], eot)
+    sync(device)
+    return time.perf_counter() - t0, replies
 
 
 def timed_labels(examples, cfg, teacher, out: Path, mode: str, **kwargs):
     """Label `examples` into a fresh `out`; return (seconds, records by id)."""
+    device = "cpu"
     if isinstance(teacher, LocalTeacher):
         teacher = LocalTeacher(teacher.loaded)  # same weights, no cache kept: each run pays for its prompt prefix
+        device = str(teacher.loaded.device)
+    sync(device)
     t0 = time.perf_counter()
     label_inputs(cfg, examples, teacher, out, mode=mode, force=True, progress=False, **kwargs)
+    sync(device)
     seconds = time.perf_counter() - t0
     records = {}
     for path in (out, out.with_name(out.stem + ".rejects.jsonl")):
@@ -62,15 +156,20 @@ def timed_labels(examples, cfg, teacher, out: Path, mode: str, **kwargs):
     return seconds, records
 
 
-def interleaved(examples, cfg, teacher, tmp: Path, mode: str, rounds: int, batch_size):
-    """Naive and fast inputs/s measured over the same stretch of time.
+def interleaved(examples, cfg, teacher, tmp: Path, mode: str, rounds: int, batch_size, plain_rounds: int = 0):
+    """Naive, fast and plain inputs/s measured over the same stretch of time.
 
     The naive loop labels the inputs in `rounds` slices; after each slice the
-    fast path labels all of them. A shared machine speeds up and slows down
-    over minutes, and this way both columns see the same stretch of it.
-    Returns (naive rate, naive records, fast rate, list of each fast run's records).
+    fast path labels all of them, and after `plain_rounds` of the rounds
+    (spread over the run) the plain baseline does too. A shared machine speeds
+    up and slows down over minutes, and this way all columns see the same
+    stretch of it. Returns a dict: naive rate and records, fast rate and each
+    fast run's records, plain rate and each plain run's replies, and the fast
+    rate over the rounds where plain ran (what fast / plain compares).
     """
     naive_s, fast_s, naive, fast_runs = 0.0, 0.0, {}, []
+    plain_s, paired_fast_s, plain_runs = 0.0, 0.0, []
+    with_plain = {round(i * rounds / plain_rounds) for i in range(plain_rounds)} if plain_rounds else set()
     for r in range(rounds):
         part = examples[r * len(examples) // rounds : (r + 1) * len(examples) // rounds]
         seconds, records = timed_labels(part, cfg, teacher, tmp / f"{mode}-naive-{r}.jsonl", mode, reuse_prefix=False, batch_size=1)
@@ -79,7 +178,17 @@ def interleaved(examples, cfg, teacher, tmp: Path, mode: str, rounds: int, batch
         seconds, records = timed_labels(examples, cfg, teacher, tmp / f"{mode}-fast-{r}.jsonl", mode, batch_size=batch_size)
         fast_s += seconds
         fast_runs.append(records)
-    return len(examples) / naive_s, naive, rounds * len(examples) / fast_s, fast_runs
+        if r in with_plain:
+            paired_fast_s += seconds
+            seconds, replies = plain_generate(examples, cfg, teacher)
+            plain_s += seconds
+            plain_runs.append(replies)
+    n = len(examples)
+    return {
+        "naive_rate": n / naive_s, "naive": naive, "fast_rate": rounds * n / fast_s, "fast_runs": fast_runs,
+        "plain_rate": len(plain_runs) * n / plain_s if plain_runs else None, "plain_runs": plain_runs,
+        "paired_fast_rate": len(plain_runs) * n / paired_fast_s if plain_runs else None,
+    }
 
 
 def start_vllm(model: str):
@@ -113,39 +222,68 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, help="inputs per batch for the fast path (default: the library's, 64)")
     p.add_argument("--rounds", type=int, default=4,
                    help="the naive loop runs in this many slices, each followed by a full fast run (see `interleaved`)")
+    p.add_argument("--plain-rounds", type=int, default=2,
+                   help="rounds after which the plain baseline labels all inputs (0: leave the plain column out)")
+    p.add_argument("--modes", default="choose,generate", help="comma-separated answer modes to measure")
     p.add_argument("--task", default=str(ROOT / "examples/language_id/task.toml"))
+    p.add_argument("--model", help="teacher model id or folder (default: the task's teacher)")
+    p.add_argument("--random-weights", choices=sorted(SIZES), help="a random-weight teacher of this shape, built on the device")
+    p.add_argument("--tokenizer", help="with --random-weights: a folder of SmolLM2's tokenizer files (default: the packaged model's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--prompt-repeat", type=int, default=1, help="repeat the prompt's rules K times (a longer prompt)")
     args = p.parse_args()
 
     cfg = load_config(args.task)
+    repeat_prompt(cfg, args.prompt_repeat)
     examples = subsample(read_inputs(cfg.resolve_path(cfg.data.inputs)), args.n, seed=0)
-    teacher = LocalTeacher.load(cfg.models.teacher, "cpu", "float32")
-    print(f"{len(examples)} inputs, teacher {cfg.models.teacher}, torch threads {torch.get_num_threads()}, greedy")
-    vllm_teacher = start_vllm(cfg.models.teacher)
+    if args.random_weights:
+        teacher = random_teacher(args.random_weights, args.device, args.dtype, args.tokenizer)
+    else:
+        teacher = LocalTeacher.load(args.model or cfg.models.teacher, args.device, args.dtype)
+    prompt_tokens = len(render_prompt(teacher.tokenizer, Task(cfg.task).teacher_messages(examples[0].text)))
+    print(f"{len(examples)} inputs, teacher {teacher.name}, {args.device} {args.dtype}, torch threads {torch.get_num_threads()}, "
+          f"greedy, {prompt_tokens} prompt tokens for the first input (prompt x{args.prompt_repeat})")
+    exact = args.dtype == "float32"  # random bfloat16 logits are nearly flat: answers may flip between batch shapes
+    vllm_teacher = start_vllm(cfg.models.teacher) if not args.random_weights and args.device == "cpu" else None
     ok = True
     ratios = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for mode in ("choose", "generate"):
-            naive_rate, naive, fast_rate, fast_runs = interleaved(examples, cfg, teacher, tmp, mode, args.rounds, args.batch_size)
+        for mode in args.modes.split(","):
+            got = interleaved(examples, cfg, teacher, tmp, mode, args.rounds, args.batch_size,
+                              args.plain_rounds if mode == "generate" else 0)
+            naive, fast_runs = got["naive"], got["fast_runs"]
             fast = fast_runs[0]
-            same = all(run.keys() == naive.keys() for run in fast_runs) and all(
-                (naive[i]["teacher_reply"], naive[i]["label"]) == (run[i]["teacher_reply"], run[i]["label"]) for run in fast_runs for i in naive
-            )
+            equal = [(naive[i]["teacher_reply"], naive[i]["label"]) == (run[i]["teacher_reply"], run[i]["label"])
+                     for run in fast_runs for i in naive]
+            same = all(run.keys() == naive.keys() for run in fast_runs) and all(equal)
             parsed = sum(r["status"] == "ok" for r in fast.values())
-            ok &= same
-            ratios[mode] = fast_rate / naive_rate
+            ok &= same or not exact
+            ratios[mode] = got["fast_rate"] / got["naive_rate"]
             column = ""
+            if got["plain_rate"] is not None:
+                plain_equal = [run[i] == naive[i]["teacher_reply"] for run in got["plain_runs"] for i in naive]
+                ok &= all(plain_equal) or not exact
+                ratios["plain"] = got["paired_fast_rate"] / got["plain_rate"]
+                column += (f" | plain {got['plain_rate']:7.3f} inputs/s (fast in the same rounds {got['paired_fast_rate']:7.3f}), "
+                           f"same replies {sum(plain_equal)}/{len(plain_equal)}")
             if vllm_teacher is not None:
                 vllm_s, by_vllm = timed_labels(examples, cfg, vllm_teacher, tmp / f"{mode}-vllm.jsonl", mode)
                 vllm_rate = len(examples) / vllm_s
                 agrees = by_vllm.keys() == fast.keys() and all(agree(by_vllm[i], fast[i]) for i in fast)
                 ok &= agrees
-                column = f" | vllm {vllm_rate:7.3f} inputs/s, same answers: {agrees}"
-            print(f"{mode:8s} naive {naive_rate:7.3f} inputs/s | fast {fast_rate:7.3f} inputs/s | "
-                  f"ratio {ratios[mode]:5.1f}x | identical labels: {same} | parsed {parsed}/{len(fast)}{column}")
+                column += f" | vllm {vllm_rate:7.3f} inputs/s, same answers: {agrees}"
+            print(f"{mode:8s} naive {got['naive_rate']:7.3f} inputs/s | fast {got['fast_rate']:7.3f} inputs/s | "
+                  f"ratio {ratios[mode]:5.1f}x | identical labels: {same} ({sum(equal)}/{len(equal)}) | parsed {parsed}/{len(fast)}{column}",
+                  flush=True)
     if not ok:
         print("ERROR: the fast path changed some answers", file=sys.stderr)
-    print(f"generate-mode ratio (fast / naive): {ratios['generate']:.1f}")
+    for mode in ("choose", "generate"):
+        if mode in ratios:
+            print(f"{mode}-mode ratio (fast / naive): {ratios[mode]:.1f}")
+    if "plain" in ratios:
+        print(f"generate-mode ratio (fast / plain batched generate): {ratios['plain']:.2f}")
     return 0 if ok else 1
 
 

@@ -186,6 +186,11 @@ class EvalConfig:
     max_examples: int = 0
     # Also evaluate the base student (no adapter) for the three-way table.
     include_base: bool = True
+    # Per-request latency: this many held-out inputs are sent one at a time to
+    # every system (one generated answer each, the teacher with its whole
+    # prompt), so all rows' latencies are measured alike; the quality
+    # metrics use batched answers on all inputs.
+    latency_requests: int = 32
 
 
 SYNTHESIS_STRATEGIES = ("prompt", "magpie", "seeds")
@@ -412,6 +417,8 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError(f"expected an http:// or https:// URL, got {m.teacher_url!r}", path=source, field="models.teacher_url")
     if m.teacher_concurrency < 1:
         raise PromptDistillError("must be at least 1", path=source, field="models.teacher_concurrency")
+    if cfg.eval.latency_requests < 1:
+        raise PromptDistillError("must be at least 1", path=source, field="eval.latency_requests")
     _one_of(cfg.data.too_long, ("skip", "truncate"), source, "data.too_long")
     if not 0 < cfg.data.heldout_fraction < 1:
         raise PromptDistillError("must be between 0 and 1", path=source, field="data.heldout_fraction")

@@ -13,7 +13,10 @@ It knows nothing about tasks or chat templates. Two operations:
 Each has a shared-prefix form for prompts that all start with the same
 tokens (`decode_with_prefix`, `score_with_prefix`, `continuation_logprobs`):
 the prefix runs once into a `prefix_cache.PrefixCache` and every request
-runs only its own suffix on top of it.
+runs only its own suffix on top of it. `score_batch_with_prefix` scores many
+inputs' candidates together: the candidates do not depend on the input, so
+every input's row is its suffix and the same block of candidate tokens under
+a block attention mask, and many inputs share one forward.
 """
 
 from __future__ import annotations
@@ -312,6 +315,84 @@ def score_with_prefix(prefix: PrefixCache, suffix: list[int], continuations: lis
                 totals[k] = totals[k] + logp[i, t[j]]
                 i += 1
     return totals.cpu()
+
+
+@torch.inference_mode()
+def score_batch_with_prefix(prefix: PrefixCache, suffixes: list[list[int]], continuations: list[list[int]],
+                            chunk_tokens: int | None = None) -> torch.Tensor:
+    """`score_with_prefix` for many inputs at once: shape (inputs, continuations).
+
+    The candidates do not depend on the input, so every input's row is the
+    same block after its own suffix: the candidates' common leading tokens,
+    then each candidate's remaining tokens but its last. A block attention
+    mask lets each candidate see the prefix, its input, the common tokens and
+    its own earlier tokens only, as in `score_with_prefix`; many inputs then
+    share one forward (rows sorted by length, chunked as in the prefill)
+    instead of two forwards per input. Only the positions that predict a
+    candidate token go through the output layer.
+
+    Without shared-prefix attention (a model that refused it, or an empty
+    prefix) the inputs are scored one at a time with `score_with_prefix`.
+    """
+    from .prefix_cache import PREFILL_CHUNK_TOKENS, RowCache, _chunks
+
+    n, k = len(suffixes), len(continuations)
+    if prefix.shared is None or not prefix.prefix or n == 0:
+        rows = [score_with_prefix(prefix, s, continuations) for s in suffixes]
+        return torch.stack(rows) if rows else torch.zeros((0, k))
+    device = prefix.device
+    common = _common_prefix_len(continuations)
+    if common == min(len(c) for c in continuations):
+        common -= 1  # keep at least one token of every continuation in its own block
+    block, owner, tail_start = list(continuations[0][:common]), [-1] * common, []
+    for j, c in enumerate(continuations):
+        tail_start.append(len(block))
+        block += c[common:-1]
+        owner += [j] * (len(c) - common - 1)
+    b = len(block)
+    # Block token i sits at position context + block_pos[i]: the common tokens
+    # continue the input, every candidate's tail restarts right after them.
+    block_pos = list(range(common)) + [common + i - tail_start[owner[i]] for i in range(common, b)]
+    owner_t = torch.tensor(owner, dtype=torch.long)
+    order = torch.arange(b)
+    allowed = (order[None, :] <= order[:, None]) & ((owner_t[None, :] == -1) | (owner_t[None, :] == owner_t[:, None]))
+    # Where each candidate token's log-probability is read: kept logits row 0 is the
+    # input's last token, row 1 + i is block token i.
+    longest = max(len(c) for c in continuations)
+    at = torch.zeros((k, longest), dtype=torch.long)
+    token = torch.zeros((k, longest), dtype=torch.long)
+    valid = torch.zeros((k, longest), dtype=torch.bool)
+    for j, c in enumerate(continuations):
+        for t in range(len(c)):
+            at[j, t] = 0 if t == 0 else (t if t - 1 < common else 1 + tail_start[j] + (t - 1 - common))
+            token[j, t], valid[j, t] = c[t], True
+    at, token, valid = at.to(device), token.to(device), valid.to(device)
+
+    by_length = sorted(range(n), key=lambda i: len(suffixes[i]))
+    totals = torch.zeros((n, k), dtype=torch.float32)
+    for start, end, width in _chunks([len(suffixes[i]) + b for i in by_length], chunk_tokens or PREFILL_CHUNK_TOKENS):
+        members = by_length[start:end]
+        w = width - b  # the longest suffix of this chunk
+        ids = torch.full((len(members), width), 0, dtype=torch.long)
+        real = torch.ones((len(members), width), dtype=torch.bool)
+        positions = torch.zeros((len(members), width), dtype=torch.long)
+        for r, i in enumerate(members):
+            s = suffixes[i]
+            ids[r, w - len(s):] = torch.tensor(list(s) + block, dtype=torch.long)
+            real[r, : w - len(s)] = False
+            context = len(prefix) + len(s)
+            positions[r, w - len(s): w] = torch.arange(len(prefix), context)
+            positions[r, w:] = torch.tensor(block_pos, dtype=torch.long) + context
+            positions[r, : w - len(s)] = len(prefix)  # padding: masked out, any position will do
+        shape = torch.ones((width, width), dtype=torch.bool).tril()
+        shape[w:, w:] = allowed
+        mask = (real[:, None, :] & shape[None]).unsqueeze(1)
+        logits = prefix.shared.forward_masked(ids.to(device), mask.to(device), positions.to(device), RowCache(len(members), width),
+                                              slice(None), 0, logits_to_keep=1 + b).logits.float()
+        logz = torch.logsumexp(logits, dim=-1)  # (rows, 1 + b)
+        picked = logits[:, at, token] - logz[:, at]  # (rows, k, longest)
+        totals[members] = picked.masked_fill(~valid, 0.0).sum(dim=-1).cpu()
+    return totals
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:

@@ -169,6 +169,7 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> di
     report = evaluate_systems(
         task, examples, run.eval_dir, teacher=teacher, student=student, seed=cfg.data.seed,
         base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=inputs_print,
+        latency_requests=cfg.eval.latency_requests,
     )
     _record_heldout_source(run, examples)
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.

@@ -331,6 +331,12 @@ class SharedPrefix:
         query_pos = torch.arange(width - q, width, device=ids.device)
         causal = key_pos[None, :] <= query_pos[:, None]
         mask = own_mask.bool()[:, None, None, :] & causal[None, None]
+        return self.forward_masked(ids, mask, positions, rows, span, start, **kwargs)
+
+    def forward_masked(self, ids, mask, positions, rows: RowCache, span: slice, start: int, **kwargs):
+        """`forward` with the rows' own attention mask given whole: bool (rows, 1, q,
+        own keys attended), True = may attend. Choose mode's packed candidates
+        need more than causal order (each candidate sees only its own tokens)."""
         state = _State(self.keys, self.values, rows, span, start, mask)
         with _attention_switched(self.config):
             return self.model(input_ids=ids, position_ids=positions, use_cache=False, **{STATE_KWARG: state}, **kwargs)

@@ -22,36 +22,39 @@ def test_interrupted_eval_resumes(tmp_path, tiny, monkeypatch):
     examples = [Example(id=str(i), text=f"text number {i}", gold_label="la") for i in range(5)]
     out = tmp_path / "eval"
     calls = []
-    real = evaluate_mod.generate_answer
+    real = evaluate_mod.generate_answers
+    # Answers come in batches (of 2 here), each batch's predictions kept as it completes.
+    monkeypatch.setattr(evaluate_mod, "EVAL_BATCH_SIZE", 2)
 
     def counting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 7:  # in the middle of the second system (base: calls 1-5, student: 6-10)
+        calls.append(len(args[2]))
+        if len(calls) == 5:  # the student's second batch (base: batches 1-3, student: 4-6)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_mod, "generate_answer", counting)
+    monkeypatch.setattr(evaluate_mod, "generate_answers", counting)
     run = dict(teacher=LocalTeacher(tiny), student=tiny, base=tiny, progress=False, fingerprint="abc")
     with pytest.raises(KeyboardInterrupt):
         evaluate_mod.evaluate_systems(task, examples, out, **run)
     partial = out / "predictions.partial.jsonl"
     kept = [json.loads(line) for line in partial.read_text().splitlines()[1:]]
-    assert [(p["system"], p["id"]) for p in kept] == [("teacher", str(i)) for i in range(5)] + [("base", str(i)) for i in range(5)] + [("student", "0")]
+    assert [(p["system"], p["id"]) for p in kept] == [("teacher", str(i)) for i in range(5)] + [("base", str(i)) for i in range(5)] + [("student", "0"), ("student", "1")]
 
     # a kill -9 in the middle of writing the next prediction leaves a torn last line
     with open(partial, "a", encoding="utf-8") as f:
-        f.write('{"id": "1", "system": "stud')
+        f.write('{"id": "2", "system": "stud')
     calls.clear()
-    monkeypatch.setattr(evaluate_mod, "generate_answer", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    report = evaluate_mod.evaluate_systems(task, examples, out, **run)
-    assert len(calls) == 4  # only the student's remaining inputs
+    monkeypatch.setattr(evaluate_mod, "generate_answers", lambda *a, **k: (calls.append(len(a[2])), real(*a, **k))[1])
+    report = evaluate_mod.evaluate_systems(task, examples, out, latency_requests=2, **run)
+    assert calls == [2, 1]  # only the student's remaining inputs
     assert not partial.exists()
     final = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(final) == 15
     by_key = {(p["system"], p["id"]): p for p in final}
-    for p in kept:  # reused exactly, latency included
-        assert by_key[(p["system"], p["id"])] == p
+    for p in kept:  # reused exactly; latency is measured anew on its sample every run
+        assert {**by_key[(p["system"], p["id"])], "latency_s": None} == {**p, "latency_s": None}
     assert report["systems"]["teacher"]["agreement"] == 1.0
+    assert [p["id"] for p in final if p["latency_s"] is not None] == ["0", "1"] * 3
 
 
 def test_partial_predictions_of_other_settings_are_discarded(tmp_path, tiny):

@@ -170,6 +170,39 @@ def test_score_with_prefix_equals_direct(varied_model, candidates):
         assert torch.allclose(direct, shared, atol=1e-4), (direct, shared)
 
 
+@pytest.mark.parametrize(
+    "candidates",
+    [
+        [[5, 6, 7, 2], [5, 6, 9, 2], [5, 6, 11, 12, 2], [5, 6, 13, 2]],  # common head, different lengths
+        [[7], [9], [11]],  # single tokens
+        [[4, 2], [4, 2, 2], [8, 1, 3]],  # one candidate a prefix of another
+    ],
+)
+@pytest.mark.parametrize("chunk_tokens", [1, 40, 10**6], ids=["row-per-chunk", "some-rows-per-chunk", "one-chunk"])
+@pytest.mark.parametrize("kernel", ["fused", "generic"])
+def test_batched_choose_scores_equal_one_input_at_a_time(varied_model, monkeypatch, candidates, chunk_tokens, kernel):
+    # Batched choose mode: many inputs' candidate blocks in one forward give
+    # each input the scores (and so the label distribution) it gets alone.
+    if kernel == "generic":
+        monkeypatch.setattr(prefix_cache, "_FUSED_CPU", None)
+    suffixes, prefix_ids = suffixes_and_prefix(varied_model.tokenizer, script_task())
+    cache = engine.PrefixCache(varied_model.model, prefix_ids)
+    assert cache.shared is not None
+    alone = torch.stack([engine.score_with_prefix(cache, s, candidates) for s in suffixes])
+    batched = engine.score_batch_with_prefix(cache, suffixes, candidates, chunk_tokens=chunk_tokens)
+    assert batched.shape == (len(suffixes), len(candidates))
+    assert torch.allclose(alone, batched, atol=1e-4), (alone - batched).abs().max()
+    assert torch.allclose(torch.softmax(alone, 1), torch.softmax(batched, 1), atol=1e-5)
+
+
+def test_batched_choose_without_shared_attention_scores_one_at_a_time(varied_model):
+    suffixes, prefix_ids = suffixes_and_prefix(varied_model.tokenizer, script_task())
+    cache = engine.PrefixCache(varied_model.model, prefix_ids, shared_attention=False)
+    candidates = [[5, 6, 7, 2], [5, 6, 9, 2]]
+    alone = torch.stack([engine.score_with_prefix(cache, s, candidates) for s in suffixes])
+    assert torch.equal(engine.score_batch_with_prefix(cache, suffixes, candidates), alone)
+
+
 @pytest.mark.parametrize("budget", [1, 16, 64, 10**6])
 def test_chunks_cover_the_rows_in_order_within_budget_and_padding(budget):
     lengths = [2, 3, 3, 4, 9, 10, 10, 11, 30, 31]

@@ -166,6 +166,8 @@ def report_markdown(report: dict) -> str:
         out += ["", "The held-out inputs are real inputs only; synthetic inputs were used for training."]
     out += ["", "Agreement is measured on inputs where the teacher gave a label. Accuracy counts unparsed answers as wrong. "
             "KL is in nats (fidelity.py): over the label distribution for label-constrained tasks, per reply token otherwise."]
+    if report.get("latency"):
+        out.append(f"Latency: {report['latency']['how']}.")
     if (gap := _gap_line(report)) is not None:
         out.append(gap.strip("()").capitalize() + ".")
     if report.get("majority_label") is not None:

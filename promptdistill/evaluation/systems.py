@@ -1,7 +1,6 @@
 """Evaluation: teacher (with the prompt), base student and trained student (without).
 
-On held-out inputs that the student never trained on, each system answers
-every input one request at a time, so latency is per request:
+On held-out inputs that the student never trained on:
 
 - teacher: the teacher with the long prompt, in the task's answer mode,
   answering through its `Teacher` backend (`models.teacher_backend`) with
@@ -13,6 +12,17 @@ Per system we report accuracy against gold labels (where present), agreement
 with the teacher, parse rate, a confusion matrix (gold x predicted), mean
 prompt tokens per request and median latency. Results go to report.json and
 predictions.jsonl in the output folder (report.py writes report.md and report.html from them).
+
+Quality and latency are measured apart, because they want different things.
+The answers behind the quality metrics are computed in batches (the teacher
+through `Teacher.label` with its prompt prefix reused, the others decoded
+together), which gives the same answers as one request at a time and is
+several times faster. Latency is what one request costs, so it is measured
+one request at a time, the same way for every row (`measure_latency`): one
+generated answer per request, whole prompt, on a sample of the inputs
+(`eval.latency_requests`). Timing the teacher in choose mode (one forward)
+and the student generating its reply made the student look slower than a
+teacher carrying a prompt ten times longer.
 """
 
 from __future__ import annotations
@@ -46,7 +56,9 @@ class Prediction:
     reply: str
     status: str
     prompt_tokens: int
-    latency_s: float
+    # Seconds one generated answer to this request took, asked alone (see
+    # `measure_latency`); None for inputs outside the latency sample.
+    latency_s: float | None
     # The system's distribution over labels (choose mode, or computed for the
     # fidelity metrics on label-constrained tasks), else None.
     label_probs: dict | None = None
@@ -54,8 +66,14 @@ class Prediction:
     kl: float | None = None
 
 
+# Inputs per batch for the evaluation's answers (as in labeling).
+EVAL_BATCH_SIZE = 64
+# Requests per row timed one at a time when no count is given (eval.latency_requests).
+LATENCY_REQUESTS = 32
+
+
 def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict]) -> tuple[str, int]:
-    """Greedy (or sampled, per the task) reply to `messages`; returns (reply, prompt tokens)."""
+    """Greedy (or sampled, per the task) reply to `messages`, one request; returns (reply, prompt tokens)."""
     tok = loaded.tokenizer
     prompt = render_prompt(tok, messages)
     out = engine.generate(
@@ -65,66 +83,106 @@ def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict]) -> tu
     return tok.decode(out, skip_special_tokens=True), len(prompt)
 
 
+def generate_answers(task: Task, loaded: LoadedModel, messages: list[list[dict]]) -> list[tuple[str, int]]:
+    """`generate_answer` for many requests decoded together (whole prompts,
+    `engine.decode_with_prefix` with an empty prefix: left-padded rows, each
+    computing what it computes alone; sampled rows each seeded 0, as one request is)."""
+    tok = loaded.tokenizer
+    prompts = [render_prompt(tok, m) for m in messages]
+    got = engine.decode_with_prefix(
+        engine.PrefixCache(loaded.model, []), prompts, max_new_tokens=task.config.max_new_tokens, eos_ids=end_of_turn_ids(tok),
+        pad_id=tok.pad_token_id, temperature=task.config.temperature, seeds=[0] * len(prompts),
+    )
+    return [(tok.decode(d.text_ids, skip_special_tokens=True), len(p)) for d, p in zip(got, prompts)]
+
+
 def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], system: str, *, progress=True,
                    done: dict | None = None, sink=None, fidelity: FidelityScorer | None = None,
-                   teacher_preds: dict | None = None) -> list[Prediction]:
-    """A system without the prompt (base or student): every example answered
-    one request at a time, timed per request.
+                   teacher_preds: dict | None = None, batch_size: int | None = None) -> list[Prediction]:
+    """A system without the prompt (base or student): the examples answered in
+    batches (`generate_answers`); latency is measured apart (`measure_latency`).
 
     With a `fidelity` scorer and the teacher's predictions by id, each
-    prediction also gets its KL from the teacher (computed outside the timing).
+    prediction also gets its KL from the teacher.
     """
-    def answer(e: Example) -> Prediction:
-        t0 = time.perf_counter()
-        reply, n_prompt = generate_answer(task, loaded, task.student_messages(e.text))
-        latency = time.perf_counter() - t0
-        label, status = task.parse_answer(reply)
-        kl = probs = None
-        if fidelity is not None and teacher_preds and e.id in teacher_preds:
-            kl, probs = fidelity.kl(loaded, e.id, e.text, teacher_preds[e.id].reply)
-        return Prediction(e.id, system, label, reply, status, n_prompt, latency, probs, kl)
+    def answer(batch: list[Example]) -> list[Prediction]:
+        preds = []
+        for e, (reply, n_prompt) in zip(batch, generate_answers(task, loaded, [task.student_messages(e.text) for e in batch])):
+            label, status = task.parse_answer(reply)
+            kl = probs = None
+            if fidelity is not None and teacher_preds and e.id in teacher_preds:
+                kl, probs = fidelity.kl(loaded, e.id, e.text, teacher_preds[e.id].reply)
+            preds.append(Prediction(e.id, system, label, reply, status, n_prompt, None, probs, kl))
+        return preds
 
-    return _predict_each(examples, system, answer, progress, done, sink)
+    return _predict_batches(examples, system, answer, batch_size, progress, done, sink)
 
 
 def predict_teacher(task: Task, teacher: Teacher, examples: list[Example], *, mode: str, seed: int = 0, progress=True,
-                    done: dict | None = None, sink=None) -> list[Prediction]:
-    """The teacher row: every example answered by `teacher.label`, one request at
-    a time and timed per request, with the labeling seed so it answers as it labeled.
-
-    Each request is sent whole (`reuse_prefix=False`), so the latency is what a
-    request carrying the prompt costs, and no top-k log-probabilities are asked
-    for (the row does not store them).
+                    done: dict | None = None, sink=None, batch_size: int | None = None) -> list[Prediction]:
+    """The teacher row: the examples answered by `teacher.label` in batches, with
+    the prompt prefix reused and the labeling seed, so it answers as it labeled;
+    latency is measured apart (`measure_latency`). No top-k log-probabilities
+    are asked for (the row does not store them).
     """
     row_task = Task(replace(task.config, top_logprobs=0))
     prefill = task.config.reply_prefix if mode == "generate" else ""
 
-    def answer(e: Example) -> Prediction:
+    def answer(batch: list[Example]) -> list[Prediction]:
+        records = {r.id: r for r in teacher.label(batch, row_task, mode, seed, len(batch))}
+        preds = []
+        for e in batch:
+            record = records[e.id]
+            # The parse status, not the labeling status: low confidence is still an answer here.
+            label, status = task.parse_answer(record.teacher_reply)
+            n_prompt = len(render_prompt(teacher.tokenizer, task.teacher_messages(e.text), prefill))
+            preds.append(Prediction(e.id, "teacher", label, record.teacher_reply, status, n_prompt, None, record.label_probs))
+        return preds
+
+    return _predict_batches(examples, "teacher", answer, batch_size, progress, done, sink)
+
+
+def _predict_batches(examples: list[Example], system: str, answer, batch_size: int, progress, done: dict | None,
+                     sink) -> list[Prediction]:
+    """`answer(batch)` over the examples not in `done` (predictions kept from an
+    interrupted run, reused, not recomputed), in batches; predictions in input
+    order, each new one passed to `sink` as its batch completes."""
+    done, batch_size = done or {}, batch_size or EVAL_BATCH_SIZE
+    todo = [e for e in examples if e.id not in done]
+    new: dict[str, Prediction] = {}
+    bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), desc=f"eval {system}", unit="input",
+                       disable=not progress)
+    for i in range(0, len(todo), batch_size):
+        for p in answer(todo[i : i + batch_size]):
+            new[p.id] = p
+            if sink is not None:
+                sink(p)
+        bar.update(min(batch_size, len(todo) - i))
+    bar.close()
+    return [done[e.id] if e.id in done else new[e.id] for e in examples]
+
+
+def measure_latency(examples: list[Example], request) -> dict[str, float]:
+    """Seconds each of `examples` takes as one request on its own (`request(e)`
+    asks for one generated answer), timed one after another, by id. The
+    evaluation times every row this way, on the same sample of inputs."""
+    seconds = {}
+    for e in examples:
         t0 = time.perf_counter()
-        (record,) = teacher.label([e], row_task, mode, seed, 1, reuse_prefix=False)
-        latency = time.perf_counter() - t0
-        # The parse status, not the labeling status: low confidence is still an answer here.
-        label, status = task.parse_answer(record.teacher_reply)
-        n_prompt = len(render_prompt(teacher.tokenizer, task.teacher_messages(e.text), prefill))
-        return Prediction(e.id, "teacher", label, record.teacher_reply, status, n_prompt, latency, record.label_probs)
-
-    return _predict_each(examples, "teacher", answer, progress, done, sink)
+        request(e)
+        seconds[e.id] = time.perf_counter() - t0
+    return seconds
 
 
-def _predict_each(examples: list[Example], system: str, answer, progress, done: dict | None, sink) -> list[Prediction]:
-    """`answer(e)` for each example, in order. `done` maps example ids to
-    predictions kept from an interrupted run (reused, not recomputed); each
-    new prediction is passed to `sink`."""
-    preds = []
-    done = done or {}
-    for e in progress_bar(examples, desc=f"eval {system}", unit="input", disable=not progress):
-        if e.id in done:
-            preds.append(done[e.id])
-            continue
-        preds.append(answer(e))
-        if sink is not None:
-            sink(preds[-1])
-    return preds
+def teacher_request(task: Task, teacher: Teacher, seed: int):
+    """One generated answer from the teacher to one whole request (its prompt not reused)."""
+    row_task = Task(replace(task.config, top_logprobs=0, samples=1))
+    return lambda e: list(teacher.label([e], row_task, "generate", seed, 1, reuse_prefix=False))
+
+
+def model_request(task: Task, loaded: LoadedModel):
+    """One generated answer from a model without the prompt to one request."""
+    return lambda e: generate_answer(task, loaded, task.student_messages(e.text))
 
 
 def system_metrics(task: Task, examples: list[Example], preds: list[Prediction], teacher_preds: list[Prediction] | None) -> dict:
@@ -144,7 +202,7 @@ def system_metrics(task: Task, examples: list[Example], preds: list[Prediction],
         "agreement": agreement,
         "parse_rate": sum(p.status == OK for p in preds) / len(preds) if preds else None,
         "mean_prompt_tokens": statistics.fmean(p.prompt_tokens for p in preds) if preds else None,
-        "median_latency_ms": 1000 * statistics.median(p.latency_s for p in preds) if preds else None,
+        "median_latency_ms": 1000 * statistics.median(lat) if (lat := [p.latency_s for p in preds if p.latency_s is not None]) else None,
         # mean KL(teacher || system) over inputs (fidelity.py); None for the teacher
         "kl_to_teacher": statistics.fmean(kls) if (kls := [p.kl for p in preds if p.kl is not None]) else None,
         "confusion": confusion,
@@ -164,6 +222,7 @@ def evaluate_systems(
     seed: int = 0,
     progress: bool = True,
     fingerprint: str | None = None,
+    latency_requests: int = LATENCY_REQUESTS,
 ) -> dict:
     """Run teacher, base and student on `examples`; write and return the report.
 
@@ -172,7 +231,9 @@ def evaluate_systems(
     pass `base=None` to skip the base row. With a `fingerprint` (a hash of
     the models, adapter and inputs), predictions are also appended to
     `predictions.partial.jsonl` as they are made, and a rerun with the same
-    fingerprint after an interruption reuses them.
+    fingerprint after an interruption reuses them. Latency is measured on the
+    first `latency_requests` examples, one generated answer per request for
+    every row (`measure_latency`), after the answers.
     """
     out_dir = Path(out_dir)
     teacher_mode = teacher_mode or task.config.answer_mode
@@ -193,6 +254,13 @@ def evaluate_systems(
             all_preds["base"] = predict_system(task, base, examples, "base", done=done.get("base"), **run)
         all_preds["student"] = predict_system(task, student, examples, "student", done=done.get("student"), **run)
 
+    sample = examples[:latency_requests]
+    requests = {"teacher": teacher_request(task, teacher, seed), "base": model_request(task, base) if base is not None else None,
+                "student": model_request(task, student)}
+    for name, preds in all_preds.items():
+        seconds = measure_latency(sample, requests[name])
+        all_preds[name] = [replace(p, latency_s=seconds.get(p.id)) for p in preds]
+
     teacher_labels = [p.label for p in all_preds["teacher"] if p.label is not None]
     majority = max(set(teacher_labels), key=teacher_labels.count) if teacher_labels else None
     report = {
@@ -204,6 +272,11 @@ def evaluate_systems(
         "majority_label": majority,
         "majority_agreement": teacher_labels.count(majority) / len(teacher_labels) if teacher_labels else None,
         "models": {"teacher": teacher.name, "student": student.name},
+        "latency": {
+            "requests": len(sample),
+            "how": (f"median over {len(sample)} requests per system, each sent alone, one generated answer "
+                    f"(up to {task.config.max_new_tokens} tokens; the teacher with its whole prompt, not reused)"),
+        },
         "fidelity": _fidelity_summary(task, all_preds, fidelity.unavailable),
         "systems": {
             name: {"uses_prompt": name == "teacher", **system_metrics(task, examples, preds, all_preds["teacher"])}

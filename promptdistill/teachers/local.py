@@ -10,9 +10,10 @@ model whose cache cannot be reused is answered whole, with a note.
 
 - generate mode: inputs decode together in batches (`engine.decode_with_prefix`,
   shared-prefix attention, per-sample seeds), records in input order;
-- choose mode: every allowed reply is scored on top of one forward over
-  prompt + input (`label_distribution`, also used for the student and base
-  models in evaluation);
+- choose mode: the inputs of a batch and every allowed reply are scored
+  together on top of the prefix (`engine.score_batch_with_prefix`, packed
+  candidate blocks); `label_distribution` scores one input (the student
+  and base models in evaluation, inputs without the shared prefix);
 - `continuation_logprobs`: the only backend with full per-token
   log-distributions, which on-policy training and per-token fidelity need.
 
@@ -128,14 +129,33 @@ class LocalTeacher(Teacher):
     def label(self, examples: list[Example], task: Task, mode: str, seed: int, batch_size: int | None = None, *,
               reuse_prefix: bool = True) -> Iterator[LabeledExample]:
         prefix = self.prefix_cache(task) if reuse_prefix and examples else None
-        if mode == "choose":  # one input at a time on top of the prefix, each record written when scored
-            for e in examples:
-                distribution = label_distribution(task, self.loaded, task.teacher_messages(e.text), self.candidates(task), prefix)
-                yield choose_record(task, e, distribution)
-            return
         step = batch_size or LOCAL_BATCH_SIZE
         for i in range(0, len(examples), step):
-            yield from self._generate(examples[i : i + step], task, seed, prefix)
+            if mode == "choose":
+                yield from self._choose(examples[i : i + step], task, prefix)
+            else:
+                yield from self._generate(examples[i : i + step], task, seed, prefix)
+
+    def _choose(self, batch: list[Example], task: Task, prefix: engine.PrefixCache | None) -> list[LabeledExample]:
+        """One batch scored together on top of the prefix (`engine.score_batch_with_prefix`:
+        the inputs' candidate blocks share forwards); inputs without the shared
+        prefix, or without a prefix at all, are scored one at a time."""
+        candidates = self.candidates(task)
+        contexts = [render_prompt(self.tokenizer, task.teacher_messages(e.text)) for e in batch]
+        suffixes = [split_prefix(prefix, c) for c in contexts]
+        fast = [i for i, s in enumerate(suffixes) if s is not None]
+        scores: dict[int, list[float]] = {}
+        if fast:
+            got = engine.score_batch_with_prefix(prefix, [suffixes[i] for i in fast], candidates)
+            scores.update(zip(fast, got.tolist()))
+        records = []
+        for i, e in enumerate(batch):
+            if i in scores:
+                distribution = normalize_scores(task, scores[i])
+            else:
+                distribution = label_distribution(task, self.loaded, task.teacher_messages(e.text), candidates, prefix)
+            records.append(choose_record(task, e, distribution))
+        return records
 
     def _generate(self, batch: list[Example], task: Task, seed: int, prefix: engine.PrefixCache | None) -> list[LabeledExample]:
         """One batch decoded together (sorted by length inside), records in input order."""
