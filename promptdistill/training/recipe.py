@@ -61,9 +61,10 @@ from ..records import LabeledExample
 from ..render import RenderedExample
 from ..task import Task
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
-from .data import by_length, collate, micro_batches, render_for_training, step_groups, training_fingerprint, training_items
+from .data import by_length, collate, micro_batches, padding_pieces, render_for_training, step_groups, training_fingerprint, training_items
 from .distributed import Distributed
 from .losses import label_kd_loss, token_kd_loss, weighted_token_loss
+from .memory import return_freed_memory, trim
 from .tracking import open_tracker
 
 
@@ -265,6 +266,7 @@ class DistillationRecipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        trim()
         self.last_loss = loss_total / n_units
         tokens = stats.pop("tokens")
         self._log({"step": step, "epoch": round(step / self.steps_per_epoch, 3), "loss": self.last_loss,
@@ -276,12 +278,15 @@ class DistillationRecipe:
         """Backpropagate this process's `items` in micro-batches, each divided by
         the step's `n_units`; return the summed loss and statistics."""
         loss_total, stats = 0.0, dict.fromkeys(_STAT_KEYS[self.train_cfg.loss], 0)
-        for batch in micro_batches(items, self.train_cfg.batch_size):
-            loss_sum, batch_stats = self.micro_batch_loss(batch, step)
-            (loss_sum / n_units).backward()
-            loss_total += loss_sum.item()
-            for key, value in batch_stats.items():
-                stats[key] = stats.get(key, 0) + value
+        return_freed_memory()  # see memory.py: the step's activations go back to the system when freed
+        for micro_batch in micro_batches(items, self.train_cfg.batch_size):
+            # Pieces of similar length rather than one batch padded to its longest (data.padding_pieces).
+            for batch in padding_pieces(micro_batch):
+                loss_sum, batch_stats = self.micro_batch_loss(batch, step)
+                (loss_sum / n_units).backward()
+                loss_total += loss_sum.item()
+                for key, value in batch_stats.items():
+                    stats[key] = stats.get(key, 0) + value
         return loss_total, stats
 
     def _sft_loss(self, batch: list[RenderedExample], step: int):
