@@ -23,9 +23,11 @@ only the LoRA parameters are trained. What the student matches is
 Per-unit losses are summed over micro-batches and divided by the step's
 total, so gradient accumulation gives the same result as one big batch. The
 same sum makes the order of a step's items irrelevant, so each step's group is
-sorted by length before it is cut into micro-batches (less padding, same
-loss up to float rounding). Under torchrun / accelerate launch each process
-trains on its shard of every step and the gradients are summed across
+sorted by length before it is cut into micro-batches, and each micro-batch
+runs in pieces of similar length (less padding and fewer activations held at
+once, same loss up to float rounding; data.padding_pieces). Around every
+step glibc is set to hand freed activations back (memory.py). Under
+torchrun / accelerate launch each process trains on its shard of every step and the gradients are summed across
 processes (distributed.py); only the main process writes the run directory.
 
 The run directory receives:
