@@ -27,8 +27,9 @@ sorted by length before it is cut into micro-batches, and each micro-batch
 runs in pieces of similar length (less padding and fewer activations held at
 once, same loss up to float rounding; data.padding_pieces). Around every
 step glibc is set to hand freed activations back (memory.py). Under
-torchrun / accelerate launch each process trains on its shard of every step and the gradients are summed across
-processes (distributed.py); only the main process writes the run directory.
+torchrun / accelerate launch each process trains on its shard of every step
+and the gradients are summed across processes (distributed.py); only the
+main process writes the run directory.
 
 The run directory receives:
 
