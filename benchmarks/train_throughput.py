@@ -21,7 +21,8 @@ own. Printed per method: trained (reply) tokens per second of the training
 loop (model loading and dataset preparation excluded), peak RSS, and the
 held-out loss after training: mean cross-entropy per reply token on the same
 held-out records, computed by the same function (training.recipe.heldout_loss) for both.
-The last line is the throughput ratio ours / TRL.
+The last line is the throughput ratio ours / TRL. Resident memory step by
+step, over a longer run: benchmarks/train_memory.py.
 
     .venv/bin/python benchmarks/train_throughput.py [--train 96] [--heldout 48] [--batch 8 --accum 2]
 """

@@ -88,6 +88,37 @@ def micro_batches(items: list, batch_size: int) -> list[list]:
     return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
 
 
+# A piece may run this share more positions than it has tokens.
+PADDING_WASTE = 0.1
+
+
+def padding_pieces(batch: list, waste: float = PADDING_WASTE) -> list[list]:
+    """`batch` cut, in order, into pieces that each pad at most `waste` of their tokens.
+
+    A micro-batch is padded to its longest item, and on the language-id data
+    a step of 16 carried 73% padding on average and up to 3.3x at batch 16
+    (one 272-token text among 60-token ones): compute and activations for
+    positions that are thrown away. Run one piece at a time, the step holds
+    the activations of one piece, and they grow with the tokens trained,
+    not with the longest item times the batch. The loss is a sum over items,
+    so the pieces give the step's loss up to float rounding. Items without a
+    known length (on-policy records) stay one piece.
+    """
+    if not batch or not hasattr(batch[0], "num_tokens"):
+        return [batch] if batch else []
+    pieces, piece, tokens, longest = [], [], 0, 0
+    for item in batch:
+        n = item.num_tokens
+        wider = max(longest, n)
+        if piece and wider * (len(piece) + 1) > (1 + waste) * (tokens + n):
+            pieces.append(piece)
+            piece, tokens, wider = [], 0, n
+        piece.append(item)
+        tokens, longest = tokens + n, wider
+    pieces.append(piece)
+    return pieces
+
+
 def collate(batch: list[RenderedExample], pad_id: int):
     """(ids, attention mask, loss weights), each batch x longest, right-padded."""
     width = max(e.num_tokens for e in batch)

@@ -23,10 +23,13 @@ only the LoRA parameters are trained. What the student matches is
 Per-unit losses are summed over micro-batches and divided by the step's
 total, so gradient accumulation gives the same result as one big batch. The
 same sum makes the order of a step's items irrelevant, so each step's group is
-sorted by length before it is cut into micro-batches (less padding, same
-loss up to float rounding). Under torchrun / accelerate launch each process
-trains on its shard of every step and the gradients are summed across
-processes (distributed.py); only the main process writes the run directory.
+sorted by length before it is cut into micro-batches, and each micro-batch
+runs in pieces of similar length (less padding and fewer activations held at
+once, same loss up to float rounding; data.padding_pieces). Around every
+step glibc is set to hand freed activations back (memory.py). Under
+torchrun / accelerate launch each process trains on its shard of every step
+and the gradients are summed across processes (distributed.py); only the
+main process writes the run directory.
 
 The run directory receives:
 
@@ -61,9 +64,10 @@ from ..records import LabeledExample
 from ..render import RenderedExample
 from ..task import Task
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
-from .data import by_length, collate, micro_batches, render_for_training, step_groups, training_fingerprint, training_items
+from .data import by_length, collate, micro_batches, padding_pieces, render_for_training, step_groups, training_fingerprint, training_items
 from .distributed import Distributed
 from .losses import label_kd_loss, token_kd_loss, weighted_token_loss
+from .memory import return_freed_memory, trim
 from .tracking import open_tracker
 
 
@@ -261,6 +265,7 @@ class DistillationRecipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        trim()
         self.last_loss = loss_total / n_units
         tokens = stats.pop("tokens")
         self._log({"step": step, "epoch": round(step / self.steps_per_epoch, 3), "loss": self.last_loss,
@@ -272,12 +277,15 @@ class DistillationRecipe:
         """Backpropagate this process's `items` in micro-batches, each divided by
         the step's `n_units`; return the summed loss and statistics."""
         loss_total, stats = 0.0, dict.fromkeys(_STAT_KEYS[self.train_cfg.loss], 0)
-        for batch in micro_batches(items, self.train_cfg.batch_size):
-            loss_sum, batch_stats = self.micro_batch_loss(batch, step)
-            (loss_sum / n_units).backward()
-            loss_total += loss_sum.item()
-            for key, value in batch_stats.items():
-                stats[key] = stats.get(key, 0) + value
+        return_freed_memory()  # see memory.py: the step's activations go back to the system when freed
+        for micro_batch in micro_batches(items, self.train_cfg.batch_size):
+            # Pieces of similar length rather than one batch padded to its longest (data.padding_pieces).
+            for batch in padding_pieces(micro_batch):
+                loss_sum, batch_stats = self.micro_batch_loss(batch, step)
+                (loss_sum / n_units).backward()
+                loss_total += loss_sum.item()
+                for key, value in batch_stats.items():
+                    stats[key] = stats.get(key, 0) + value
         return loss_total, stats
 
     def _sft_loss(self, batch: list[RenderedExample], step: int):
