@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import promptdistill.training.recipe as recipe
 from conftest import read_jsonl, script_records
 from promptdistill.training import memory
-from promptdistill.training.data import PADDING_WASTE, by_length, micro_batches, padding_pieces, render_for_training
+from promptdistill.training.data import PADDING_WASTE, by_length, padding_pieces, render_for_training
 from test_training import _config
 
 
