@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from .config import Config, task_settings, training_settings
+from .config import Config, eval_settings, task_settings, training_settings
 from .errors import PromptDistillError
 from .io import atomic_write_json, fingerprint
 from .records import check_gold_labels, read_inputs, read_labeled, report_duplicates, write_examples
@@ -35,7 +35,7 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
         # Only then, so run directories labeled before backends existed keep their fingerprint.
         label["teacher_backend"] = [cfg.models.teacher_backend, cfg.models.teacher_url]
     train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
-    evaluate = {**train, "eval": d["eval"]}
+    evaluate = {**train, "eval": eval_settings(cfg.eval)}
     return {"split": split, "label": label, "train": train, "eval": evaluate}
 
 
