@@ -136,10 +136,20 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> di
     report = evaluate_systems(
         task, examples, run.eval_dir, teacher=teacher, student=student, seed=cfg.data.seed,
         base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=inputs_print,
+        train_records=_train_records(run), teacher_resamples=cfg.eval.teacher_resamples,
     )
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
     write_run_report(run.path)
     return report
+
+
+def _train_records(run: RunDir) -> list | None:
+    """The training split's labeled records (what the surface baseline is fitted on), or None before labeling."""
+    path = run.labels_file("train")
+    if not path.exists() or not run.split_file("train").exists():
+        return None
+    train_ids = {e.id for e in read_inputs(run.split_file("train"))}
+    return [r for r in read_labeled(path) if r.id in train_ids]
 
 
 def _pct(x) -> str:
