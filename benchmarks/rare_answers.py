@@ -26,7 +26,7 @@ imbalance.
 - floors: the surface baseline (character 1-3-gram logistic regression,
   surface_baseline.py) fitted on the same training answers, and the majority answer.
 
-    .venv/bin/python benchmarks/rare_answers.py [--train 120] [--per-answer 6] [--steps 16] [--batch-size 8]
+    .venv/bin/python benchmarks/rare_answers.py [--train 100] [--per-answer 4] [--steps 10] [--batch-size 8]
 
 Work files (adapters) go to --work (default runs/bench-rare-answers).
 """
@@ -89,11 +89,11 @@ def weighted_overall(fid: dict, shares: dict) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default=str(ROOT / "examples/language_id/task.toml"))
-    p.add_argument("--train", type=int, default=120, help="training inputs")
+    p.add_argument("--train", type=int, default=100, help="training inputs")
     p.add_argument("--major", default="ot", help="the answer that dominates the training set")
     p.add_argument("--major-share", type=float, default=0.45)
-    p.add_argument("--per-answer", type=int, default=6, help="held-out inputs per answer")
-    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--per-answer", type=int, default=4, help="held-out inputs per answer")
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=str(ROOT / "runs/bench-rare-answers"))

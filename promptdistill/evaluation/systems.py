@@ -262,7 +262,7 @@ def resample_teacher(task: Task, teacher: Teacher, examples: list[Example], k: i
         if progress and todo:
             print(f"[promptdistill] teacher resample {j}/{k}: {len(todo)} inputs", flush=True)
         new = {}
-        for e, record in zip(todo, teacher.label(todo, sample_task, "generate", seed + j)):
+        for e, record in zip(todo, teacher.label(todo, sample_task, "generate", seed + j) if todo else ()):
             label, status = task.parse_answer(record.teacher_reply)
             new[e.id] = Prediction(e.id, system, label, record.teacher_reply, status, 0, 0.0)
             if sink is not None:
