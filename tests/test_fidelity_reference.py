@@ -176,3 +176,23 @@ def test_reference_sections_fit_the_surface_baseline_on_training_labels():
     text = "\n".join(reference_lines({"reference_points": section, "teacher_mode": "generate"}))
     assert "## Agreement in context" in text and "### Agreement per teacher answer" in text
     assert "eval.teacher_resamples" in text  # says how to get a ceiling
+
+
+def test_balanced_training_draws_through_the_recipe(tmp_path, tiny_model_dir, monkeypatch):
+    """The recipe's hook: with balance = "answers" its steps are drawn with the answers' weights."""
+    from promptdistill.config import Config, ModelsConfig, TrainConfig
+    from promptdistill.training import recipe
+
+    from conftest import script_records
+
+    records = script_records(8)
+    records = [r for r in records if r.label == "la"] + [r for r in records if r.label == "cy"][:1]  # 4 la, 1 cy
+    seen = []
+    real = recipe.step_groups
+    monkeypatch.setattr(recipe, "step_groups", lambda n, per_step, seed, weights=None: (seen.append(weights), real(n, per_step, seed, weights))[1])
+    cfg = Config(task=make_task(labels=["la", "cy"]).config,
+                 train=TrainConfig(lora_rank=2, lora_alpha=4, max_steps=2, batch_size=2, balance="answers"),
+                 models=ModelsConfig(student=tiny_model_dir, teacher=tiny_model_dir, device="cpu", dtype="float32"))
+    summary = recipe.train_student(cfg, records, tmp_path, progress=False)
+    assert summary["steps"] == 2
+    assert seen == [pytest.approx([0.25, 0.25, 0.25, 0.25, 1.0])]
