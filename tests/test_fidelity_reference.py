@@ -196,3 +196,30 @@ def test_balanced_training_draws_through_the_recipe(tmp_path, tiny_model_dir, mo
     summary = recipe.train_student(cfg, records, tmp_path, progress=False)
     assert summary["steps"] == 2
     assert seen == [pytest.approx([0.25, 0.25, 0.25, 0.25, 1.0])]
+
+
+def test_reference_sections_per_json_field():
+    pytest.importorskip("sklearn")
+    from promptdistill.evaluation.report import reference_lines
+    from promptdistill.evaluation.systems import Prediction, reference_sections
+    from promptdistill.jsonreply import canonical_json
+    from promptdistill.records import Example, LabeledExample
+
+    task = make_task(labels=[], reply_format="json", json_fields=["kind", "urgent"], answer_pattern=r"(.*)")
+    obj = lambda kind, urgent: canonical_json({"kind": kind, "urgent": urgent})  # noqa: E731
+    train = [LabeledExample(f"t{i}", text, None, "", obj(kind, urgent), "ok", []) for i, (text, kind, urgent) in enumerate(
+        [("refund please", "billing", False), ("refund now!!", "billing", True), ("app crashes", "bug", False),
+         ("crash again!!", "bug", True)] * 3)]
+    examples = [Example("h1", "refund?"), Example("h2", "it crashes!!")]
+    teacher = [obj("billing", False), obj("bug", True)]
+    student = [obj("billing", True), None]  # one field right on h1, an invalid reply on h2
+    pred = lambda system, labs: [Prediction(e.id, system, lab, "", "ok", 0, 0.0) for e, lab in zip(examples, labs)]  # noqa: E731
+    out = reference_sections(task, examples, {"teacher": pred("teacher", teacher), "student": pred("student", student)}, train, None)
+    assert out["reference_points"]["systems"]["student"]["agreement"]["rate"] == 0.0  # exact objects
+    fields = out["json_reference_points"]
+    assert list(fields) == ["kind", "urgent"]
+    assert fields["kind"]["systems"]["student"]["agreement"]["rate"] == pytest.approx(0.5)
+    assert fields["urgent"]["systems"]["student"]["agreement"]["rate"] == 0.0
+    assert fields["kind"]["floors"]["surface"]["available"]
+    text = "\n".join(reference_lines({**out, "teacher_mode": "generate"}))
+    assert "## JSON fields in context" in text and "| kind |" in text
