@@ -46,6 +46,7 @@ REPLY_FORMATS = ("label", "json")
 REPORT_TO = ("none", "tensorboard", "wandb")  # trackers, see tracking.py
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("sft", "kd", "on-policy")
+BALANCE = ("none", "answers")  # train.balance, see training/data.py
 
 
 @dataclass
@@ -161,6 +162,11 @@ class TrainConfig:
     seed: int = 0
     # Also send the training metrics to a tracker: none | tensorboard | wandb (see tracking.py).
     report_to: str = "none"
+    # How training examples are drawn: "none" = each example once per epoch;
+    # "answers" = drawn with replacement, each teacher answer equally often
+    # (an example's weight is 1 / its answer's count), so rare answers are not
+    # drowned by the most common one (training/data.py). Label tasks only.
+    balance: str = "none"
 
 
 # Task keys added after the first release: they count in fingerprints only when
@@ -174,10 +180,23 @@ def task_settings(cfg: TaskConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _LATER_TASK_KEYS or v != getattr(default, k)}
 
 
+# Train and eval keys added later: hashed only when set, as _LATER_TASK_KEYS.
+_LATER_TRAIN_KEYS = ("balance",)
+_LATER_EVAL_KEYS = ("teacher_resamples", "latency_requests")
+
+
 def training_settings(cfg: TrainConfig) -> dict:
     """The train settings that decide the adapter: all but where metrics are mirrored
     (turning a tracker on must not invalidate checkpoints or a finished stage)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "report_to"}
+    default = TrainConfig()
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k != "report_to" and (k not in _LATER_TRAIN_KEYS or v != getattr(default, k))}
+
+
+def eval_settings(cfg: "EvalConfig") -> dict:
+    """The eval settings that decide the report, as hashed into the eval stage's fingerprint."""
+    default = EvalConfig()
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _LATER_EVAL_KEYS or v != getattr(default, k)}
 
 
 @dataclass
@@ -191,6 +210,11 @@ class EvalConfig:
     # prompt), so all rows' latencies are measured alike; the quality
     # metrics use batched answers on all inputs.
     latency_requests: int = 32
+    # The ceiling of the report's agreement: ask the teacher this many more
+    # times per held-out input (generate mode, at task.temperature, which must
+    # be > 0) and measure how often it repeats its own answer. 0 = off; choose
+    # mode needs none (its ceiling comes from the stored distribution).
+    teacher_resamples: int = 0
 
 
 SYNTHESIS_STRATEGIES = ("prompt", "magpie", "seeds")
@@ -435,6 +459,10 @@ def validate_config(cfg: Config, source=None) -> None:
     if tr.onpolicy_temperature <= 0:
         raise PromptDistillError("must be > 0", path=source, field="train.onpolicy_temperature")
     _one_of(tr.report_to, REPORT_TO, source, "train.report_to")
+    _one_of(tr.balance, BALANCE, source, "train.balance")
+    if tr.balance != "none" and t.reply_format == "json":
+        raise PromptDistillError("balance applies to label tasks (a JSON reply is nearly always its own answer)",
+                                 path=source, field="train.balance")
     for key in ("lora_rank", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "epochs"):
         if getattr(tr, key) < 1:
             raise PromptDistillError("must be at least 1", path=source, field=f"train.{key}")
@@ -446,6 +474,7 @@ def validate_config(cfg: Config, source=None) -> None:
     validate_devices(cfg.models, source)
     validate_text(cfg, source)
     _validate_synthesize(cfg, source)
+    _validate_resamples(cfg, source)
 
 
 def _validate_synthesize(cfg: Config, source) -> None:
@@ -482,6 +511,21 @@ def _validate_synthesize(cfg: Config, source) -> None:
         raise PromptDistillError("must be >= min_chars", path=source, field="synthesize.max_chars")
     if sy.max_requests_per_input < 1:
         raise PromptDistillError("must be at least 1", path=source, field="synthesize.max_requests_per_input")
+
+
+
+def _validate_resamples(cfg: Config, source) -> None:
+    """eval.teacher_resamples needs answers that can differ: sampled, in generate mode."""
+    k = cfg.eval.teacher_resamples
+    if k < 0:
+        raise PromptDistillError("must be >= 0 (0 = off)", path=source, field="eval.teacher_resamples")
+    if k and cfg.task.answer_mode == "choose":
+        raise PromptDistillError("choose mode's ceiling comes from the stored label distribution; set teacher_resamples = 0",
+                                 path=source, field="eval.teacher_resamples")
+    if k and cfg.task.temperature == 0:
+        # Greedy resamples repeat the recorded answer: a ceiling of 100% that says nothing.
+        raise PromptDistillError("resamples need task.temperature > 0 (greedy answers are all the same)",
+                                 path=source, field="eval.teacher_resamples")
 
 
 def _validate_json_task(t: TaskConfig, source) -> None:

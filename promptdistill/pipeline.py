@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from .config import Config, task_settings, training_settings
+from .config import Config, eval_settings, task_settings, training_settings
 from .errors import PromptDistillError
 from .io import atomic_write_json, fingerprint
 from .records import check_gold_labels, read_inputs, read_labeled, report_duplicates, write_examples
@@ -47,7 +47,7 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
         # Only then, so run directories labeled before backends existed keep their fingerprint.
         label["teacher_backend"] = [cfg.models.teacher_backend, cfg.models.teacher_url]
     train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
-    evaluate = {**train, "eval": d["eval"]}
+    evaluate = {**train, "eval": eval_settings(cfg.eval)}
     return {"split": split, "label": label, "train": train, "eval": evaluate}
 
 
@@ -170,11 +170,21 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> di
         task, examples, run.eval_dir, teacher=teacher, student=student, seed=cfg.data.seed,
         base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=inputs_print,
         latency_requests=cfg.eval.latency_requests,
+        train_records=_train_records(run), teacher_resamples=cfg.eval.teacher_resamples,
     )
     _record_heldout_source(run, examples)
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
     write_run_report(run.path)
     return report
+
+
+def _train_records(run: RunDir) -> list | None:
+    """The training split's labeled records (what the surface baseline is fitted on), or None before labeling."""
+    path = run.labels_file("train")
+    if not path.exists() or not run.split_file("train").exists():
+        return None
+    train_ids = {e.id for e in read_inputs(run.split_file("train"))}
+    return [r for r in read_labeled(path) if r.id in train_ids]
 
 
 def _pct(x) -> str:

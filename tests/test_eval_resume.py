@@ -68,3 +68,39 @@ def test_partial_predictions_of_other_settings_are_discarded(tmp_path, tiny):
     final = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     teacher0 = next(p for p in final if p["system"] == "teacher" and p["id"] == "0")
     assert teacher0["latency_s"] != 9.0
+
+
+def test_teacher_resamples_give_the_ceiling_and_resume(tmp_path, tiny):
+    """eval.teacher_resamples in generate mode: K sampled answers per input, in
+    teacher_resamples.jsonl and the ceiling; an interrupted run keeps the ones made."""
+    task = Task(TaskConfig(user_template="Rules.\nText: {text}", labels=["la", "cy"], max_new_tokens=4, temperature=1.0))
+    examples = [Example(id=str(i), text=f"text number {i}", gold_label="la") for i in range(3)]
+    out = tmp_path / "eval"
+    teacher = LocalTeacher(tiny)
+    asked = []
+    real = teacher.label
+
+    def counting(exs, t, mode, seed, *args, **kwargs):
+        if seed != 0:  # a resample (the teacher row uses the labeling seed, 0)
+            asked.append((seed, [e.id for e in exs]))
+            if seed == 2:
+                raise KeyboardInterrupt
+        return real(exs, t, mode, seed, *args, **kwargs)
+
+    teacher.label = counting
+    run = dict(teacher=teacher, student=tiny, progress=False, fingerprint="abc", teacher_resamples=2)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_mod.evaluate_systems(task, examples, out, **run)
+    asked.clear()
+    teacher.label = lambda exs, t, mode, seed, *a, **k: (asked.append((seed, [e.id for e in exs])), real(exs, t, mode, seed, *a, **k))[1]
+    report = evaluate_mod.evaluate_systems(task, examples, out, **run)
+    assert [a for a in asked if a[0] != 0] == [(2, ["0", "1", "2"])]  # resample 1 was kept
+    rows = [json.loads(line) for line in (out / "teacher_resamples.jsonl").read_text().splitlines()]
+    assert [len(r["resamples"]) for r in rows] == [2, 2, 2]
+    scored = [r for r in rows if r["recorded"] is not None]
+    ceiling = report["reference_points"]["ceiling"]
+    if scored:
+        assert ceiling["mode"] == "samples" and ceiling["k"] == 2
+        assert ceiling["ceiling"] == pytest.approx(sum(sum(s == r["recorded"] for s in r["resamples"]) / 2 for r in scored) / len(scored))
+    else:  # the tiny random teacher parsed nothing: no ceiling to compute
+        assert ceiling is None

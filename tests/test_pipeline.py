@@ -211,6 +211,34 @@ def test_eval_report(pipeline_run):
     for name in ("teacher", "base", "student"):
         assert re.search(rf"^{name}\s+(yes|no)\s", table, re.M), name
 
+    # agreement in context (issue 18): per teacher answer, floors, ceiling
+    ref = report["reference_points"]
+    assert ref["n"] == len(heldout) and list(ref["systems"]) == ["base", "student"]
+    for name in ("base", "student"):
+        m = ref["systems"][name]
+        assert m["agreement"]["rate"] == pytest.approx(report["systems"][name]["agreement"])
+        assert m["accuracy"]["rate"] == pytest.approx(report["systems"][name]["accuracy"])
+        assert m["agreement"]["low"] <= m["agreement"]["rate"] <= m["agreement"]["high"]
+        given = [a for a in LABELS if a in teacher_labels.values()]
+        assert m["macro_agreement"] == pytest.approx(sum(m["per_answer"][a]["rate"] for a in given) / len(given))
+        assert sum(m["per_answer"][a]["n"] for a in LABELS) == len(heldout)
+        assert sum(sum(row.values()) for row in m["confusion"].values()) == len(heldout)
+        assert set(m["against"]) == {"majority", "surface"}
+    # the surface baseline is fitted on the training split's teacher labels
+    surface = ref["floors"]["surface"]
+    assert surface["available"] and surface["n_train"] == len(read_jsonl(run / "labels" / "train.jsonl"))
+    assert ref["floors"]["majority"]["agreement"]["rate"] == pytest.approx(report["majority_agreement"])
+    # choose mode: the ceiling is the mean probability of the recorded answer, no new requests
+    t = by_system["teacher"]
+    assert ref["ceiling"]["mode"] == "probs"
+    assert ref["ceiling"]["ceiling"] == pytest.approx(sum(t[i]["label_probs"][t[i]["label"]] for i in gold) / len(gold))
+    assert not (run / "eval" / "teacher_resamples.jsonl").exists()
+    for heading in ("## Agreement in context", "### Agreement per teacher answer", "### Confusion: student against the teacher"):
+        assert heading in md, heading
+    assert "floor: surface baseline" in md and "ceiling: teacher self-consistency" in md
+    assert "<h2>Agreement in context</h2>" in (run / "eval" / "report.html").read_text()
+    assert re.search(r"^student: agreement [\d.]+% \(95% ", table, re.M)
+
 
 def test_rerun_skips_every_completed_stage(pipeline_run):
     from promptdistill.pipeline import run_pipeline

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 from ..jsonreply import json_report_lines, json_summary_lines
+from .agreement import agreement_report_lines, agreement_summary_lines, json_agreement_report_lines
 from .systems import UNPARSED
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -127,6 +128,8 @@ def results_table(report: dict) -> str:
     if report.get("majority_label") is not None:
         lines.append(f"(always answering '{report['majority_label']}' would agree {_fmt(report['majority_agreement'], True)} with the teacher)")
     lines += json_summary_lines(report, _fmt)
+    if report.get("reference_points"):  # absent from reports written before issue 18
+        lines += agreement_summary_lines(report["reference_points"])
     return "\n".join(lines)
 
 
@@ -138,6 +141,19 @@ def _gap_line(report: dict) -> str | None:
         return None
     return (f"(the student closes {_fmt(f['gap_closed'], True)} of the base-to-teacher gap: KL {f['kl_base']:.3f} -> "
             f"{f['kl_student']:.3f} nats, {f['kind']})")
+
+
+def reference_lines(report: dict) -> list[str]:
+    """Agreement in context (issue 18): floors, ceiling, per-answer fidelity,
+    confusion against the teacher; per field for JSON tasks. Empty for older reports."""
+    section = report.get("reference_points")
+    if not section:
+        return []
+    out = agreement_report_lines(section)
+    if section.get("ceiling") is None and report.get("teacher_mode") == "generate":
+        out += ["No ceiling: in generate mode the teacher's self-consistency needs new sampled answers; "
+                "set eval.teacher_resamples = K (with task.temperature > 0) to ask for K more per input.", ""]
+    return out + json_agreement_report_lines(report.get("json_reference_points") or {})
 
 
 def report_markdown(report: dict) -> str:
@@ -175,6 +191,7 @@ def report_markdown(report: dict) -> str:
                    f"{_fmt(report['majority_agreement'], True)} of the time.")
     out.append("")
     out += json_report_lines(report, _fmt)
+    out += reference_lines(report)
     for name, m in s.items():
         labels = list(m["confusion"])
         if not labels:

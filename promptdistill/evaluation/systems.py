@@ -23,6 +23,14 @@ generated answer per request, whole prompt, on a sample of the inputs
 (`eval.latency_requests`). Timing the teacher in choose mode (one forward)
 and the student generating its reply made the student look slower than a
 teacher carrying a prompt ten times longer.
+
+report.json's `reference_points` (and `json_reference_points` per field of a
+JSON task) read the agreement against floors and a ceiling (agreement.py,
+issue 18): per-answer fidelity with intervals, the majority answer, a surface
+baseline fitted on the training inputs' teacher labels (when the caller
+passes them), and the teacher's self-consistency: from its stored label
+distribution in choose mode, or from `teacher_resamples` new sampled answers
+per input in generate mode (kept in teacher_resamples.jsonl).
 """
 
 from __future__ import annotations
@@ -43,7 +51,10 @@ from ..records import Example
 from ..render import end_of_turn_ids, render_prompt
 from ..task import OK, Task
 from ..teachers import Teacher
+from .agreement import (json_reference_points, reference_points, self_consistency_ceiling_from_probs,
+                        self_consistency_ceiling_from_samples)
 from .fidelity import FidelityScorer
+from .surface_baseline import evaluate_surface_baseline
 
 UNPARSED = "??"
 
@@ -223,12 +234,17 @@ def evaluate_systems(
     progress: bool = True,
     fingerprint: str | None = None,
     latency_requests: int = LATENCY_REQUESTS,
+    train_records: list | None = None,
+    teacher_resamples: int = 0,
 ) -> dict:
     """Run teacher, base and student on `examples`; write and return the report.
 
     `teacher` is any backend (teachers.load_teacher); `seed` is the labeling
     seed (data.seed), for sampled teacher answers. `base` may share the student's weights (see models.AdapterDisabled);
-    pass `base=None` to skip the base row. With a `fingerprint` (a hash of
+    pass `base=None` to skip the base row. `train_records` (the training
+    split's labeled records) fit the surface baseline; `teacher_resamples` > 0
+    asks the teacher that many more sampled answers per input for the ceiling.
+    With a `fingerprint` (a hash of
     the models, adapter and inputs), predictions are also appended to
     `predictions.partial.jsonl` as they are made, and a rerun with the same
     fingerprint after an interruption reuses them. Latency is measured on the
@@ -253,6 +269,8 @@ def evaluate_systems(
         if base is not None:
             all_preds["base"] = predict_system(task, base, examples, "base", done=done.get("base"), **run)
         all_preds["student"] = predict_system(task, student, examples, "student", done=done.get("student"), **run)
+        resamples = (resample_teacher(task, teacher, examples, teacher_resamples, seed, done=done, sink=sink, progress=progress)
+                     if teacher_resamples else None)
 
     sample = examples[:latency_requests]
     requests = {"teacher": teacher_request(task, teacher, seed), "base": model_request(task, base) if base is not None else None,
@@ -282,11 +300,82 @@ def evaluate_systems(
             name: {"uses_prompt": name == "teacher", **system_metrics(task, examples, preds, all_preds["teacher"])}
             for name, preds in all_preds.items()
         },
+        **reference_sections(task, examples, all_preds, train_records, resamples),
     }
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_jsonl(out_dir / "predictions.jsonl", [asdict(p) for name in all_preds for p in all_preds[name]])
+    if resamples is not None:
+        atomic_write_jsonl(out_dir / "teacher_resamples.jsonl",
+                           [{"id": e.id, "recorded": t.label, "resamples": r} for e, t, r in zip(examples, all_preds["teacher"], resamples)])
     partial.unlink(missing_ok=True)
     return report
+
+
+RESAMPLE = "teacher_resample"  # predictions.partial.jsonl's system name of resample j: f"{RESAMPLE}_{j}"
+
+
+def resample_teacher(task: Task, teacher: Teacher, examples: list[Example], k: int, seed: int, *, done: dict | None = None,
+                     sink=None, progress: bool = True) -> list[list[str | None]]:
+    """`k` new sampled answers of the teacher per input (generate mode, at task.temperature): the labels, per input.
+
+    Resample j (1..k) is one `teacher.label` pass over the inputs with seed
+    `seed + j`, so no resample repeats the draw the recorded answer came from
+    (seed `seed`), and each is a single draw (samples = 1) even when labeling
+    voted over several: the ceiling compares one draw with the recorded answer.
+    Each resample goes through `sink` like a prediction, so an interrupted
+    evaluation keeps the ones made (`done`, by system name).
+    """
+    sample_task = Task(replace(task.config, samples=1, top_logprobs=0, min_confidence=0.0))
+    done = done or {}
+    labels: list[list[str | None]] = [[] for _ in examples]
+    for j in range(1, k + 1):
+        system = f"{RESAMPLE}_{j}"
+        have = done.get(system, {})
+        todo = [e for e in examples if e.id not in have]
+        if progress and todo:
+            print(f"[promptdistill] teacher resample {j}/{k}: {len(todo)} inputs", flush=True)
+        new = {}
+        for e, record in zip(todo, teacher.label(todo, sample_task, "generate", seed + j) if todo else ()):
+            label, status = task.parse_answer(record.teacher_reply)
+            new[e.id] = Prediction(e.id, system, label, record.teacher_reply, status, 0, 0.0)
+            if sink is not None:
+                sink(new[e.id])
+        for i, e in enumerate(examples):
+            labels[i].append((have.get(e.id) or new[e.id]).label)
+    return labels
+
+
+def teacher_ceiling(teacher_preds: list[Prediction], resamples: list[list] | None) -> dict | None:
+    """The teacher's self-consistency (agreement.py): from resamples when there are
+    any, else from the stored label distributions (choose mode), else None."""
+    recorded = [p.label for p in teacher_preds]
+    if resamples is not None:
+        return self_consistency_ceiling_from_samples(recorded, resamples)
+    if any(p.label_probs for p in teacher_preds):
+        return self_consistency_ceiling_from_probs([p.label_probs for p in teacher_preds], recorded)
+    return None
+
+
+def reference_sections(task: Task, examples: list[Example], all_preds: dict, train_records: list | None,
+                       resamples: list[list] | None) -> dict:
+    """report.json's `reference_points` (and, for a JSON task, `json_reference_points`
+    per field): agreement per answer, floors and ceiling, for every system but the teacher."""
+    teacher = [p.label for p in all_preds["teacher"]]
+    systems = {name: [p.label for p in preds] for name, preds in all_preds.items() if name != "teacher"}
+    fields = task.config.json_fields if task.json_reply else None
+    surface = None
+    if train_records is not None:
+        # The records the student trained on: the same teacher labels, none held out.
+        usable = [r for r in train_records if r.status == OK]
+        surface = evaluate_surface_baseline([r.text for r in usable], [r.label for r in usable], [e.text for e in examples], teacher,
+                                            labels=task.labels or None, json_fields=fields)
+    gold = [e.gold_label for e in examples]
+    out = {"reference_points": reference_points(teacher, systems, gold_labels=gold if any(g is not None for g in gold) else None,
+                                                labels=task.labels or None, surface=surface,
+                                                ceiling=teacher_ceiling(all_preds["teacher"], resamples))}
+    if fields:
+        out["json_reference_points"] = json_reference_points(teacher, systems, fields, surface=surface)
+    return out
 
 
 def _fidelity_summary(task: Task, all_preds: dict, unavailable: str | None) -> dict:

@@ -12,9 +12,20 @@ belongs to.
   labels the records carry;
 - on-policy on the records themselves: the student writes the reply at
   training time.
+
+`train.balance = "answers"` changes only the order: instead of a shuffle per
+epoch, each epoch draws as many items, with replacement, each with
+probability proportional to 1 / (number of items with its teacher answer),
+so every answer is drawn equally often in expectation. A teacher whose most
+common answer covers half the inputs otherwise teaches the student that
+answer for everything ambiguous, and the rare answers collapse into it (issue
+18). Sampling rather than loss weights: the loss code and its per-token
+normalisation stay as they are, and a step keeps its size.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import torch
 
@@ -63,14 +74,37 @@ def training_fingerprint(records: list[LabeledExample], cfg: TrainConfig, models
     return fingerprint([[r.id, r.status, r.messages] for r in records] + [training_settings(cfg), models_cfg.student])
 
 
-def step_groups(n: int, per_step: int, seed: int):
+def step_groups(n: int, per_step: int, seed: int, weights: list[float] | None = None):
     """Yield the item indices of each optimiser step: a seeded shuffle per
-    epoch, cut into groups of `per_step` (the last group of an epoch may be smaller)."""
+    epoch, cut into groups of `per_step` (the last group of an epoch may be smaller).
+
+    With `weights` (one per item), each epoch is instead `n` seeded draws with
+    replacement, item i with probability weights[i] / sum(weights)."""
     generator = torch.Generator().manual_seed(seed)
+    w = torch.tensor(weights, dtype=torch.float64) if weights is not None else None
     while True:
-        order = torch.randperm(n, generator=generator).tolist()
+        if w is None:
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = torch.multinomial(w, n, replacement=True, generator=generator).tolist()
         for i in range(0, n, per_step):
             yield order[i : i + per_step]
+
+
+def balance_weights(answers: list) -> list[float]:
+    """Sampling weight per item for train.balance = "answers": 1 / count of its
+    answer, so each answer's items together weigh 1 (None, unparsed, is an answer too)."""
+    counts = Counter(answers)
+    return [1 / counts[a] for a in answers]
+
+
+def sampling_weights(records: list[LabeledExample], too_long: list[str], cfg: TrainConfig) -> list[float] | None:
+    """The weights step_groups draws with for `cfg.balance` (None: plain shuffle),
+    aligned with training_items' items: the usable records not over max_length, in order."""
+    if cfg.balance == "none":
+        return None
+    skipped = set(too_long)
+    return balance_weights([r.label for r in records if r.status == OK and r.id not in skipped])
 
 
 def by_length(items: list) -> list:

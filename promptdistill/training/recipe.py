@@ -64,7 +64,8 @@ from ..records import LabeledExample
 from ..render import RenderedExample
 from ..task import Task
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
-from .data import by_length, collate, micro_batches, padding_pieces, render_for_training, step_groups, training_fingerprint, training_items
+from .data import (by_length, collate, micro_batches, padding_pieces, render_for_training, sampling_weights, step_groups,
+                   training_fingerprint, training_items)
 from .distributed import Distributed
 from .losses import label_kd_loss, token_kd_loss, weighted_token_loss
 from .memory import return_freed_memory, trim
@@ -148,6 +149,8 @@ class DistillationRecipe:
         if not self.train_set:
             raise PromptDistillError("no usable training examples (all rejected or over train.max_length)", field="train")
         self.heldout_set = render_for_training(heldout, self.tokenizer, cfg.max_length)[0]
+        # train.balance: how step_groups draws the items (None: a shuffle per epoch)
+        self.sample_weights = sampling_weights(records, self.too_long, cfg)
         self.fingerprint = training_fingerprint(records, cfg, self.models_cfg)
         if self.too_long:
             self._say(f"{len(self.too_long)} training examples exceed max_length={cfg.max_length} tokens "
@@ -215,7 +218,7 @@ class DistillationRecipe:
         """Run the steps from the resumed one to the last; return the summary. A first
         Ctrl-C / SIGTERM stops after the step in progress, checkpointed (KeyboardInterrupt)."""
         cfg = self.train_cfg
-        groups = step_groups(len(self.train_set), self.per_step, cfg.seed)
+        groups = step_groups(len(self.train_set), self.per_step, cfg.seed, self.sample_weights)
         for _ in range(self.start_step):  # the data order is a function of the seed: skip what is done
             next(groups)
         started = time.time()
