@@ -226,8 +226,26 @@ def _log(message: str) -> None:
 # Every command validates all of its arguments and the files it will read
 # before it takes a lock or writes a byte (outputs.py has the rule and why).
 
+def _claim_labels_output(args, reads: dict, more_writes) -> tuple[Path, Path]:
+    """(--out, --rejects) of a command that writes labeled records, checked before
+    anything is written: apart from the command's inputs (`reads`) and from any
+    run directory, and each new, empty or holding labeled records (outputs.py).
+    `more_writes(out)` names the command's other files beside --out."""
+    from .outputs import check_outside_runs, check_paths, claim_labels_file
+
+    out = Path(args.out)
+    rejects = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.jsonl")
+    writes = {"--out": out, "--rejects": rejects, "--out's sidecar": out.with_name(out.name + ".meta.json"), **more_writes(out)}
+    check_paths(reads, writes)
+    for name, path in writes.items():
+        check_outside_runs(path, name)
+    claim_labels_file(out, "--out")
+    claim_labels_file(rejects, "--rejects", sidecars=False)
+    return out, rejects
+
+
 def cmd_label(args):
-    from .outputs import check_file, check_outside_runs, check_paths, claim_labels_file
+    from .outputs import check_file
     from .pipeline import prepare_inputs
     from .task import Task
 
@@ -239,15 +257,8 @@ def cmd_label(args):
     if inputs is None:
         raise PromptDistillError("no inputs: pass --inputs or set data.inputs", field="data.inputs")
     check_file(inputs, "input file")
-    out = Path(args.out)
-    rejects = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.jsonl")
-    writes = {"--out": out, "--rejects": rejects, "--out's sidecar": out.with_name(out.name + ".meta.json"),
-              "--out's lock file": out.with_name(out.name + ".lock")}
-    check_paths({"--inputs": inputs, "the task file": args.task}, writes)
-    for name, path in writes.items():
-        check_outside_runs(path, name)
-    claim_labels_file(out, "--out")
-    claim_labels_file(rejects, "--rejects", sidecars=False)
+    out, rejects = _claim_labels_output(args, {"--inputs": inputs, "the task file": args.task},
+                                        lambda out: {"--out's lock file": out.with_name(out.name + ".lock")})
     examples = prepare_inputs(cfg, task, inputs, _log, dedupe_hint="--dedupe")
     if args.limit:
         examples = examples[: args.limit]
@@ -481,20 +492,13 @@ def cmd_synthesize(args):
 
 def cmd_import_chats(args):
     from .chatlogs import import_chats
-    from .outputs import check_file, check_outside_runs, check_paths, claim_labels_file
+    from .outputs import check_file
     from .task import Task
 
     args.teacher = args.student = args.device = None
     cfg = load_task_config(args)
     logs = check_file(args.logs, "chat log file")
-    out = Path(args.out)
-    rejects = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.jsonl")
-    writes = {"--out": out, "--rejects": rejects, "--out's sidecar": out.with_name(out.name + ".meta.json"),
-              "the set-aside records": out.with_name(out.stem + ".foreign.jsonl")}
-    check_paths({"the chat logs": logs, "the task file": args.task}, writes)
-    for name, path in writes.items():
-        check_outside_runs(path, name)
-    claim_labels_file(out, "--out")
-    claim_labels_file(rejects, "--rejects", sidecars=False)
+    out, rejects = _claim_labels_output(args, {"the chat logs": logs, "the task file": args.task},
+                                        lambda out: {"the set-aside records": out.with_name(out.stem + ".foreign.jsonl")})
     summary = import_chats(Task(cfg.task), logs, out, rejects)
     print(json.dumps(summary, indent=2))
