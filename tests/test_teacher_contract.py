@@ -154,12 +154,18 @@ def assert_same_records(got: list[dict], want: list[dict], backend: Backend) -> 
                 assert [v for _, v in shared] == pytest.approx([values[t] for t, _ in shared], abs=backend.logp_tol)
 
 
-def test_generate_matches_the_local_backend(backend, tmp_path):
-    cfg = config(**OPEN, top_logprobs=3)
+def labels_as_the_local_backend(cfg, backend, tmp_path):
+    """The backend's (labels, rejects), checked to equal the local backend's on the same inputs."""
     got = label_files(cfg, backend.teacher, tmp_path / "got.jsonl")
     want = label_files(cfg, backend.reference, tmp_path / "want.jsonl")
     for g, w in zip(got, want):
         assert_same_records(g, w, backend)
+    return got
+
+
+def test_generate_matches_the_local_backend(backend, tmp_path):
+    cfg = config(**OPEN, top_logprobs=3)
+    got = labels_as_the_local_backend(cfg, backend, tmp_path)
     records = got[0] + got[1]
     assert len(records) == len(TEXTS)
     tok = backend.teacher.tokenizer
@@ -173,10 +179,7 @@ def test_generate_matches_the_local_backend(backend, tmp_path):
 
 def test_choose_matches_the_local_backend(backend, tmp_path):
     cfg = config(**CHOOSE)
-    got = label_files(cfg, backend.teacher, tmp_path / "got.jsonl")
-    want = label_files(cfg, backend.reference, tmp_path / "want.jsonl")
-    for g, w in zip(got, want):
-        assert_same_records(g, w, backend)
+    got = labels_as_the_local_backend(cfg, backend, tmp_path)
     assert got[1] == [] and len(got[0]) == len(TEXTS)  # choose mode labels every input
     for r in got[0]:
         assert sum(r["label_probs"].values()) == pytest.approx(1.0, abs=1e-9)
@@ -187,10 +190,7 @@ def test_reply_prefix_starts_every_reply(backend, tmp_path):
     prefix = '{"script": "'
     cfg = config(system_prompt=PROMPT + "Reply in JSON.", reply_format="json", json_fields=["script"], reply_prefix=prefix,
                  max_new_tokens=4, top_logprobs=2)
-    got = label_files(cfg, backend.teacher, tmp_path / "got.jsonl")
-    want = label_files(cfg, backend.reference, tmp_path / "want.jsonl")
-    for g, w in zip(got, want):
-        assert_same_records(g, w, backend)
+    got = labels_as_the_local_backend(cfg, backend, tmp_path)
     records = got[0] + got[1]
     assert len(records) == len(TEXTS)
     tok = backend.teacher.tokenizer
