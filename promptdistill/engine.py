@@ -132,29 +132,6 @@ def _next_tokens(logits: torch.Tensor, temperature: float, generators) -> torch.
     return torch.cat(tokens).to(logits.device)
 
 
-def generate_with_prefix(
-    prefix: PrefixCache,
-    suffixes: list[list[int]],
-    *,
-    max_new_tokens: int,
-    eos_ids: set[int],
-    pad_id: int,
-    temperature: float = 0.0,
-    seeds: list[int] | None = None,
-) -> list[list[int]]:
-    """Like `generate` for prompts `prefix.prefix + suffix`, paying for the prefix once.
-
-    The suffixes are left-padded into one batch placed after the cached prefix;
-    the gap a short suffix leaves is masked out and positions skip it, so each
-    row computes what it would compute alone. When sampling, row i draws from
-    its own generator seeded with `seeds[i]`, so a row's sample does not
-    depend on which other rows share its batch.
-    """
-    got = decode_with_prefix(prefix, suffixes, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                             temperature=temperature, seeds=seeds)
-    return [g.text_ids for g in got]
-
-
 @dataclass
 class Decoded:
     """One decoded continuation.
@@ -187,8 +164,16 @@ def decode_with_prefix(
     seeds: list[int] | None = None,
     top_logprobs: int = 0,
 ) -> list[Decoded]:
-    """`generate_with_prefix` with the end-of-turn token kept and, optionally,
-    the top-k log-probabilities of every step."""
+    """Like `generate` for prompts `prefix.prefix + suffix`, paying for the prefix
+    once; each reply keeps its end-of-turn token (`Decoded.text_ids` drops it)
+    and, with `top_logprobs`, the top-k log-probabilities of every step.
+
+    The suffixes are left-padded into one batch placed after the cached prefix;
+    the gap a short suffix leaves is masked out and positions skip it, so each
+    row computes what it would compute alone. When sampling, row i draws from
+    its own generator seeded with `seeds[i]`, so a row's sample does not
+    depend on which other rows share its batch.
+    """
     device = prefix.device
     n = len(suffixes)
     # Rows run shortest suffix first, so chunks of the prefill pad little;

@@ -27,6 +27,11 @@ TEXTS = [
 PROMPT = "You classify texts by script.\nRules:\n- Latin -> la\n- Cyrillic -> cy\n- Greek -> gr\n- Han -> zh\n"
 
 
+def _texts(decoded) -> list[list[int]]:
+    """The replies' token ids without the end-of-turn token."""
+    return [d.text_ids for d in decoded]
+
+
 def script_task(**fields):
     return make_task(user_template=PROMPT + "Text to classify:\n{text}", labels=["la", "cy", "gr", "zh"], **fields)
 
@@ -68,7 +73,7 @@ def test_continuation_logprobs_equal_with_shared_attention_and_copied_cache(vari
 
 
 @pytest.mark.parametrize("shared_attention", [True, False], ids=["shared-prefix-attention", "copied-cache"])
-def test_generate_with_prefix_equals_one_at_a_time(varied_model, shared_attention):
+def test_decode_with_prefix_equals_one_at_a_time(varied_model, shared_attention):
     tok = varied_model.tokenizer
     prompts, prefix_ids = prompts_and_prefix(tok, script_task())
     eos = {tok.eos_token_id}
@@ -77,23 +82,23 @@ def test_generate_with_prefix_equals_one_at_a_time(varied_model, shared_attentio
     assert any(len(set(a)) > 1 for a in alone)
     cache = engine.PrefixCache(varied_model.model, prefix_ids, shared_attention=shared_attention)
     assert (cache.shared is not None) == shared_attention
-    batched = engine.generate_with_prefix(
+    batched = _texts(engine.decode_with_prefix(
         cache, [p[len(prefix_ids):] for p in prompts], max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id
-    )
+    ))
     assert batched == alone
     # the stored prefix cache is not modified by use: a second run gives the same
-    again = engine.generate_with_prefix(cache, [prompts[2][len(prefix_ids):]], max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id)
+    again = _texts(engine.decode_with_prefix(cache, [prompts[2][len(prefix_ids):]], max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id))
     assert again == [alone[2]]
 
 
-def test_generate_with_prefix_stops_at_end_of_turn(varied_model):
+def test_decode_with_prefix_stops_at_end_of_turn(varied_model):
     tok = varied_model.tokenizer
     prompts, prefix_ids = prompts_and_prefix(tok, script_task(), [TEXTS[1]])
     free = engine.generate(varied_model.model, prompts, max_new_tokens=6, eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)[0]
     # declare the third generated token an end-of-turn token: output must stop before it
     stop = {free[2]}
     cache = engine.PrefixCache(varied_model.model, prefix_ids)
-    out = engine.generate_with_prefix(cache, [prompts[0][len(prefix_ids):]], max_new_tokens=6, eos_ids=stop, pad_id=tok.pad_token_id)[0]
+    out = _texts(engine.decode_with_prefix(cache, [prompts[0][len(prefix_ids):]], max_new_tokens=6, eos_ids=stop, pad_id=tok.pad_token_id))[0]
     assert out == free[: free.index(free[2])]
 
 
@@ -242,8 +247,8 @@ def test_a_sliding_window_model_falls_back_to_the_copied_cache_and_returns_its_n
     assert first.note == second.note and "shared-prefix attention is not available" in first.note and "sliding_window" in first.note
     assert engine.PrefixCache(sliding_window_model.model, prefix_ids, shared_attention=False).note is None
     eos = {tok.eos_token_id}
-    batched = engine.generate_with_prefix(first, [p[len(prefix_ids):] for p in prompts], max_new_tokens=6, eos_ids=eos,
-                                          pad_id=tok.pad_token_id)
+    batched = _texts(engine.decode_with_prefix(first, [p[len(prefix_ids):] for p in prompts], max_new_tokens=6, eos_ids=eos,
+                                               pad_id=tok.pad_token_id))
     alone = [engine.generate(sliding_window_model.model, [p], max_new_tokens=6, eos_ids=eos, pad_id=tok.pad_token_id)[0] for p in prompts]
     assert batched == alone
     assert capsys.readouterr().out == ""
