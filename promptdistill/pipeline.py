@@ -314,10 +314,6 @@ def _fit(examples, tok, messages, reply_prefix: str, budget: int, what: str, cfg
 # -- synthetic inputs (issue 16) -------------------------------------------
 
 
-def synthetic_dir(run: RunDir):
-    return run.synth_dir
-
-
 def add_synthetic_inputs(cfg: Config, run: RunDir, task: Task, train: list, heldout: list, *, force: bool, progress: bool,
                          log) -> tuple[list, list, dict]:
     """`data.synthesize` inputs written into RUN/synth (synthesis.py), joined to the split.
@@ -333,7 +329,7 @@ def add_synthetic_inputs(cfg: Config, run: RunDir, task: Task, train: list, held
     """
     from .synthesis import synthesize
 
-    out = synthetic_dir(run) / "inputs.jsonl"
+    out = run.synth_dir / "inputs.jsonl"
     seeds = train if train and "seeds" in cfg.synthesize.strategies else None
     report = synthesize(cfg, cfg.data.synthesize, out, seeds=seeds, avoid=heldout, force=force, progress=progress, log=log)
     synthetic = fit_inputs(read_inputs(out), task, cfg, out, log) if report["kept"] else []
@@ -351,7 +347,7 @@ def synthetic_label_report(run: RunDir) -> None:
     """The teacher's labels of the synthetic inputs against the quotas they were asked for."""
     from .synthesis import quota_report
 
-    out = synthetic_dir(run) / "inputs.jsonl"
+    out = run.synth_dir / "inputs.jsonl"
     if not out.with_name("inputs.synthesis.json").exists():
         return
     labeled, rejected = [], 0
