@@ -190,3 +190,19 @@ def write_task_file(folder, model_dir: str | None = None, name: str = "task.toml
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def stop_process_group(proc, grace: float) -> None:
+    """Stop a server started in its own process group (start_new_session=True):
+    SIGTERM to the group, then SIGKILL if it is still there after `grace` seconds."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -30,12 +30,13 @@ import contextlib
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from conftest import stop_process_group
 
 
 def completion_choice(model, tokenizer, prompt: list[int], body: dict, index: int) -> dict:
@@ -145,13 +146,7 @@ def serve(model_dir: str, name: str, timeout: float = 300.0):
             raise RuntimeError(f"the test OpenAI server did not start: {line!r} {log.read().decode(errors='replace')[-2000:]}")
         yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc, 30)
         proc.stdout.close()
         log.close()
 

@@ -8,8 +8,6 @@ as the module `vllm serve` runs: `vllm.entrypoints.openai.api_server`.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import stop_process_group
 
 
 def _free_port() -> int:
@@ -50,9 +50,4 @@ def serve_vllm(model: str, args: list[str], log: Path, what: str = "server"):
         print(f"\n[vllm] {what} started in {time.perf_counter() - t0:.0f} s", flush=True)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, 60)
