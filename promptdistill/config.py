@@ -105,6 +105,12 @@ class DataConfig:
     # too, the synthetic inputs join the training side only and the held-out
     # set stays real (the report says which it was).
     synthesize: int = 0
+    # Share of the training items that are the base model's own answers to
+    # general prompts (general.py's pool, none of them in the general-ability
+    # check): 0.2 makes one item in five such an answer. Self-generated, so no
+    # outside data is needed; it keeps the student close to its base off the
+    # task (the general-ability check in the report measures how close).
+    mix_general: float = 0.0
 
 
 @dataclass
@@ -167,6 +173,12 @@ class TrainConfig:
     # (an example's weight is 1 / its answer's count), so rare answers are not
     # drowned by the most common one (training/data.py). Label tasks only.
     balance: str = "none"
+    # Start from this trained adapter (a folder with adapter_config.json, e.g.
+    # RUN/train/adapter; `--init-from RUN` sets it) instead of fresh LoRA
+    # weights, with any loss: on-policy after sft or kd refines a student that
+    # already answers in the task's format. The adapter's own LoRA shape
+    # (rank, alpha, modules) is used.
+    init_adapter: str | None = None
 
 
 # Task keys added after the first release: they count in fingerprints only when
@@ -181,8 +193,8 @@ def task_settings(cfg: TaskConfig) -> dict:
 
 
 # Train and eval keys added later: hashed only when set, as _LATER_TASK_KEYS.
-_LATER_TRAIN_KEYS = ("balance",)
-_LATER_EVAL_KEYS = ("teacher_resamples", "latency_requests")
+_LATER_TRAIN_KEYS = ("balance", "init_adapter")
+_LATER_EVAL_KEYS = ("teacher_resamples", "latency_requests", "offtask_inputs", "general_ability", "general_max_drop")
 
 
 def training_settings(cfg: TrainConfig) -> dict:
@@ -215,6 +227,16 @@ class EvalConfig:
     # be > 0) and measure how often it repeats its own answer. 0 = off; choose
     # mode needs none (its ceiling comes from the stored distribution).
     teacher_resamples: int = 0
+    # A second held-out set of inputs the prompt is not about (greetings,
+    # unrelated questions, code; a file read like data.inputs): teacher, base
+    # and student answer them, and the report gives the student's agreement
+    # and KL with the teacher and with the base there (offtask.py).
+    offtask_inputs: str | None = None
+    # Score base and student on general.py's built-in general-ability check
+    # (about 50 prompts with checkable answers) and the KL(base || student) there.
+    general_ability: bool = True
+    # The report flags a general-ability drop (base score - student score) above this share.
+    general_max_drop: float = 0.1
 
 
 SYNTHESIS_STRATEGIES = ("prompt", "magpie", "seeds")
@@ -574,6 +596,8 @@ _RANGES = {
     "train.warmup_steps": (0, None, True, False),
     "train.max_steps": (0, None, True, False),
     "eval.max_examples": (0, None, True, False),
+    "eval.general_max_drop": (0, 1, True, True),
+    "data.mix_general": (0, 1, True, False),
 }
 
 

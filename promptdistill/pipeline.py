@@ -23,7 +23,7 @@ from .config import Config, eval_settings, task_settings, training_settings
 from .errors import PromptDistillError
 from .io import atomic_write_json, fingerprint
 from .records import check_gold_labels, read_inputs, read_labeled, report_duplicates, write_examples
-from .rundir import STAGE_OUTPUTS, RunDir
+from .rundir import STAGE_OUTPUTS, RunDir, adapter_fingerprint
 from .split import split_examples, subsample
 from .task import Task
 
@@ -34,6 +34,8 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
     if not cfg.data.synthesize:
         # Only when set, so run directories made before synthesis existed keep their fingerprint.
         d["data"].pop("synthesize", None)
+    # Training data only (the split and the labels do not depend on it).
+    mix_general = d["data"].pop("mix_general")
     split = {
         "data": d["data"],
         "inputs": str(cfg.resolve_path(cfg.data.inputs)) if cfg.data.inputs else None,
@@ -47,6 +49,11 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
         # Only then, so run directories labeled before backends existed keep their fingerprint.
         label["teacher_backend"] = [cfg.models.teacher_backend, cfg.models.teacher_url]
     train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
+    if mix_general:
+        train["mix_general"] = mix_general
+    if cfg.train.init_adapter:
+        # The adapter's weights, not only its path: retraining it elsewhere invalidates this run's training.
+        train["init_adapter"] = adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter))
     evaluate = {**train, "eval": eval_settings(cfg.eval)}
     return {"split": split, "label": label, "train": train, "eval": evaluate}
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .config import Config, config_from_dict
 from .errors import PromptDistillError
-from .io import DirectoryLock, atomic_write_json
+from .io import DirectoryLock, atomic_write_json, fingerprint
 
 STAGES = ("split", "label", "train", "eval")
 # The folder each stage writes, under the run directory.
@@ -277,3 +277,10 @@ def check_adapter_folder(folder: Path, what_to_do: str) -> None:
     if not weights.exists():
         raise PromptDistillError(f"adapter weights missing (adapter_model.safetensors); {what_to_do}", path=folder)
     _check_safetensors(weights, what_to_do)
+
+
+def adapter_fingerprint(folder: Path) -> str:
+    """A hash of an adapter folder's configuration and weights (train.init_adapter:
+    a run started from an adapter is only valid for that adapter's weights)."""
+    folder = Path(folder)
+    return fingerprint(None, (folder / "adapter_config.json").read_bytes(), (folder / "adapter_model.safetensors").read_bytes())
