@@ -319,7 +319,7 @@ def cmd_train(args):
 
 def cmd_eval(args):
     from .outputs import check_file, check_paths, check_run_dir
-    from .pipeline import evaluate_run, fit_context
+    from .pipeline import evaluate_run, fit_context, read_offtask
     from .records import check_gold_labels, read_inputs
     from .rundir import RunDir
     from .task import Task
@@ -329,11 +329,14 @@ def cmd_eval(args):
     inputs = check_file(args.inputs, "input file") if args.inputs else run.split_file("heldout")
     if not args.inputs and not inputs.exists():
         raise PromptDistillError("no held-out inputs in this run (split/heldout.jsonl); pass --inputs FILE", path=inputs)
-    check_paths({"--inputs": inputs, "the task file": args.task, "the run's adapter": run.adapter_dir},
-                {"the run's eval/ folder": run.eval_dir, "the run's lock file": run.path / ".lock"})
+    reads = {"--inputs": inputs, "the task file": args.task, "the run's adapter": run.adapter_dir}
+    if cfg.eval.offtask_inputs:
+        reads["eval.offtask_inputs"] = check_file(cfg.resolve_path(cfg.eval.offtask_inputs), "off-task input file (eval.offtask_inputs)")
+    check_paths(reads, {"the run's eval/ folder": run.eval_dir, "the run's lock file": run.path / ".lock"})
     run.adapter()
     run.check_files()
     examples = read_inputs(inputs)
+    read_offtask(cfg)
     check_gold_labels(examples, cfg.task.labels, inputs)
     examples = fit_context(examples, Task(cfg.task), cfg, inputs, _log)
     if not examples:

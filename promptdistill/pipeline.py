@@ -74,6 +74,9 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
     reads = dict(reads or {})
     if cfg.data.inputs:
         reads["data.inputs"] = check_file(cfg.resolve_path(cfg.data.inputs), "input file (data.inputs)")
+    if cfg.eval.offtask_inputs:
+        reads["eval.offtask_inputs"] = check_file(cfg.resolve_path(cfg.eval.offtask_inputs), "off-task input file (eval.offtask_inputs)")
+        read_offtask(cfg)
     run = RunDir(claim_run_dir(run_dir))
     outputs = {f"the run's {name}": run.path / name for name in ("config.json", ".lock", "stages", "synth", *STAGE_OUTPUTS.values())}
     check_paths(reads, outputs)
@@ -171,18 +174,30 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> di
     # the teacher share the student's weights with the adapter switched off: one copy in memory.
     base_view = run.base_of(student)
     teacher = load_teacher(cfg, base=base_view)
+    offtask = read_offtask(cfg)
     # An interrupted evaluation resumes only with the same settings, inputs and adapter.
-    inputs_print = fingerprint([cfg.to_dict(), [(e.id, e.text) for e in examples]], (adapter / "adapter_model.safetensors").read_bytes())
+    inputs_print = fingerprint([cfg.to_dict(), [(e.id, e.text) for e in examples], [(e.id, e.text) for e in offtask or ()]],
+                               (adapter / "adapter_model.safetensors").read_bytes())
     report = evaluate_systems(
         task, examples, run.eval_dir, teacher=teacher, student=student, seed=cfg.data.seed,
         base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=inputs_print,
         latency_requests=cfg.eval.latency_requests,
         train_records=_train_records(run), teacher_resamples=cfg.eval.teacher_resamples,
+        offtask=offtask, offtask_source=cfg.eval.offtask_inputs or "", untrained=base_view,
+        general_max_drop=cfg.eval.general_max_drop if cfg.eval.general_ability else None,
     )
     _record_heldout_source(run, examples)
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
     write_run_report(run.path)
     return report
+
+
+def read_offtask(cfg: Config) -> list | None:
+    """eval.offtask_inputs read and checked (None when unset); `run` and `eval` call it
+    before writing anything, so a bad file fails before an hour of labeling and training."""
+    if not cfg.eval.offtask_inputs:
+        return None
+    return read_inputs(cfg.resolve_path(cfg.eval.offtask_inputs))
 
 
 def _train_records(run: RunDir) -> list | None:

@@ -22,6 +22,8 @@ from pathlib import Path
 from ..io import atomic_write_text
 from ..jsonreply import json_report_lines, json_summary_lines
 from .agreement import agreement_report_lines, agreement_summary_lines, json_agreement_report_lines
+from .general_ability import general_ability_lines
+from .offtask import offtask_lines
 from .systems import UNPARSED
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -130,6 +132,15 @@ def results_table(report: dict) -> str:
     lines += json_summary_lines(report, _fmt)
     if report.get("reference_points"):  # absent from reports written before issue 18
         lines += agreement_summary_lines(report["reference_points"])
+    if off := report.get("offtask"):
+        s = off["student"]
+        lines.append(f"off-task ({off['n']} inputs): student agrees {_fmt(s['agreement_teacher'], True)} with the teacher, "
+                     f"{_fmt(s['agreement_base'], True)} with its base; in the task's format: teacher {_fmt(off['in_format']['teacher'], True)}, "
+                     f"base {_fmt(off['in_format']['base'], True)}, student {_fmt(off['in_format']['student'], True)}")
+    if general := report.get("general_ability"):
+        flag = "  ** dropped more than eval.general_max_drop **" if general["flagged"] else ""
+        lines.append(f"general ability ({general['n']} checks): base {_fmt(general['base_score'], True)}, "
+                     f"student {_fmt(general['student_score'], True)}, KL(base||student) {_fmt(general['kl_base_student'], digits=3)}{flag}")
     return "\n".join(lines)
 
 
@@ -192,6 +203,8 @@ def report_markdown(report: dict) -> str:
     out.append("")
     out += json_report_lines(report, _fmt)
     out += reference_lines(report)
+    out += offtask_lines(report.get("offtask"))
+    out += general_ability_lines(report.get("general_ability"))
     for name, m in s.items():
         labels = list(m["confusion"])
         if not labels:

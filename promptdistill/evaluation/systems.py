@@ -54,6 +54,8 @@ from ..teachers import Teacher
 from .agreement import (json_reference_points, reference_points, self_consistency_ceiling_from_probs,
                         self_consistency_ceiling_from_samples)
 from .fidelity import FidelityScorer
+from .general_ability import general_ability
+from .offtask import offtask_summary, predict_offtask
 from .surface_baseline import evaluate_surface_baseline
 
 UNPARSED = "??"
@@ -95,14 +97,20 @@ def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict]) -> tu
 
 
 def generate_answers(task: Task, loaded: LoadedModel, messages: list[list[dict]]) -> list[tuple[str, int]]:
-    """`generate_answer` for many requests decoded together (whole prompts,
+    """`generate_answer` for many requests decoded together (`answer_messages`)."""
+    return answer_messages(loaded, messages, task.config.max_new_tokens, task.config.temperature)
+
+
+def answer_messages(loaded: LoadedModel, messages: list[list[dict]], max_new_tokens: int,
+                    temperature: float = 0.0) -> list[tuple[str, int]]:
+    """(reply, prompt tokens) per conversation, decoded together (whole prompts,
     `engine.decode_with_prefix` with an empty prefix: left-padded rows, each
     computing what it computes alone; sampled rows each seeded 0, as one request is)."""
     tok = loaded.tokenizer
     prompts = [render_prompt(tok, m) for m in messages]
     got = engine.decode_with_prefix(
-        engine.PrefixCache(loaded.model, []), prompts, max_new_tokens=task.config.max_new_tokens, eos_ids=end_of_turn_ids(tok),
-        pad_id=tok.pad_token_id, temperature=task.config.temperature, seeds=[0] * len(prompts),
+        engine.PrefixCache(loaded.model, []), prompts, max_new_tokens=max_new_tokens, eos_ids=end_of_turn_ids(tok),
+        pad_id=tok.pad_token_id, temperature=temperature, seeds=[0] * len(prompts),
     )
     return [(tok.decode(d.text_ids, skip_special_tokens=True), len(p)) for d, p in zip(got, prompts)]
 
@@ -130,7 +138,7 @@ def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], sys
 
 
 def predict_teacher(task: Task, teacher: Teacher, examples: list[Example], *, mode: str, seed: int = 0, progress=True,
-                    done: dict | None = None, sink=None, batch_size: int | None = None) -> list[Prediction]:
+                    done: dict | None = None, sink=None, batch_size: int | None = None, system: str = "teacher") -> list[Prediction]:
     """The teacher row: the examples answered by `teacher.label` in batches, with
     the prompt prefix reused and the labeling seed, so it answers as it labeled;
     latency is measured apart (`measure_latency`). No top-k log-probabilities
@@ -147,10 +155,10 @@ def predict_teacher(task: Task, teacher: Teacher, examples: list[Example], *, mo
             # The parse status, not the labeling status: low confidence is still an answer here.
             label, status = task.parse_answer(record.teacher_reply)
             n_prompt = len(render_prompt(teacher.tokenizer, task.teacher_messages(e.text), prefill))
-            preds.append(Prediction(e.id, "teacher", label, record.teacher_reply, status, n_prompt, None, record.label_probs))
+            preds.append(Prediction(e.id, system, label, record.teacher_reply, status, n_prompt, None, record.label_probs))
         return preds
 
-    return _predict_batches(examples, "teacher", answer, batch_size, progress, done, sink)
+    return _predict_batches(examples, system, answer, batch_size, progress, done, sink)
 
 
 def _predict_batches(examples: list[Example], system: str, answer, batch_size: int, progress, done: dict | None,
@@ -236,6 +244,10 @@ def evaluate_systems(
     latency_requests: int = LATENCY_REQUESTS,
     train_records: list | None = None,
     teacher_resamples: int = 0,
+    offtask: list[Example] | None = None,
+    offtask_source: str = "",
+    general_max_drop: float | None = None,
+    untrained: LoadedModel | None = None,
 ) -> dict:
     """Run teacher, base and student on `examples`; write and return the report.
 
@@ -250,6 +262,11 @@ def evaluate_systems(
     fingerprint after an interruption reuses them. Latency is measured on the
     first `latency_requests` examples, one generated answer per request for
     every row (`measure_latency`), after the answers.
+
+    The checks of what the student does off the task need the untrained model
+    (`untrained`, default `base`): `offtask` inputs (offtask.py, from
+    `offtask_source`) answered by all three, and with `general_max_drop` set the
+    general-ability check (general_ability.py) for base and student.
     """
     out_dir = Path(out_dir)
     teacher_mode = teacher_mode or task.config.answer_mode
@@ -271,6 +288,10 @@ def evaluate_systems(
         all_preds["student"] = predict_system(task, student, examples, "student", done=done.get("student"), **run)
         resamples = (resample_teacher(task, teacher, examples, teacher_resamples, seed, done=done, sink=sink, progress=progress)
                      if teacher_resamples else None)
+        untrained = untrained or base
+        offtask_preds = (predict_offtask(task, offtask, teacher=teacher, base=untrained, student=student, seed=seed,
+                                         teacher_mode=teacher_mode, done=done, run=dict(progress=progress, sink=sink))
+                         if offtask and untrained is not None else None)
 
     sample = examples[:latency_requests]
     requests = {"teacher": teacher_request(task, teacher, seed), "base": model_request(task, base) if base is not None else None,
@@ -302,6 +323,12 @@ def evaluate_systems(
         },
         **reference_sections(task, examples, all_preds, train_records, resamples),
     }
+    if offtask_preds is not None:
+        report["offtask"] = offtask_summary(task, offtask, offtask_preds, untrained, student, offtask_source)
+        atomic_write_jsonl(out_dir / "offtask_predictions.jsonl", [asdict(p) for ps in offtask_preds.values() for p in ps])
+    if general_max_drop is not None and untrained is not None:
+        report["general_ability"], rows = general_ability(untrained, student, max_drop=general_max_drop, progress=progress)
+        atomic_write_jsonl(out_dir / "general_ability.jsonl", rows)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_jsonl(out_dir / "predictions.jsonl", [asdict(p) for name in all_preds for p in all_preds[name]])
     if resamples is not None:
