@@ -10,7 +10,17 @@ measured on the same held-out inputs against the teacher:
               without the prompt) equals the teacher's
   KL          mean KL(teacher || student) over the label distribution (fidelity.py)
   gap closed  1 - KL_student / KL_base
+  off-task    the gap closed on the example's off-task inputs (eval.offtask_inputs:
+              greetings, questions, code...), where the teacher still has the prompt
+  general     the general-ability check (general.py, 50 prompts) without any prompt,
+              and the mean KL(base || student) per token over the base's replies there
   wall s      training time
+
+Two-stage rows (`sft -> on-policy`, `kd -> on-policy`) train half the steps
+with the first loss, then the other half on-policy from that adapter
+(train.init_adapter): the same total step budget as the one-loss rows.
+`kd + mix 0.2` is kd with data.mix_general = 0.2 (one item in five is the
+base's own answer to a general prompt).
 
     .venv/bin/python benchmarks/loss_modes.py [--train 160] [--heldout 48] [--steps 30]
 
@@ -31,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from promptdistill.config import load_config  # noqa: E402
 from promptdistill.evaluation.fidelity import FidelityScorer, distribution_kl  # noqa: E402
+from promptdistill.evaluation.general_ability import general_ability  # noqa: E402
 from promptdistill.models import LoadedModel, load_model  # noqa: E402
 from promptdistill.records import read_inputs, read_labeled  # noqa: E402
 from promptdistill.split import split_examples, subsample  # noqa: E402
@@ -39,8 +50,17 @@ from promptdistill.labeling import label_inputs  # noqa: E402
 from promptdistill.teachers.local import LocalTeacher  # noqa: E402
 from promptdistill.training.recipe import train_student  # noqa: E402
 
-MODES = [("sft", {"loss": "sft"}), ("kd", {"loss": "kd"}), ("kd+ce 0.5", {"loss": "kd", "kd_alpha": 0.5}),
-         ("on-policy", {"loss": "on-policy"})]
+# name -> stages of (train settings, data settings); a second stage starts from the first one's adapter
+# and each stage gets an equal share of --steps.
+MODES = {
+    "sft": [({"loss": "sft"}, {})],
+    "kd": [({"loss": "kd"}, {})],
+    "kd+ce 0.5": [({"loss": "kd", "kd_alpha": 0.5}, {})],
+    "on-policy": [({"loss": "on-policy"}, {})],
+    "sft -> on-policy": [({"loss": "sft"}, {}), ({"loss": "on-policy"}, {})],
+    "kd -> on-policy": [({"loss": "kd"}, {}), ({"loss": "on-policy"}, {})],
+    "kd + mix 0.2": [({"loss": "kd"}, {"mix_general": 0.2})],
+}
 
 
 def fidelity(task, scorer, loaded, examples) -> tuple[float, float]:
@@ -62,8 +82,12 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--work", default=str(ROOT / "runs/bench-loss-modes"))
-    p.add_argument("--modes", default=",".join(name for name, _ in MODES), help="comma-separated subset of the modes")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of the modes")
+    p.add_argument("--offtask", default=str(ROOT / "examples/language_id/offtask.jsonl"), help="off-task inputs ('' to skip)")
     args = p.parse_args()
+    wanted = args.modes.split(",")
+    if unknown := [m for m in wanted if m not in MODES]:
+        p.error(f"unknown modes {unknown}; known: {', '.join(MODES)}")
 
     cfg = load_config(args.task)
     task = Task(cfg.task)
@@ -77,32 +101,43 @@ def main() -> int:
     records = read_labeled(work / "labels.jsonl")
 
     scorer = FidelityScorer(task, teacher)
-    base_agree, base_kl = fidelity(task, scorer, LoadedModel(teacher.loaded.model, teacher.tokenizer, "base", "cpu"), heldout)
-    rows = [("base (no training)", base_agree, base_kl, None, 0.0)]
-    wanted = args.modes.split(",")
-    for name, settings in MODES:
-        if name not in wanted:
-            continue
-        train_cfg = dataclasses.replace(cfg.train, max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
-                                        save_every=10_000, eval_every=10_000, warmup_steps=min(cfg.train.warmup_steps, args.steps // 5),
-                                        **settings)
-        run_dir = work / f"train-{name.replace(' ', '_')}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        t0 = time.perf_counter()
-        run_cfg = dataclasses.replace(cfg, train=train_cfg, models=dataclasses.replace(cfg.models, device="cpu", dtype="float32"))
-        train_student(run_cfg, records, run_dir, progress=True)
+    offtask = read_inputs(args.offtask) if args.offtask else []
+    offtask_scorer = FidelityScorer(task, teacher)  # its own cache: off-task ids may repeat held-out ids
+    base_model = LoadedModel(teacher.loaded.model, teacher.tokenizer, "base", "cpu")
+    base_agree, base_kl = fidelity(task, scorer, base_model, heldout)
+    base_off = fidelity(task, offtask_scorer, base_model, offtask)[1] if offtask else None
+    base_general = general_ability(base_model, base_model, max_drop=1.0, progress=False)[0]
+    rows = [("base (no training)", base_agree, base_kl, None, None, base_general["base_score"], 0.0, 0.0)]
+    for name in wanted:
+        run_root = work / f"train-{name.replace(' ', '_').replace('>', '')}"
+        shutil.rmtree(run_root, ignore_errors=True)
+        stages, init, t0 = MODES[name], None, time.perf_counter()
+        for k, (train_settings, data_settings) in enumerate(stages):
+            steps = args.steps // len(stages) + (args.steps % len(stages) if k == 0 else 0)
+            train_cfg = dataclasses.replace(cfg.train, max_steps=steps, batch_size=args.batch_size, grad_accum=1, save_every=10_000,
+                                            eval_every=10_000, warmup_steps=min(cfg.train.warmup_steps, steps // 5),
+                                            init_adapter=init, **train_settings)
+            run_cfg = dataclasses.replace(cfg, train=train_cfg, data=dataclasses.replace(cfg.data, **data_settings),
+                                          models=dataclasses.replace(cfg.models, device="cpu", dtype="float32"))
+            run_dir = run_root / f"stage-{k + 1}"
+            train_student(run_cfg, records, run_dir, progress=True)
+            init = str(run_dir / "adapter")
         seconds = time.perf_counter() - t0
         from peft import PeftModel
 
         base = load_model(cfg.models.student, "cpu", "float32")
-        student = LoadedModel(PeftModel.from_pretrained(base.model, str(run_dir / "adapter")).eval(), base.tokenizer, name, "cpu")
+        student = LoadedModel(PeftModel.from_pretrained(base.model, init).eval(), base.tokenizer, name, "cpu")
         agree, kl = fidelity(task, scorer, student, heldout)
-        rows.append((name, agree, kl, 1 - kl / base_kl, seconds))
+        off_gap = 1 - fidelity(task, offtask_scorer, student, offtask)[1] / base_off if offtask else None
+        general = general_ability(base_model, student, max_drop=1.0, progress=False)[0]
+        rows.append((name, agree, kl, 1 - kl / base_kl, off_gap, general["student_score"], general["kl_base_student"], seconds))
     print()
-    print(f"{len(records)} training records, {len(heldout)} held-out inputs, {args.steps} steps x batch {args.batch_size}")
-    print(f"{'mode':<20} {'agreement':>9} {'KL':>8} {'gap closed':>10} {'wall s':>7}")
-    for name, agree, kl, gap, seconds in rows:
-        print(f"{name:<20} {100 * agree:>8.1f}% {kl:>8.3f} {'-' if gap is None else f'{100 * gap:.1f}%':>10} {seconds:>7.0f}")
+    print(f"{len(records)} training records, {len(heldout)} held-out inputs, {len(offtask)} off-task inputs, "
+          f"{args.steps} steps x batch {args.batch_size}")
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    print(f"{'mode':<20} {'agreement':>9} {'KL':>8} {'gap closed':>10} {'off-task gap':>12} {'general':>8} {'KL(base||.)':>11} {'wall s':>7}")
+    for name, agree, kl, gap, off_gap, general, general_kl, seconds in rows:
+        print(f"{name:<20} {pct(agree):>9} {kl:>8.3f} {pct(gap):>10} {pct(off_gap):>12} {pct(general):>8} {general_kl:>11.3f} {seconds:>7.0f}")
     return 0
 
 
