@@ -88,3 +88,38 @@ def test_latency_requests_must_be_at_least_one():
     assert "eval.latency_requests" in str(info.value)
     raw["eval"]["latency_requests"] = 5
     assert config_from_dict(raw).eval.latency_requests == 5
+
+
+def test_label_distributions_in_a_batch_equal_one_at_a_time(tiny):
+    """The evaluation's batched label distributions (the chat template's common
+    opening cached once, every input's candidates packed after it) equal the
+    one-input path, for a LoRA-wrapped student and for its base view."""
+    import torch
+
+    from conftest import make_task
+    from promptdistill.config import TrainConfig
+    from promptdistill.evaluation.fidelity import FidelityScorer
+    from promptdistill.models import AdapterDisabled, LoadedModel
+    from promptdistill.training.recipe import lora_model
+
+    task = make_task(labels=["la", "cy", "gr"], answer_mode="choose")
+    student = lora_model(tiny.model, TrainConfig(lora_rank=4))
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    student.eval()
+    texts = ["hello world", "привет мир как дела", "γεια σου", "abc def ghi jkl mno", "x"]
+    views = {"student": student, "base": AdapterDisabled(student)}
+    results = {}
+    for name, model in views.items():
+        loaded = LoadedModel(model, tiny.tokenizer, name, "cpu")
+        scorer = FidelityScorer(task, None)
+        one = [scorer.model_label_probs(loaded, t) for t in texts]
+        batch = scorer.model_label_probs_batch(loaded, texts)
+        for a, b in zip(one, batch):
+            assert list(a) == list(b) == task.labels
+            assert all(abs(a[k] - b[k]) < 1e-5 for k in a)
+        results[name] = batch
+    # the adapter matters: the two views are not the same model
+    assert max(abs(a[k] - b[k]) for a, b in zip(results["student"], results["base"]) for k in a) > 1e-3

@@ -53,7 +53,7 @@ from ..task import OK, Task
 from ..teachers import Teacher
 from .agreement import (json_reference_points, reference_points, self_consistency_ceiling_from_probs,
                         self_consistency_ceiling_from_samples)
-from .fidelity import FidelityScorer
+from .fidelity import FidelityScorer, distribution_kl
 from .general_ability import general_ability
 from .offtask import offtask_summary, predict_offtask
 from .surface_baseline import evaluate_surface_baseline
@@ -126,10 +126,17 @@ def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], sys
     """
     def answer(batch: list[Example]) -> list[Prediction]:
         preds = []
+        scored = [e for e in batch if fidelity is not None and teacher_preds and e.id in teacher_preds]
+        # Label tasks: the distributions of the whole batch in batched forwards, then each KL.
+        batch_probs = (dict(zip([e.id for e in scored], fidelity.model_label_probs_batch(loaded, [e.text for e in scored])))
+                       if scored and fidelity.kind == "label" else {})
         for e, (reply, n_prompt) in zip(batch, generate_answers(task, loaded, [task.student_messages(e.text) for e in batch])):
             label, status = task.parse_answer(reply)
             kl = probs = None
-            if fidelity is not None and teacher_preds and e.id in teacher_preds:
+            if e.id in batch_probs:
+                probs = batch_probs[e.id]
+                kl = distribution_kl(fidelity.teacher_label_probs(e.id, e.text), probs)
+            elif fidelity is not None and teacher_preds and e.id in teacher_preds:
                 kl, probs = fidelity.kl(loaded, e.id, e.text, teacher_preds[e.id].reply)
             preds.append(Prediction(e.id, system, label, reply, status, n_prompt, None, probs, kl))
         return preds
