@@ -1,7 +1,8 @@
 """Starting training from a trained adapter (train.init_adapter, training/init_adapter.py):
 the student starts with the adapter's weights and shape, for every loss; the
 on-policy teacher stays the untouched base; checkpoints belong to the
-adapter's weights; an interrupted run resumes to the uninterrupted adapter."""
+adapter's weights; an interrupted run resumes to the uninterrupted adapter;
+`--init-from RUN` and `--init-adapter FOLDER` set it from the command line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import json
 import os
 import signal
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import promptdistill.training.recipe as recipe
-from conftest import make_task, read_jsonl, script_records
+from conftest import make_task, read_jsonl, script_records, write_jsonl, write_task_file
 from promptdistill.config import Config, DataConfig, ModelsConfig, TrainConfig
 from promptdistill.errors import PromptDistillError
 from promptdistill.training.data import training_fingerprint
@@ -193,8 +197,73 @@ def test_a_stopped_run_from_an_adapter_resumes_to_the_uninterrupted_adapter(tmp_
     assert metrics("run") == metrics("reference")
 
 
+@pytest.mark.slow
+def test_a_killed_run_from_an_adapter_resumes_to_the_uninterrupted_adapter(tmp_path, tiny_model_dir, trained):
+    """As test_training_resume's kill test, through the CLI, started with --init-adapter."""
+    task = write_task_file(tmp_path, tiny_model_dir, task=dict(user_template="{text}", labels=["la", "cy"]),
+                           train=dict(lora_rank=4, lora_alpha=8, lora_dropout=0.1, learning_rate=1e-2, lr_schedule="cosine",
+                                      warmup_steps=2, max_steps=40, batch_size=2, grad_accum=2, save_every=3, seed=3))
+    labeled = write_jsonl(tmp_path / "labeled.jsonl", [r.to_json() for r in script_records(48)])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def command(run):
+        return [sys.executable, "-m", "promptdistill", "train", str(task), "--labeled", str(labeled), "--run-dir", str(run),
+                "--init-adapter", str(trained), "--no-progress"]
+
+    subprocess.run(command(tmp_path / "reference"), check=True, capture_output=True, env=env)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(command(run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    marker = run / "train" / "checkpoints" / "step-000006" / "trainer_state.json"
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (run / "train" / "adapter").exists()
+    resumed = subprocess.run(command(run), check=True, capture_output=True, text=True, env=env)
+    assert "resuming training from" in resumed.stdout
+    assert _same(_adapter(tmp_path / "reference" / "train" / "adapter"), _adapter(run / "train" / "adapter"))
+
+
+# ---- the command line -------------------------------------------------------------
+
+
+def test_init_from_a_finished_run_through_the_cli(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from promptdistill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    task = write_task_file(tmp_path / "tasks", tiny_model_dir, task=dict(user_template="{text}", labels=["la", "cy"]),
+                           train=dict(lora_rank=4, lora_alpha=8, learning_rate=1e-2, max_steps=2, batch_size=4))
+    labeled = write_jsonl(tmp_path / "labeled.jsonl", [r.to_json() for r in script_records(8)])
+    train = ["train", str(task), "--labeled", str(labeled), "--no-progress"]
+    assert main(train + ["--run-dir", "first"]) == 0
+    capsys.readouterr()
+
+    # RUN relative to the current folder (not the task file's): its finished adapter
+    assert main(train + ["--run-dir", "second", "--init-from", "first"]) == 0
+    assert "training starts from the adapter" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "second" / "train" / "train_summary.json").read_text())
+    assert summary["init_adapter"] == str(tmp_path / "first" / "train" / "adapter")
+    saved = json.loads((tmp_path / "second" / "config.json").read_text())
+    assert saved["train"]["init_adapter"] == str(tmp_path / "first" / "train" / "adapter")
+    assert not _same(_adapter(tmp_path / "first" / "train" / "adapter"), _adapter(tmp_path / "second" / "train" / "adapter"))
+
+    # --init-adapter FOLDER, relative to the current folder
+    assert main(train + ["--run-dir", "third", "--init-adapter", "second/train/adapter"]) == 0
+    summary = json.loads((tmp_path / "third" / "train" / "train_summary.json").read_text())
+    assert summary["init_adapter"] == str(tmp_path / "second" / "train" / "adapter")
+
+
+def test_init_from_and_init_adapter_exclude_each_other(tmp_path):
+    from promptdistill.cli import _parser
+
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["train", "t.toml", "--labeled", "l", "--run-dir", "r", "--init-from", "a", "--init-adapter", "b"])
+
+
 def test_init_adapter_problems_are_one_clear_error(tmp_path, tiny_model_dir):
-    """Refused before a model is loaded."""
+    """Refused before a model is loaded (the CLI refuses before anything is written: test_faults.py)."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("x")
     prompt = tmp_path / "prompt"
