@@ -227,7 +227,8 @@ def test_cycling_through_the_pool_is_said_in_one_line(tmp_path, tiny_model_dir, 
 
 @pytest.mark.slow
 def test_two_processes_share_one_general_mix_file(tmp_path, tiny_model_dir):
-    """Under torchrun only the main process generates and writes the file; both train on it."""
+    """Under torchrun the file is generated once (by the main process) and both processes train on it:
+    the same file and the same adapter as one process."""
     task = write_task_file(tmp_path, tiny_model_dir, task=dict(user_template="{text}", labels=["la", "cy"]),
                            data=dict(mix_general=0.25),
                            train=dict(lora_rank=4, lora_alpha=8, learning_rate=1e-2, max_steps=3, batch_size=2, grad_accum=2, seed=3))
@@ -238,7 +239,7 @@ def test_two_processes_share_one_general_mix_file(tmp_path, tiny_model_dir):
     one = subprocess.run([sys.executable, *args, "--run-dir", str(tmp_path / "one")], env=env, capture_output=True, text=True,
                          timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args[1:],
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
                           "--run-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert two.stdout.count("generating the base model's replies") == 1
