@@ -48,8 +48,8 @@ from ..render import RenderedExample, end_of_turn_ids, render_example, render_pr
 
 FILE_NAME = "general_mix.jsonl"
 # Enough for most replies to the pool's short open prompts (SmolLM2-135M ends
-# 58 of its 101 within it), while generating them stays a small part of a
-# run: they are decoded once, in batches of GENERATE_BATCH.
+# 58 of its 101 within it) and a bound on the generation, which runs once per
+# run, each distinct prompt once, in batches of GENERATE_BATCH.
 REPLY_TOKENS = 64
 GENERATE_BATCH = 16
 
