@@ -355,6 +355,8 @@ class DistillationRecipe:
             task = [e for e in micro_batch if not isinstance(e, GeneralExample)]
             general = [e for e in micro_batch if isinstance(e, GeneralExample)]
             for loss, part in ((self.micro_batch_loss, task), (self._general_loss, general)):
+                if not part:
+                    continue
                 # Pieces of similar length rather than one batch padded to its longest (data.padding_pieces).
                 for batch in padding_pieces(part):
                     loss_sum, batch_stats = loss(batch, step)
