@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--heldout", help="labeled JSONL for the held-out loss")
     sp.add_argument("--run-dir", required=True)
     _loss_flags(sp)
+    _init_flags(sp)
     _report_to_option(sp)
     sp.set_defaults(func=cmd_train)
 
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--run-dir", help="default: runs/<task name>")
     sp.add_argument("--force", action="store_true", help="redo stages whose settings changed")
     _loss_flags(sp)
+    _init_flags(sp)
     _report_to_option(sp)
     sp.set_defaults(func=cmd_run)
 
@@ -149,6 +151,15 @@ def _loss_flags(sp) -> None:
     sp.add_argument("--kd-alpha", type=float, help="kd: weight of hard-label cross-entropy in the loss (sets train.kd_alpha)")
 
 
+def _init_flags(sp) -> None:
+    group = sp.add_mutually_exclusive_group()
+    group.add_argument("--init-from", metavar="RUN",
+                       help="start training from the adapter RUN trained (RUN/train/adapter), e.g. on-policy after sft or kd "
+                            "(sets train.init_adapter)")
+    group.add_argument("--init-adapter", metavar="FOLDER", help="start training from this PEFT LoRA adapter folder "
+                                                                "(sets train.init_adapter)")
+
+
 def _report_to_option(sp) -> None:
     from .config import REPORT_TO
 
@@ -171,6 +182,32 @@ FLAG_SETTINGS = {
     "loss": "train.loss",
     "kd_alpha": "train.kd_alpha",
     "report_to": "train.report_to",
+    "init_from": "train.init_adapter",
+    "init_adapter": "train.init_adapter",
+}
+
+
+def _adapter_of_run(run: str) -> str:
+    """--init-from RUN: the adapter RUN's train stage finished, or one line saying there is none."""
+    from .outputs import check_run_dir
+    from .rundir import RunDir
+
+    try:
+        adapter = RunDir(check_run_dir(run)).adapter_dir
+    except PromptDistillError as e:
+        raise PromptDistillError(f"--init-from: {e.message}", path=e.path) from None
+    if not (adapter / "adapter_config.json").is_file():
+        raise PromptDistillError("--init-from: this run has no finished adapter (train/adapter); finish its train stage first, "
+                                 "or pass --init-adapter FOLDER", path=run)
+    return os.path.abspath(adapter)
+
+
+# How a flag's value becomes its setting's, where it is not taken as given. A
+# path on the command line is relative to the current folder, while a path in
+# the task file is relative to the file's folder: these become absolute.
+FLAG_CONVERSIONS = {
+    "init_from": _adapter_of_run,
+    "init_adapter": os.path.abspath,
 }
 
 
@@ -193,7 +230,7 @@ def load_task_config(args):
         value = getattr(args, flag, None)
         if value is not None and value is not False:
             section, name = key.split(".")
-            raw[section][name] = value
+            raw[section][name] = FLAG_CONVERSIONS.get(flag, lambda v: v)(value)
             if flag == "teacher_url":
                 raw["models"]["teacher_backend"] = "openai"
     base_dir = cfg.base_dir
@@ -290,12 +327,14 @@ def cmd_train(args):
     from .pipeline import check_max_length
     from .records import read_labeled
     from .rundir import RunDir
+    from .training.init_adapter import init_adapter_folder
 
     cfg = load_task_config(args)
     labeled = check_file(args.labeled, "labeled file")
     heldout_path = check_file(args.heldout, "held-out file") if args.heldout else None
     run = RunDir(claim_run_dir(args.run_dir))
-    check_paths({"--labeled": labeled, "--heldout": heldout_path, "the task file": args.task},
+    check_paths({"--labeled": labeled, "--heldout": heldout_path, "the task file": args.task,
+                 "train.init_adapter": init_adapter_folder(cfg)},
                 {"the run's config.json": run.config_path, "the run's train/ folder": run.train_dir})
     run.check_files()
     # Read (and so validate) the labeled data before anything is written into the run.

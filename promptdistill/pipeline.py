@@ -64,9 +64,11 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
     Before the run directory is locked or written: the input file (if any)
     must be readable, the run directory new, empty or a run
     (`outputs.claim_run_dir`), no input (data.inputs, or the paths in `reads`,
-    e.g. the task file) may lie among the run's outputs, and the run's
-    existing files must be readable."""
+    e.g. the task file, or train.init_adapter, the adapter training starts
+    from) may lie among the run's outputs, and the run's existing files must
+    be readable."""
     from .outputs import check_file, check_paths, claim_run_dir
+    from .training.init_adapter import init_adapter_folder
 
     if not cfg.data.inputs and not cfg.data.synthesize:
         raise PromptDistillError("set data.inputs to the input file, or data.synthesize to a number of inputs to write",
@@ -77,6 +79,8 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
     if cfg.eval.offtask_inputs:
         reads["eval.offtask_inputs"] = check_file(cfg.resolve_path(cfg.eval.offtask_inputs), "off-task input file (eval.offtask_inputs)")
         read_offtask(cfg)
+    if cfg.train.init_adapter is not None:
+        reads["train.init_adapter"] = init_adapter_folder(cfg)
     run = RunDir(claim_run_dir(run_dir))
     outputs = {f"the run's {name}": run.path / name for name in ("config.json", ".lock", "stages", "synth", *STAGE_OUTPUTS.values())}
     check_paths(reads, outputs)

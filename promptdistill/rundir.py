@@ -7,7 +7,8 @@ layout is written down once, here:
     RUN/synth/                         inputs written by synthesis (data.synthesize), its raw generations and report
     RUN/split/{train,heldout}.jsonl    the inputs of each side of the split
     RUN/labels/{train,heldout}.jsonl   the teacher's labels (+ .rejects.jsonl, .meta.json), summary.json
-    RUN/train/                         metrics.jsonl, checkpoints/, adapter/, train_summary.json
+    RUN/train/                         metrics.jsonl, checkpoints/, adapter/, train_summary.json,
+                                       general_mix.jsonl (data.mix_general)
     RUN/eval/                          report.json, report.md, report.html, *.png, predictions.jsonl
     RUN/stages/<stage>.json            a finished stage's settings fingerprint and summary
     RUN/.lock                          held while a command works on the run

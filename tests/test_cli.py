@@ -9,7 +9,8 @@ from conftest import write_task_file
 from promptdistill.cli import FLAG_SETTINGS, _parser, load_task_config, main
 from promptdistill.config import Config
 
-# A value each flag accepts, different from the config default.
+# A value each flag accepts, different from the config default (a function of
+# the test's folder where the flag's path is made absolute).
 FLAG_VALUES = {
     "teacher": ("--teacher", "some/teacher", "some/teacher"),
     "student": ("--student", "some/student", "some/student"),
@@ -23,6 +24,8 @@ FLAG_VALUES = {
     "loss": ("--loss", "kd", "kd"),
     "kd_alpha": ("--kd-alpha", "0.25", 0.25),
     "report_to": ("--report-to", "tensorboard", "tensorboard"),
+    "init_from": ("--init-from", "prev", lambda root: str(root / "prev" / "train" / "adapter")),
+    "init_adapter": ("--init-adapter", "prev/train/adapter", lambda root: str(root / "prev" / "train" / "adapter")),
 }
 
 
@@ -33,10 +36,17 @@ def test_every_flag_of_the_table_names_a_config_field():
 
 
 @pytest.mark.parametrize("dest", sorted(FLAG_VALUES))
-def test_each_flag_sets_its_config_key(tmp_path, dest):
+def test_each_flag_sets_its_config_key(tmp_path, dest, monkeypatch):
     flag, text, value = FLAG_VALUES[dest]
     task = write_task_file(tmp_path, task=dict(labels=["en", "fr"]))
-    command = "run" if dest in ("loss", "kd_alpha", "report_to", "teacher_url", "teacher_backend", "concurrency") else "label"
+    if callable(value):  # a path relative to the current folder, made absolute: the adapter of a finished run
+        (tmp_path / "prev" / "train" / "adapter").mkdir(parents=True)
+        (tmp_path / "prev" / "config.json").write_text("{}")
+        (tmp_path / "prev" / "train" / "adapter" / "adapter_config.json").write_text("{}")
+        monkeypatch.chdir(tmp_path)
+        value = value(tmp_path)
+    command = "run" if dest in ("loss", "kd_alpha", "report_to", "teacher_url", "teacher_backend", "concurrency", "init_from",
+                                "init_adapter") else "label"
     argv = [command, str(task), flag, text] + (["--out", str(tmp_path / "o.jsonl")] if command == "label" else [])
     if dest in ("samples", "min_confidence"):
         argv += ["--temperature", "0.5"]  # samples > 1 needs sampling

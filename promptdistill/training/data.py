@@ -13,6 +13,9 @@ belongs to.
 - on-policy on the records themselves: the student writes the reply at
   training time.
 
+General items (data.mix_general, general_mix.py) follow the task's items,
+whatever the loss: `GeneralExample`s, rendered like sft examples.
+
 `train.balance = "answers"` changes only the order: instead of a shuffle per
 epoch, each epoch draws as many items, with replacement, each with
 probability proportional to 1 / (number of items with its teacher answer),
@@ -29,9 +32,10 @@ from collections import Counter
 
 import torch
 
-from ..config import ModelsConfig, TrainConfig, training_settings
+from ..config import Config, TrainConfig, training_settings
 from ..io import fingerprint
 from ..records import LabeledExample
+from ..rundir import adapter_fingerprint
 from ..render import RenderedExample, render_example, render_prompt
 from ..task import OK, Task
 from .losses import kd_kind, label_kd_examples, token_kd_examples
@@ -69,9 +73,22 @@ def training_items(records: list[LabeledExample], task: Task, tokenizer, cfg: Tr
     return keep, [r.id for r, n in zip(usable, sizes) if n > cfg.max_length]
 
 
-def training_fingerprint(records: list[LabeledExample], cfg: TrainConfig, models_cfg: ModelsConfig) -> str:
-    """Hash of what a checkpoint is only valid for: data, targets, settings, student."""
-    return fingerprint([[r.id, r.status, r.messages] for r in records] + [training_settings(cfg), models_cfg.student])
+def training_fingerprint(records: list[LabeledExample], cfg: Config, general_mix: list[dict] | None = None) -> str:
+    """Hash of what a checkpoint is only valid for: data, targets, settings, student,
+    the weights training started from (train.init_adapter) and the general items
+    mixed in (data.mix_general, `general_mix` the rows of general_mix.py's file).
+
+    The init adapter counts by its weights, not its path: retrained in place it
+    is another start; moved, the same one. Both are added only when set, so
+    checkpoints made before they existed stay valid."""
+    settings = training_settings(cfg.train)
+    parts = [[r.id, r.status, r.messages] for r in records] + [settings, cfg.models.student]
+    if cfg.train.init_adapter is not None:
+        settings.pop("init_adapter", None)
+        parts.append({"init_adapter": adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter))})
+    if cfg.data.mix_general:
+        parts.append({"mix_general": cfg.data.mix_general, "general_items": [[r["id"], r["reply"], r["stopped"]] for r in general_mix or []]})
+    return fingerprint(parts)
 
 
 def step_groups(n: int, per_step: int, seed: int, weights: list[float] | None = None):
@@ -98,13 +115,19 @@ def balance_weights(answers: list) -> list[float]:
     return [1 / counts[a] for a in answers]
 
 
-def sampling_weights(records: list[LabeledExample], too_long: list[str], cfg: TrainConfig) -> list[float] | None:
+def sampling_weights(records: list[LabeledExample], too_long: list[str], cfg: TrainConfig, general: int = 0) -> list[float] | None:
     """The weights step_groups draws with for `cfg.balance` (None: plain shuffle),
-    aligned with training_items' items: the usable records not over max_length, in order."""
+    aligned with the recipe's items: training_items' (the usable records not over
+    max_length, in order), then `general` general items (data.mix_general).
+
+    A general item weighs the mean of the task items' weights: the general items
+    then keep, in expectation, the share of the draws that data.mix_general gives
+    them, and balancing the answers only moves weight among the task's items."""
     if cfg.balance == "none":
         return None
     skipped = set(too_long)
-    return balance_weights([r.label for r in records if r.status == OK and r.id not in skipped])
+    weights = balance_weights([r.label for r in records if r.status == OK and r.id not in skipped])
+    return weights + [sum(weights) / len(weights)] * general if weights else weights
 
 
 def by_length(items: list) -> list:
@@ -112,10 +135,10 @@ def by_length(items: list) -> list:
 
     A step's loss is a sum over its items, so their order changes only float
     rounding. On-policy items are plain records (their length is the
-    student's sample, unknown here) and keep their order."""
-    if items and hasattr(items[0], "num_tokens"):
-        return sorted(items, key=lambda e: e.num_tokens)
-    return items
+    student's sample, unknown here): they keep their order, ahead of any
+    general items (data.mix_general), which are sorted among themselves."""
+    unsized = [e for e in items if not hasattr(e, "num_tokens")]
+    return unsized + sorted((e for e in items if hasattr(e, "num_tokens")), key=lambda e: e.num_tokens)
 
 
 def micro_batches(items: list, batch_size: int) -> list[list]:

@@ -95,6 +95,18 @@ def weighted_token_loss(model, ids, mask, weights):
     return (nll * w[w > 0]).sum(), w.sum()
 
 
+def per_example_token_loss(model, ids, mask, weights):
+    """Sum over rows of each row's weighted mean cross-entropy, and the number of rows.
+
+    One unit per example, as kd and on-policy count theirs: the general items
+    mixed into those losses (data.mix_general) weigh one example each, however
+    long their reply. Each row's weights are scaled to sum to one, so the
+    weighted sum of weighted_token_loss is the sum of the rows' means."""
+    per_row = weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    loss_sum, _ = weighted_token_loss(model, ids, mask, weights / per_row)
+    return loss_sum, ids.shape[0]
+
+
 # ---------------------------------------------------------------------------
 # The KL terms, on plain tensors (tested against hand computations).
 

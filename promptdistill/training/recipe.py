@@ -2,8 +2,9 @@
 
 `train_student(cfg, records, run_dir)` runs a `DistillationRecipe`:
 
-    setup       _setup_model (student + LoRA), _setup_data (data.py), _setup_optimizer
-                (AdamW + schedule), _setup_loss (cfg.train.loss), then _resume
+    setup       _setup_model (student + LoRA: fresh, or train.init_adapter's), _setup_data
+                (data.py, and data.mix_general's items), _setup_optimizer (AdamW +
+                schedule), _setup_loss (cfg.train.loss), then _resume
     train       the loop: one _train_step per optimiser step, held-out
                 evaluation, checkpoints, a clean stop on Ctrl-C / SIGTERM
     _finish     the adapter and train_summary.json
@@ -20,6 +21,11 @@ only the LoRA parameters are trained. What the student matches is
 - kd: KL from the teacher's stored soft labels, mean over the step's examples;
 - on-policy: the student samples, the teacher scores; mean over the step's examples.
 
+With data.mix_general, general items (the base's own replies to general
+prompts, general_mix.py) join the items of any loss and are trained with
+cross-entropy: per token with sft, per example (each item's mean) with kd
+and on-policy, where they count as examples.
+
 Per-unit losses are summed over micro-batches and divided by the step's
 total, so gradient accumulation gives the same result as one big batch. The
 same sum makes the order of a step's items irrelevant, so each step's group is
@@ -34,6 +40,7 @@ main process writes the run directory.
 The run directory receives:
 
     metrics.jsonl             one line per step (loss, lr, tokens/s) and per held-out evaluation
+    general_mix.jsonl         with data.mix_general: the base model's replies trained on (general_mix.py)
     checkpoints/step-N/       every `save_every` steps and at the end: adapter, optimizer,
                               scheduler and RNG state (see checkpoint.py); a rerun resumes
                               from the newest one and ends with the same adapter
@@ -67,7 +74,9 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, tru
 from .data import (by_length, collate, micro_batches, padding_pieces, render_for_training, sampling_weights, step_groups,
                    training_fingerprint, training_items)
 from .distributed import Distributed
-from .losses import label_kd_loss, token_kd_loss, weighted_token_loss
+from .general_mix import GeneralExample
+from .init_adapter import init_adapter_folder, init_adapter_model
+from .losses import label_kd_loss, per_example_token_loss, token_kd_loss, weighted_token_loss
 from .memory import return_freed_memory, trim
 from .tracking import open_tracker
 
@@ -97,6 +106,8 @@ def train_student(cfg: Config, records: list[LabeledExample], run_dir, *, heldou
 # The per-step statistics each loss reports (summed across processes by name,
 # so every process must hold every key even when its shard is empty).
 _STAT_KEYS = {"sft": ("tokens",), "kd": ("kl", "tokens"), "on-policy": ("reverse_kl", "sampled_tokens", "tokens")}
+# ... and those of the general items, with data.mix_general: their loss summed and its units.
+_GENERAL_STAT_KEYS = ("general_loss", "general_units")
 
 
 class DistillationRecipe:
@@ -107,7 +118,7 @@ class DistillationRecipe:
             raise TypeError(f"train_student takes the whole Config first: train_student(cfg, records, run_dir), not {type(cfg).__name__}")
         if cfg.train.loss not in LOSSES:  # a Config built in code skips load_config's checks
             raise PromptDistillError(f"must be one of {', '.join(LOSSES)}; got {cfg.train.loss!r}", field="train.loss")
-        self.train_cfg, self.models_cfg = cfg.train, cfg.models
+        self.cfg, self.train_cfg, self.models_cfg = cfg, cfg.train, cfg.models
         self.task = Task(cfg.task)
         self.run_dir = Path(run_dir)
         self.progress = progress
@@ -133,31 +144,76 @@ class DistillationRecipe:
         self._open_logs()
 
     def _setup_model(self) -> None:
-        """The student with fresh LoRA adapters, in training mode, on this process's device."""
+        """The student with LoRA adapters, in training mode, on this process's device:
+        fresh ones, or train.init_adapter's (its own LoRA shape; init_adapter.py)."""
         m = self.models_cfg
+        init_adapter = init_adapter_folder(self.cfg)  # checked before a model is loaded
         device = self.dist.device(resolve_device(m.device)) if self.dist.enabled else m.device
         loaded = load_model(m.student, device, m.dtype)
         self.tokenizer, self.device = loaded.tokenizer, loaded.device
-        self.model = lora_model(loaded.model, self.train_cfg)
+        if init_adapter is None:
+            self.model = lora_model(loaded.model, self.train_cfg)
+        else:
+            self.model = init_adapter_model(loaded.model, init_adapter, self.train_cfg, say=self._say)
+            self._say(f"training starts from the adapter {init_adapter}")
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
     def _setup_data(self, records: list[LabeledExample], heldout: list[LabeledExample]) -> None:
         """The items of the loss (data.py), the rendered held-out set, and the number of steps."""
         cfg = self.train_cfg
-        self.train_set, self.too_long = training_items(records, self.task, self.tokenizer, cfg)
-        if not self.train_set:
+        task_items, self.too_long = training_items(records, self.task, self.tokenizer, cfg)
+        if not task_items:
             raise PromptDistillError("no usable training examples (all rejected or over train.max_length)", field="train")
+        general, general_rows = self._general_items(len(task_items))
+        self.train_set, self.n_general = task_items + general, len(general)
         self.heldout_set = render_for_training(heldout, self.tokenizer, cfg.max_length)[0]
         # train.balance: how step_groups draws the items (None: a shuffle per epoch)
-        self.sample_weights = sampling_weights(records, self.too_long, cfg)
-        self.fingerprint = training_fingerprint(records, cfg, self.models_cfg)
+        self.sample_weights = sampling_weights(records, self.too_long, cfg, general=len(general))
+        self.fingerprint = training_fingerprint(records, self.cfg, general_rows)
         if self.too_long:
             self._say(f"{len(self.too_long)} training examples exceed max_length={cfg.max_length} tokens "
                       f"and are skipped: {self.too_long[:10]}")
         self.per_step = cfg.batch_size * cfg.grad_accum
         self.steps_per_epoch = math.ceil(len(self.train_set) / self.per_step)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+
+    def _general_items(self, task_items: int) -> tuple[list[GeneralExample], list[dict]]:
+        """data.mix_general's items and the rows of RUN/train/general_mix.jsonl they come
+        from (general_mix.py): the file is reused when it matches, else the main
+        process generates it with the adapter switched off (the untouched base)
+        while the others wait, and every process trains on what the file holds."""
+        from ..models import AdapterDisabled
+        from .general_mix import (FILE_NAME, base_replies, drawn_prompts, general_count, general_examples, mix_matches,
+                                  read_mix, write_mix)
+
+        mix, cfg = self.cfg.data.mix_general, self.train_cfg
+        n = general_count(mix, task_items)
+        if n == 0:
+            return [], []
+        drawn = drawn_prompts(n, cfg.seed)
+        distinct = drawn[: len(set(drawn))]  # the order repeats past the pool's end
+        path, student = self.run_dir / FILE_NAME, self.models_cfg.student
+        if self.dist.is_main and not mix_matches(read_mix(path), distinct, student):
+            self._say(f"data.mix_general: generating the base model's replies to {len(distinct)} general prompts (once, into {path})")
+            self.model.eval()
+            try:
+                replies = base_replies(AdapterDisabled(self.model), self.tokenizer, [prompt for _, prompt in distinct])
+            finally:
+                self.model.train()
+            write_mix(path, distinct, replies, student)
+        self.dist.barrier()  # the file is whole before any other process reads it
+        rows = read_mix(path)
+        if not mix_matches(rows, distinct, student):
+            raise PromptDistillError("changed while training started (another command on this run?); rerun", path=path)
+        items = general_examples(rows, n, self.tokenizer)
+        fitting = [e for e in items if e.num_tokens <= cfg.max_length]
+        repeats = f"; the pool has {len(distinct)} prompts, so they repeat (up to {math.ceil(n / len(distinct))} times each)" \
+            if n > len(distinct) else ""
+        over = f"; {n - len(fitting)} over train.max_length={cfg.max_length} left out" if len(fitting) < n else ""
+        self._say(f"data.mix_general = {mix}: {len(fitting)} of {task_items + len(fitting)} training items are the base model's "
+                  f"replies to general prompts{repeats}{over}")
+        return fitting, rows
 
     def _setup_optimizer(self) -> None:
         """AdamW over the LoRA parameters, and the learning-rate schedule over all steps."""
@@ -170,6 +226,7 @@ class DistillationRecipe:
 
     def _setup_loss(self) -> None:
         """micro_batch_loss(items, step) -> (sum of per-unit losses, stats to log), for train.loss."""
+        self.stat_keys = _STAT_KEYS[self.train_cfg.loss] + (_GENERAL_STAT_KEYS if self.cfg.data.mix_general else ())
         if self.train_cfg.loss == "sft":
             self.micro_batch_loss = self._sft_loss
         elif self.train_cfg.loss == "kd":
@@ -251,8 +308,11 @@ class DistillationRecipe:
         cfg, dist = self.train_cfg, self.dist
         started = time.time()
         # sft averages over trained tokens, the other losses over examples; the
-        # divisor is the whole step's, on every process, so shard gradients add up
+        # divisor is the whole step's, on every process, so shard gradients add up.
+        # General items (data.mix_general) count as what the loss counts: their
+        # trained tokens with sft, one example each otherwise (_general_loss).
         n_units = sum(e.num_trained for e in group) if cfg.loss == "sft" else len(group)
+        n_general = sum(isinstance(e, GeneralExample) for e in group)
         if dist.enabled:
             # Dropout masks from (seed, step, rank): processes draw different masks,
             # and a resumed run draws the same ones without per-process RNG state.
@@ -271,25 +331,48 @@ class DistillationRecipe:
         trim()
         self.last_loss = loss_total / n_units
         tokens = stats.pop("tokens")
+        general = {}
+        if self.cfg.data.mix_general:
+            # the general items' mean loss (per token with sft, per item otherwise); None in a step without any
+            loss_sum, units = stats.pop("general_loss"), stats.pop("general_units")
+            general = {"general_items": n_general, "general_loss": loss_sum / units if units else None}
+        n_task = max(len(group) - n_general, 1)  # the loss's own statistics are per task example
         self._log({"step": step, "epoch": round(step / self.steps_per_epoch, 3), "loss": self.last_loss,
                    "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                    "tokens_per_s": tokens / (time.time() - started), "examples": len(group),
-                   **({"trained_tokens": n_units} if cfg.loss == "sft" else {k: v / len(group) for k, v in stats.items()})})
+                   **({"trained_tokens": n_units} if cfg.loss == "sft" else {k: v / n_task for k, v in stats.items()}),
+                   **general})
 
     def _loss_step(self, step: int, items: list, n_units: int) -> tuple[float, dict]:
         """Backpropagate this process's `items` in micro-batches, each divided by
-        the step's `n_units`; return the summed loss and statistics."""
-        loss_total, stats = 0.0, dict.fromkeys(_STAT_KEYS[self.train_cfg.loss], 0)
+        the step's `n_units`; return the summed loss and statistics.
+
+        A micro-batch is split by item type: the task's items go to the loss of
+        train.loss, the general items (data.mix_general) to _general_loss."""
+        loss_total, stats = 0.0, dict.fromkeys(self.stat_keys, 0)
         return_freed_memory()  # see memory.py: the step's activations go back to the system when freed
         for micro_batch in micro_batches(items, self.train_cfg.batch_size):
-            # Pieces of similar length rather than one batch padded to its longest (data.padding_pieces).
-            for batch in padding_pieces(micro_batch):
-                loss_sum, batch_stats = self.micro_batch_loss(batch, step)
-                (loss_sum / n_units).backward()
-                loss_total += loss_sum.item()
-                for key, value in batch_stats.items():
-                    stats[key] = stats.get(key, 0) + value
+            task = [e for e in micro_batch if not isinstance(e, GeneralExample)]
+            general = [e for e in micro_batch if isinstance(e, GeneralExample)]
+            for loss, part in ((self.micro_batch_loss, task), (self._general_loss, general)):
+                if not part:
+                    continue
+                # Pieces of similar length rather than one batch padded to its longest (data.padding_pieces).
+                for batch in padding_pieces(part):
+                    loss_sum, batch_stats = loss(batch, step)
+                    (loss_sum / n_units).backward()
+                    loss_total += loss_sum.item()
+                    for key, value in batch_stats.items():
+                        stats[key] = stats.get(key, 0) + value
         return loss_total, stats
+
+    def _general_loss(self, batch: list[GeneralExample], step: int):
+        """Cross-entropy on the base's replies: summed per token with sft (more sft items),
+        each item's mean with kd and on-policy (one unit, like their examples)."""
+        ids, mask, weights = collate(batch, self.tokenizer.pad_token_id)
+        per_item = per_example_token_loss if self.train_cfg.loss != "sft" else weighted_token_loss
+        loss_sum, units = per_item(self.model, ids.to(self.device), mask.to(self.device), weights)
+        return loss_sum, {"general_loss": loss_sum.item(), "general_units": float(units), "tokens": int(mask.sum())}
 
     def _sft_loss(self, batch: list[RenderedExample], step: int):
         ids, mask, weights = collate(batch, self.tokenizer.pad_token_id)
@@ -335,7 +418,7 @@ class DistillationRecipe:
         summary = {
             "steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
-            "train_examples": len(self.train_set),
+            "train_examples": len(self.train_set) - self.n_general,
             "skipped_too_long": self.too_long,
             "loss": self.train_cfg.loss,
             "final_loss": self.last_loss,
@@ -345,6 +428,10 @@ class DistillationRecipe:
             "processes": self.dist.world,
             "adapter": str(self.run_dir / "adapter"),
         }
+        if self.cfg.data.mix_general:
+            summary["general_items"] = self.n_general
+        if self.train_cfg.init_adapter is not None:
+            summary["init_adapter"] = str(self.cfg.resolve_path(self.train_cfg.init_adapter))
         if self.dist.is_main:
             save_adapter(self.model, self.run_dir / "adapter")
             atomic_write_json(self.run_dir / "train_summary.json", summary)
