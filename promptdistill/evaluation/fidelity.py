@@ -100,8 +100,7 @@ class FidelityScorer:
         if self._candidates is None:
             self._candidates = label_candidates(self.task, tok, messages[0])
         contexts = [render_prompt(tok, m) for m in messages]
-        # every row keeps at least one token of its own after the shared prefix
-        common = min(_common_prefix_len(contexts), min(len(c) for c in contexts) - 1)
+        common = engine.shared_prefix_len(contexts)
         if common < 1:
             return [self.model_label_probs(loaded, t) for t in texts]
         prefix = engine.PrefixCache(loaded.model, contexts[0][:common])
@@ -122,11 +121,3 @@ class FidelityScorer:
         model_logp = engine.continuation_logprobs(engine.PrefixCache(loaded.model, []), [prompt], [reply], full=True)[0]
         return token_kl(teacher_logp, model_logp), None
 
-
-def _common_prefix_len(rows: list[list[int]]) -> int:
-    n = min(len(r) for r in rows)
-    first = rows[0]
-    for i in range(n):
-        if any(r[i] != first[i] for r in rows):
-            return i
-    return n

@@ -151,10 +151,10 @@ class LabelKDExample:
 
 
 def _common_len(seqs: list[list[int]]) -> int:
-    from ..engine import _common_prefix_len
+    from ..engine import shared_prefix_len
 
     # keep at least one token of every candidate out of the shared part
-    return min(_common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
+    return shared_prefix_len(seqs)
 
 
 def _pack_candidates(ex: LabelKDExample):
