@@ -104,3 +104,42 @@ def test_teacher_resamples_give_the_ceiling_and_resume(tmp_path, tiny):
         assert ceiling["ceiling"] == pytest.approx(sum(sum(s == r["recorded"] for s in r["resamples"]) / 2 for r in scored) / len(scored))
     else:  # the tiny random teacher parsed nothing: no ceiling to compute
         assert ceiling is None
+
+
+def test_interrupted_offtask_predictions_resume(tmp_path, tiny, monkeypatch):
+    """Off-task predictions (issue 17) go through the same partial file under their
+    own system names: an evaluation stopped among them keeps the held-out ones and
+    the off-task ones made, and the rerun computes only the rest."""
+    task = _task()
+    examples = [Example(id=str(i), text=f"text number {i}", gold_label="la") for i in range(3)]
+    # the same ids as held-out inputs on purpose: kept apart by system name
+    offtask = [Example(id=str(i), text=t) for i, t in enumerate(["hello there", "what time is it?", "def f(): pass"])]
+    out = tmp_path / "eval"
+    calls = []
+    real = evaluate_mod.generate_answers
+    monkeypatch.setattr(evaluate_mod, "EVAL_BATCH_SIZE", 2)
+
+    def counting(*args, **kwargs):
+        calls.append([m[0]["content"] for m in args[2]])
+        if len(calls) == 7:  # base 1-2, student 3-4, off-task base 5-6, off-task student 7
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_mod, "generate_answers", counting)
+    run = dict(teacher=LocalTeacher(tiny), student=tiny, base=tiny, progress=False, fingerprint="abc", offtask=offtask,
+               offtask_source="offtask.jsonl", latency_requests=1)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_mod.evaluate_systems(task, examples, out, **run)
+    kept = [json.loads(line) for line in (out / "predictions.partial.jsonl").read_text().splitlines()[1:]]
+    systems = [p["system"] for p in kept]
+    assert systems == ["teacher"] * 3 + ["base"] * 3 + ["student"] * 3 + ["offtask_teacher"] * 3 + ["offtask_base"] * 3
+
+    calls.clear()
+    monkeypatch.setattr(evaluate_mod, "generate_answers", lambda *a, **k: (calls.append([m[0]["content"] for m in a[2]]), real(*a, **k))[1])
+    report = evaluate_mod.evaluate_systems(task, examples, out, **run)
+    assert calls == [["hello there", "what time is it?"], ["def f(): pass"]]  # only the off-task student's inputs
+    final = [json.loads(line) for line in (out / "offtask_predictions.jsonl").read_text().splitlines()]
+    assert [p["system"] for p in final] == ["offtask_teacher"] * 3 + ["offtask_base"] * 3 + ["offtask_student"] * 3
+    # the same model as base and student: they agree everywhere and their KL is 0
+    assert report["offtask"]["student"]["agreement_base"] == 1.0
+    assert report["offtask"]["student"]["kl_base"] == pytest.approx(0.0, abs=1e-9)
