@@ -10,8 +10,8 @@ imbalance.
 
 - training set: `--train` inputs, `--major-share` of them (default 45%) with
   one answer (`--major`, default `ot`), the rest spread evenly over the other
-  12 answers (seeded draw);
-- held-out set: `--per-answer` other inputs of every answer (default 3), so
+  12 answers (seeded draw; the example has 81 `ot` inputs, which bounds --train);
+- held-out set: `--per-answer` other inputs of every answer (default 5), so
   that every answer's agreement rests on the same number of inputs.
   `overall` is the agreement expected on inputs drawn like the training set:
   the per-answer agreements weighted by the training shares;
@@ -26,7 +26,7 @@ imbalance.
 - floors: the surface baseline (character 1-3-gram logistic regression,
   surface_baseline.py) fitted on the same training answers, and the majority answer.
 
-    .venv/bin/python benchmarks/rare_answers.py [--train 100] [--per-answer 3] [--steps 10] [--batch-size 8]
+    .venv/bin/python benchmarks/rare_answers.py [--train 170] [--per-answer 5] [--steps 40] [--batch-size 16]
     # on a busy machine: the two students in parallel, then the table from their saved answers
     .venv/bin/python benchmarks/rare_answers.py --only none & .venv/bin/python benchmarks/rare_answers.py --only answers & wait
     .venv/bin/python benchmarks/rare_answers.py
@@ -93,12 +93,12 @@ def weighted_overall(fid: dict, shares: dict) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default=str(ROOT / "examples/language_id/task.toml"))
-    p.add_argument("--train", type=int, default=100, help="training inputs")
+    p.add_argument("--train", type=int, default=170, help="training inputs")
     p.add_argument("--major", default="ot", help="the answer that dominates the training set")
     p.add_argument("--major-share", type=float, default=0.45)
-    p.add_argument("--per-answer", type=int, default=3, help="held-out inputs per answer")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--per-answer", type=int, default=5, help="held-out inputs per answer")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=str(ROOT / "runs/bench-rare-answers"))
     p.add_argument("--only", choices=["none", "answers"], help="train and score only this student (its answers are saved in "
