@@ -17,7 +17,9 @@ check, so the check never scores what was trained on.
 
 How a reply is checked (`passes`), after stripping surrounding whitespace:
 
-    number   the reply contains the answer as a number, and no other number
+    number   the last number in the reply is the answer ("12", "7 + 5 = 12",
+             "The answer is 12." pass; "12 or 13" does not): arithmetic is
+             checked, the format instructions have checks of their own
     word     the reply contains the answer as a whole word (any case; the
              answer may be a regex alternation such as "7|seven")
     exact    the reply, without surrounding quotes and a final period,
@@ -67,8 +69,8 @@ def passes(check: GeneralCheck, reply: str) -> bool:
     """Whether `reply` answers `check` (see the module docstring for the rules)."""
     text = reply.strip()
     if check.match == "number":
-        numbers = {n.rstrip(".") for n in _NUMBER.findall(text.replace(",", ""))}
-        return numbers == {check.answer}
+        numbers = _NUMBER.findall(text.replace(",", ""))
+        return bool(numbers) and numbers[-1] == check.answer
     if check.match == "word":
         return re.search(rf"\b(?:{check.answer})\b", text, re.IGNORECASE) is not None
     if check.match == "exact":

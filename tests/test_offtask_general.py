@@ -26,8 +26,11 @@ def check(match: str, answer: str) -> GeneralCheck:
 @pytest.mark.parametrize("match, answer, reply, expected", [
     ("number", "12", "12", True),
     ("number", "12", "The answer is 12.", True),
-    ("number", "12", "7 + 5 = 12", False),  # other numbers: not "the number only"
+    ("number", "12", "7 + 5 = 12", True),  # the result is the last number
+    ("number", "12", "12 or 13", False),
+    ("number", "12", "15 - 6 = 5", False),
     ("number", "12", "112", False),
+    ("number", "12", "no number here", False),
     ("number", "4821", "4,821", True),
     ("word", "Paris", "The capital of France is paris.", True),
     ("word", "Paris", "Parisian food", False),

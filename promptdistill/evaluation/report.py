@@ -196,7 +196,8 @@ def report_markdown(report: dict) -> str:
     if report.get("latency"):
         out.append(f"Latency: {report['latency']['how']}.")
     if (gap := _gap_line(report)) is not None:
-        out.append(gap.strip("()").capitalize() + ".")
+        sentence = gap.strip("()")
+        out.append(sentence[:1].upper() + sentence[1:] + ".")  # not capitalize(): it would lower "KL"
     if report.get("majority_label") is not None:
         out.append(f"Always answering the teacher's most frequent label (`{report['majority_label']}`) would agree "
                    f"{_fmt(report['majority_agreement'], True)} of the time.")
