@@ -343,7 +343,7 @@ def cmd_train(args):
         raise PromptDistillError("no labeled records", path=labeled)
     heldout = read_labeled(heldout_path) if heldout_path else None
     check_max_length(cfg)
-    from .training.distributed import launched_rank
+    from .training.distributed import end_process_group, launched_rank
     from .training.recipe import train_student
 
     # Under torchrun / accelerate launch every process runs this command; one writes.
@@ -354,6 +354,7 @@ def cmd_train(args):
     summary = train_student(cfg, records, run.train_dir, heldout=heldout, progress=not args.no_progress)
     if main_process:
         print(json.dumps(summary, indent=2))
+    end_process_group()
 
 
 def cmd_eval(args):

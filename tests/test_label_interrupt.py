@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-N_INPUTS = 300
+# Enough that the rest cannot be labeled between the 20th record and the signal, even when
+# the test process is descheduled for a second on a loaded machine (300 was not, once, in CI).
+N_INPUTS = 1500
 
 
 def _write_task(tmp_path: Path, model_dir: str) -> Path:
@@ -62,7 +64,7 @@ def _run_and_interrupt(cmd, out: Path, sig: int, after_lines: int) -> int:
     return proc.returncode
 
 
-@pytest.mark.slow  # two CLI processes per signal, 300 inputs each
+@pytest.mark.slow  # two CLI processes per signal, 1500 inputs each
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_interrupted_label_resumes_to_uninterrupted_output(tmp_path, tiny_model_dir, sig):
     task = _write_task(tmp_path, tiny_model_dir)

@@ -124,3 +124,17 @@ class Distributed:
         with torch.no_grad():
             for p in params:
                 torch.distributed.broadcast(p.data, src=0)
+
+
+def end_process_group() -> None:
+    """Destroy the launcher's process group, if one was set up, before the process exits.
+
+    Left to the interpreter's exit, gloo's process group is torn down while its
+    threads may still run, and a process can then abort ("terminate called
+    without an active exception", SIGABRT) after training finished and its
+    files were written: torchrun reports the run as failed. Called once by the
+    `train` command after training; a Python caller training several times in
+    one process keeps the group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no process leaves while another still talks to it
+        torch.distributed.destroy_process_group()
