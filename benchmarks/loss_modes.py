@@ -19,8 +19,8 @@ measured on the same held-out inputs against the teacher:
 Two-stage rows (`sft -> on-policy`, `kd -> on-policy`) train half the steps
 with the first loss, then the other half on-policy from that adapter
 (train.init_adapter): the same total step budget as the one-loss rows.
-`kd + mix 0.2` is kd with data.mix_general = 0.2 (one item in five is the
-base's own answer to a general prompt).
+`kd + mix 0.2` and `kd + mix 0.5` are kd with data.mix_general = 0.2 and 0.5
+(one item in five, one in two, is the base's own answer to a general prompt).
 
     .venv/bin/python benchmarks/loss_modes.py [--train 160] [--heldout 48] [--steps 30]
 
@@ -60,6 +60,7 @@ MODES = {
     "sft -> on-policy": [({"loss": "sft"}, {}), ({"loss": "on-policy"}, {})],
     "kd -> on-policy": [({"loss": "kd"}, {}), ({"loss": "on-policy"}, {})],
     "kd + mix 0.2": [({"loss": "kd"}, {"mix_general": 0.2})],
+    "kd + mix 0.5": [({"loss": "kd"}, {"mix_general": 0.5})],
 }
 
 
