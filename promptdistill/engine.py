@@ -397,3 +397,10 @@ def shared_prefix_len(seqs: list[list[int]]) -> int:
     tokens per student prompt); cached once as a `PrefixCache`, that part is
     computed once per batch instead of once per row."""
     return max(0, min(_common_prefix_len(seqs), min(len(s) for s in seqs) - 1)) if seqs else 0
+
+
+def common_prefix_cache(model, prompts: list[list[int]]) -> tuple[PrefixCache, list[list[int]]]:
+    """(a PrefixCache of the leading tokens all `prompts` share, each prompt's rest):
+    `shared_prefix_len`'s part computed once; nothing shared for a single prompt."""
+    common = shared_prefix_len(prompts) if len(prompts) > 1 else 0
+    return PrefixCache(model, prompts[0][:common] if prompts else []), [p[common:] for p in prompts]

@@ -100,11 +100,10 @@ class FidelityScorer:
         if self._candidates is None:
             self._candidates = label_candidates(self.task, tok, messages[0])
         contexts = [render_prompt(tok, m) for m in messages]
-        common = engine.shared_prefix_len(contexts)
-        if common < 1:
+        if engine.shared_prefix_len(contexts) < 1:
             return [self.model_label_probs(loaded, t) for t in texts]
-        prefix = engine.PrefixCache(loaded.model, contexts[0][:common])
-        scores = engine.score_batch_with_prefix(prefix, [c[common:] for c in contexts], self._candidates)
+        prefix, suffixes = engine.common_prefix_cache(loaded.model, contexts)
+        scores = engine.score_batch_with_prefix(prefix, suffixes, self._candidates)
         return [normalize_scores(self.task, row.tolist()) for row in scores]
 
     def kl(self, loaded: LoadedModel, example_id: str, text: str, teacher_reply: str) -> tuple[float | None, dict | None]:

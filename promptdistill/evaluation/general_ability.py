@@ -44,8 +44,7 @@ def general_ability(base: LoadedModel, student: LoadedModel, *, max_drop: float,
     prompts = [render_prompt(tok, [{"role": "user", "content": c.prompt}]) for c in checks]
     if progress:
         print(f"[promptdistill] general ability: {len(checks)} checks, base and student", flush=True)
-    common = engine.shared_prefix_len(prompts)  # the chat template's opening, computed once
-    decoded = {name: engine.decode_with_prefix(engine.PrefixCache(loaded.model, prompts[0][:common]), [p[common:] for p in prompts],
+    decoded = {name: engine.decode_with_prefix(*engine.common_prefix_cache(loaded.model, prompts),  # the template's opening once
                                                max_new_tokens=GENERAL_MAX_NEW_TOKENS, eos_ids=end_of_turn_ids(tok),
                                                pad_id=tok.pad_token_id, temperature=0.0)
                for name, loaded in (("base", base), ("student", student))}
@@ -69,8 +68,7 @@ def reply_kls(reference: LoadedModel, model: LoadedModel, prompts: list[list[int
     for start in range(0, len(todo), KL_BATCH):
         idx = todo[start : start + KL_BATCH]
         ps, rs = [prompts[i] for i in idx], [replies[i] for i in idx]
-        common = engine.shared_prefix_len(ps) if len(ps) > 1 else 0
-        ref, got = (engine.continuation_logprobs(engine.PrefixCache(m.model, ps[0][:common]), [p[common:] for p in ps], rs, full=True)
+        ref, got = (engine.continuation_logprobs(*engine.common_prefix_cache(m.model, ps), rs, full=True)
                     for m in (reference, model))
         for i, a, b in zip(idx, ref, got):
             out[i] = token_kl(a.float(), b.float())

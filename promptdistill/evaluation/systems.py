@@ -109,11 +109,11 @@ def answer_messages(loaded: LoadedModel, messages: list[list[dict]], max_new_tok
     rounding; sampled rows each seeded 0, as one request is)."""
     tok = loaded.tokenizer
     prompts = [render_prompt(tok, m) for m in messages]
-    # The chat template's opening, shared by every prompt, is computed once (engine.shared_prefix_len).
-    common = engine.shared_prefix_len(prompts) if len(prompts) > 1 else 0
+    # The chat template's opening, shared by every prompt, is computed once.
+    prefix, suffixes = engine.common_prefix_cache(loaded.model, prompts)
     got = engine.decode_with_prefix(
-        engine.PrefixCache(loaded.model, prompts[0][:common]), [p[common:] for p in prompts], max_new_tokens=max_new_tokens,
-        eos_ids=end_of_turn_ids(tok), pad_id=tok.pad_token_id, temperature=temperature, seeds=[0] * len(prompts),
+        prefix, suffixes, max_new_tokens=max_new_tokens, eos_ids=end_of_turn_ids(tok), pad_id=tok.pad_token_id,
+        temperature=temperature, seeds=[0] * len(prompts),
     )
     return [(tok.decode(d.text_ids, skip_special_tokens=True), len(p)) for d, p in zip(got, prompts)]
 
