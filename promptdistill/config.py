@@ -218,9 +218,10 @@ class EvalConfig:
     # Also evaluate the base student (no adapter) for the three-way table.
     include_base: bool = True
     # Per-request latency: this many held-out inputs are sent one at a time to
-    # every system (one generated answer each, the teacher with its whole
-    # prompt), so all rows' latencies are measured alike; the quality
-    # metrics use batched answers on all inputs.
+    # every system (one generated answer each, what all of a system's requests
+    # start with cached, as a prefix-caching server does; evaluation/latency.py),
+    # so all rows' latencies are measured alike; the quality metrics use
+    # batched answers on all inputs.
     latency_requests: int = 32
     # The ceiling of the report's agreement: ask the teacher this many more
     # times per held-out input (generate mode, at task.temperature, which must

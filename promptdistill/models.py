@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,18 +170,39 @@ def ensure_smollm2_cache() -> Path:
 
 
 class AdapterDisabled:
-    """Wraps a PEFT model so every call runs with the adapter disabled (the base model)."""
+    """Wraps a PEFT model so every call runs with the adapter disabled (the base model).
+
+    The adapter layers are found once and switched off around each call.
+    PEFT's own `disable_adapter()` context first builds a status report of
+    every layer (their reprs included): about 45 ms on SmolLM2-135M, paid on
+    every forward of the base row and of the on-policy teacher, which was
+    12 of the evaluation's 285 seconds."""
 
     def __init__(self, peft_model):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
         self._m = peft_model
+        self._layers = [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]
 
     def parameters(self):
         return self._m.parameters()
 
+    @contextmanager
+    def _adapter_off(self):
+        # Only the layers on at entry are switched back on: a nested call leaves them as it found them.
+        on = [layer for layer in self._layers if not layer.disable_adapters]
+        for layer in on:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in on:
+                layer.enable_adapters(True)
+
     def __call__(self, *args, **kwargs):
-        with self._m.disable_adapter():
+        with self._adapter_off():
             return self._m(*args, **kwargs)
 
     def generate(self, *args, **kwargs):
-        with self._m.disable_adapter():
+        with self._adapter_off():
             return self._m.generate(*args, **kwargs)

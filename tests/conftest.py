@@ -138,6 +138,19 @@ def direct_logprob(model, context: list[int], candidate: list[int]):
     return sum(logp[len(context) - 1 + j, t] for j, t in enumerate(candidate))
 
 
+def one_request_answer(task, loaded, messages: list[dict]) -> tuple[str, int]:
+    """(reply, prompt tokens) of `loaded` answering `messages` alone, whole prompt, through
+    transformers' `generate`: the reference the evaluation's batched answers are checked against."""
+    from promptdistill import engine
+    from promptdistill.render import end_of_turn_ids, render_prompt
+
+    tok = loaded.tokenizer
+    prompt = render_prompt(tok, messages)
+    out = engine.generate(loaded.model, [prompt], max_new_tokens=task.config.max_new_tokens, eos_ids=end_of_turn_ids(tok),
+                          pad_id=tok.pad_token_id, temperature=task.config.temperature, seed=0)[0]
+    return tok.decode(out, skip_special_tokens=True), len(prompt)
+
+
 def make_task(**fields):
     """A Task from TaskConfig fields; by default a closed language-ID task over en/fr/de."""
     from promptdistill.config import TaskConfig

@@ -3,10 +3,13 @@ latency is measured the same way, on the `eval.latency_requests` sample."""
 
 from __future__ import annotations
 
-from conftest import make_task
-from promptdistill.evaluation import systems
+from conftest import make_task, one_request_answer
+from promptdistill import engine
+from promptdistill.evaluation import latency, systems
 from promptdistill.records import Example
-from promptdistill.teachers.local import LocalTeacher
+from promptdistill.render import render_prompt
+from promptdistill.teachers.local import LocalTeacher, shared_prefix
+from promptdistill.teachers.server import ServerTeacher
 
 TEXTS = ["Hello there, how are you today?", "Bonjour à tous", "Guten Morgen, wie geht's?", "a", "你好", "x = {text}",
          "Очень длинное предложение на русском языке"]
@@ -20,7 +23,7 @@ def test_batched_system_answers_equal_one_request_at_a_time(varied_model):
     task = make_task(max_new_tokens=6)
     examples = _examples()
     batched = systems.predict_system(task, varied_model, examples, "student", progress=False, batch_size=4)
-    alone = [systems.generate_answer(task, varied_model, task.student_messages(e.text)) for e in examples]
+    alone = [one_request_answer(task, varied_model, task.student_messages(e.text)) for e in examples]
     assert [(p.reply, p.prompt_tokens) for p in batched] == alone
     assert all(p.latency_s is None for p in batched)  # latency is measured apart
 
@@ -54,26 +57,64 @@ def test_metrics_from_batches_equal_metrics_from_single_requests(varied_model, t
 
 
 def test_every_row_times_the_same_sample_with_one_generated_answer(varied_model, tmp_path, monkeypatch):
+    """Each row's latency requests: the same inputs, one at a time, one generated answer through
+    the same decoder, on top of a cache of what all that row's requests start with."""
     task = make_task(answer_mode="choose", max_new_tokens=6)
     examples = _examples()
-    asked = []
-    real_label = LocalTeacher.label
+    teacher = LocalTeacher(varied_model)
+    tok = varied_model.tokenizer
+    teacher_prompt = shared_prefix(task, tok)
+    opening = shared_prefix(task, tok, task.student_messages)
+    assert 0 < len(opening) < len(teacher_prompt)
+    asked, decoded = [], []
+    real_label, real_decode = LocalTeacher.label, engine.decode_with_prefix
 
-    def spy(self, batch, task_, mode, seed, batch_size=None, *, reuse_prefix=True):
-        if batch_size == 1 and not reuse_prefix:
-            asked.append(("teacher", mode, [e.id for e in batch]))
+    def spy_label(self, batch, task_, mode, seed, batch_size=None, *, reuse_prefix=True):
+        if batch_size == 1:
+            asked.append((mode, [e.id for e in batch], reuse_prefix))
         return real_label(self, batch, task_, mode, seed, batch_size, reuse_prefix=reuse_prefix)
 
-    real_answer = systems.generate_answer
-    monkeypatch.setattr(LocalTeacher, "label", spy)
-    monkeypatch.setattr(systems, "generate_answer", lambda *a, **k: (asked.append(("model", "generate", None)), real_answer(*a, **k))[1])
-    report = systems.evaluate_systems(task, examples, tmp_path / "eval", teacher=LocalTeacher(varied_model), student=varied_model,
+    def spy_decode(prefix, suffixes, **kwargs):
+        if len(suffixes) == 1:
+            decoded.append((prefix.prefix, suffixes[0], kwargs["max_new_tokens"]))
+        return real_decode(prefix, suffixes, **kwargs)
+
+    monkeypatch.setattr(LocalTeacher, "label", spy_label)
+    monkeypatch.setattr(engine, "decode_with_prefix", spy_decode)
+    report = systems.evaluate_systems(task, examples, tmp_path / "eval", teacher=teacher, student=varied_model,
                                       base=varied_model, progress=False, latency_requests=2)
     # the teacher answers in choose mode, yet its latency is one generated answer per request, like the others'
-    assert [a for a in asked if a[0] == "teacher"] == [("teacher", "generate", ["0"]), ("teacher", "generate", ["1"])]
-    assert len([a for a in asked if a[0] == "model"]) == 4  # base and student, 2 requests each
+    assert asked == [("generate", ["0"], True), ("generate", ["1"], True)]
+    whole = {e.id: render_prompt(tok, task.teacher_messages(e.text)) for e in examples[:2]}
+    student = [render_prompt(tok, task.student_messages(e.text)) for e in examples[:2]]
+    assert decoded == ([(teacher_prompt, whole[i][len(teacher_prompt):], 6) for i in ("0", "1")]
+                       + [(opening, p[len(opening):], 6) for p in student] * 2)  # base, then student
     for name in ("teacher", "base", "student"):
         assert report["systems"][name]["median_latency_ms"] > 0
+    section = report["latency"]
+    assert section["requests"] == 2 and section["teacher_prompt_tokens"] == len(teacher_prompt)
+    assert section["teacher_prompt_ms"] > 0 and f"the {len(teacher_prompt)} prompt tokens" in section["how"]
+
+
+def test_a_latency_request_answers_as_the_whole_prompt_does(varied_model):
+    """With the chat template's opening cached, one request answers what the whole prompt answers."""
+    task = make_task(max_new_tokens=8)
+    request = latency.model_request(task, varied_model)
+    tok = varied_model.tokenizer
+    for e in _examples():
+        (got,) = request(e)
+        want, _ = one_request_answer(task, varied_model, task.student_messages(e.text))
+        assert tok.decode(got.text_ids, skip_special_tokens=True) == want
+
+
+def test_the_prompt_cost_is_only_measured_where_the_model_runs_here(varied_model):
+    task = make_task()
+    seconds, tokens = latency.prompt_cost(task, LocalTeacher(varied_model))
+    assert seconds > 0 and tokens == len(shared_prefix(task, varied_model.tokenizer))
+
+    # a server teacher's prompt is computed (and cached, or not) where it runs: nothing to measure here
+    remote = ServerTeacher("http://127.0.0.1:9", "m", tokenizer=varied_model.tokenizer)
+    assert latency.prompt_cost(task, remote) is None
 
 
 def test_latency_requests_must_be_at_least_one():
@@ -96,7 +137,6 @@ def test_label_distributions_in_a_batch_equal_one_at_a_time(tiny):
     one-input path, for a LoRA-wrapped student and for its base view."""
     import torch
 
-    from conftest import make_task
     from promptdistill.config import TrainConfig
     from promptdistill.evaluation.fidelity import FidelityScorer
     from promptdistill.models import AdapterDisabled, LoadedModel

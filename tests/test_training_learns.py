@@ -255,7 +255,7 @@ def toy(varied_model, tmp_path_factory):
 def _heldout_kl(task, teacher, student_dir, adapter, examples) -> tuple[float, float]:
     from peft import PeftModel
 
-    from promptdistill.evaluation.systems import generate_answer
+    from conftest import one_request_answer
     from promptdistill.evaluation.fidelity import FidelityScorer
     from promptdistill.models import AdapterDisabled, LoadedModel, load_model
     from promptdistill.teachers.local import LocalTeacher
@@ -265,7 +265,7 @@ def _heldout_kl(task, teacher, student_dir, adapter, examples) -> tuple[float, f
     student = PeftModel.from_pretrained(base.model, str(adapter)).eval()
     views = {"base": LoadedModel(AdapterDisabled(student), base.tokenizer, student_dir, "cpu"),
              "student": LoadedModel(student, base.tokenizer, student_dir, "cpu")}
-    replies = {e.id: generate_answer(task, teacher, task.teacher_messages(e.text))[0] for e in examples}
+    replies = {e.id: one_request_answer(task, teacher, task.teacher_messages(e.text))[0] for e in examples}
     kl = {name: sum(scorer.kl(v, e.id, e.text, replies[e.id])[0] for e in examples) / len(examples) for name, v in views.items()}
     return kl["base"], kl["student"]
 

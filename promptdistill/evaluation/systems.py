@@ -17,12 +17,8 @@ Quality and latency are measured apart, because they want different things.
 The answers behind the quality metrics are computed in batches (the teacher
 through `Teacher.label` with its prompt prefix reused, the others decoded
 together), which gives the same answers as one request at a time and is
-several times faster. Latency is what one request costs, so it is measured
-one request at a time, the same way for every row (`measure_latency`): one
-generated answer per request, whole prompt, on a sample of the inputs
-(`eval.latency_requests`). Timing the teacher in choose mode (one forward)
-and the student generating its reply made the student look slower than a
-teacher carrying a prompt ten times longer.
+several times faster. Latency is what one request costs, measured one
+request at a time on a sample, the same way for every row (latency.py).
 
 report.json's `reference_points` (and `json_reference_points` per field of a
 JSON task) read the agreement against floors and a ceiling (agreement.py,
@@ -55,6 +51,7 @@ from .agreement import (json_reference_points, reference_points, self_consistenc
                         self_consistency_ceiling_from_samples)
 from .fidelity import FidelityScorer, distribution_kl
 from .general_ability import general_ability
+from .latency import latency_section, measure_latency, model_request, prompt_cost, teacher_request
 from .offtask import offtask_summary, predict_offtask
 from .surface_baseline import evaluate_surface_baseline
 
@@ -69,8 +66,8 @@ class Prediction:
     reply: str
     status: str
     prompt_tokens: int
-    # Seconds one generated answer to this request took, asked alone (see
-    # `measure_latency`); None for inputs outside the latency sample.
+    # Seconds one generated answer to this request took, asked alone
+    # (latency.py); None for inputs outside the latency sample.
     latency_s: float | None
     # The system's distribution over labels (choose mode, or computed for the
     # fidelity metrics on label-constrained tasks), else None.
@@ -85,19 +82,9 @@ EVAL_BATCH_SIZE = 64
 LATENCY_REQUESTS = 32
 
 
-def generate_answer(task: Task, loaded: LoadedModel, messages: list[dict]) -> tuple[str, int]:
-    """Greedy (or sampled, per the task) reply to `messages`, one request; returns (reply, prompt tokens)."""
-    tok = loaded.tokenizer
-    prompt = render_prompt(tok, messages)
-    out = engine.generate(
-        loaded.model, [prompt], max_new_tokens=task.config.max_new_tokens, eos_ids=end_of_turn_ids(tok),
-        pad_id=tok.pad_token_id, temperature=task.config.temperature, seed=0,
-    )[0]
-    return tok.decode(out, skip_special_tokens=True), len(prompt)
-
-
 def generate_answers(task: Task, loaded: LoadedModel, messages: list[list[dict]]) -> list[tuple[str, int]]:
-    """`generate_answer` for many requests decoded together (`answer_messages`)."""
+    """(reply, prompt tokens) of `loaded`'s greedy (or sampled, per the task) answer to each
+    conversation, decoded together (`answer_messages`)."""
     return answer_messages(loaded, messages, task.config.max_new_tokens, task.config.temperature)
 
 
@@ -122,7 +109,7 @@ def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], sys
                    done: dict | None = None, sink=None, fidelity: FidelityScorer | None = None,
                    teacher_preds: dict | None = None, batch_size: int | None = None) -> list[Prediction]:
     """A system without the prompt (base or student): the examples answered in
-    batches (`generate_answers`); latency is measured apart (`measure_latency`).
+    batches (`generate_answers`); latency is measured apart (latency.py).
 
     With a `fidelity` scorer and the teacher's predictions by id, each
     prediction also gets its KL from the teacher.
@@ -151,7 +138,7 @@ def predict_teacher(task: Task, teacher: Teacher, examples: list[Example], *, mo
                     done: dict | None = None, sink=None, batch_size: int | None = None, system: str = "teacher") -> list[Prediction]:
     """The teacher row: the examples answered by `teacher.label` in batches, with
     the prompt prefix reused and the labeling seed, so it answers as it labeled;
-    latency is measured apart (`measure_latency`). No top-k log-probabilities
+    latency is measured apart (latency.py). No top-k log-probabilities
     are asked for (the row does not store them).
     """
     row_task = Task(replace(task.config, top_logprobs=0))
@@ -189,29 +176,6 @@ def _predict_batches(examples: list[Example], system: str, answer, batch_size: i
         bar.update(min(batch_size, len(todo) - i))
     bar.close()
     return [done[e.id] if e.id in done else new[e.id] for e in examples]
-
-
-def measure_latency(examples: list[Example], request) -> dict[str, float]:
-    """Seconds each of `examples` takes as one request on its own (`request(e)`
-    asks for one generated answer), timed one after another, by id. The
-    evaluation times every row this way, on the same sample of inputs."""
-    seconds = {}
-    for e in examples:
-        t0 = time.perf_counter()
-        request(e)
-        seconds[e.id] = time.perf_counter() - t0
-    return seconds
-
-
-def teacher_request(task: Task, teacher: Teacher, seed: int):
-    """One generated answer from the teacher to one whole request (its prompt not reused)."""
-    row_task = Task(replace(task.config, top_logprobs=0, samples=1))
-    return lambda e: list(teacher.label([e], row_task, "generate", seed, 1, reuse_prefix=False))
-
-
-def model_request(task: Task, loaded: LoadedModel):
-    """One generated answer from a model without the prompt to one request."""
-    return lambda e: generate_answer(task, loaded, task.student_messages(e.text))
 
 
 def system_metrics(task: Task, examples: list[Example], preds: list[Prediction], teacher_preds: list[Prediction] | None) -> dict:
@@ -271,7 +235,7 @@ def evaluate_systems(
     `predictions.partial.jsonl` as they are made, and a rerun with the same
     fingerprint after an interruption reuses them. Latency is measured on the
     first `latency_requests` examples, one generated answer per request for
-    every row (`measure_latency`), after the answers.
+    every row (latency.py), after the answers.
 
     The checks of what the student does off the task need the untrained model
     (`untrained`, default `base`): `offtask` inputs (offtask.py, from
@@ -304,10 +268,10 @@ def evaluate_systems(
                          if offtask and untrained is not None else None)
 
     sample = examples[:latency_requests]
-    requests = {"teacher": teacher_request(task, teacher, seed), "base": model_request(task, base) if base is not None else None,
-                "student": model_request(task, student)}
+    requests = {"teacher": lambda: teacher_request(task, teacher, seed), "base": lambda: model_request(task, base),
+                "student": lambda: model_request(task, student)}
     for name, preds in all_preds.items():
-        seconds = measure_latency(sample, requests[name])
+        seconds = measure_latency(sample, requests[name]())
         all_preds[name] = [replace(p, latency_s=seconds.get(p.id)) for p in preds]
 
     teacher_labels = [p.label for p in all_preds["teacher"] if p.label is not None]
@@ -321,11 +285,7 @@ def evaluate_systems(
         "majority_label": majority,
         "majority_agreement": teacher_labels.count(majority) / len(teacher_labels) if teacher_labels else None,
         "models": {"teacher": teacher.name, "student": student.name},
-        "latency": {
-            "requests": len(sample),
-            "how": (f"median over {len(sample)} requests per system, each sent alone, one generated answer "
-                    f"(up to {task.config.max_new_tokens} tokens; the teacher with its whole prompt, not reused)"),
-        },
+        "latency": latency_section(task, len(sample), prompt_cost(task, teacher)),
         "fidelity": _fidelity_summary(task, all_preds, fidelity.unavailable),
         "systems": {
             name: {"uses_prompt": name == "teacher", **system_metrics(task, examples, preds, all_preds["teacher"])}

@@ -24,7 +24,7 @@ see teachers.load_teacher), so one copy of the weights serves both.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .. import engine
 from ..models import LoadedModel, load_model
@@ -40,13 +40,15 @@ from .records import choose_record, decode_reply, normalize_scores, sample_seed,
 LOCAL_BATCH_SIZE = 64
 
 
-def shared_prefix(task: Task, tokenizer) -> list[int]:
+def shared_prefix(task: Task, tokenizer, messages: Callable[[str], list[dict]] | None = None) -> list[int]:
     """The token ids every teacher request starts with, found from the rendered
     template: the longest common prefix of the prompts for a few unlike probe
     inputs. Inputs whose ids do not start with it (a tokenizer merging across
-    the boundary) are answered without the shared prefix."""
+    the boundary) are answered without the shared prefix. `messages` (text ->
+    conversation, default the teacher's) finds another side's: the student's
+    requests share only their chat template's opening."""
     probes = ["A", "z 1", "\u4f60\u597d", "\n-", "{text}"]
-    rendered = [render_prompt(tokenizer, task.teacher_messages(p)) for p in probes]
+    rendered = [render_prompt(tokenizer, (messages or task.teacher_messages)(p)) for p in probes]
     n = 0
     for column in zip(*rendered):
         if any(c != column[0] for c in column):
