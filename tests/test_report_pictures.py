@@ -106,3 +106,18 @@ def test_import_is_light_and_public_names_are_documented():
             "missing = [n for n in pd.__all__ if not (getattr(pd, n).__doc__ or '').strip()]\n"
             "assert not missing, missing\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_cost_picture_shows_what_the_prompt_adds_without_prefix_caching():
+    """The teacher's latency bar is as measured (prompt cached); what computing the prompt adds to
+    every request without prefix caching is a hatched part on top, only where it was measured."""
+    from promptdistill.evaluation.plots import cost_figure
+
+    report = label_report()
+    latency_axes = cost_figure(report).axes[1]
+    assert [round(p.get_height()) for p in latency_axes.patches] == [1100, 880, 345]
+    report["latency"] = {"teacher_prompt_ms": 650.0}
+    latency_axes = cost_figure(report).axes[1]
+    *plain, extra = latency_axes.patches
+    assert [round(p.get_height()) for p in plain] == [1100, 880, 345]
+    assert (round(extra.get_y()), round(extra.get_height()), extra.get_hatch()) == (1100, 650, "//")

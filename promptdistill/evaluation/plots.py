@@ -102,17 +102,27 @@ def loss_figure(metrics: list[dict]):
 
 
 def cost_figure(report: dict):
-    """Prompt tokens and median latency per request, one bar per system."""
+    """Prompt tokens and median latency per request, one bar per system; on the
+    teacher's latency, hatched, what computing its prompt adds to every request
+    without prefix caching (latency.py), where it was measured."""
     names = list(report["systems"])
     colors = [SYSTEM_COLORS.get(n, "#55A868") for n in names]
     fig = _figure(8.0, 3.8)
     left, right = fig.subplots(1, 2)
     for ax, key, title, fmt in ((left, "mean_prompt_tokens", "prompt tokens per request", "%.0f"),
                                 (right, "median_latency_ms", "median latency per request (ms)", "%.0f")):
-        bars = ax.bar(names, [report["systems"][n][key] or 0 for n in names], color=colors)
-        ax.bar_label(bars, fmt=fmt)
+        heights = [report["systems"][n][key] or 0 for n in names]
+        bars = ax.bar(names, heights, color=colors)
+        ax.bar_label(bars, fmt=fmt, label_type="center" if ax is right else "edge")
         ax.set_title(title)
         ax.margins(y=0.15)
+    prompt_ms = (report.get("latency") or {}).get("teacher_prompt_ms")
+    if prompt_ms and "teacher" in names:
+        i = names.index("teacher")
+        extra = right.bar([names[i]], [prompt_ms], bottom=[heights[i]], color="white", edgecolor=colors[i], hatch="//",
+                          label="+ its prompt, without prefix caching")
+        right.bar_label(extra, labels=[f"+{prompt_ms:.0f}"])
+        right.legend(loc="upper right", fontsize="small")
     fig.suptitle("Cost of a request: the teacher carries the prompt, the student does not")
     return fig
 
