@@ -241,12 +241,22 @@ def load_task_config(args):
 
 
 def check_models(models) -> None:
-    """Models given as local folders must hold a model (a server's teacher is a name, not checked)."""
+    """Models given as local folders must hold a model (a server's teacher is a name, not checked),
+    and a device asked for by name must be on this machine, before anything is written."""
     from .outputs import check_model_folder
 
     if models.teacher_backend != "openai":
         check_model_folder(models.teacher, "models.teacher")
     check_model_folder(models.student, "models.student")
+    check_device_present(models.device, "models.device")
+
+
+def check_device_present(device: str | None, field: str) -> None:
+    """`device` (checked in form already) is on this machine; torch is imported only for a named accelerator."""
+    if device not in (None, "auto", "cpu"):
+        from .models import resolve_device
+
+        resolve_device(device, field)
 
 
 def _toml_value(text: str):
@@ -430,6 +440,7 @@ def cmd_predict(args):
     run = RunDir(check_run_dir(args.run_dir))
     if args.device is not None:
         check_device(args.device, field_name="--device")
+        check_device_present(args.device, "--device")
     cfg = run.load_config()
     check_models(cfg.models)
     run.adapter()
@@ -459,6 +470,7 @@ def cmd_export(args):
         raise PromptDistillError("nothing to export: pass --merged DIR and/or --adapter DIR")
     run = RunDir(check_run_dir(args.run_dir))
     check_device(args.device, field_name="--device")
+    check_device_present(args.device, "--device")
     if args.dtype is not None and args.dtype not in DTYPES:
         raise PromptDistillError(f"must be one of {', '.join(DTYPES)}; got {args.dtype!r}", field="--dtype")
     cfg = run.load_config()

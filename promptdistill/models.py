@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PromptDistillError
+from .io import give_default_modes
 
 BUILTIN_SMOLLM2 = "smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,13 +53,22 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def resolve_device(device: str = "auto") -> str:
+def resolve_device(device: str = "auto", field: str = "models.device") -> str:
+    """The device to load on: `auto` is CUDA when present, else CPU; a device asked
+    for by name must be on this machine (`field` names the setting in the error)."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PromptDistillError(f"device {device!r} requested but CUDA is not available", field="models.device")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PromptDistillError(f"device {device!r} requested but CUDA is not available", field=field)
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise PromptDistillError(f"device {device!r} requested but this machine has {count} CUDA device(s): "
+                                     f"cuda:0 to cuda:{count - 1}", field=field)
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise PromptDistillError("device 'mps' requested but Apple's Metal backend is not available", field=field)
     return device
 
 
@@ -157,6 +167,8 @@ def ensure_smollm2_cache() -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        # mkdtemp made the folder 0700: the cache gets the modes any other program's files get.
+        give_default_modes(tmp)
         try:
             os.replace(tmp, target)
         except OSError:

@@ -149,6 +149,10 @@ CASES = {
     "label model is a file": (None, L + ["--out", "o.jsonl", "--student", "inputs.jsonl"], None, ["models.student", "is a file"]),
     "label model folder missing": (None, L + ["--out", "o.jsonl", "--teacher", "./no-model"], None, ["models.teacher", "not found"]),
     "label --device banana": (None, L + ["--out", "o.jsonl", "--device", "banana"], None, ["models.device", "banana"]),
+    # a device this machine lacks (no machine has a hundredth GPU): refused before the run directory or its split is written
+    "run on cuda:99": (None, ["run", "task.toml", "--run-dir", "newrun", "--device", "cuda:99"], None, ["models.device", "cuda:99"]),
+    "predict --device cuda:99": (None, ["predict", "--run-dir", "run", "--device", "cuda:99", "hello"], None, ["--device", "cuda:99"]),
+    "export --device cuda:99": (None, ["export", "run", "--merged", "m", "--device", "cuda:99"], None, ["--device", "cuda:99"]),
     # -- settings checked when the config is read
     "learning_rate nan": (None, L + ["--out", "o.jsonl", "--set", "train.learning_rate=nan"], None, ["train.learning_rate", "finite"]),
     "learning_rate inf": (None, L + ["--out", "o.jsonl", "--set", "train.learning_rate=inf"], None, ["train.learning_rate", "finite"]),

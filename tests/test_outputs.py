@@ -105,3 +105,24 @@ def test_atomic_directory_restores_the_old_folder_when_the_new_one_cannot_take_i
         with atomic_directory(file_target):
             pass
     assert file_target.read_text() == "keep me"
+
+
+def test_the_built_in_model_cache_gets_the_umask_modes(tmp_path, monkeypatch, tiny):
+    """The converted SmolLM2 cache is built in a private (0700) temporary folder; once in
+    place it is readable as the umask allows, like any other program's cache."""
+    import transformers
+
+    from promptdistill import models
+
+    monkeypatch.setenv("PROMPTDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "find_smollm2_gguf", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tiny.tokenizer)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny.model)
+    old = os.umask(0o022)
+    try:
+        target = models.ensure_smollm2_cache()
+    finally:
+        os.umask(old)
+    assert (target / "config.json").exists()
+    assert oct(target.stat().st_mode & 0o777) == oct(0o755)
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in target.iterdir())  # others may read every file
