@@ -31,6 +31,7 @@ from pathlib import Path
 from .config import Config
 from .errors import PromptDistillError
 from .io import DirectoryLock, JsonlAppender, atomic_write_json
+from .outputs import claim_labels_file
 from .progress import progress_bar
 from .records import Example, iter_jsonl
 from .task import OK, Task
@@ -85,6 +86,9 @@ def label_inputs(
         # Backends add their name and where the model runs; the local one adds nothing.
         **teacher.meta(),
     }
+    # Called from Python as well as by the CLI: the files it appends to are checked here too.
+    claim_labels_file(out_path, "labels file")
+    claim_labels_file(rejects_path, "rejects file", sidecars=False)
     with DirectoryLock(out_path.with_name(out_path.name + ".lock"), str(out_path)):
         _check_or_write_meta(out_path, rejects_path, meta, force)
         # Opening the appenders first cuts a torn last line, so it is relabeled.

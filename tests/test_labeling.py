@@ -89,6 +89,17 @@ def test_generate_mode_rejects_garbage(tiny, tmp_path):
     assert (summary["labeled"], summary["rejected"], summary["by_status"], summary["teacher_accuracy"]) == (0, 5, {"no_match": 5}, 0.0)
 
 
+def test_label_inputs_never_appends_to_a_file_that_is_not_labels(tiny, tmp_path):
+    """Called from Python, label_inputs checks its outputs as the CLI does: a user's file stays as it was."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not labels\n", encoding="utf-8")
+    for out, rejects in ((notes, None), (tmp_path / "labels.jsonl", notes)):
+        with pytest.raises(PromptDistillError, match="notes.txt"):
+            label_inputs(config(), examples(2), LocalTeacher(tiny), out, rejects, progress=False)
+    assert notes.read_text(encoding="utf-8") == "my notes, not labels\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_the_old_call_gets_a_clear_error(tiny, tmp_path):
     with pytest.raises(TypeError, match=r"takes the Config and a teachers.Teacher .* got list and LoadedModel"):
         label_inputs(examples(1), config().task, tiny, tmp_path / "o.jsonl")
