@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
