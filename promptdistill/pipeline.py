@@ -252,17 +252,24 @@ def fit_inputs(examples, task: Task, cfg: Config, path, log) -> list:
 def fit_context(examples, task: Task, cfg: Config, path, log, roles=("teacher", "student")) -> list:
     """Report inputs whose prompt plus max_new_tokens exceed the teacher's (its
     prompt included) or the student's context window, with their lines; skip
-    or truncate them per data.too_long. A server's teacher (openai backend) has
-    no tokenizer here and is not checked."""
+    or truncate them per data.too_long. A server's teacher (openai backend) is
+    measured against the context the server reports for it (vLLM's
+    max_model_len), asked before anything is written; a server that reports
+    none is not checked."""
     from .models import load_tokenizer
 
     m = cfg.models
     for role in roles:
-        if role == "teacher" and m.teacher_backend == "openai":
-            continue
         name = m.teacher if role == "teacher" else m.student
-        tok = load_tokenizer(name)
-        context = model_context(name, tok)
+        if role == "teacher" and m.teacher_backend == "openai":
+            from .teachers import teacher_for
+
+            server = teacher_for(m)
+            context = server.served_context()
+            tok = server.tokenizer if context is not None else None
+        else:
+            tok = load_tokenizer(name)
+            context = model_context(name, tok)
         if role == "teacher" and m.teacher_backend == "vllm" and isinstance(m.vllm_options.get("max_model_len"), int):
             context = m.vllm_options["max_model_len"]
         if context is None:

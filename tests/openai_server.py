@@ -110,7 +110,9 @@ def make_server(model_dir: str, name: str, port: int = 0) -> ThreadingHTTPServer
         def do_GET(self):
             if self.path != "/v1/models":
                 return self._send(404, {"error": {"message": f"no route {self.path}"}})
-            self._send(200, {"object": "list", "data": [{"id": name, "object": "model"}]})
+            # vLLM reports how many tokens the model takes (prompt and reply together).
+            self._send(200, {"object": "list", "data": [{"id": name, "object": "model",
+                                                         "max_model_len": model.config.max_position_embeddings}]})
 
         def do_POST(self):
             if self.path != "/v1/completions":

@@ -30,7 +30,7 @@ class FakeServer:
     client keeps the server's text)."""
 
     def __init__(self, tokenizer, script: dict[str, list[int]] | None = None, delays: dict[str, float] | None = None,
-                 served: str = "teacher-model"):
+                 served: str = "teacher-model", max_model_len: int | None = None):
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.delays = delays or {}
         self.calls: list[tuple[str, float]] = []
@@ -52,7 +52,7 @@ class FakeServer:
                 self.wfile.write(data)
 
             def do_GET(self):
-                self._send(200, {"data": [{"id": served}]})
+                self._send(200, {"data": [{"id": served, **({"max_model_len": max_model_len} if max_model_len else {})}]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -231,6 +231,27 @@ def test_cli_teacher_url_labels_through_the_server_and_names_it_when_unreachable
     code = main(["label", str(task_file), "--out", str(tmp_path / "other.jsonl"), "--teacher-url", server.url, "--no-progress"])
     assert code == 2
     assert f"cannot reach the teacher server at {server.url}" in capsys.readouterr().err
+
+
+def test_inputs_over_the_servers_context_are_reported_by_line(tmp_path, capsys, tokenizer, tiny_model_dir):
+    """The server says how many tokens its model takes (vLLM's max_model_len in /models): an
+    input over it, the prompt counted, is reported with its line and skipped, as for a local teacher."""
+    from promptdistill.cli import main
+
+    (tmp_path / "inputs.txt").write_text("w0\n" + " ".join(["word"] * 200) + "\nw2\n", encoding="utf-8")
+    task_file = tmp_path / "task.toml"
+    task_file.write_text('[task]\nsystem_prompt = "Repeat."\ntop_logprobs = 0\n[data]\ninputs = "inputs.txt"\n'
+                         f'[models]\nteacher = {json.dumps(tiny_model_dir)}\n', encoding="utf-8")
+    server = FakeServer(tokenizer, served=tiny_model_dir, max_model_len=128)
+    try:
+        code = main(["label", str(task_file), "--out", str(tmp_path / "out.jsonl"), "--teacher-url", server.url, "--no-progress"])
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert [json.loads(line)["label"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["w0", "w2"]
+    assert f"the teacher {tiny_model_dir}'s context of 128 tokens" in err and "lines 2" in err
+    assert [text for text, _ in server.calls] == ["w0", "w2"]  # the long one never went to the server
 
 
 def test_a_teacher_whose_tokenizer_cannot_load_here_is_named(cfg, tmp_path, tokenizer):

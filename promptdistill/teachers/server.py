@@ -109,8 +109,19 @@ class ServerTeacher(Teacher):
 
     def check_server(self) -> list[str]:
         """The model names the server offers (`GET /models`); a clear error when it cannot be reached."""
+        return [m.get("id") for m in self._served_models()]
+
+    def served_context(self) -> int | None:
+        """The most tokens the server takes for this model, prompt and reply together
+        (vLLM reports `max_model_len` in `GET /models`), or None where it does not say."""
+        for m in self._served_models():
+            if m.get("id") == self.name and isinstance(m.get("max_model_len"), int) and m["max_model_len"] > 0:
+                return m["max_model_len"]
+        return None
+
+    def _served_models(self) -> list[dict]:
         body = self._request("GET", "/models", None, what="the model list")
-        return [m.get("id") for m in body.get("data", [])]
+        return [m for m in body.get("data", []) if isinstance(m, dict)]
 
     def label(self, examples: list[Example], task: Task, mode: str, seed: int, batch_size: int | None = None, *,
               reuse_prefix: bool = True) -> Iterator[LabeledExample]:
