@@ -7,7 +7,9 @@ alone, so each row sends a sample of the held-out inputs one at a time
 (`eval.latency_requests`, default 32) and reports the median.
 
 Every row is asked the same thing: one generated answer, up to the task's
-`max_new_tokens`, through the same decoder (`engine.decode_with_prefix`).
+`max_new_tokens`, through the same decoder where the model runs in this
+process (`engine.decode_with_prefix`; a vLLM or server teacher answers
+through its backend).
 Timing the teacher in choose mode (one forward) while the student generated
 its reply once made the student look slower than a teacher carrying a
 prompt ten times longer.
