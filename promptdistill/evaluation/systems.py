@@ -267,10 +267,10 @@ def evaluate_systems(
                          if offtask and untrained is not None else None)
 
     sample = examples[:latency_requests]
-    requests = {"teacher": lambda: teacher_request(task, teacher, seed), "base": lambda: model_request(task, base),
-                "student": lambda: model_request(task, student)}
+    without_prompt = {"base": base, "student": student}
     for name, preds in all_preds.items():
-        seconds = measure_latency(sample, requests[name]())
+        request = teacher_request(task, teacher, seed) if name == "teacher" else model_request(task, without_prompt[name])
+        seconds = measure_latency(sample, request)
         all_preds[name] = [replace(p, latency_s=seconds.get(p.id)) for p in preds]
 
     teacher_labels = [p.label for p in all_preds["teacher"] if p.label is not None]

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..engine import shared_prefix_len
 from ..errors import PromptDistillError
 
 
@@ -146,22 +147,15 @@ class LabelKDExample:
 
     @property
     def num_tokens(self) -> int:
-        common = _common_len(self.candidates)
+        common = shared_prefix_len(self.candidates)
         return len(self.prompt_ids) + common + sum(len(c) - common - 1 for c in self.candidates)
-
-
-def _common_len(seqs: list[list[int]]) -> int:
-    from ..engine import shared_prefix_len
-
-    # keep at least one token of every candidate out of the shared part
-    return shared_prefix_len(seqs)
 
 
 def _pack_candidates(ex: LabelKDExample):
     """One row: prompt + the candidates' common tokens, then the rest of every
     candidate but its last token; which position predicts which token of which
     candidate; and the row's allowed-attention matrix and positions."""
-    common = _common_len(ex.candidates)
+    common = shared_prefix_len(ex.candidates)
     shared = ex.prompt_ids + ex.candidates[0][:common]
     tokens, positions, owner = list(shared), list(range(len(shared))), [-1] * len(shared)
     targets = []  # (row index predicting, token, candidate or -1 for all)
