@@ -6,6 +6,11 @@ The same data, student, LoRA and optimiser settings, trained two ways:
           so the loss is on the assistant turn only (completion-only loss;
           SmolLM2's chat template has no {% generation %} markers, which
           TRL's `assistant_only_loss` needs)
+  trl+mmap  the same TRL run with glibc's mmap threshold fixed through the
+          environment (MALLOC_MMAP_THRESHOLD_ at training.memory.MMAP_THRESHOLD),
+          the allocator setting promptdistill makes from inside the process
+          (training/memory.py); any program gets it this way, so most of the
+          peak-memory difference between the first row and ours is not ours
   ours    promptdistill.training.recipe.train_student (sft loss: the assistant reply)
 
 Data: a seeded sample of examples/language_id/data.jsonl with the *gold*
@@ -21,7 +26,8 @@ own. Printed per method: trained (reply) tokens per second of the training
 loop (model loading and dataset preparation excluded), peak RSS, and the
 held-out loss after training: mean cross-entropy per reply token on the same
 held-out records, computed by the same function (training.recipe.heldout_loss) for both.
-The last line is the throughput ratio ours / TRL. Resident memory step by
+The last lines are the throughput ratios ours / TRL, with and without the
+allocator setting. Resident memory step by
 step, over a longer run: benchmarks/train_memory.py.
 
     .venv/bin/python benchmarks/train_throughput.py [--train 96] [--heldout 48] [--batch 8 --accum 2]
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -43,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 STUDENT = "smollm2-135m-instruct"
+METHODS = ("trl", "trl+mmap", "ours")
 
 
 def records(args):
@@ -137,7 +145,7 @@ def main() -> int:
     p.add_argument("--accum", type=int, default=2, help="gradient accumulation (global batch = batch x accum)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.steps = args.train // (args.batch * args.accum)
@@ -146,19 +154,29 @@ def main() -> int:
     if args.method:
         return child(args)
 
+    from promptdistill.training.memory import MMAP_THRESHOLD
+
     results = {}
-    for method in ("trl", "ours"):
+    for method in METHODS:
+        env = dict(os.environ)
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+        if method == "trl+mmap":
+            # glibc reads it at the first malloc, before Python starts
+            env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             cmd = [sys.executable, __file__, "--method", method, "--out", out.name] + sys.argv[1:]
-            subprocess.run(cmd, check=True)
+            subprocess.run(cmd, check=True, env=env)
             results[method] = json.loads(Path(out.name).read_text())
     print(f"\n{args.train} examples, {args.steps} steps of {args.batch * args.accum}, LoRA r32, {STUDENT}, CPU float32")
-    print(f"{'method':<8}{'trained tok/s':>15}{'reply tokens':>14}{'train s':>10}{'peak RSS MB':>13}{'held-out loss':>15}")
+    print(f"{'method':<10}{'trained tok/s':>15}{'reply tokens':>14}{'train s':>10}{'peak RSS MB':>13}{'held-out loss':>15}")
     for method, r in results.items():
-        print(f"{method:<8}{r['tokens'] / r['seconds']:>15.1f}{r['tokens']:>14d}{r['seconds']:>10.1f}"
+        print(f"{method:<10}{r['tokens'] / r['seconds']:>15.1f}{r['tokens']:>14d}{r['seconds']:>10.1f}"
               f"{r['peak_rss_mb']:>13.0f}{r['heldout_loss']:>15.4f}")
-    ratio = (results["ours"]["tokens"] / results["ours"]["seconds"]) / (results["trl"]["tokens"] / results["trl"]["seconds"])
-    print(f"throughput ratio (ours / TRL): {ratio:.2f}")
+    def speed(method):
+        return results[method]["tokens"] / results[method]["seconds"]
+
+    print(f"throughput ratio (ours / TRL): {speed('ours') / speed('trl'):.2f}")
+    print(f"throughput ratio (ours / TRL+mmap): {speed('ours') / speed('trl+mmap'):.2f}")
     return 0
 
 

@@ -47,6 +47,14 @@ REPORT_TO = ("none", "tensorboard", "wandb")  # trackers, see tracking.py
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("sft", "kd", "on-policy")
 BALANCE = ("none", "answers")  # train.balance, see training/data.py
+# Inputs per batch wherever a local model answers many inputs (labeling on the
+# transformers backend, the evaluation's answers, predict). With shared-prefix
+# attention a row costs only its own tokens' cache, so a large batch is cheap
+# in memory and keeps the decode steps' matrix products busy; records are
+# written a batch at a time.
+GENERATE_BATCH_SIZE = 64
+# Requests per system timed one at a time for the report's latency (eval.latency_requests).
+LATENCY_REQUESTS = 32
 
 
 @dataclass
@@ -181,36 +189,6 @@ class TrainConfig:
     init_adapter: str | None = None
 
 
-# Task keys added after the first release: they count in fingerprints only when
-# set, so labels and run directories made before they existed stay valid.
-_LATER_TASK_KEYS = ("reply_format", "json_fields", "reply_prefix")
-
-
-def task_settings(cfg: TaskConfig) -> dict:
-    """The task settings that decide the teacher's labels, as hashed into fingerprints."""
-    default = TaskConfig()
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _LATER_TASK_KEYS or v != getattr(default, k)}
-
-
-# Train and eval keys added later: hashed only when set, as _LATER_TASK_KEYS.
-_LATER_TRAIN_KEYS = ("balance", "init_adapter")
-_LATER_EVAL_KEYS = ("teacher_resamples", "latency_requests", "offtask_inputs", "general_ability", "general_max_drop")
-
-
-def training_settings(cfg: TrainConfig) -> dict:
-    """The train settings that decide the adapter: all but where metrics are mirrored
-    (turning a tracker on must not invalidate checkpoints or a finished stage)."""
-    default = TrainConfig()
-    return {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k != "report_to" and (k not in _LATER_TRAIN_KEYS or v != getattr(default, k))}
-
-
-def eval_settings(cfg: "EvalConfig") -> dict:
-    """The eval settings that decide the report, as hashed into the eval stage's fingerprint."""
-    default = EvalConfig()
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _LATER_EVAL_KEYS or v != getattr(default, k)}
-
-
 @dataclass
 class EvalConfig:
     # Evaluate on at most this many held-out inputs; 0 means all.
@@ -222,7 +200,7 @@ class EvalConfig:
     # start with cached, as a prefix-caching server does; evaluation/latency.py),
     # so all rows' latencies are measured alike; the quality metrics use
     # batched answers on all inputs.
-    latency_requests: int = 32
+    latency_requests: int = LATENCY_REQUESTS
     # The ceiling of the report's agreement: ask the teacher this many more
     # times per held-out input (generate mode, at task.temperature, which must
     # be > 0) and measure how often it repeats its own answer. 0 = off; choose
@@ -238,6 +216,22 @@ class EvalConfig:
     general_ability: bool = True
     # The report flags a general-ability drop (base score - student score) above this share.
     general_max_drop: float = 0.1
+
+
+def task_settings(cfg: TaskConfig) -> dict:
+    """The task settings that decide the teacher's labels, as hashed into fingerprints."""
+    return dataclasses.asdict(cfg)
+
+
+def training_settings(cfg: TrainConfig) -> dict:
+    """The train settings that decide the adapter: all but where metrics are mirrored
+    (turning a tracker on must not invalidate checkpoints or a finished stage)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "report_to"}
+
+
+def eval_settings(cfg: EvalConfig) -> dict:
+    """The eval settings that decide the report, as hashed into the eval stage's fingerprint."""
+    return dataclasses.asdict(cfg)
 
 
 SYNTHESIS_STRATEGIES = ("prompt", "magpie", "seeds")
@@ -401,9 +395,11 @@ def _type_name(hint) -> str:
 
 
 def validate_config(cfg: Config, source=None) -> None:
-    """Cross-field checks that a type check alone cannot do."""
+    """Every number within its range (validate_numbers), then the cross-field
+    checks that a type check alone cannot do."""
     import re
 
+    validate_numbers(cfg, source)
     t = cfg.task
     if (t.system_prompt is None) == (t.user_template is None):
         raise PromptDistillError("set exactly one of system_prompt or user_template", path=source, field="task")
@@ -437,21 +433,11 @@ def validate_config(cfg: Config, source=None) -> None:
             )
     if t.reply_format == "label" and not t.labels and not any(_reads_back(pattern, t.answer_template, probe) for probe in ("label", "x", "1", "A")):
         raise PromptDistillError("answer_pattern does not read a label back from answer_template", path=source, field="task.answer_template")
-    if t.max_new_tokens < 1:
-        raise PromptDistillError("must be at least 1", path=source, field="task.max_new_tokens")
-    if t.temperature < 0:
-        raise PromptDistillError("must be >= 0", path=source, field="task.temperature")
-    if t.samples < 1:
-        raise PromptDistillError("must be at least 1", path=source, field="task.samples")
     if t.samples > 1 and t.temperature == 0:
         raise PromptDistillError("samples > 1 needs temperature > 0 (greedy answers are all the same)", path=source, field="task.samples")
     if t.samples > 1 and t.answer_mode == "choose":
         raise PromptDistillError("samples > 1 applies to answer_mode 'generate'; choose mode already gives a distribution",
                                  path=source, field="task.samples")
-    if t.top_logprobs < 0:
-        raise PromptDistillError("must be >= 0", path=source, field="task.top_logprobs")
-    if not 0 <= t.min_confidence <= 1:
-        raise PromptDistillError("must be between 0 and 1", path=source, field="task.min_confidence")
     m = cfg.models
     _one_of(m.teacher_backend, TEACHER_BACKENDS, source, "models.teacher_backend")
     if m.teacher_backend == "openai" and not m.teacher_url:
@@ -462,13 +448,7 @@ def validate_config(cfg: Config, source=None) -> None:
                                  path=source, field="models.teacher_url")
     if m.teacher_url is not None and not m.teacher_url.startswith(("http://", "https://")):
         raise PromptDistillError(f"expected an http:// or https:// URL, got {m.teacher_url!r}", path=source, field="models.teacher_url")
-    if m.teacher_concurrency < 1:
-        raise PromptDistillError("must be at least 1", path=source, field="models.teacher_concurrency")
-    if cfg.eval.latency_requests < 1:
-        raise PromptDistillError("must be at least 1", path=source, field="eval.latency_requests")
     _one_of(cfg.data.too_long, ("skip", "truncate"), source, "data.too_long")
-    if not 0 < cfg.data.heldout_fraction < 1:
-        raise PromptDistillError("must be between 0 and 1", path=source, field="data.heldout_fraction")
     tr = cfg.train
     _one_of(tr.lr_schedule, LR_SCHEDULES, source, "train.lr_schedule")
     _one_of(tr.loss, LOSSES, source, "train.loss")
@@ -477,23 +457,11 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError(
             f"on-policy training needs a teacher that scores the student's samples token by token, which teacher_backend "
             f"{m.teacher_backend!r} cannot; use teacher_backend = \"transformers\" (or another loss)", path=source, field="train.loss")
-    if not 0 <= tr.kd_alpha <= 1:
-        raise PromptDistillError("must be between 0 and 1", path=source, field="train.kd_alpha")
-    if tr.onpolicy_temperature <= 0:
-        raise PromptDistillError("must be > 0", path=source, field="train.onpolicy_temperature")
     _one_of(tr.report_to, REPORT_TO, source, "train.report_to")
     _one_of(tr.balance, BALANCE, source, "train.balance")
     if tr.balance != "none" and t.reply_format == "json":
         raise PromptDistillError("balance applies to label tasks (a JSON reply is nearly always its own answer)",
                                  path=source, field="train.balance")
-    for key in ("lora_rank", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "epochs"):
-        if getattr(tr, key) < 1:
-            raise PromptDistillError("must be at least 1", path=source, field=f"train.{key}")
-    if tr.max_grad_norm < 0:
-        raise PromptDistillError("must be >= 0 (0 = no clipping)", path=source, field="train.max_grad_norm")
-    if tr.learning_rate <= 0:
-        raise PromptDistillError("must be > 0", path=source, field="train.learning_rate")
-    validate_numbers(cfg, source)
     validate_devices(cfg.models, source)
     validate_text(cfg, source)
     _validate_synthesize(cfg, source)
@@ -502,8 +470,6 @@ def validate_config(cfg: Config, source=None) -> None:
 
 def _validate_synthesize(cfg: Config, source) -> None:
     sy = cfg.synthesize
-    if cfg.data.synthesize < 0:
-        raise PromptDistillError("must be >= 0", path=source, field="data.synthesize")
     if not sy.strategies:
         raise PromptDistillError(f"name at least one of {', '.join(SYNTHESIS_STRATEGIES)}", path=source, field="synthesize.strategies")
     for s in sy.strategies:
@@ -521,27 +487,13 @@ def _validate_synthesize(cfg: Config, source) -> None:
                                  field="synthesize.personas" if not sy.personas else "synthesize.difficulties")
     if not 0 <= sy.temperature_min <= sy.temperature_max:
         raise PromptDistillError("needs 0 <= temperature_min <= temperature_max", path=source, field="synthesize.temperature_min")
-    if not 0 <= sy.edge_share < 1:
-        raise PromptDistillError("must be between 0 and 1 (1 excluded)", path=source, field="synthesize.edge_share")
-    if not 0 < sy.near_duplicate_threshold <= 1:
-        raise PromptDistillError("must be in (0, 1]", path=source, field="synthesize.near_duplicate_threshold")
-    for key in ("max_new_tokens", "ngram", "round_size", "min_chars"):
-        if getattr(sy, key) < 1:
-            raise PromptDistillError("must be at least 1", path=source, field=f"synthesize.{key}")
-    if sy.feedback_examples < 0:
-        raise PromptDistillError("must be >= 0", path=source, field="synthesize.feedback_examples")
     if sy.max_chars < sy.min_chars:
         raise PromptDistillError("must be >= min_chars", path=source, field="synthesize.max_chars")
-    if sy.max_requests_per_input < 1:
-        raise PromptDistillError("must be at least 1", path=source, field="synthesize.max_requests_per_input")
-
 
 
 def _validate_resamples(cfg: Config, source) -> None:
     """eval.teacher_resamples needs answers that can differ: sampled, in generate mode."""
     k = cfg.eval.teacher_resamples
-    if k < 0:
-        raise PromptDistillError("must be >= 0 (0 = off)", path=source, field="eval.teacher_resamples")
     if k and cfg.task.answer_mode == "choose":
         raise PromptDistillError("choose mode's ceiling comes from the stored label distribution; set teacher_resamples = 0",
                                  path=source, field="eval.teacher_resamples")
@@ -579,12 +531,19 @@ def _one_of(value, allowed, source, field_name) -> None:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
 
-# Ranges beyond "finite": field -> (low, high, low inclusive, high inclusive); None is unbounded.
+# Every single-field bound, checked beyond "finite" by validate_numbers:
+# field -> (low, high, low inclusive, high inclusive); None is unbounded.
+# Bounds that relate two fields are validate_config's.
 _RANGES = {
+    "task.max_new_tokens": (1, None, True, False),
     "task.temperature": (0, None, True, False),
+    "task.samples": (1, None, True, False),
     "task.min_confidence": (0, 1, True, True),
+    "task.top_logprobs": (0, None, True, False),
     "data.heldout_fraction": (0, 1, False, False),
     "data.limit": (0, None, True, False),
+    "data.synthesize": (0, None, True, False),
+    "data.mix_general": (0, 1, True, False),
     "models.teacher_concurrency": (1, None, True, False),
     "train.kd_alpha": (0, 1, True, True),
     "train.onpolicy_temperature": (0, None, False, False),
@@ -595,11 +554,28 @@ _RANGES = {
     "train.weight_decay": (0, None, True, False),
     "train.max_grad_norm": (0, None, True, False),
     "train.warmup_steps": (0, None, True, False),
+    "train.epochs": (1, None, True, False),
     "train.max_steps": (0, None, True, False),
+    "train.batch_size": (1, None, True, False),
+    "train.grad_accum": (1, None, True, False),
+    "train.max_length": (1, None, True, False),
+    "train.eval_every": (1, None, True, False),
+    "train.save_every": (1, None, True, False),
     "eval.max_examples": (0, None, True, False),
+    "eval.latency_requests": (1, None, True, False),
+    "eval.teacher_resamples": (0, None, True, False),
     "eval.general_max_drop": (0, 1, True, True),
-    "data.mix_general": (0, 1, True, False),
+    "synthesize.max_new_tokens": (1, None, True, False),
+    "synthesize.feedback_examples": (0, None, True, False),
+    "synthesize.edge_share": (0, 1, True, False),
+    "synthesize.near_duplicate_threshold": (0, 1, False, True),
+    "synthesize.ngram": (1, None, True, False),
+    "synthesize.min_chars": (1, None, True, False),
+    "synthesize.round_size": (1, None, True, False),
+    "synthesize.max_requests_per_input": (1, None, True, False),
 }
+# What a bound's edge means, added to its error.
+_RANGE_NOTES = {"train.max_grad_norm": "0 = no clipping", "eval.teacher_resamples": "0 = off"}
 
 
 def validate_numbers(cfg: Config, source=None) -> None:
@@ -629,7 +605,8 @@ def _check_range(value, name, low, high, low_in, high_in, source) -> None:
         text = f"must be {'>=' if low_in else '>'} {low}"
     else:
         text = f"must be in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
-    raise PromptDistillError(f"{text}, got {value}", path=source, field=name)
+    note = f" ({_RANGE_NOTES[name]})" if name in _RANGE_NOTES else ""
+    raise PromptDistillError(f"{text}{note}, got {value}", path=source, field=name)
 
 
 def validate_devices(models: ModelsConfig, source=None) -> None:

@@ -325,3 +325,42 @@ def test_negative_max_grad_norm_refused(tmp_path):
     err = load_error(tmp_path, task_toml(system_prompt='"p"') + "[train]\nmax_grad_norm = -1\n")
     assert err.field == "train.max_grad_norm"
     assert load_config(write(tmp_path, task_toml(system_prompt='"p"') + "[train]\nmax_grad_norm = 0\n")).train.max_grad_norm == 0
+
+
+@pytest.mark.parametrize("name", sorted(__import__("promptdistill.config", fromlist=["_RANGES"])._RANGES))
+def test_every_range_refuses_just_outside_and_names_the_field(name):
+    """The range table is the one place single-field bounds live: each bound refuses the
+    value just past it, with the field named, and an inclusive bound accepts the bound itself."""
+    from promptdistill.config import _RANGES, config_from_dict
+
+    section, key = name.split(".")
+    low, high, low_in, high_in = _RANGES[name]
+    # task.samples > 1 needs sampling; no other bound depends on another field
+    base = {"task": {"system_prompt": "p", "temperature": 0.7}}
+    step = 1 if isinstance(getattr(config_from_dict(base), section).__dict__[key], int) else 1e-6
+    for bound, inclusive, outside in ((low, low_in, -step), (high, high_in, step)):
+        if bound is None:
+            continue
+        raw = {s: dict(v) for s, v in base.items()}
+        raw.setdefault(section, {})[key] = bound + outside if inclusive else bound
+        with pytest.raises(PromptDistillError) as info:
+            config_from_dict(raw)
+        assert info.value.field == name
+        if inclusive:
+            raw[section][key] = bound
+            assert getattr(getattr(config_from_dict(raw), section), key) == bound
+
+
+def test_settings_hash_every_key():
+    """Fingerprints cover every task, train and eval setting (only train.report_to, where
+    metrics are mirrored, is left out), so any change of one is seen on resume."""
+    import dataclasses
+
+    from promptdistill.config import EvalConfig, TaskConfig, TrainConfig, eval_settings, task_settings, training_settings
+
+    assert set(task_settings(TaskConfig())) == {f.name for f in dataclasses.fields(TaskConfig)}
+    assert set(eval_settings(EvalConfig())) == {f.name for f in dataclasses.fields(EvalConfig)}
+    assert set(training_settings(TrainConfig())) == {f.name for f in dataclasses.fields(TrainConfig)} - {"report_to"}
+    assert training_settings(TrainConfig(balance="answers")) != training_settings(TrainConfig())
+    assert eval_settings(EvalConfig(teacher_resamples=2)) != eval_settings(EvalConfig())
+    assert task_settings(TaskConfig(reply_prefix="x")) != task_settings(TaskConfig())

@@ -111,7 +111,7 @@ def test_on_policy_starts_from_the_adapter_and_its_teacher_is_the_untouched_base
     off, which must be the base model, not the adapter training started from."""
     from promptdistill.models import load_model
     from promptdistill.task import Task
-    from promptdistill.teachers import teacher_for
+    from promptdistill.teachers import load_teacher
 
     model_dir = varied_model.name
     task = make_task(labels=["la", "cy"], max_new_tokens=3)
@@ -123,9 +123,9 @@ def test_on_policy_starts_from_the_adapter_and_its_teacher_is_the_untouched_base
 
     texts, samples = ["example abc def", "где ты"], [[tokenizer.eos_token_id], [28, 29, tokenizer.eos_token_id]]
     scored = r.teacher.continuation_logprobs(Task(task.config), texts, samples, full=True)
-    base = teacher_for(cfg.models, base=load_model(model_dir, "cpu", "float32"))
+    base = load_teacher(cfg.models, base=load_model(model_dir, "cpu", "float32"))
     want = base.continuation_logprobs(Task(task.config), texts, samples, full=True)
-    with_adapter = teacher_for(cfg.models, base=replace(load_model(model_dir, "cpu", "float32"), model=r.model))
+    with_adapter = load_teacher(cfg.models, base=replace(load_model(model_dir, "cpu", "float32"), model=r.model))
     adapted = with_adapter.continuation_logprobs(Task(task.config), texts, samples, full=True)
     for got, base_lp, adapter_lp in zip(scored, want, adapted):
         assert torch.allclose(got, base_lp, atol=1e-5)

@@ -6,7 +6,8 @@
     server        ServerTeacher: an OpenAI-compatible HTTP server (vLLM, SGLang, ...)
     records       answers -> labeled records, the same for every backend
 
-`load_teacher(cfg)` builds the backend `models.teacher_backend` names; every
+`load_teacher(cfg)` (or `load_teacher(cfg.models)`) builds the backend
+`models.teacher_backend` names; every
 stage that needs a teacher (labeling, the evaluation's teacher row, fidelity,
 on-policy training) gets it from here, so the setting means the same
 everywhere. What each backend can do is in config.TEACHER_CAPABILITIES,
@@ -50,20 +51,21 @@ def _openai(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
 BACKENDS: dict[str, Callable[..., Teacher]] = {"transformers": _transformers, "vllm": _vllm, "openai": _openai}
 
 
-def teacher_for(models: ModelsConfig, *, base: LoadedModel | None = None) -> Teacher:
-    """The teacher a `[models]` table names (see `load_teacher`)."""
-    return BACKENDS[models.teacher_backend](models, base)
-
-
-def load_teacher(cfg: Config, *, base: LoadedModel | None = None) -> Teacher:
-    """The teacher `cfg.models.teacher_backend` names: a local transformers
-    model, vLLM's offline engine, or a client of an OpenAI-compatible server.
+def load_teacher(settings: Config | ModelsConfig, *, base: LoadedModel | None = None) -> Teacher:
+    """The teacher a task's `[models]` table names (`settings` is the whole
+    `Config` or just its `models`): a local transformers model, vLLM's offline
+    engine, or a client of an OpenAI-compatible server.
 
     `base` is the student's base model (e.g. `models.AdapterDisabled` over the
     trained student): when the teacher is that same model on the transformers
     backend it is reused instead of loading a second copy.
     """
-    return teacher_for(cfg.models, base=base)
+    models = getattr(settings, "models", settings)
+    return BACKENDS[models.teacher_backend](models, base)
 
 
-__all__ = ["BACKENDS", "Completion", "CompletionRequest", "Teacher", "load_teacher", "teacher_for"]
+# The former name, for synthesis.py and pipeline.py until they call load_teacher; delete with them.
+teacher_for = load_teacher
+
+
+__all__ = ["BACKENDS", "Completion", "CompletionRequest", "Teacher", "load_teacher"]

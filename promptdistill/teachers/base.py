@@ -1,17 +1,16 @@
 """The teacher interface: what every stage may ask of the model that sees the prompt.
 
 Labeling, the evaluation's teacher row, fidelity scoring and on-policy
-training all need "the teacher", and before this interface each built its
-own: a local transformers model special-cased with isinstance, two backend
-objects with private helpers borrowed from labeling, and stages that ran the
-teacher locally whatever `models.teacher_backend` said. Now a stage holds a
-`Teacher` and asks it; which engine answers is the backend's business.
+training all need "the teacher". Each holds a `Teacher` and asks it; which
+engine answers is the backend's business, so no stage special-cases a
+backend, and `models.teacher_backend` means the same in every stage.
 
 The interface is kept small on purpose:
 
 - `name`, `backend`, `tokenizer` (every backend renders prompts here with
   render.py, so inputs that spell control tokens stay plain text);
-- `meta()`: what the labels sidecar records about where the teacher ran;
+- `meta()`: what the labels sidecar records about where the teacher ran
+  (the backend's name at least);
 - `label(examples, task, mode, seed, batch_size)`: one `LabeledExample` per
   input, **in input order** (resume relies on it), built by records.py so
   voting, confidence and statuses are the same whoever answers;
@@ -74,9 +73,10 @@ class Teacher(ABC):
     def tokenizer(self):
         """The teacher's tokenizer, with which prompts are rendered here."""
 
-    @abstractmethod
     def meta(self) -> dict:
-        """What the labels sidecar records about this backend (checked on resume)."""
+        """What the labels sidecar records about this backend (checked on resume):
+        its name, and whatever else decides where its answers come from."""
+        return {"backend": self.backend}
 
     @abstractmethod
     def label(self, examples: list[Example], task: Task, mode: str, seed: int, batch_size: int | None = None, *,

@@ -27,18 +27,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from .. import engine
+from ..config import GENERATE_BATCH_SIZE
 from ..models import LoadedModel, load_model
 from ..records import Example, LabeledExample
 from ..render import end_of_turn_ids, render_prompt
 from ..task import Task
 from .base import Completion, CompletionRequest, Teacher
 from .records import choose_record, decode_reply, normalize_scores, sample_seed, top_logprobs_record, vote
-
-# Inputs per generate batch. With shared-prefix attention a row costs only its
-# own tokens' cache, so a large batch is cheap in memory and keeps the decode
-# steps' matrix products busy; records are written a batch at a time.
-LOCAL_BATCH_SIZE = 64
-
 
 def shared_prefix(task: Task, tokenizer, messages: Callable[[str], list[dict]] | None = None) -> list[int]:
     """The token ids every teacher request starts with, found from the rendered
@@ -97,10 +92,6 @@ class LocalTeacher(Teacher):
     def tokenizer(self):
         return self.loaded.tokenizer
 
-    def meta(self) -> dict:
-        # Nothing: local labels' sidecars predate the backend key and must stay valid.
-        return {}
-
     def prefix_cache(self, task: Task) -> engine.PrefixCache | None:
         """The cache of `task`'s shared prompt prefix, built on first use and kept;
         None (and a note) where the model cannot reuse a cache."""
@@ -131,7 +122,7 @@ class LocalTeacher(Teacher):
     def label(self, examples: list[Example], task: Task, mode: str, seed: int, batch_size: int | None = None, *,
               reuse_prefix: bool = True) -> Iterator[LabeledExample]:
         prefix = self.prefix_cache(task) if reuse_prefix and examples else None
-        step = batch_size or LOCAL_BATCH_SIZE
+        step = batch_size or GENERATE_BATCH_SIZE
         for i in range(0, len(examples), step):
             if mode == "choose":
                 yield from self._choose(examples[i : i + step], task, prefix)
@@ -200,7 +191,7 @@ class LocalTeacher(Teacher):
         length decode together (our decoder takes one of each per call), each with its seed."""
         tok = self.tokenizer
         eot = end_of_turn_ids(tok)
-        step = batch_size or LOCAL_BATCH_SIZE
+        step = batch_size or GENERATE_BATCH_SIZE
         for start in range(0, len(requests), step):
             batch = requests[start: start + step]
             out: dict[int, Completion] = {}

@@ -91,7 +91,7 @@ class ServerTeacher(Teacher):
         self.api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
 
     def meta(self) -> dict:
-        return {"backend": "openai", "teacher_url": self.url}
+        return {**super().meta(), "teacher_url": self.url}
 
     @property
     def tokenizer(self):

@@ -89,9 +89,6 @@ class VllmTeacher(Teacher):
     def tokenizer(self):
         return self._tokenizer
 
-    def meta(self) -> dict:
-        return {"backend": "vllm"}
-
     def label(self, examples: list[Example], task: Task, mode: str, seed: int, batch_size: int | None = None, *,
               reuse_prefix: bool = True) -> Iterator[LabeledExample]:
         """One engine call per `batch_size` inputs; vLLM's own prefix caching shares the prompt (`reuse_prefix` is moot)."""

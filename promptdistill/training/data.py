@@ -79,16 +79,12 @@ def training_fingerprint(records: list[LabeledExample], cfg: Config, general_mix
     mixed in (data.mix_general, `general_mix` the rows of general_mix.py's file).
 
     The init adapter counts by its weights, not its path: retrained in place it
-    is another start; moved, the same one. Both are added only when set, so
-    checkpoints made before they existed stay valid."""
+    is another start; moved, the same one."""
     settings = training_settings(cfg.train)
-    parts = [[r.id, r.status, r.messages] for r in records] + [settings, cfg.models.student]
     if cfg.train.init_adapter is not None:
-        settings.pop("init_adapter", None)
-        parts.append({"init_adapter": adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter))})
-    if cfg.data.mix_general:
-        parts.append({"mix_general": cfg.data.mix_general, "general_items": [[r["id"], r["reply"], r["stopped"]] for r in general_mix or []]})
-    return fingerprint(parts)
+        settings["init_adapter"] = adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter))
+    general = {"mix_general": cfg.data.mix_general, "general_items": [[r["id"], r["reply"], r["stopped"]] for r in general_mix or []]}
+    return fingerprint([[r.id, r.status, r.messages] for r in records] + [settings, cfg.models.student, general])
 
 
 def step_groups(n: int, per_step: int, seed: int, weights: list[float] | None = None):

@@ -62,10 +62,10 @@ def training_teacher(models: ModelsConfig, peft_model, tokenizer, device: str) -
 
     `peft_model` is the student being trained: a teacher that is the same
     model reuses its weights with the adapter switched off."""
-    from ..teachers import teacher_for
+    from ..teachers import load_teacher
 
     base = LoadedModel(AdapterDisabled(peft_model), tokenizer, models.student, device)
-    teacher = teacher_for(replace(models, device=device), base=base)
+    teacher = load_teacher(replace(models, device=device), base=base)
     if not teacher.can("continuation_logprobs"):  # validate_config refuses this first; a direct caller gets the same line
         raise PromptDistillError(f"on-policy training cannot use teacher backend {teacher.backend!r}: it needs the teacher's "
                                  "per-token distributions (teacher_backend = \"transformers\")", field="train.loss")
