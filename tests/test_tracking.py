@@ -45,3 +45,21 @@ def test_report_to_is_validated(tmp_path):
     with pytest.raises(PromptDistillError) as info:
         load_config(p)
     assert info.value.field == "train.report_to" and "tensorboard" in info.value.message
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
+def test_missing_tracker_package_names_the_pip_command(tracker, tmp_path, monkeypatch):
+    """The hint is a command that installs the package (there is no `wandb` extra to point to)."""
+    import importlib.util
+
+    from promptdistill.config import TrainConfig
+    from promptdistill.errors import PromptDistillError
+    from promptdistill.training.tracking import open_tracker
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else find_spec(name, *a))
+    with pytest.raises(PromptDistillError) as info:
+        open_tracker(tracker, tmp_path, TrainConfig())
+    assert info.value.field == "train.report_to"
+    assert info.value.message.endswith(f"pip install {tracker}")
+    assert not any(tmp_path.iterdir())

@@ -3,9 +3,9 @@
 Every training step is always written to `train/metrics.jsonl`. With
 `train.report_to = "tensorboard"` (or `--report-to tensorboard`) the same
 numbers also go to an experiment tracker, through accelerate's tracker
-classes (accelerate is already a dependency; the tracker's own package is an
-extra: `pip install 'promptdistill[tensorboard]'`, or `wandb`). TensorBoard
-event files go to `RUN/train/tensorboard/`:
+classes (accelerate is already a dependency; the tracker's own package is
+installed on its own: `pip install tensorboard`, or `pip install wandb`).
+TensorBoard event files go to `RUN/train/tensorboard/`:
 
     tensorboard --logdir runs/language_id/train/tensorboard
 
@@ -52,7 +52,7 @@ def open_tracker(report_to: str, run_dir, train_cfg, run_name: str = "student") 
     package = _PACKAGES.get(report_to, report_to)
     if importlib.util.find_spec(package) is None:
         raise PromptDistillError(
-            f"train.report_to = {report_to!r} needs the {package} package: pip install 'promptdistill[{report_to}]'",
+            f"train.report_to = {report_to!r} needs the {package} package: pip install {package}",
             field="train.report_to",
         )
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
