@@ -109,9 +109,10 @@ teacher prompt: send the input alone as the user message.
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained("THIS_FOLDER")
 model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")
-ids = tok.apply_chat_template([{{"role": "user", "content": "..."}}], add_generation_prompt=True, return_tensors="pt")
-out = model.generate(ids, max_new_tokens={cfg.task.max_new_tokens}, do_sample=False)
-print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+inputs = tok.apply_chat_template([{{"role": "user", "content": "..."}}], add_generation_prompt=True,
+                                 return_dict=True, return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens={cfg.task.max_new_tokens}, do_sample=False)
+print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 """
 
