@@ -14,7 +14,7 @@ Two parts, each in its own process (a failure in one leaves the others' results)
    model as teacher and student (label, train, eval on CUDA), then
    `export --merged`;
 2. throughput: `benchmarks/teacher_throughput.py` for the 135m shape in
-   float32 and the 1.5b and 8b shapes in bfloat16, at the seed prompt and
+   float32 and the 1.5b and 8b shapes in bfloat16, at the language-identification prompt and
    with `--prompt-repeat 8` (about 3.4k prompt tokens): naive, plain batched
    generate and fast columns, choose and generate modes.
 
@@ -45,7 +45,7 @@ OUT = Path(os.environ.get("OUT") or "/tmp/gpu-check-out")
 WORK = Path(os.environ.get("GPU_WORK") or "/tmp/gpu-check-work")
 RESULTS: dict = {}
 
-# (shape, dtype, prompt repeat, inputs): the table the issue asks for. The
+# (shape, dtype, prompt repeat, inputs): the rows BENCHMARKS.md reports. The
 # naive loop labels every input one at a time, so the inputs are kept few.
 TABLE = [
     ("135m", "float32", 1, 64),

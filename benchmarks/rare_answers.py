@@ -1,4 +1,4 @@
-"""Rare answers: does train.balance = "answers" keep them? (issue 18)
+"""Rare answers: does train.balance = "answers" keep them?
 
 A teacher whose most common answer covers about half of the inputs teaches
 the student that answer for anything unclear, and the rare answers collapse

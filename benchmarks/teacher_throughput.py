@@ -3,7 +3,7 @@
 Labels the same inputs of the example data set, greedy decoding, three ways
 in one run:
 
-  (a) naive: one full-prompt request per input, as the seed tutorial does
+  (a) naive: one full-prompt request per input, as the tutorial's hosted recipe does
       (label_inputs with reuse_prefix=False, batch_size=1);
   (b) plain: what a practitioner writes instead, without this package's
       engine: full prompts, left-padded, transformers' `model.generate` in

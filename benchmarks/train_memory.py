@@ -1,8 +1,9 @@
 """Training memory: resident memory of the real 135M student, step by step.
 
-Issue 15: training the packaged SmolLM2-135M-Instruct with LoRA r32 at batch
-16 on CPU (float32) held 8.9 GB resident at step 3 and 12.9-14.1 GB from
-step 25 on. This trains the production recipe (`DistillationRecipe`, the sft
+Trained with whole micro-batches and glibc's default allocator settings, the
+packaged SmolLM2-135M-Instruct with LoRA r32 at batch 16 on CPU (float32)
+held 8.9 GB resident at step 3 and 12.9-14.1 GB from step 25 on
+(training/memory.py says why). This trains the production recipe (`DistillationRecipe`, the sft
 loss, held-out evaluation every 25 steps as in examples/language_id) on the
 language-id examples with the gold label as the reply, and prints the
 process's resident set (VmRSS) after steps 1, 10, 25, 50, 75 and 100, the

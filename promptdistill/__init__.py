@@ -16,7 +16,7 @@ is laid out"; checked by `make lint`):
     ground                  config, task, records, render, models, engine, prefix_cache,
                             io, progress, split, jsonreply, compat, errors
 
-In a notebook, the seed's steps are (see examples/tutorial.ipynb):
+In a notebook, the steps are (see examples/tutorial.ipynb):
 
     cfg = load_config("task.toml"); task = Task(cfg.task)
     teacher = load_teacher(cfg)                       # models.teacher_backend decides who runs it

@@ -346,7 +346,7 @@ class SharedPrefix:
 
         Rows go through in consecutive chunks of about `chunk_tokens` padded
         tokens, each padded only to its own longest row: with rows sorted by
-        length, a batch of short inputs no longer pays for its longest one.
+        length, a batch of short inputs does not pay for the longest one.
         """
         width = ids.shape[1]
         last = []

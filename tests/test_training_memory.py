@@ -1,4 +1,4 @@
-"""Training memory (issue 15; training/memory.py, data.padding_pieces): a step runs
+"""Training memory (training/memory.py, data.padding_pieces): a step runs
 its micro-batch in pieces of similar length with the same result, and glibc
 hands a step's freed activations back. The memory figures themselves are
 benchmarks/train_memory.py's; these check that the mechanisms are in place."""

@@ -21,8 +21,8 @@ epoch, each epoch draws as many items, with replacement, each with
 probability proportional to 1 / (number of items with its teacher answer),
 so every answer is drawn equally often in expectation. A teacher whose most
 common answer covers half the inputs otherwise teaches the student that
-answer for everything ambiguous, and the rare answers collapse into it (issue
-18). Sampling rather than loss weights: the loss code and its per-token
+answer for everything ambiguous, and the rare answers collapse into it
+(benchmarks/rare_answers.py measures it). Sampling rather than loss weights: the loss code and its per-token
 normalisation stay as they are, and a step keeps its size.
 """
 
