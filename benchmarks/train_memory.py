@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STUDENT = "smollm2-135m-instruct"
+from promptdistill.models import BUILTIN_SMOLLM2 as STUDENT  # noqa: E402
 REPORT_AT = (1, 10, 25, 50, 75, 100)
 
 

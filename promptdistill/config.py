@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PromptDistillError
+from .models import BUILTIN_SMOLLM2
 
 ANSWER_MODES = ("generate", "choose")
 # What each teacher backend (models.teacher_backend) can do beyond labeling.
@@ -123,8 +124,8 @@ class DataConfig:
 
 @dataclass
 class ModelsConfig:
-    teacher: str = "smollm2-135m-instruct"
-    student: str = "smollm2-135m-instruct"
+    teacher: str = BUILTIN_SMOLLM2
+    student: str = BUILTIN_SMOLLM2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     # Who runs the teacher wherever it answers (labeling, the evaluation's
