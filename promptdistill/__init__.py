@@ -11,6 +11,7 @@ is laid out"; checked by `make lint`):
     training/               train_student: the recipe in named steps, losses, checkpoints
     evaluation/             evaluate_systems, fidelity, agreement, the report and its pictures
     export, predict         the student as a merged folder or adapter; answering with it
+    scaffold                write_task_file: a first task file from a prompt (`init`)
     rundir, rundata         a run directory's layout and files; its data for notebooks
     teachers/               the Teacher interface and its backends: load_teacher
     ground                  config, task, records, render, models, engine, prefix_cache,
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Config": "config",
+    "write_task_file": "scaffold",
     "load_config": "config",
     "config_from_dict": "config",
     "save_config": "config",
