@@ -277,3 +277,13 @@ def test_the_evaluation_teacher_row_answers_as_labeling_did(backend, tmp_path, v
 
         assert fidelity["kl_student"] is None and f"KL not available with teacher backend {backend.name!r}" in fidelity["unavailable"]
         assert fidelity["unavailable"] in results_table(report)  # printed under the table, not left out silently
+
+
+def test_the_labels_sidecar_names_the_backend(backend, tmp_path):
+    """Every backend states its name in the sidecar, so labels resumed with another
+    backend (whose answers may differ) are refused rather than mixed."""
+    import json
+
+    label_files(config(**OPEN), backend.teacher, tmp_path / "out.jsonl")
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text(encoding="utf-8"))
+    assert meta["backend"] == backend.name == backend.teacher.backend
