@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .config import config_from_dict
 from .errors import PromptDistillError
-from .io import default_mode
+from .io import atomic_write_text
 
 ANSWER_TEMPLATE = "Final Answer: {label}"
 _WORD_PATTERN = r"Final Answer:\s*(\w+)"
@@ -168,19 +168,13 @@ def _inputs(inputs: Path, task_path: Path) -> str:
 def _write_new(path: Path, text: str) -> None:
     """Write `text` to `path` whole, failing if `path` exists at the moment of writing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_mode())  # mkstemp made it 0600
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
+        written = Path(staging) / path.name
+        atomic_write_text(written, text)
         try:
-            os.link(tmp, path)  # unlike a rename, refuses to replace a file that appeared meanwhile
+            os.link(written, path)  # unlike a rename, refuses to replace a file that appeared meanwhile
         except FileExistsError:
             raise PromptDistillError("appeared while init was writing; left as it is", path=path) from None
-    finally:
-        os.unlink(tmp)
 
 
 def _toml_string(value: str) -> str:

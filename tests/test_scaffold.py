@@ -147,3 +147,33 @@ def test_a_dangling_link_at_the_path_is_refused_and_kept(tmp_path, prompt_file):
     with pytest.raises(PromptDistillError, match="already exists"):
         write_task_file(path, prompt_file)
     assert path.is_symlink() and not (tmp_path / "elsewhere.toml").exists()
+
+
+def test_a_file_that_appears_while_writing_is_kept(tmp_path, prompt_file, monkeypatch):
+    """The existence check and the write are not one step: the write itself refuses to replace."""
+    import promptdistill.scaffold as scaffold
+
+    path = tmp_path / "task.toml"
+    real_write = scaffold.atomic_write_text
+
+    def write_then_someone_else_writes(p, text):
+        real_write(p, text)
+        path.write_text("# theirs\n", encoding="utf-8")
+
+    monkeypatch.setattr(scaffold, "atomic_write_text", write_then_someone_else_writes)
+    with pytest.raises(PromptDistillError, match="appeared"):
+        write_task_file(path, prompt_file, labels=["a", "b"])
+    assert path.read_text(encoding="utf-8") == "# theirs\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompt.txt", "task.toml"]
+
+
+def test_the_file_gets_the_umasks_mode(tmp_path, prompt_file):
+    import os
+    import stat
+
+    mask = os.umask(0o027)
+    try:
+        write_task_file(tmp_path / "task.toml", prompt_file)
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "task.toml").stat().st_mode) == 0o640
