@@ -7,10 +7,9 @@
     records       answers -> labeled records, the same for every backend
 
 `load_teacher(cfg)` (or `load_teacher(cfg.models)`) builds the backend
-`models.teacher_backend` names; every
-stage that needs a teacher (labeling, the evaluation's teacher row, fidelity,
-on-policy training) gets it from here, so the setting means the same
-everywhere. What each backend can do is in config.TEACHER_CAPABILITIES,
+`models.teacher_backend` names; every stage that needs a teacher (labeling,
+the evaluation's teacher row, fidelity, on-policy training, synthesis) gets it
+from here, so the setting means the same everywhere. What each backend can do is in config.TEACHER_CAPABILITIES,
 which validate_config checks when a task file is read.
 """
 
