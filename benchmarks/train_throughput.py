@@ -1,6 +1,6 @@
 """Training speed: TRL's SFTTrainer against promptdistill's train_student.
 
-The same data, student, LoRA and optimiser settings, trained two ways:
+The same data, student, LoRA and optimiser settings, trained three ways:
 
   trl     trl.SFTTrainer with a peft LoraConfig on a prompt-completion dataset,
           so the loss is on the assistant turn only (completion-only loss;
@@ -9,8 +9,8 @@ The same data, student, LoRA and optimiser settings, trained two ways:
   trl+mmap  the same TRL run with glibc's mmap threshold fixed through the
           environment (MALLOC_MMAP_THRESHOLD_ at training.memory.MMAP_THRESHOLD),
           the allocator setting promptdistill makes from inside the process
-          (training/memory.py); any program gets it this way, so most of the
-          peak-memory difference between the first row and ours is not ours
+          (training/memory.py): any program can have it, so the part of the
+          peak-memory difference it explains is not credited to promptdistill
   ours    promptdistill.training.recipe.train_student (sft loss: the assistant reply)
 
 Data: a seeded sample of examples/language_id/data.jsonl with the *gold*
@@ -26,9 +26,9 @@ own. Printed per method: trained (reply) tokens per second of the training
 loop (model loading and dataset preparation excluded), peak RSS, and the
 held-out loss after training: mean cross-entropy per reply token on the same
 held-out records, computed by the same function (training.recipe.heldout_loss) for both.
-The last lines are the throughput ratios ours / TRL, with and without the
-allocator setting. Resident memory step by
-step, over a longer run: benchmarks/train_memory.py.
+The last lines are the throughput ratios ours / TRL, without and with the
+allocator setting. Resident memory step by step, over a longer run:
+benchmarks/train_memory.py.
 
     .venv/bin/python benchmarks/train_throughput.py [--train 96] [--heldout 48] [--batch 8 --accum 2]
 """
@@ -49,7 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STUDENT = "smollm2-135m-instruct"
+from promptdistill.models import BUILTIN_SMOLLM2 as STUDENT  # noqa: E402
+
 METHODS = ("trl", "trl+mmap", "ours")
 
 
@@ -167,14 +168,15 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--method", method, "--out", out.name] + sys.argv[1:]
             subprocess.run(cmd, check=True, env=env)
             results[method] = json.loads(Path(out.name).read_text())
+
+    def speed(method):
+        return results[method]["tokens"] / results[method]["seconds"]
+
     print(f"\n{args.train} examples, {args.steps} steps of {args.batch * args.accum}, LoRA r32, {STUDENT}, CPU float32")
     print(f"{'method':<10}{'trained tok/s':>15}{'reply tokens':>14}{'train s':>10}{'peak RSS MB':>13}{'held-out loss':>15}")
     for method, r in results.items():
         print(f"{method:<10}{r['tokens'] / r['seconds']:>15.1f}{r['tokens']:>14d}{r['seconds']:>10.1f}"
               f"{r['peak_rss_mb']:>13.0f}{r['heldout_loss']:>15.4f}")
-    def speed(method):
-        return results[method]["tokens"] / results[method]["seconds"]
-
     print(f"throughput ratio (ours / TRL): {speed('ours') / speed('trl'):.2f}")
     print(f"throughput ratio (ours / TRL+mmap): {speed('ours') / speed('trl+mmap'):.2f}")
     return 0
