@@ -31,12 +31,13 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import config_from_dict
+from .config import TaskConfig, config_from_dict
 from .errors import PromptDistillError
 from .io import atomic_write_text
 
-ANSWER_TEMPLATE = "Final Answer: {label}"
-_WORD_PATTERN = r"Final Answer:\s*(\w+)"
+# The task file's defaults, written out so that the file shows how answers are
+# read: "Final Answer: {label}" and a pattern that reads one word after it.
+_DEFAULTS = TaskConfig()
 # A label is one token of text: no spaces or control characters, and no quotes
 # or backslashes, so that it reads the same in the file, the reply and a shell.
 _LABEL = re.compile(r"[^\s\"'\\]+")
@@ -77,22 +78,24 @@ def task_file_text(prompt: str, labels: list[str], inputs: str | None, name: str
                                         else "; the input is sent as the user message."),
              f"{key} = {_toml_multiline(prompt)}"]
     if labels:
-        pattern = _WORD_PATTERN if all(re.fullmatch(r"\w+", label) for label in labels) else (
-            r"Final Answer:\s*(" + "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
-            + r")(?![\w-])")
+        pattern = _DEFAULTS.answer_pattern
+        if not all(re.fullmatch(r"\w+", label) for label in labels):
+            # labels such as "pt-br": any one of them, longest first, not followed by more of a word
+            alternatives = "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
+            pattern = pattern.replace(r"(\w+)", f"({alternatives})(?![\\w-])")
         lines += [f"labels = [{', '.join(_toml_string(label) for label in labels)}]",
                   "# choose: the teacher picks the most likely of the replies answer_template makes of the",
                   "# labels, whatever the prompt says about the format. Use \"generate\" when the prompt",
                   "# makes the teacher write \"Final Answer: <label>\" itself.",
                   'answer_mode = "choose"',
-                  f"answer_template = {_toml_string(ANSWER_TEMPLATE)}",
+                  f"answer_template = {_toml_string(_DEFAULTS.answer_template)}",
                   f"answer_pattern = {_toml_string(pattern)}"]
     else:
         lines += ["# The answer is read from the teacher's reply with this pattern: the prompt has to",
                   "# make it end with a line \"Final Answer: <answer>\".",
                   'answer_mode = "generate"',
-                  f"answer_template = {_toml_string(ANSWER_TEMPLATE)}",
-                  f"answer_pattern = {_toml_string(_WORD_PATTERN)}"]
+                  f"answer_template = {_toml_string(_DEFAULTS.answer_template)}",
+                  f"answer_pattern = {_toml_string(_DEFAULTS.answer_pattern)}"]
     lines += ["", "[data]"]
     lines += [f"inputs = {_toml_string(inputs)}"] if inputs else [
         '# inputs = "inputs.jsonl"   # one input per line (.txt), or .jsonl / .csv with a "text" field']
