@@ -1,4 +1,4 @@
-"""Agreement with the teacher, read against reference points (issue 18).
+"""Agreement with the teacher, read against reference points.
 
 "The student agrees 75.4% with the teacher" says little on its own: 75% is
 excellent when the teacher disagrees with itself a quarter of the time, and
@@ -29,9 +29,8 @@ import json
 import math
 from collections import Counter
 
-# The confusion column of unparsed answers; the same string as systems.UNPARSED
-# (not imported from there: that module loads the model code).
-UNPARSED = "??"
+from ..task import UNPARSED
+
 # The confusion's row and column of the answers beyond MAX_CONFUSION.
 OTHER = "(other)"
 MAX_CONFUSION = 100  # a 77-intent task still fits whole
@@ -331,7 +330,8 @@ def self_consistency_ceiling_from_samples(recorded: list, resamples: list[list])
 
 def reference_points(teacher_labels: list, systems: dict[str, list], *, gold_labels: list | None = None,
                      labels: list | None = None, surface: dict | None = None, ceiling: dict | None = None) -> dict:
-    """Everything issue 18 asks for on one label (or one JSON field), as one dict for report.json.
+    """Agreement in context on one label (or one JSON field), as one dict for report.json: per-answer
+    fidelity, floors, ceiling.
 
     - `teacher_labels`: the teacher's held-out answers (None: unparsed);
     - `systems`: name -> that system's answers on the same inputs (e.g.

@@ -34,30 +34,12 @@ from ..models import LoadedModel
 from ..records import Example
 from ..render import render_prompt, reply_ids
 from ..task import OK, Task
-from ..teachers import Teacher
-from .fidelity import FidelityScorer, distribution_kl
+from .fidelity import distribution_kl
 from .general_ability import reply_kls
 
-PREFIX = "offtask_"  # system names of off-task predictions (predictions.partial.jsonl, offtask_predictions.jsonl)
-
-
-def predict_offtask(task: Task, examples: list[Example], *, teacher: Teacher, base: LoadedModel, student: LoadedModel, seed: int,
-                    teacher_mode: str, done: dict, run: dict) -> dict[str, list]:
-    """Teacher, base and student predictions on the off-task inputs (systems.py's batched
-    paths; kept ones in `done` reused), by system name without the prefix."""
-    from .systems import predict_system, predict_teacher
-
-    preds = {"teacher": predict_teacher(task, teacher, examples, mode=teacher_mode, seed=seed, system=PREFIX + "teacher",
-                                        done=done.get(PREFIX + "teacher"), **run)}
-    # Its own scorer: off-task ids may repeat held-out ids.
-    fidelity = FidelityScorer(task, teacher, seed)
-    for p in preds["teacher"]:
-        fidelity.remember(p.id, p.label_probs)
-    by_id = {p.id: p for p in preds["teacher"]}
-    for name, loaded in (("base", base), ("student", student)):
-        preds[name] = predict_system(task, loaded, examples, PREFIX + name, done=done.get(PREFIX + name), fidelity=fidelity,
-                                     teacher_preds=by_id, **run)
-    return preds
+# Stored system names of off-task predictions: PREFIX + "teacher" and so on (systems.predict_systems;
+# predictions.partial.jsonl, offtask_predictions.jsonl).
+PREFIX = "offtask_"
 
 
 def same_answer(a, b) -> bool:
