@@ -164,7 +164,7 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
 def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> dict:
     """Evaluate the teacher, base and trained student of a run directory on
     `examples` and write the report with its pictures into RUN/eval; return the report."""
-    from .evaluation.report import write_run_report
+    from .evaluation.run_report import write_run_report
     from .evaluation.systems import Systems, evaluate_systems
     from .teachers import load_teacher
 

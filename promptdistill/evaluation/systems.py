@@ -11,7 +11,7 @@ On held-out inputs that the student never trained on:
 Per system we report accuracy against gold labels (where present), agreement
 with the teacher, parse rate, a confusion matrix (gold x predicted), mean
 prompt tokens per request and median latency. Results go to report.json and
-predictions.jsonl in the output folder (report.py writes report.md and report.html from them).
+predictions.jsonl in the output folder (run_report.py writes report.md and report.html from them).
 
 Quality and latency are measured apart, because they want different things.
 The answers behind the quality metrics are computed in batches (the teacher
