@@ -20,6 +20,9 @@ together), which gives the same answers as one request at a time and is
 several times faster. Latency is what one request costs, measured one
 request at a time on a sample, the same way for every row (latency.py).
 
+The off-task inputs (offtask.py) are answered by the same function as the
+held-out ones (`predict_systems`), under their own system names.
+
 report.json's `reference_points` (and `json_reference_points` per field of a
 JSON task) read the agreement against floors and a ceiling (agreement.py):
 per-answer fidelity with intervals, the majority answer, a surface
