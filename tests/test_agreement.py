@@ -257,6 +257,15 @@ def _check_tables(lines):
             i += 1
 
 
+def test_one_number_formatter_for_every_section():
+    from promptdistill.evaluation.report import fmt, interval
+
+    assert fmt(None) == fmt(None, ".1%") == "-"
+    assert fmt(0.8126, ".1%") == "81.3%" and fmt(0.5, ".0%") == "50%"
+    assert fmt(1.23456, ".3f") == "1.235" and fmt(62.0) == "62.0" and fmt(0.0123, ".2g") == "0.012"
+    assert interval(0.3134, 0.8321) == "31.3-83.2%" and interval(0.3134, 0.8321, digits=0) == "31-83%"
+
+
 def test_report_lines_render_as_html_tables():
     from promptdistill.evaluation.run_report import markdown_to_html
 

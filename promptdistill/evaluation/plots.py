@@ -50,7 +50,7 @@ def confusion_figure(report: dict):
         ax.set_xlabel("predicted")
         ax.set_ylabel("gold")
         m = report["systems"][name]
-        ax.set_title(f"{name}: accuracy {fmt(m.get('accuracy'), pct=True)}")
+        ax.set_title(f"{name}: accuracy {fmt(m.get('accuracy'), '.1%')}")
         for i, row in enumerate(counts):
             for j, n in enumerate(row):
                 if n:

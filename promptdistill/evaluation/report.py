@@ -15,16 +15,15 @@ from ..task import UNPARSED
 from .agreement import MAX_INTERVAL_WIDTH, MIN_COUNT, OTHER
 
 
-def fmt(x, spec: str = ".1f", pct: bool = False) -> str:
-    """A number as the report writes it: "-" when there is none; with `pct`, a share as a percentage."""
-    if x is None:
-        return "-"
-    return f"{100 * x:{spec}}%" if pct else f"{x:{spec}}"
+def fmt(x, spec: str = ".1f") -> str:
+    """A number as the report writes it, in Python's format `spec` (".1%": a share as a
+    percentage); "-" when there is none."""
+    return "-" if x is None else format(x, spec)
 
 
-def interval(low: float, high: float, spec: str = ".1f") -> str:
+def interval(low: float, high: float, digits: int = 1) -> str:
     """A 95% interval of a share, as "31.3-83.2%"."""
-    return f"{fmt(100 * low, spec)}-{fmt(high, spec, pct=True)}"
+    return f"{fmt(100 * low, f'.{digits}f')}-{fmt(high, f'.{digits}%')}"
 
 
 def _cell(label) -> str:
@@ -48,8 +47,8 @@ def report_markdown(report: dict) -> str:
     ]
     for name, m in s.items():
         out.append(
-            f"| {name} | {'yes' if m['uses_prompt'] else 'no'} | {fmt(m['accuracy'], pct=True)} | {fmt(m['agreement'], pct=True)} | "
-            f"{fmt(m.get('kl_to_teacher'), '.3f')} | {fmt(m['parse_rate'], pct=True)} | {fmt(m['mean_prompt_tokens'])} | "
+            f"| {name} | {'yes' if m['uses_prompt'] else 'no'} | {fmt(m['accuracy'], '.1%')} | {fmt(m['agreement'], '.1%')} | "
+            f"{fmt(m.get('kl_to_teacher'), '.3f')} | {fmt(m['parse_rate'], '.1%')} | {fmt(m['mean_prompt_tokens'])} | "
             f"{fmt(m['median_latency_ms'])} |"
         )
     source = report.get("heldout_source")
@@ -69,7 +68,7 @@ def report_markdown(report: dict) -> str:
         out.append(sentence[:1].upper() + sentence[1:] + ".")  # not capitalize(): it would lower "KL"
     if report.get("majority_label") is not None:
         out.append(f"Always answering the teacher's most frequent label (`{report['majority_label']}`) would agree "
-                   f"{fmt(report['majority_agreement'], pct=True)} of the time.")
+                   f"{fmt(report['majority_agreement'], '.1%')} of the time.")
     out.append("")
     out += json_lines(report)
     out += reference_lines(report)
@@ -95,25 +94,25 @@ def results_table(report: dict) -> str:
     lines = [head, "-" * len(head)]
     for name, m in report["systems"].items():
         lines.append(
-            f"{name:<9} {'yes' if m['uses_prompt'] else 'no':>6} {fmt(m['accuracy'], pct=True):>9} {fmt(m['agreement'], pct=True):>10} "
-            f"{fmt(m.get('kl_to_teacher'), '.3f'):>9} {fmt(m['parse_rate'], '.0f', pct=True):>7} {fmt(m['mean_prompt_tokens']):>11} "
+            f"{name:<9} {'yes' if m['uses_prompt'] else 'no':>6} {fmt(m['accuracy'], '.1%'):>9} {fmt(m['agreement'], '.1%'):>10} "
+            f"{fmt(m.get('kl_to_teacher'), '.3f'):>9} {fmt(m['parse_rate'], '.0%'):>7} {fmt(m['mean_prompt_tokens']):>11} "
             f"{fmt(m['median_latency_ms']):>11}"
         )
     if (gap := _gap_line(report)) is not None:
         lines.append(gap)
     if report.get("majority_label") is not None:
-        lines.append(f"(always answering '{report['majority_label']}' would agree {fmt(report['majority_agreement'], pct=True)} with the teacher)")
+        lines.append(f"(always answering '{report['majority_label']}' would agree {fmt(report['majority_agreement'], '.1%')} with the teacher)")
     lines += json_summary_lines(report)
     lines += agreement_summary_lines(report["reference_points"])
     if off := report.get("offtask"):
         s = off["student"]
-        lines.append(f"off-task ({off['n']} inputs): student agrees {fmt(s['agreement_teacher'], pct=True)} with the teacher, "
-                     f"{fmt(s['agreement_base'], pct=True)} with its base; in the task's format: teacher {fmt(off['in_format']['teacher'], pct=True)}, "
-                     f"base {fmt(off['in_format']['base'], pct=True)}, student {fmt(off['in_format']['student'], pct=True)}")
+        lines.append(f"off-task ({off['n']} inputs): student agrees {fmt(s['agreement_teacher'], '.1%')} with the teacher, "
+                     f"{fmt(s['agreement_base'], '.1%')} with its base; in the task's format: teacher {fmt(off['in_format']['teacher'], '.1%')}, "
+                     f"base {fmt(off['in_format']['base'], '.1%')}, student {fmt(off['in_format']['student'], '.1%')}")
     if general := report.get("general_ability"):
         flag = "  ** dropped more than eval.general_max_drop **" if general["flagged"] else ""
-        lines.append(f"general ability ({general['n']} checks): base {fmt(general['base_score'], pct=True)}, "
-                     f"student {fmt(general['student_score'], pct=True)}, KL(base||student) {fmt(general['kl_base_student'], '.3f')}{flag}")
+        lines.append(f"general ability ({general['n']} checks): base {fmt(general['base_score'], '.1%')}, "
+                     f"student {fmt(general['student_score'], '.1%')}, KL(base||student) {fmt(general['kl_base_student'], '.3f')}{flag}")
     return "\n".join(lines)
 
 
@@ -123,7 +122,7 @@ def _gap_line(report: dict) -> str | None:
         return f"({f['unavailable']})"
     if f.get("gap_closed") is None:
         return None
-    return (f"(the student closes {fmt(f['gap_closed'], pct=True)} of the base-to-teacher gap: KL {fmt(f['kl_base'], '.3f')} -> "
+    return (f"(the student closes {fmt(f['gap_closed'], '.1%')} of the base-to-teacher gap: KL {fmt(f['kl_base'], '.3f')} -> "
             f"{fmt(f['kl_student'], '.3f')} nats, {f['kind']})")
 
 
@@ -150,16 +149,16 @@ def json_lines(report: dict) -> list[str]:
            "Per field: equal to the teacher's value, over inputs where the teacher's reply is valid.", "",
            "| system | valid | exact | mean field | " + " | ".join(fields) + " |", "|---" * (4 + len(fields)) + "|"]
     for name, j in systems.items():
-        cells = [fmt(j["validity"], pct=True), fmt(j["exact_agreement"], pct=True), fmt(j["mean_field_agreement"], pct=True)]
-        cells += [fmt(j["field_agreement"][f], pct=True) for f in fields]
+        cells = [fmt(j["validity"], ".1%"), fmt(j["exact_agreement"], ".1%"), fmt(j["mean_field_agreement"], ".1%")]
+        cells += [fmt(j["field_agreement"][f], ".1%") for f in fields]
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return out + [""]
 
 
 def json_summary_lines(report: dict) -> list[str]:
     """One plain-text line per system with its JSON metrics (empty for label tasks)."""
-    return [f"{name}: valid {fmt(m['json']['validity'], pct=True)}, exact agreement {fmt(m['json']['exact_agreement'], pct=True)}, "
-            f"field agreement {fmt(m['json']['mean_field_agreement'], pct=True)}"
+    return [f"{name}: valid {fmt(m['json']['validity'], '.1%')}, exact agreement {fmt(m['json']['exact_agreement'], '.1%')}, "
+            f"field agreement {fmt(m['json']['mean_field_agreement'], '.1%')}"
             for name, m in report["systems"].items() if m.get("json")]
 
 
@@ -184,7 +183,7 @@ def _with_interval(r: dict | None) -> str:
     """A rate and its 95% interval, as "60.0% (31.3-83.2%)"."""
     if not r or r["rate"] is None:
         return "-"
-    return f"{fmt(r['rate'], pct=True)} ({interval(r['low'], r['high'])})"
+    return f"{fmt(r['rate'], '.1%')} ({interval(r['low'], r['high'])})"
 
 
 def _interval_text(r: dict) -> str:
@@ -230,20 +229,20 @@ def agreement_report_lines(section: dict, title: str = "Agreement in context", m
            "|---|---|---|---|---|---|"]
     maj = floors.get("majority")
     if maj:
-        out.append(f"| floor: always `{_cell(maj['label'])}` | {fmt(maj['agreement']['rate'], pct=True)} | "
-                   f"{_interval_text(maj['agreement'])} | {fmt(maj['macro_agreement'], pct=True)} | | |")
+        out.append(f"| floor: always `{_cell(maj['label'])}` | {fmt(maj['agreement']['rate'], '.1%')} | "
+                   f"{_interval_text(maj['agreement'])} | {fmt(maj['macro_agreement'], '.1%')} | | |")
     surf = floors.get("surface")
     if surf is not None:
         if surf.get("available"):
-            out.append(f"| floor: surface baseline | {fmt(surf['agreement']['rate'], pct=True)} | {_interval_text(surf['agreement'])} | "
-                       f"{fmt(surf['macro_agreement'], pct=True)} | | |")
+            out.append(f"| floor: surface baseline | {fmt(surf['agreement']['rate'], '.1%')} | {_interval_text(surf['agreement'])} | "
+                       f"{fmt(surf['macro_agreement'], '.1%')} | | |")
         else:
             out.append("| floor: surface baseline | unavailable | | | | |")
     for name, m in systems.items():
-        out.append(f"| {name} | {fmt(m['agreement']['rate'], pct=True)} | {_interval_text(m['agreement'])} | "
-                   f"{fmt(m['macro_agreement'], pct=True)} | {fmt(m['share_of_ceiling'], '.0f', pct=True)} | {_with_interval(m.get('accuracy'))} |")
+        out.append(f"| {name} | {fmt(m['agreement']['rate'], '.1%')} | {_interval_text(m['agreement'])} | "
+                   f"{fmt(m['macro_agreement'], '.1%')} | {fmt(m['share_of_ceiling'], '.0%')} | {_with_interval(m.get('accuracy'))} |")
     if ceiling:
-        out.append(f"| ceiling: teacher self-consistency ({_ceiling_mode(ceiling)}) | {fmt(ceiling['ceiling'], pct=True)} | | | 100% | |")
+        out.append(f"| ceiling: teacher self-consistency ({_ceiling_mode(ceiling)}) | {fmt(ceiling['ceiling'], '.1%')} | | | 100% | |")
     out.append("")
     if surf is not None and not surf.get("available"):
         out += [f"Surface baseline unavailable: {surf.get('reason', 'not computed')}.", ""]
@@ -251,7 +250,7 @@ def agreement_report_lines(section: dict, title: str = "Agreement in context", m
     for name, m in systems.items():
         parts = [_comparison_phrase(_FLOOR_NAMES.get(f, f), c) for f, c in m["against"].items() if c["n"]]
         if m["share_of_ceiling"] is not None:
-            parts.append(f"reaches {fmt(m['share_of_ceiling'], '.0f', pct=True)} of the teacher's self-consistency")
+            parts.append(f"reaches {fmt(m['share_of_ceiling'], '.0%')} of the teacher's self-consistency")
         if parts:
             verdicts.append(f"The {name} " + (", ".join(parts[:-1]) + " and " if len(parts) > 1 else "") + parts[-1] + ".")
     if verdicts:
@@ -291,9 +290,9 @@ def _per_answer_lines(section: dict, max_answers: int) -> list[str]:
     out += [""]
     for n in names:
         m = systems[n]
-        worst = ", ".join(f"`{_cell(a)}` {fmt(m['per_answer'][a]['rate'], '.0f', pct=True)} of {m['per_answer'][a]['n']}"
+        worst = ", ".join(f"`{_cell(a)}` {fmt(m['per_answer'][a]['rate'], '.0%')} of {m['per_answer'][a]['n']}"
                           for a in m["worst"])
-        out.append(f"{n}: macro agreement {fmt(m['macro_agreement'], pct=True)}; worst answers: {worst or '-'}.")
+        out.append(f"{n}: macro agreement {fmt(m['macro_agreement'], '.1%')}; worst answers: {worst or '-'}.")
     few = [a for a in answers if systems[names[0]]["per_answer"][a]["n"] < MIN_COUNT]
     if few:
         out.append(f"Too few inputs to tell (under {MIN_COUNT}): " + ", ".join(f"`{_cell(a)}`" for a in few) + ". "
@@ -346,16 +345,16 @@ def agreement_summary_lines(section: dict) -> list[str]:
     floors, ceiling = section["floors"], section.get("ceiling")
     refs = []
     if (maj := floors.get("majority")):
-        refs.append(f"majority {fmt(maj['agreement']['rate'], pct=True)}")
+        refs.append(f"majority {fmt(maj['agreement']['rate'], '.1%')}")
     if (surf := floors.get("surface")) is not None:
-        refs.append(f"surface baseline {fmt(surf['agreement']['rate'], pct=True)}" if surf.get("available")
+        refs.append(f"surface baseline {fmt(surf['agreement']['rate'], '.1%')}" if surf.get("available")
                     else "surface baseline unavailable")
     if ceiling:
-        refs.append(f"teacher self-consistency {fmt(ceiling['ceiling'], pct=True)}")
+        refs.append(f"teacher self-consistency {fmt(ceiling['ceiling'], '.1%')}")
     out = []
     for name, m in section["systems"].items():
-        line = (f"{name}: agreement {fmt(m['agreement']['rate'], pct=True)} (95% {_interval_text(m['agreement'])}), "
-                f"macro {fmt(m['macro_agreement'], pct=True)}")
+        line = (f"{name}: agreement {fmt(m['agreement']['rate'], '.1%')} (95% {_interval_text(m['agreement'])}), "
+                f"macro {fmt(m['macro_agreement'], '.1%')}")
         if refs:
             line += "; against " + ", ".join(refs)
         if m["agreement"]["warning"]:
@@ -378,10 +377,10 @@ def json_agreement_report_lines(sections: dict[str, dict]) -> list[str]:
     notes = []
     for f, s in sections.items():
         maj, surf = s["floors"].get("majority"), s["floors"].get("surface")
-        surf_text = "-" if surf is None else (fmt(surf["agreement"]["rate"], pct=True) if surf.get("available") else "unavailable")
-        cells = [fmt(maj["agreement"]["rate"], pct=True) if maj else "-", surf_text]
+        surf_text = "-" if surf is None else (fmt(surf["agreement"]["rate"], ".1%") if surf.get("available") else "unavailable")
+        cells = [fmt(maj["agreement"]["rate"], ".1%") if maj else "-", surf_text]
         cells += [_with_interval(s["systems"][n]["agreement"]) for n in names]
-        cells.append(" / ".join(fmt(s["systems"][n]["macro_agreement"], pct=True) for n in names))
+        cells.append(" / ".join(fmt(s["systems"][n]["macro_agreement"], ".1%") for n in names))
         out.append(f"| {_cell(f)} | " + " | ".join(cells) + " |")
         if surf is not None and surf.get("available") and surf.get("note"):
             notes.append(f"{f}: {surf['note']}")
@@ -405,13 +404,13 @@ def offtask_lines(section: dict | None) -> list[str]:
            f"{section['n']} inputs the prompt is not about (`{section['inputs']}`): greetings, unrelated questions, code, "
            "mixed or near-empty text. Does the student answer them like the teacher with the prompt, like its base, or neither?", "",
            "| system | replies in the task's format | agreement with teacher | KL(teacher ‖ system) |", "|---|---|---|---|",
-           f"| teacher | {fmt(in_format['teacher'], pct=True)} | - | - |",
-           f"| base | {fmt(in_format['base'], pct=True)} | {fmt(b['agreement_teacher'], pct=True)} | {fmt(b['kl_teacher'], '.3f')} |",
-           f"| student | {fmt(in_format['student'], pct=True)} | {fmt(s['agreement_teacher'], pct=True)} | {fmt(s['kl_teacher'], '.3f')} |", "",
-           f"Student against its base: agreement {fmt(s['agreement_base'], pct=True)} (same answer, or the same reply where neither "
+           f"| teacher | {fmt(in_format['teacher'], '.1%')} | - | - |",
+           f"| base | {fmt(in_format['base'], '.1%')} | {fmt(b['agreement_teacher'], '.1%')} | {fmt(b['kl_teacher'], '.3f')} |",
+           f"| student | {fmt(in_format['student'], '.1%')} | {fmt(s['agreement_teacher'], '.1%')} | {fmt(s['kl_teacher'], '.3f')} |", "",
+           f"Student against its base: agreement {fmt(s['agreement_base'], '.1%')} (same answer, or the same reply where neither "
            f"is in the task's format), KL(base ‖ student) {fmt(s['kl_base'], '.3f')} nats ({section['kind']})."]
     if s["top_answer"] is not None:
-        out.append(f"The student's most common off-task answer is `{s['top_answer']}` ({fmt(s['top_answer_share'], pct=True)} of inputs).")
+        out.append(f"The student's most common off-task answer is `{s['top_answer']}` ({fmt(s['top_answer_share'], '.1%')} of inputs).")
     if s["agreement_teacher"] is not None and s["agreement_teacher"] < 0.5 and s["agreement_base"] < 0.5:
         out.append("**The student follows neither the teacher nor its base on most of these inputs**: it may have learned a "
                    "shortcut of the training distribution; eval/offtask_predictions.jsonl has the replies.")
@@ -422,16 +421,16 @@ def general_ability_lines(section: dict | None) -> list[str]:
     """The "General ability" section (general_ability.py's summary)."""
     if not section:
         return []
-    span = lambda iv: "-" if iv is None else interval(*iv, spec=".0f")  # noqa: E731
+    span = lambda iv: "-" if iv is None else interval(*iv, digits=0)  # noqa: E731
     out = ["## General ability", "",
            f"Base and student, without any prompt, on promptdistill's built-in general check ({section['n']} prompts with "
            "checkable answers: arithmetic, short facts, format instructions, copying and reversing; general.py). "
            "A drop says what training cost the model off the task.", "",
            "| system | score | 95% interval |", "|---|---|---|",
-           f"| base | {fmt(section['base_score'], pct=True)} | {span(section['base_interval'])} |",
-           f"| student | {fmt(section['student_score'], pct=True)} | {span(section['student_interval'])} |", "",
+           f"| base | {fmt(section['base_score'], '.1%')} | {span(section['base_interval'])} |",
+           f"| student | {fmt(section['student_score'], '.1%')} | {span(section['student_interval'])} |", "",
            "| kind | checks | base | student |", "|---|---|---|---|"]
-    out += [f"| {k} | {v['n']} | {fmt(v['base'], pct=True)} | {fmt(v['student'], pct=True)} |" for k, v in section["by_kind"].items()]
+    out += [f"| {k} | {v['n']} | {fmt(v['base'], '.1%')} | {fmt(v['student'], '.1%')} |" for k, v in section["by_kind"].items()]
     out.append("")
     if section["kl_base_student"] is not None:
         out.append(f"Mean KL(base ‖ student) per token over the base's own replies: {fmt(section['kl_base_student'], '.3f')} nats "
