@@ -27,7 +27,7 @@ OK = "ok"
 NO_MATCH = "no_match"
 NOT_IN_LABEL_SET = "not_in_label_set"
 LOW_CONFIDENCE = "low_confidence"
-# How an answer that did not parse is written: the confusion's column in reports, `predict`'s output line.
+# How an answer that gave no label is shown (confusion tables, predictions).
 UNPARSED = "??"
 
 
