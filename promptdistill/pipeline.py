@@ -164,8 +164,8 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
 def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> dict:
     """Evaluate the teacher, base and trained student of a run directory on
     `examples` and write the report with its pictures into RUN/eval; return the report."""
-    from .evaluation.report import write_run_report
-    from .evaluation.systems import evaluate_systems
+    from .evaluation.run_report import write_run_report
+    from .evaluation.systems import Systems, evaluate_systems
     from .teachers import load_teacher
 
     run = RunDir(run_dir)
@@ -182,14 +182,8 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> di
     # An interrupted evaluation resumes only with the same settings, inputs and adapter.
     inputs_print = fingerprint([cfg.to_dict(), [(e.id, e.text) for e in examples], [(e.id, e.text) for e in offtask or ()]],
                                (adapter / "adapter_model.safetensors").read_bytes())
-    report = evaluate_systems(
-        task, examples, run.eval_dir, teacher=teacher, student=student, seed=cfg.data.seed,
-        base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=inputs_print,
-        latency_requests=cfg.eval.latency_requests,
-        train_records=_train_records(run), teacher_resamples=cfg.eval.teacher_resamples,
-        offtask=offtask, offtask_source=cfg.eval.offtask_inputs or "", untrained=base_view,
-        general_max_drop=cfg.eval.general_max_drop if cfg.eval.general_ability else None,
-    )
+    report = evaluate_systems(task, examples, run.eval_dir, Systems(teacher, student, base_view), cfg.eval, seed=cfg.data.seed,
+                              train_records=_train_records(run), offtask=offtask, fingerprint=inputs_print, progress=progress)
     _record_heldout_source(run, examples)
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
     write_run_report(run.path)
