@@ -54,8 +54,6 @@ BALANCE = ("none", "answers")  # train.balance, see training/data.py
 # in memory and keeps the decode steps' matrix products busy; records are
 # written a batch at a time.
 GENERATE_BATCH_SIZE = 64
-# Requests per system timed one at a time for the report's latency (eval.latency_requests).
-LATENCY_REQUESTS = 32
 
 
 @dataclass
@@ -201,7 +199,7 @@ class EvalConfig:
     # start with cached, as a prefix-caching server does; evaluation/latency.py),
     # so all rows' latencies are measured alike; the quality metrics use
     # batched answers on all inputs.
-    latency_requests: int = LATENCY_REQUESTS
+    latency_requests: int = 32
     # The ceiling of the report's agreement: ask the teacher this many more
     # times per held-out input (generate mode, at task.temperature, which must
     # be > 0) and measure how often it repeats its own answer. 0 = off; choose
