@@ -189,7 +189,7 @@ FLAG_SETTINGS = {
 
 def _adapter_of_run(run: str) -> str:
     """--init-from RUN: the adapter RUN's train stage finished, or one line saying there is none."""
-    from .outputs import check_run_dir
+    from .rundir import check_run_dir
     from .rundir import RunDir
 
     try:
@@ -243,7 +243,7 @@ def load_task_config(args):
 def check_models(models) -> None:
     """Models given as local folders must hold a model (a server's teacher is a name, not checked),
     and a device asked for by name must be on this machine, before anything is written."""
-    from .outputs import check_model_folder
+    from .io import check_model_folder
 
     if models.teacher_backend != "openai":
         check_model_folder(models.teacher, "models.teacher")
@@ -278,7 +278,9 @@ def _claim_labels_output(args, reads: dict, more_writes) -> tuple[Path, Path]:
     anything is written: apart from the command's inputs (`reads`) and from any
     run directory, and each new, empty or holding labeled records (outputs.py).
     `more_writes(out)` names the command's other files beside --out."""
-    from .outputs import check_outside_runs, check_paths, claim_labels_file
+    from .io import check_paths
+    from .labeling import claim_labels_file
+    from .rundir import check_outside_runs
 
     out = Path(args.out)
     rejects = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.jsonl")
@@ -292,7 +294,7 @@ def _claim_labels_output(args, reads: dict, more_writes) -> tuple[Path, Path]:
 
 
 def cmd_label(args):
-    from .outputs import check_file
+    from .io import check_file
     from .pipeline import prepare_inputs
     from .task import Task
 
@@ -333,7 +335,8 @@ def cmd_render(args):
 
 
 def cmd_train(args):
-    from .outputs import check_file, check_paths, claim_run_dir
+    from .io import check_file, check_paths
+    from .rundir import claim_run_dir
     from .pipeline import check_max_length
     from .records import read_labeled
     from .rundir import RunDir
@@ -368,7 +371,8 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    from .outputs import check_file, check_paths, check_run_dir
+    from .io import check_file, check_paths
+    from .rundir import check_run_dir
     from .pipeline import evaluate_run, fit_context, read_offtask
     from .records import check_gold_labels, read_inputs
     from .rundir import RunDir
@@ -431,7 +435,7 @@ def _read_texts(args) -> list[str]:
 
 def cmd_predict(args):
     from .config import check_device
-    from .outputs import check_run_dir
+    from .rundir import check_run_dir
     from .pipeline import fit_context
     from .records import Example
     from .rundir import RunDir
@@ -463,7 +467,8 @@ def cmd_predict(args):
 def cmd_export(args):
     from .config import DTYPES, check_device
     from .export import check_export_target, export_adapter, export_merged
-    from .outputs import check_paths, check_run_dir
+    from .io import check_paths
+    from .rundir import check_run_dir
     from .rundir import RunDir
 
     if not args.merged and not args.adapter:
@@ -513,7 +518,8 @@ def _data_source_parsers(sub, with_task, with_teacher_backend) -> None:
 
 
 def cmd_synthesize(args):
-    from .outputs import check_file, check_outside_runs, check_paths
+    from .io import check_file, check_paths
+    from .rundir import check_outside_runs
     from .synthesis import claim_synthesis_output, synthesize
 
     if args.seeds:
@@ -547,7 +553,7 @@ def cmd_synthesize(args):
 
 def cmd_import_chats(args):
     from .chatlogs import import_chats
-    from .outputs import check_file
+    from .io import check_file
     from .task import Task
 
     args.teacher = args.student = args.device = None

@@ -30,8 +30,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import PromptDistillError
-from .io import DirectoryLock, JsonlAppender, atomic_write_json
-from .outputs import claim_labels_file
+from .io import DirectoryLock, JsonlAppender, atomic_write_json, check_output_file, read_settings, resume_or_refuse
 from .progress import progress_bar
 from .records import Example, iter_jsonl
 from .task import OK, Task
@@ -105,24 +104,63 @@ def label_inputs(
 
 
 def _check_or_write_meta(out_path: Path, rejects_path: Path, meta: dict, force: bool) -> None:
+    """Labels made with other settings (a key only the old labels have, say a server
+    URL, is a change too) are refused, or with `force` discarded; then the sidecar
+    records the current settings."""
     meta_path = out_path.with_name(out_path.name + ".meta.json")
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        # Both ways: a key only the old labels have (say a server URL) is a change too.
-        changed = sorted(k for k in meta.keys() | old.keys() if old.get(k) != meta.get(k))
-        if changed and not force:
-            raise PromptDistillError(
-                f"existing labels were made with different settings ({', '.join(changed)}); "
-                "use --force to discard them and relabel, or write to another file",
-                path=out_path,
-            )
-        if changed:
-            for p in (out_path, rejects_path):
-                p.unlink(missing_ok=True)
-    elif force:
+
+    def discard():
         for p in (out_path, rejects_path):
             p.unlink(missing_ok=True)
+
+    stored = read_settings(meta_path, corrupt="corrupt labels sidecar; delete it and rerun with --force to relabel")
+    if stored is None and force:  # labels nobody recorded the settings of
+        discard()
+    resume_or_refuse(stored, meta, force=force, what="existing labels were made", path=out_path,
+                     discards="them and relabels, or write to another file", discard=discard)
     atomic_write_json(meta_path, meta)
+
+
+def claim_labels_file(path, what: str, *, sidecars: bool = True) -> Path:
+    """A labeled JSONL file `label` appends to: new, empty, or holding labeled records
+    (label cuts a torn last line, which would truncate anything else). With
+    `sidecars`, its sidecar (<file>.meta.json) and lock (<file>.lock) must
+    not be folders, and the sidecar must be readable JSON."""
+    p = check_output_file(path, what)
+    meta = p.with_name(p.name + ".meta.json")
+    if sidecars:
+        check_output_file(meta, f"{what}'s sidecar")
+        check_output_file(p.with_name(p.name + ".lock"), f"{what}'s lock file")
+    if sidecars and meta.exists():
+        try:
+            ok = isinstance(json.loads(meta.read_bytes().decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok:
+            raise PromptDistillError("corrupt labels sidecar; delete it and rerun with --force to relabel", path=meta)
+    if not p.exists() or p.stat().st_size == 0:
+        return p
+    lines = p.read_bytes().split(b"\n")
+    torn = lines.pop() if lines else b""  # text after the last newline: a record cut by a kill, cut on resume
+    records = 0
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+            ok = isinstance(obj, dict) and "id" in obj and "status" in obj
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok and records == 0:
+            raise PromptDistillError(f"{what} exists and is not a labeled JSONL file written by `label` (line {n}); "
+                                     "choose another file", path=p)
+        if not ok:
+            raise PromptDistillError("corrupt labeled record; fix or delete this line", path=p, line=n)
+        records += 1
+    if torn.strip() and not (torn.startswith(b'{"') and (records or meta.exists())):
+        raise PromptDistillError(f"{what} exists and is not a labeled JSONL file written by `label` (its last line); "
+                                 "choose another file", path=p)
+    return p
 
 
 def _done_ids(path: Path) -> set[str]:

@@ -23,7 +23,7 @@ from .config import Config, eval_settings, task_settings, training_settings
 from .errors import PromptDistillError
 from .io import atomic_write_json, fingerprint
 from .records import check_gold_labels, read_inputs, read_labeled, report_duplicates, write_examples
-from .rundir import STAGE_OUTPUTS, RunDir, adapter_fingerprint
+from .rundir import RunDir, adapter_fingerprint
 from .split import split_examples, subsample
 from .task import Task
 
@@ -31,9 +31,6 @@ from .task import Task
 def stage_settings(cfg: Config) -> dict[str, dict]:
     """The configuration each stage depends on (including its predecessors)."""
     d = cfg.to_dict()
-    if not cfg.data.synthesize:
-        # Only when set, so run directories made before synthesis existed keep their fingerprint.
-        d["data"].pop("synthesize", None)
     # Training data only (the split and the labels do not depend on it).
     mix_general = d["data"].pop("mix_general")
     split = {
@@ -43,14 +40,13 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
         "fit": [cfg.train.max_length, cfg.task.max_new_tokens, cfg.models.student],
     }
     if cfg.data.synthesize:
-        split["synthesize"] = [d["synthesize"], d["models"]["teacher"], cfg.models.teacher_backend, task_settings(cfg.task)]
-    label = {**split, "task": task_settings(cfg.task), "teacher": d["models"]["teacher"]}
-    if cfg.models.teacher_backend != "transformers":
-        # Only then, so run directories labeled before backends existed keep their fingerprint.
-        label["teacher_backend"] = [cfg.models.teacher_backend, cfg.models.teacher_url]
-    train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
-    if mix_general:
-        train["mix_general"] = mix_general
+        # What writes the synthetic inputs (without synthesis, none of it matters to the split).
+        split["synthesize"] = {**d["synthesize"], "teacher": d["models"]["teacher"], "teacher_backend": cfg.models.teacher_backend,
+                               "task": task_settings(cfg.task)}
+    label = {**split, "task": task_settings(cfg.task), "teacher": d["models"]["teacher"],
+             "teacher_backend": [cfg.models.teacher_backend, cfg.models.teacher_url]}
+    train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"],
+             "task_target": d["task"]["student_target"], "mix_general": mix_general}
     if cfg.train.init_adapter:
         # The adapter's weights, not only its path: retraining it elsewhere invalidates this run's training.
         train["init_adapter"] = adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter))
@@ -67,7 +63,8 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
     e.g. the task file, or train.init_adapter, the adapter training starts
     from) may lie among the run's outputs, and the run's existing files must
     be readable."""
-    from .outputs import check_file, check_paths, claim_run_dir
+    from .io import check_file, check_paths
+    from .rundir import claim_run_dir
     from .training.init_adapter import init_adapter_folder
 
     if not cfg.data.inputs and not cfg.data.synthesize:
@@ -82,8 +79,7 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
     if cfg.train.init_adapter is not None:
         reads["train.init_adapter"] = init_adapter_folder(cfg)
     run = RunDir(claim_run_dir(run_dir))
-    outputs = {f"the run's {name}": run.path / name for name in ("config.json", ".lock", "stages", "synth", *STAGE_OUTPUTS.values())}
-    check_paths(reads, outputs)
+    check_paths(reads, run.entries())
     run.check_files()
     check_max_length(cfg)
     with run.lock():
@@ -96,8 +92,8 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
     from .training.recipe import train_student
 
     task = Task(cfg.task)
-    prints = {stage: fingerprint(settings) for stage, settings in stage_settings(cfg).items()}
-    todo = run.plan(prints, force)
+    settings = stage_settings(cfg)
+    todo = run.plan(settings, force)
     # Written only once the settings are accepted: predict reads the model and task from it.
     run.save_config(cfg)
 
@@ -117,7 +113,7 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
             train, heldout, summary = add_synthetic_inputs(cfg, run, task, train, heldout, force=force, progress=progress, log=log)
         write_examples(run.split_file("train"), train)
         write_examples(run.split_file("heldout"), heldout)
-        run.mark_done("split", prints["split"], {"train": len(train), "heldout": len(heldout), **summary})
+        run.mark_done("split", settings["split"], {"train": len(train), "heldout": len(heldout), **summary})
         log(f"[promptdistill] split: {len(train)} train, {len(heldout)} held-out")
 
     train_inputs = read_inputs(run.split_file("train"))
@@ -137,7 +133,7 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
         atomic_write_json(run.labels_summary, summaries)
         if cfg.data.synthesize:
             synthetic_label_report(run)
-        run.mark_done("label", prints["label"], summaries)
+        run.mark_done("label", settings["label"], summaries)
         del teacher
 
     if stage_needed("train"):
@@ -147,13 +143,13 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
             cfg, [r for r in read_labeled(run.labels_file("train")) if r.id in train_ids], run.train_dir,
             heldout=[r for r in read_labeled(run.labels_file("heldout")) if r.id in heldout_ids], progress=progress,
         )
-        run.mark_done("train", prints["train"], summary)
+        run.mark_done("train", settings["train"], summary)
         log(f"[promptdistill] train: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
             f"held-out loss {summary['final_heldout_loss'] if summary['final_heldout_loss'] is not None else '-'}")
 
     if stage_needed("eval"):
         report = evaluate_run(cfg, run.path, heldout_inputs, progress=progress)
-        run.mark_done("eval", prints["eval"], {name: {k: v for k, v in m.items() if k != "confusion"} for name, m in report["systems"].items()})
+        run.mark_done("eval", settings["eval"], {name: {k: v for k, v in m.items() if k != "confusion"} for name, m in report["systems"].items()})
     report = json.loads(run.report_path.read_text(encoding="utf-8"))
     log("")
     log(results_table(report))

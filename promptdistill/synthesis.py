@@ -50,7 +50,8 @@ from pathlib import Path
 
 from .config import Config
 from .errors import PromptDistillError
-from .io import DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, fingerprint
+from .io import (DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_file,
+                 fingerprint, read_settings, resume_or_refuse)
 from .progress import progress_bar
 from .records import Example, iter_jsonl, read_inputs
 from .render import render_prompt
@@ -249,8 +250,6 @@ def claim_synthesis_output(out_path) -> tuple[Path, Path]:
     """(inputs file, raw generations file) for `out_path`, refused when the inputs
     file exists but was not written by `synthesize` (its raw generations' sidecar
     is missing): it is replaced at the end, and may be someone's real inputs."""
-    from .outputs import check_output_file
-
     out_path = check_output_file(out_path, "--out")
     raw_path = out_path.with_name(out_path.stem + ".raw.jsonl")
     ours = raw_path.with_name(raw_path.name + ".meta.json").is_file()
@@ -391,17 +390,14 @@ def _read_raw(path: Path) -> list[dict]:
 
 
 def _check_or_write_meta(raw_path: Path, meta: dict, force: bool) -> None:
+    """Generations made with other settings are refused, or with `force` discarded;
+    then the sidecar records the current settings."""
     meta_path = raw_path.with_name(raw_path.name + ".meta.json")
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in meta.keys() | old.keys() if old.get(k) != meta.get(k))
-        if changed and not force:
-            raise PromptDistillError(f"existing generations were made with different settings ({', '.join(changed)}); "
-                                     "use --force to discard them, or write to another file", path=raw_path)
-        if changed:
-            raw_path.unlink(missing_ok=True)
-    elif force:
+    stored = read_settings(meta_path, corrupt="corrupt synthesis sidecar; delete it and rerun with --force")
+    if stored is None and force:
         raw_path.unlink(missing_ok=True)
+    resume_or_refuse(stored, meta, force=force, what="existing generations were made", path=raw_path,
+                     discards="them, or write to another file", discard=lambda: raw_path.unlink(missing_ok=True))
     atomic_write_json(meta_path, meta)
 
 

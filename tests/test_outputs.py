@@ -1,4 +1,4 @@
-"""outputs.py, in process: how paths relate (symlinks and hard links included),
+"""The output rule, in process (io.py, rundir.py, export.py, labeling.py): how paths relate (symlinks and hard links included),
 which existing labels files and folders count as the tool's own, and that
 replacing a folder never leaves nothing behind."""
 
@@ -9,8 +9,10 @@ import os
 import pytest
 
 from promptdistill.errors import PromptDistillError
-from promptdistill.outputs import (MANIFEST, check_paths, claim_folder, claim_labels_file, claim_run_dir, foreign_entries,
-                                   relation, write_manifest)
+from promptdistill.export import MANIFEST, claim_folder, foreign_entries, write_manifest
+from promptdistill.io import check_paths, relation
+from promptdistill.labeling import claim_labels_file
+from promptdistill.rundir import claim_run_dir
 
 
 def test_relation_sees_through_symlinks_and_hard_links(tmp_path):

@@ -64,15 +64,15 @@ import torch
 
 from ..config import LOSSES, Config, TrainConfig
 from ..errors import PromptDistillError
-from ..io import DirectoryLock, atomic_directory, atomic_write_json
+from ..io import DirectoryLock, atomic_directory, atomic_write_json, read_settings, resume_or_refuse
 from ..models import load_model, resolve_device
 from ..progress import progress_bar
 from ..records import LabeledExample
 from ..render import RenderedExample
 from ..task import Task
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
+from .checkpoint import checkpoint_settings, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from .data import (by_length, collate, micro_batches, padding_pieces, render_for_training, sampling_weights, step_groups,
-                   training_fingerprint, training_items)
+                   training_items)
 from .distributed import Distributed
 from .general_mix import GeneralExample
 from .init_adapter import init_adapter_folder, init_adapter_model
@@ -170,7 +170,7 @@ class DistillationRecipe:
         self.heldout_set = render_for_training(heldout, self.tokenizer, cfg.max_length)[0]
         # train.balance: how step_groups draws the items (None: a shuffle per epoch)
         self.sample_weights = sampling_weights(records, self.too_long, cfg, general=len(general))
-        self.fingerprint = training_fingerprint(records, self.cfg, general_rows)
+        self.settings = checkpoint_settings(records, self.cfg, general_rows)
         if self.too_long:
             self._say(f"{len(self.too_long)} training examples exceed max_length={cfg.max_length} tokens "
                       f"and are skipped: {self.too_long[:10]}")
@@ -248,16 +248,22 @@ class DistillationRecipe:
         self.start_step, self.last_loss, self.last_heldout = 0, float("nan"), None
         found = latest_checkpoint(self.run_dir)
         if found is not None:
-            saved = json.loads((found / "trainer_state.json").read_text(encoding="utf-8"))
-            if saved.get("fingerprint") == self.fingerprint:
+            def discard():
+                self.dist.barrier()  # every process has read the checkpoint's state before the main one removes it
+                if self.dist.is_main:
+                    shutil.rmtree(found.parent)
+
+            stored = read_settings(found / "trainer_state.json", key="settings",
+                                   corrupt=f"corrupt checkpoint; delete {found} to resume from an earlier one")
+            changed = resume_or_refuse(stored, self.settings, force=True, what="checkpoints were made", discards="them",
+                                       discard=discard, path=found.parent)
+            if changed:
+                self._say(f"checkpoints in {found.parent} were made with other data or settings ({', '.join(changed[:8])}); "
+                          "starting over")
+            else:
                 state = load_checkpoint(found, self.model, self.optimizer, self.scheduler)
                 self.start_step, self.last_loss, self.last_heldout = state["step"], state["last_loss"], state["last_heldout"]
                 self._say(f"resuming training from {found} (step {self.start_step} of {self.total_steps})")
-            else:
-                self.dist.barrier()  # every process has read the checkpoint's state before the main one removes it
-                self._say(f"checkpoints in {found.parent} were made with other data or settings; starting over")
-                if self.dist.is_main:
-                    shutil.rmtree(found.parent)
         self.dist.broadcast_parameters(self.trainable)
 
     def _open_logs(self) -> None:
@@ -406,7 +412,7 @@ class DistillationRecipe:
 
     def _save_checkpoint(self, step: int) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.fingerprint,
+            save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.settings,
                             {"last_loss": self.last_loss, "last_heldout": self.last_heldout})
         self.dist.barrier()  # a checkpoint is whole before any process can stop or go on
 
