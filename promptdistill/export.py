@@ -34,9 +34,11 @@ import os
 import shutil
 from pathlib import Path
 
+from .config import DTYPES, Config
 from .errors import PromptDistillError
 from .io import atomic_directory, atomic_write_json, atomic_write_text, check_parent_writable, check_paths, relation
-from .rundir import RunDir, check_outside_runs
+from .overrides import check_device_flag, check_models
+from .rundir import RunDir, check_outside_runs, check_run_dir
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Written by export into every folder it creates: the files it wrote, with sizes and hashes.
@@ -124,14 +126,56 @@ def claim_folder(path, what: str, *, overwrite: bool = False) -> Path:
     return p
 
 
+def check_export(run_dir, *, merged=None, adapter=None, device: str = "cpu", dtype: str | None = None,
+                 overwrite: bool = False) -> tuple[RunDir, Config]:
+    """The export stage's preflight: the run is a run with a whole adapter, its models
+    are there, `device` and `dtype` are valid, and both targets are checked
+    (`check_export_target`, and apart from each other) before either is written."""
+    if not merged and not adapter:
+        raise PromptDistillError("nothing to export: pass --merged DIR and/or --adapter DIR")
+    run = RunDir(check_run_dir(run_dir))
+    check_device_flag(device, "--device")
+    if dtype is not None and dtype not in DTYPES:
+        raise PromptDistillError(f"must be one of {', '.join(DTYPES)}; got {dtype!r}", field="--dtype")
+    cfg = run.load_config()
+    check_models(cfg.models)
+    run.adapter()
+    check_paths({}, {"--merged": merged, "--adapter": adapter})
+    for flag, target in (("--merged", merged), ("--adapter", adapter)):
+        if target:
+            check_export_target(run, target, flag, overwrite=overwrite)
+    return run, cfg
+
+
+def export_run(run_dir, *, merged=None, adapter=None, device: str = "cpu", dtype: str | None = None,
+               overwrite: bool = False) -> dict[str, Path]:
+    """Write the student of a run as a merged model folder (`merged`) and/or a PEFT
+    adapter folder (`adapter`), checked first (`check_export`), under the run's
+    lock; return the folders written by kind."""
+    run, cfg = check_export(run_dir, merged=merged, adapter=adapter, device=device, dtype=dtype, overwrite=overwrite)
+    written = {}
+    with run.lock():
+        if merged:
+            written["merged"] = _write_merged(run, cfg, Path(merged), device, dtype)
+        if adapter:
+            written["adapter"] = _write_adapter(run, cfg, Path(adapter))
+    return written
+
+
 def export_merged(run_dir, out_dir, *, device: str = "cpu", dtype: str | None = None, overwrite: bool = False) -> Path:
     """Write the student (base + LoRA merged) as a standalone transformers folder; return it."""
+    return export_run(run_dir, merged=out_dir, device=device, dtype=dtype, overwrite=overwrite)["merged"]
+
+
+def export_adapter(run_dir, out_dir, *, overwrite: bool = False) -> Path:
+    """Write the student's PEFT adapter folder, pointing at its base model; return it."""
+    return export_run(run_dir, adapter=out_dir, overwrite=overwrite)["adapter"]
+
+
+def _write_merged(run: RunDir, cfg: Config, out_dir: Path, device: str, dtype: str | None) -> Path:
     from .render import end_of_turn_ids
 
-    run = RunDir(run_dir)
-    cfg = run.load_config()
-    adapter = run.adapter()
-    check_export_target(run, out_dir, overwrite=overwrite)
+    adapter = run.adapter_dir
     student = run.load_student(cfg, device=device, dtype=dtype)
     merged = student.model.merge_and_unload()
     tok = student.tokenizer
@@ -147,17 +191,13 @@ def export_merged(run_dir, out_dir, *, device: str = "cpu", dtype: str | None = 
         tok.save_pretrained(tmp)
         atomic_write_text(tmp / "README.md", _merged_readme(cfg, adapter))
         write_manifest(tmp, "merged")
-    return Path(out_dir)
+    return out_dir
 
 
-def export_adapter(run_dir, out_dir, *, overwrite: bool = False) -> Path:
-    """Write the student's PEFT adapter folder, pointing at its base model; return it."""
+def _write_adapter(run: RunDir, cfg: Config, out_dir: Path) -> Path:
     from .models import model_path
 
-    run = RunDir(run_dir)
-    cfg = run.load_config()
-    adapter = run.adapter()
-    check_export_target(run, out_dir, overwrite=overwrite)
+    adapter = run.adapter_dir
     base_path = model_path(cfg.models.student)
     with atomic_directory(out_dir) as tmp:
         for name in _ADAPTER_FILES:
@@ -168,9 +208,9 @@ def export_adapter(run_dir, out_dir, *, overwrite: bool = False) -> Path:
         # converted cache folder rather than the short name only we know).
         adapter_cfg["base_model_name_or_path"] = base_path
         atomic_write_text(config_path, json.dumps(adapter_cfg, indent=2) + "\n")
-        atomic_write_text(tmp / "README.md", _adapter_readme(cfg, base_path, Path(out_dir), adapter_cfg.get("r")))
+        atomic_write_text(tmp / "README.md", _adapter_readme(cfg, base_path, out_dir, adapter_cfg.get("r")))
         write_manifest(tmp, "adapter")
-    return Path(out_dir)
+    return out_dir
 
 
 def _merged_readme(cfg, adapter: Path) -> str:

@@ -259,19 +259,22 @@ def check_run_dir(path, what: str = "run directory") -> Path:
     return p
 
 
-def check_outside_runs(path, what: str, *, own_run=None) -> None:
+def check_outside_runs(path, what: str, *, own_run=None, own_entries: tuple[str, ...] = ()) -> None:
     """Refuse writing inside a run directory. Into `own_run` (the run an export
     is made from) only a new folder beside the run's own entries is allowed,
-    e.g. RUN/merged: never into config.json, stages/, split/, labels/, train/ or eval/."""
+    e.g. RUN/merged: never into config.json, stages/, split/, labels/, train/ or eval/.
+    `own_entries` are the entries of any run a stage's Python function writes
+    itself (labels/ for `label_inputs`, train/ for `train_student`), as the
+    pipeline and a notebook working on that run do."""
     real = _real(path)
     for parent in real.parents:
+        top = real.relative_to(parent).parts[0]
         if own_run is not None and parent == _real(own_run):
-            top = real.relative_to(parent).parts[0]
             if top in RUN_ENTRIES:
                 raise PromptDistillError(f"{what} is inside the run's own {top}; choose a path outside the run, "
                                          "or a new folder directly in it (such as RUN/merged)", path=path)
             continue
-        if looks_like_run(parent):
+        if looks_like_run(parent) and top not in own_entries:
             raise PromptDistillError(f"{what} is inside the run directory {parent}; a run's files are written only by the "
                                      "commands that work on that run: choose a path outside it", path=path)
 

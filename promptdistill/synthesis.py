@@ -51,9 +51,10 @@ from pathlib import Path
 from .config import Config
 from .errors import PromptDistillError
 from .io import (DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_file,
-                 fingerprint, read_settings, resume_or_refuse)
+                 check_file, check_paths, fingerprint, read_settings, resume_or_refuse)
 from .progress import progress_bar
-from .records import Example, iter_jsonl, read_inputs
+from .records import Example, iter_jsonl, read_inputs, read_labeled
+from .rundir import SYNTH, check_outside_runs
 from .render import render_prompt
 from .task import Task
 from .teachers import CompletionRequest, Teacher, teacher_for
@@ -258,18 +259,52 @@ def claim_synthesis_output(out_path) -> tuple[Path, Path]:
     return out_path, raw_path
 
 
+def check_synthesis_outputs(out_path, *, reads: dict | None = None, own_entries: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """(inputs file, raw generations file) of `out_path`, checked before anything is
+    written: the inputs file the tool's own (`claim_synthesis_output`), and it, the
+    raw generations, their sidecar and the report apart from what is read
+    (`reads`) and outside any run directory (but for a run's `own_entries`)."""
+    out, raw = claim_synthesis_output(out_path)
+    writes = {"--out": out, "its raw generations": raw, "their sidecar": raw.with_name(raw.name + ".meta.json"),
+              "the synthesis report": out.with_name(out.stem + ".synthesis.json")}
+    check_paths(reads or {}, writes)
+    for name, path in writes.items():
+        check_outside_runs(path, name, own_entries=own_entries)
+    return out, raw
+
+
+def synthesize_file(cfg: Config, n: int, out_path, *, labeled=None, task_file=None, **options) -> dict:
+    """The `synthesize` command: `synthesize` into a file outside any run; with `labeled`
+    (the labels `label` made of these inputs, checked first) the report is the
+    teacher's label distribution against the quotas."""
+    labeled = check_file(labeled, "--labeled") if labeled else None
+    summary = synthesize(cfg, n, out_path, reads={"the task file": task_file, "--labeled": labeled}, own_entries=(), **options)
+    if labeled is None:
+        return summary
+    rejects = labeled.with_name(labeled.stem + ".rejects.jsonl")
+    return quota_report(out_path, [r.to_json() for r in read_labeled(labeled)], len(read_labeled(rejects)) if rejects.exists() else 0)
+
+
 def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = None, avoid: list[Example] | None = None,
-               teacher: Teacher | None = None, force: bool = False, progress: bool = True, log=print) -> dict:
+               teacher: Teacher | None = None, force: bool = False, progress: bool = True, log=print, reads: dict | None = None,
+               own_entries: tuple[str, ...] = (SYNTH,)) -> dict:
     """Write `n` synthetic inputs to `out_path` (JSONL, readable by read_inputs) with the
     generator of `cfg.synthesize` (default: the teacher, on `models.teacher_backend`);
     write the report beside it and return it. `seeds` are real inputs for the seeds
     strategy (default: synthesize.seed_inputs, else data.inputs); `avoid` are inputs no kept
     input may copy or nearly copy without being seeds (`run` passes the real held-out inputs,
-    so none leaks into training as a near copy)."""
+    so none leaks into training as a near copy). Before anything is written, the seed
+    files are checked and the outputs claimed (`check_synthesis_outputs`: apart
+    from them and `reads`; in a run only into its `own_entries`, synth/ as `run` does)."""
     if n < 1:
         raise PromptDistillError(f"the number of inputs to synthesize must be at least 1, got {n}", field="data.synthesize")
     task, sy = Task(cfg.task), cfg.synthesize
-    out_path, raw_path = claim_synthesis_output(out_path)
+    reads = dict(reads or {})
+    if seeds is None:
+        for name, path in (("synthesize.seed_inputs", sy.seed_inputs), ("data.inputs", cfg.data.inputs)):
+            if path:
+                reads[name] = check_file(cfg.resolve_path(path), name)
+    out_path, raw_path = check_synthesis_outputs(out_path, reads=reads, own_entries=own_entries)
     if seeds is None:
         source = sy.seed_inputs or cfg.data.inputs
         seeds = read_inputs(cfg.resolve_path(source)) if source and "seeds" in sy.strategies else []

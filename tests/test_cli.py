@@ -26,6 +26,9 @@ FLAG_VALUES = {
     "report_to": ("--report-to", "tensorboard", "tensorboard"),
     "init_from": ("--init-from", "prev", lambda root: str(root / "prev" / "train" / "adapter")),
     "init_adapter": ("--init-adapter", "prev/train/adapter", lambda root: str(root / "prev" / "train" / "adapter")),
+    "seeds": ("--seeds", "seeds.txt", lambda root: str(root / "seeds.txt")),
+    "strategies": ("--strategies", "prompt, magpie", ["prompt", "magpie"]),
+    "generator": ("--generator", "some/generator", "some/generator"),
 }
 
 
@@ -46,8 +49,9 @@ def test_each_flag_sets_its_config_key(tmp_path, dest, monkeypatch):
         monkeypatch.chdir(tmp_path)
         value = value(tmp_path)
     command = "run" if dest in ("loss", "kd_alpha", "report_to", "teacher_url", "teacher_backend", "concurrency", "init_from",
-                                "init_adapter") else "label"
-    argv = [command, str(task), flag, text] + (["--out", str(tmp_path / "o.jsonl")] if command == "label" else [])
+                                "init_adapter") else "synthesize" if dest in ("seeds", "strategies", "generator") else "label"
+    argv = [command, str(task), flag, text] + (["--out", str(tmp_path / "o.jsonl")] if command != "run" else [])
+    argv += ["--n", "1"] if command == "synthesize" else []
     if dest in ("samples", "min_confidence"):
         argv += ["--temperature", "0.5"]  # samples > 1 needs sampling
     cfg = load_task_config(_parser().parse_args(argv))

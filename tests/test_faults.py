@@ -152,7 +152,7 @@ CASES = {
     # a device this machine lacks (no machine has a hundredth GPU): refused before the run directory or its split is written
     "run on cuda:99": (None, ["run", "task.toml", "--run-dir", "newrun", "--device", "cuda:99"], None, ["models.device", "cuda:99"]),
     "predict --device cuda:99": (None, ["predict", "--run-dir", "run", "--device", "cuda:99", "hello"], None, ["--device", "cuda:99"]),
-    "export --device cuda:99": (None, ["export", "run", "--merged", "m", "--device", "cuda:99"], None, ["--device", "cuda:99"]),
+    "export --device cuda:99": (None, ["export", "--run-dir", "run", "--merged", "m", "--device", "cuda:99"], None, ["--device", "cuda:99"]),
     # -- settings checked when the config is read
     "learning_rate nan": (None, L + ["--out", "o.jsonl", "--set", "train.learning_rate=nan"], None, ["train.learning_rate", "finite"]),
     "learning_rate inf": (None, L + ["--out", "o.jsonl", "--set", "train.learning_rate=inf"], None, ["train.learning_rate", "finite"]),
@@ -232,28 +232,28 @@ CASES = {
     "predict --device banana": (None, ["predict", "--run-dir", "run", "--device", "banana", "hello"], None, ["--device", "banana"]),
     "predict invalid UTF-8 on stdin": (None, ["predict", "--run-dir", "run"], b"hello\n\xff\n", ["<stdin>", "UTF-8"]),
     # -- export: never onto, into or around the run, never over a user's folder
-    "export --adapter into a user's folder": (None, ["export", "run", "--adapter", "mine"], None, ["did not write", "notes.txt", "--overwrite"]),
-    "export --adapter into the run's train/": (None, ["export", "run", "--adapter", "run/train/exported", "--overwrite"], None,
+    "export --adapter into a user's folder": (None, ["export", "--run-dir", "run", "--adapter", "mine"], None, ["did not write", "notes.txt", "--overwrite"]),
+    "export --adapter into the run's train/": (None, ["export", "--run-dir", "run", "--adapter", "run/train/exported", "--overwrite"], None,
                                                ["inside the run's own train"]),
-    "export --adapter onto the run's eval/": (None, ["export", "run", "--adapter", "run/eval", "--overwrite"], None,
+    "export --adapter onto the run's eval/": (None, ["export", "--run-dir", "run", "--adapter", "run/eval", "--overwrite"], None,
                                               ["inside the run's own eval"]),
-    "export --merged onto the run's config.json": (None, ["export", "run", "--merged", "run/config.json", "--overwrite"], None,
+    "export --merged onto the run's config.json": (None, ["export", "--run-dir", "run", "--merged", "run/config.json", "--overwrite"], None,
                                                    ["inside the run's own config.json"]),
-    "export --adapter is the run": (None, ["export", "run", "--adapter", "run", "--overwrite"], None, ["the run directory", "is the same path as --adapter"]),
-    "export --merged contains the run": (None, ["export", "run", "--merged", ".", "--overwrite"], None, ["the run directory", "is inside --merged"]),
-    "export --adapter is a file": (None, ["export", "run", "--adapter", "inputs.jsonl"], None, ["is a file"]),
-    "export --merged equals --adapter": (None, ["export", "run", "--merged", "x", "--adapter", "x"], None, ["--merged is the same path as --adapter"]),
-    "export into another run": (_other_run, ["export", "run", "--adapter", "run2/adapter-copy", "--overwrite"], None,
+    "export --adapter is the run": (None, ["export", "--run-dir", "run", "--adapter", "run", "--overwrite"], None, ["the run directory", "is the same path as --adapter"]),
+    "export --merged contains the run": (None, ["export", "--run-dir", "run", "--merged", ".", "--overwrite"], None, ["the run directory", "is inside --merged"]),
+    "export --adapter is a file": (None, ["export", "--run-dir", "run", "--adapter", "inputs.jsonl"], None, ["is a file"]),
+    "export --merged equals --adapter": (None, ["export", "--run-dir", "run", "--merged", "x", "--adapter", "x"], None, ["--merged is the same path as --adapter"]),
+    "export into another run": (_other_run, ["export", "--run-dir", "run", "--adapter", "run2/adapter-copy", "--overwrite"], None,
                                 ["inside the run directory"]),
-    "export over an edited export": (_exported_then_edited, ["export", "run", "--adapter", "exported"], None,
+    "export over an edited export": (_exported_then_edited, ["export", "--run-dir", "run", "--adapter", "exported"], None,
                                      ["README.md (changed since export)"]),
-    "export --dtype unknown": (None, ["export", "run", "--merged", "m", "--dtype", "float8"], None, ["--dtype"]),
-    "export --device banana": (None, ["export", "run", "--merged", "m", "--device", "banana"], None, ["--device"]),
-    "export a folder that is not a run": (None, ["export", "mine", "--adapter", "a"], None, ["not a run directory"]),
-    "export a missing run": (None, ["export", "nope", "--adapter", "a"], None, ["run directory not found"]),
-    "export a run that is a file": (None, ["export", "inputs.jsonl", "--adapter", "a"], None, ["is a file"]),
+    "export --dtype unknown": (None, ["export", "--run-dir", "run", "--merged", "m", "--dtype", "float8"], None, ["--dtype"]),
+    "export --device banana": (None, ["export", "--run-dir", "run", "--merged", "m", "--device", "banana"], None, ["--device"]),
+    "export a folder that is not a run": (None, ["export", "--run-dir", "mine", "--adapter", "a"], None, ["not a run directory"]),
+    "export a missing run": (None, ["export", "--run-dir", "nope", "--adapter", "a"], None, ["run directory not found"]),
+    "export a run that is a file": (None, ["export", "--run-dir", "inputs.jsonl", "--adapter", "a"], None, ["is a file"]),
     "export corrupt adapter": (lambda w: _truncate(w / "run/train/adapter/adapter_model.safetensors"),
-                               ["export", "run", "--adapter", "a"], None, ["corrupt or incomplete"]),
+                               ["export", "--run-dir", "run", "--adapter", "a"], None, ["corrupt or incomplete"]),
     # -- run
     "run --run-dir is a user's folder": (None, ["run", "task.toml", "--run-dir", "mine"], None, ["not a run directory"]),
     "run --run-dir inside another run": (None, ["run", "task.toml", "--run-dir", "run/train/nested"], None, ["inside the run directory"]),
@@ -321,9 +321,9 @@ def test_export_replaces_its_own_folder_and_overwrite_replaces_a_users(world, tm
     shutil.copytree(world, w, symlinks=True)
     old_mask = os.umask(0o022)
     try:
-        first = cli(["export", "run", "--adapter", "exported"], cwd=w)
+        first = cli(["export", "--run-dir", "run", "--adapter", "exported"], cwd=w)
         assert first.returncode == 0, first.stderr.decode()[-2000:]
-        again = cli(["export", "run", "--adapter", "exported"], cwd=w)  # unchanged since: the tool's own, replaced
+        again = cli(["export", "--run-dir", "run", "--adapter", "exported"], cwd=w)  # unchanged since: the tool's own, replaced
         assert again.returncode == 0, again.stderr.decode()[-2000:]
         manifest = json.loads((w / "exported" / ".promptdistill-export.json").read_text())
         assert set(manifest["files"]) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
@@ -331,10 +331,10 @@ def test_export_replaces_its_own_folder_and_overwrite_replaces_a_users(world, tm
         assert stat.S_IMODE((w / "exported").stat().st_mode) == 0o755
         for f in (w / "exported").iterdir():
             assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
-        beside = cli(["export", "run", "--adapter", "run/exported"], cwd=w)  # a new folder beside the run's own entries
+        beside = cli(["export", "--run-dir", "run", "--adapter", "run/exported"], cwd=w)  # a new folder beside the run's own entries
         assert beside.returncode == 0, beside.stderr.decode()[-2000:]
         assert (w / "run" / "exported" / "adapter_config.json").exists()
-        forced = cli(["export", "run", "--adapter", "mine", "--overwrite"], cwd=w)
+        forced = cli(["export", "--run-dir", "run", "--adapter", "mine", "--overwrite"], cwd=w)
         assert forced.returncode == 0, forced.stderr.decode()[-2000:]
         assert not (w / "mine" / "notes.txt").exists() and (w / "mine" / "adapter_config.json").exists()
     finally:
@@ -380,7 +380,7 @@ def test_inputs_over_the_models_context_are_reported_by_line(tmp_path, tiny_mode
     context, whatever train.max_length says, and is reported with its line
     (the teacher's check counts the teacher's prompt, the student's its own)."""
     from promptdistill.config import config_from_dict
-    from promptdistill.pipeline import prepare_inputs
+    from promptdistill.inputs import prepare_inputs
     from promptdistill.task import Task
 
     roomy = tmp_path / "roomy"

@@ -64,11 +64,12 @@ import torch
 
 from ..config import LOSSES, Config, TrainConfig
 from ..errors import PromptDistillError
-from ..io import DirectoryLock, atomic_directory, atomic_write_json, read_settings, resume_or_refuse
+from ..io import DirectoryLock, atomic_directory, atomic_write_json, check_paths, read_settings, resume_or_refuse
 from ..models import load_model, resolve_device
 from ..progress import progress_bar
 from ..records import LabeledExample
 from ..render import RenderedExample
+from ..rundir import STAGE_OUTPUTS, check_outside_runs
 from ..task import Task
 from .checkpoint import checkpoint_settings, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from .data import (by_length, collate, micro_batches, padding_pieces, render_for_training, sampling_weights, step_groups,
@@ -93,7 +94,15 @@ def train_student(cfg: Config, records: list[LabeledExample], run_dir, *, heldou
 
     Resumes from the newest checkpoint in `run_dir` made with the same data
     and settings, and ends with the adapter an uninterrupted run gives.
+    Before anything is written `run_dir` is checked (`check_training_folder`).
     """
+    check_training_folder(cfg, run_dir)
+    return train_folder(cfg, records, run_dir, heldout=heldout, progress=progress)
+
+
+def train_folder(cfg: Config, records: list[LabeledExample], run_dir, *, heldout: list[LabeledExample] | None = None,
+                 progress: bool = True) -> dict:
+    """`train_student` into a folder its caller has checked (the train stage of a run)."""
     recipe = DistillationRecipe(cfg, run_dir, progress=progress)
     with recipe.lock():
         try:
@@ -101,6 +110,18 @@ def train_student(cfg: Config, records: list[LabeledExample], run_dir, *, heldou
             return recipe.train()
         finally:
             recipe.cleanup()
+
+
+def check_training_folder(cfg: Config, run_dir) -> Path:
+    """The folder training writes: not a file, not inside a run directory unless it
+    is that run's own train/ (as the pipeline and a notebook train), and not
+    holding or held in the adapter training starts from (train.init_adapter)."""
+    p = Path(run_dir)
+    if p.exists() and not p.is_dir():
+        raise PromptDistillError("the training folder is a file, expected a folder", path=p)
+    check_outside_runs(p, "the training folder", own_entries=(STAGE_OUTPUTS["train"],))
+    check_paths({"train.init_adapter": init_adapter_folder(cfg)}, {"the training folder": p})
+    return p
 
 
 # The per-step statistics each loss reports (summed across processes by name,
