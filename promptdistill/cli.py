@@ -10,11 +10,9 @@
     promptdistill synthesize   TASK --n N --out FILE         inputs written by a generator from the prompt
     promptdistill import-chats TASK --logs FILE --out FILE   labeled records from production chat logs
 
-Each command calls its stage's function (label_file, train_run, evaluate_file,
-run_pipeline, predict_run, export_run, synthesize_file, import_chats), which
-checks every path and the files it will read before anything is written, the
-same for a Python caller. Any setting of the task file can be overridden with
-`--set section.key=VALUE` (VALUE is read as TOML, falling back to a plain string).
+Each command calls its stage's function, which checks every path and file it
+will read before anything is written, as for a Python caller. `--set
+section.key=VALUE` overrides a setting (VALUE read as TOML, else a string).
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ import signal
 import sys
 
 from .errors import PromptDistillError
+from .rundir import finished_adapter
 
 
 def _stop_on_sigterm(signum, frame):
@@ -59,10 +58,8 @@ def _version() -> str:
 
     try:
         return version("promptdistill")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        from . import __version__
-
-        return __version__
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "(not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,9 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         if teacher_backend:
             sp.add_argument("--teacher-backend", choices=["transformers", "vllm", "openai"],
                             help="who runs the teacher (sets models.teacher_backend)")
-            sp.add_argument("--teacher-url", metavar="URL",
-                            help="label through an OpenAI-compatible server, e.g. http://localhost:8000/v1 (sets models.teacher_url "
-                                 "and teacher_backend = openai); API key from $PROMPTDISTILL_API_KEY or $OPENAI_API_KEY")
+            sp.add_argument("--teacher-url", metavar="URL", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1 (sets "
+                            "models.teacher_url, teacher_backend = openai); key from $PROMPTDISTILL_API_KEY or $OPENAI_API_KEY")
             sp.add_argument("--concurrency", type=int, help="requests in flight to the server (sets models.teacher_concurrency)")
         return sp
 
@@ -100,8 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         group = sp.add_mutually_exclusive_group()
         group.add_argument("--init-from", metavar="RUN", help="start training from the adapter RUN trained (RUN/train/adapter), "
                                                               "e.g. on-policy after sft or kd (sets train.init_adapter)")
-        group.add_argument("--init-adapter", metavar="FOLDER", help="start training from this PEFT LoRA adapter folder "
-                                                                    "(sets train.init_adapter)")
+        group.add_argument("--init-adapter", metavar="FOLDER", help="start from this PEFT LoRA adapter (sets train.init_adapter)")
         sp.add_argument("--report-to", choices=REPORT_TO, help="also log training metrics to a tracker (sets train.report_to)")
 
     sp = command("label", cmd_label, "label inputs with the teacher", task="models", teacher_backend=True)
@@ -174,46 +169,20 @@ def _parser() -> argparse.ArgumentParser:
 # Command-line flags that set a config key: argparse dest -> "section.key".
 # One table, so a flag and the setting it stands for cannot drift apart.
 FLAG_SETTINGS = {
-    "teacher": "models.teacher",
-    "student": "models.student",
-    "device": "models.device",
-    # before teacher_backend: a URL means the server backend unless --teacher-backend says otherwise
-    "teacher_url": "models.teacher_url",
-    "teacher_backend": "models.teacher_backend",
-    "concurrency": "models.teacher_concurrency",
-    "samples": "task.samples",
-    "temperature": "task.temperature",
-    "min_confidence": "task.min_confidence",
-    "loss": "train.loss",
-    "kd_alpha": "train.kd_alpha",
-    "report_to": "train.report_to",
-    "init_from": "train.init_adapter",
+    "teacher": "models.teacher", "student": "models.student", "device": "models.device", "teacher_url": "models.teacher_url",
+    "teacher_backend": "models.teacher_backend", "concurrency": "models.teacher_concurrency",
+    "samples": "task.samples", "temperature": "task.temperature", "min_confidence": "task.min_confidence",
+    "loss": "train.loss", "kd_alpha": "train.kd_alpha", "report_to": "train.report_to", "init_from": "train.init_adapter",
     "init_adapter": "train.init_adapter",
-    "seeds": "synthesize.seed_inputs",
-    "strategies": "synthesize.strategies",
-    "generator": "synthesize.generator",
+    "seeds": "synthesize.seed_inputs", "strategies": "synthesize.strategies", "generator": "synthesize.generator",
 }
-
-
-def _adapter_of_run(run: str) -> str:
-    """--init-from RUN: the adapter RUN's train stage finished, or one line saying there is none."""
-    from .rundir import RunDir, check_run_dir
-
-    try:
-        adapter = RunDir(check_run_dir(run)).adapter_dir
-    except PromptDistillError as e:
-        raise PromptDistillError(f"--init-from: {e.message}", path=e.path) from None
-    if not (adapter / "adapter_config.json").is_file():
-        raise PromptDistillError("--init-from: this run has no finished adapter (train/adapter); finish its train stage first, "
-                                 "or pass --init-adapter FOLDER", path=run)
-    return os.path.abspath(adapter)
 
 
 # How a flag's value becomes its setting's, where it is not taken as given. A
 # path on the command line is relative to the current folder, while a path in
 # the task file is relative to the file's folder: these become absolute.
 FLAG_CONVERSIONS = {
-    "init_from": _adapter_of_run,
+    "init_from": lambda run: os.path.abspath(finished_adapter(run, "--init-from")),
     "init_adapter": os.path.abspath,
     "seeds": os.path.abspath,
     "strategies": lambda text: [s.strip() for s in text.split(",") if s.strip()],
@@ -222,18 +191,10 @@ FLAG_CONVERSIONS = {
 
 def load_task_config(args):
     """The command's task file with its --set overrides and the flags of FLAG_SETTINGS applied."""
-    from .overrides import load_task_config as load
+    from .overrides import flag_settings, load_task_config as load
 
-    settings = {}
-    for flag, key in FLAG_SETTINGS.items():
-        value = getattr(args, flag, None)
-        if value is not None and value is not False:
-            settings[key] = FLAG_CONVERSIONS.get(flag, lambda v: v)(value)
-            if flag == "teacher_url":
-                settings["models.teacher_backend"] = "openai"
-    if getattr(args, "dedupe", False):
-        settings["data.dedupe"] = True
-    return load(args.task, args.overrides, settings)
+    settings = flag_settings(vars(args), FLAG_SETTINGS, FLAG_CONVERSIONS)
+    return load(args.task, args.overrides, {**settings, **({"data.dedupe": True} if getattr(args, "dedupe", False) else {})})
 
 
 def _log(message: str) -> None:
@@ -295,27 +256,11 @@ def cmd_run(args):
                  reads={"the task file": args.task})
 
 
-def _read_texts(args) -> list[str]:
-    from .records import check_encodable
-
-    if args.texts:
-        texts = args.texts
-    else:
-        try:
-            data = sys.stdin.buffer.read()
-            texts = [line.strip() for line in data.decode("utf-8").removeprefix("\ufeff").split("\n") if line.strip()]
-        except UnicodeDecodeError as e:
-            raise PromptDistillError(f"invalid UTF-8 at byte {e.start}", path="<stdin>") from None
-    for n, text in enumerate(texts, start=1):
-        check_encodable(text, "<stdin>" if not args.texts else "<arguments>", n)
-    return texts
-
-
 def cmd_predict(args):
-    from .predict import predict_run
+    from .predict import predict_run, read_texts
 
-    answers = predict_run(args.run_dir, _read_texts(args), device=args.device,
-                          source="<arguments>" if args.texts else "<stdin>", log=_log)
+    texts, source = read_texts(args.texts, sys.stdin.buffer)
+    answers = predict_run(args.run_dir, texts, device=args.device, source=source, log=_log)
     for label, reply in answers:
         print(reply if args.raw else (label if label is not None else "??"))
 
@@ -325,9 +270,8 @@ def cmd_export(args):
 
     written = export_run(args.run_dir, merged=args.merged, adapter=args.adapter, device=args.device, dtype=args.dtype,
                          overwrite=args.overwrite)
-    for kind, name in (("merged", "merged model"), ("adapter", "adapter")):
-        if kind in written:
-            print(f"{name}: {written[kind]}")
+    for kind, folder in written.items():
+        print(f"{'merged model' if kind == 'merged' else kind}: {folder}")
 
 
 def cmd_synthesize(args):

@@ -32,14 +32,25 @@ def load_task_config(task_file, overrides=(), settings: dict | None = None) -> C
         if section not in raw:
             raise PromptDistillError(f"unknown section {section!r}", field=key)
         raw[section][name] = _toml_value(value)
-    for key, value in (settings or {}).items():
+    settings = settings or {}
+    for key, value in settings.items():
         section, name = key.split(".")
         raw[section][name] = value
+    if "models.teacher_url" in settings and "models.teacher_backend" not in settings:
+        raw["models"]["teacher_backend"] = "openai"  # a URL alone means the server backend
     base_dir = cfg.base_dir
     cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if overrides else path)
     cfg.base_dir = base_dir
     check_models(cfg.models)
     return cfg
+
+
+def flag_settings(values: dict, table: dict[str, str], conversions: dict) -> dict:
+    """The settings ("section.key" -> value) the given flags stand for: `values` by
+    flag name (argparse's dest; None or False: not given), `table` the flag ->
+    setting table, `conversions` how a flag's value becomes its setting's."""
+    return {key: conversions.get(flag, lambda v: v)(values[flag]) for flag, key in table.items()
+            if values.get(flag) is not None and values.get(flag) is not False}
 
 
 def _toml_value(text: str):

@@ -7,9 +7,23 @@ from .evaluation.systems import EVAL_BATCH_SIZE, generate_answers
 from .inputs import fit_context
 from .models import LoadedModel
 from .overrides import check_device_flag, check_models
-from .records import Example
+from .records import Example, check_encodable
 from .rundir import RunDir, check_run_dir
 from .task import Task
+
+
+def read_texts(texts: list[str], stdin) -> tuple[list[str], str]:
+    """The texts to answer and where they came from: `texts` when given, else one per
+    line of `stdin` (a binary stream, UTF-8); each checked to be encodable."""
+    source = "<arguments>" if texts else "<stdin>"
+    if not texts:
+        try:
+            texts = [line.strip() for line in stdin.read().decode("utf-8").removeprefix("\ufeff").split("\n") if line.strip()]
+        except UnicodeDecodeError as e:
+            raise PromptDistillError(f"invalid UTF-8 at byte {e.start}", path="<stdin>") from None
+    for n, text in enumerate(texts, start=1):
+        check_encodable(text, source, n)
+    return texts, source
 
 
 def predict_run(run_dir, texts: list[str], *, device: str | None = None, source: str = "<arguments>",

@@ -376,6 +376,19 @@ def check_adapter_folder(folder: Path, what_to_do: str) -> None:
     _check_safetensors(weights, what_to_do)
 
 
+def finished_adapter(run, what: str) -> Path:
+    """The adapter run directory `run` finished training (RUN/train/adapter), or one
+    line, naming `what` asked for it, saying there is none."""
+    try:
+        adapter = RunDir(check_run_dir(run)).adapter_dir
+    except PromptDistillError as e:
+        raise PromptDistillError(f"{what}: {e.message}", path=e.path) from None
+    if not (adapter / "adapter_config.json").is_file():
+        raise PromptDistillError(f"{what}: this run has no finished adapter (train/adapter); finish its train stage first, "
+                                 "or pass --init-adapter FOLDER", path=run)
+    return adapter
+
+
 def adapter_fingerprint(folder: Path) -> str:
     """A hash of an adapter folder's configuration and weights (train.init_adapter:
     a run started from an adapter is only valid for that adapter's weights)."""

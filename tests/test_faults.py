@@ -295,6 +295,162 @@ def test_fault(case, world, tmp_path):
     assert after == before, {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
+# -- the same refusals from Python: each stage's function checks what its command checks ------
+
+
+class _NoTeacher:
+    """A Teacher that must never be asked: every case below is refused before labeling."""
+
+    def __new__(cls):
+        from promptdistill.teachers import Teacher
+
+        class Never(Teacher):
+            name = "never"
+            tokenizer = None
+
+            def meta(self):
+                return {}
+
+            def label(self, *args, **kwargs):
+                raise AssertionError("a refused call reached the teacher")
+
+        return Never()
+
+
+def _api_cfg(w: Path, **train):
+    from promptdistill.config import load_config
+
+    cfg = load_config(w / "task.toml")
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def _inputs(w: Path):
+    from promptdistill.records import read_inputs
+
+    return read_inputs(w / "inputs.jsonl")
+
+
+def _labeled(w: Path):
+    from promptdistill.records import read_labeled
+
+    return read_labeled(w / "run" / "labels" / "train.jsonl")
+
+
+def _label(w, out, **kw):
+    from promptdistill.labeling import label_inputs
+
+    label_inputs(_api_cfg(w), _inputs(w), _NoTeacher(), out, progress=False, **kw)
+
+
+def _train(w, folder, **train):
+    from promptdistill.training.recipe import train_student
+
+    train_student(_api_cfg(w, **train), _labeled(w), folder, progress=False)
+
+
+def _train_run(w, labeled, run_dir):
+    from promptdistill.training.stage import train_run
+
+    train_run(_api_cfg(w), labeled, run_dir, progress=False)
+
+
+def _evaluate(w, run_dir, **kw):
+    from promptdistill.pipeline import evaluate_run
+
+    evaluate_run(_api_cfg(w), run_dir, _inputs(w), progress=False, **kw)
+
+
+def _run(w, run_dir):
+    from promptdistill.pipeline import run_pipeline
+
+    run_pipeline(_api_cfg(w), run_dir, progress=False, log=lambda *_: None)
+
+
+def _export(kind, run_dir, out, **kw):
+    from promptdistill import export
+
+    (export.export_merged if kind == "merged" else export.export_adapter)(run_dir, out, **kw)
+
+
+def _synthesize(w, out):
+    from promptdistill.synthesis import synthesize
+
+    synthesize(_api_cfg(w), 2, out, teacher=_NoTeacher(), progress=False, log=lambda *_: None)
+
+
+def _import_chats(w, logs, out):
+    from promptdistill.chatlogs import import_chats
+    from promptdistill.task import Task
+
+    import_chats(Task(_api_cfg(w).task), logs, out)
+
+
+# id: (setup(world) or None, the call (on the world's copy, from inside it), words the error must contain)
+API_CASES = {
+    "label_inputs into the input file": (None, lambda w: _label(w, "inputs.jsonl", reads={"--inputs": "inputs.jsonl"}),
+                                         ["--inputs", "is the same path as --out"]),
+    "label_inputs into a user's file": (lambda w: (w / "notes.txt").write_text("hello\nworld\n"), lambda w: _label(w, "notes.txt"),
+                                        ["not a labeled JSONL file"]),
+    "label_inputs into a run's eval/": (None, lambda w: _label(w, "run/eval/extra.jsonl"), ["inside the run directory"]),
+    "label_inputs with a corrupt sidecar": (_labels_with_bad_sidecar, lambda w: _label(w, "out.jsonl"),
+                                            ["corrupt labels sidecar", "--force"]),
+    "train_student into a file": (None, lambda w: _train(w, "inputs.jsonl"), ["is a file"]),
+    "train_student inside a run's eval/": (None, lambda w: _train(w, "run/eval/sub"), ["inside the run directory"]),
+    "train_student from an adapter in its own folder": (None, lambda w: _train(w, "run/train", init_adapter=str(w / "run/train/adapter")),
+                                                        ["train.init_adapter", "is inside the training folder"]),
+    "train_run into a user's folder": (None, lambda w: _train_run(w, "run/labels/train.jsonl", "mine"), ["not a run directory", "notes.txt"]),
+    "train_run with labels inside the run's train/": (lambda w: shutil.copy(w / "run/labels/train.jsonl", w / "run/train/l.jsonl"),
+                                                      lambda w: _train_run(w, "run/train/l.jsonl", "run"),
+                                                      ["--labeled", "is inside the run's train/ folder"]),
+    "evaluate_run on a folder that is not a run": (None, lambda w: _evaluate(w, "mine"), ["not a run directory"]),
+    "evaluate_run with inputs inside eval/": (None, lambda w: _evaluate(w, "run", reads={"--inputs": "run/eval/report.json"}),
+                                              ["--inputs", "is inside the run's eval/ folder"]),
+    "evaluate_run with corrupt partial predictions": (_partial, lambda w: _evaluate(w, "run"), ["predictions.partial.jsonl:2", "delete"]),
+    "evaluate_run with a corrupt adapter": (lambda w: _truncate(w / "run/train/adapter/adapter_model.safetensors"),
+                                            lambda w: _evaluate(w, "run"), ["corrupt or incomplete"]),
+    "run_pipeline into a user's folder": (None, lambda w: _run(w, "mine"), ["not a run directory"]),
+    "run_pipeline inside another run": (None, lambda w: _run(w, "run/train/nested"), ["inside the run directory"]),
+    "run_pipeline with a corrupt stage marker": (lambda w: _corrupt(w / "run/stages/label.json"), lambda w: _run(w, "run"),
+                                                 ["label.json", "corrupt stage marker"]),
+    "export_adapter into a user's folder": (None, lambda w: _export("adapter", "run", "mine"), ["did not write", "notes.txt", "--overwrite"]),
+    "export_merged onto the run's eval/": (None, lambda w: _export("merged", "run", "run/eval", overwrite=True),
+                                           ["inside the run's own eval"]),
+    "export_adapter is the run": (None, lambda w: _export("adapter", "run", "run", overwrite=True),
+                                  ["the run directory", "is the same path as --adapter"]),
+    "export_adapter over an edited export": (_exported_then_edited, lambda w: _export("adapter", "run", "exported"),
+                                             ["README.md (changed since export)"]),
+    "export_adapter of a folder that is not a run": (None, lambda w: _export("adapter", "mine", "a"), ["not a run directory"]),
+    "synthesize over the input file": (None, lambda w: _synthesize(w, "inputs.jsonl"), ["not written by `synthesize`"]),
+    "synthesize into a run's eval/": (None, lambda w: _synthesize(w, "run/eval/s.jsonl"), ["inside the run directory"]),
+    "import_chats into the logs": (None, lambda w: _import_chats(w, "inputs.jsonl", "inputs.jsonl"),
+                                   ["the chat logs", "is the same path as --out"]),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_api_fault(case, world, tmp_path, monkeypatch):
+    """The Python API refuses what the command refuses, and writes nothing either."""
+    from promptdistill.errors import PromptDistillError
+
+    setup, call, words = API_CASES[case]
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    task = w / "task.toml"
+    task.write_text(task.read_text(encoding="utf-8").replace(str(world), str(w)), encoding="utf-8")
+    if setup is not None:
+        setup(w)
+    monkeypatch.chdir(w)
+    before = tree(w)
+    with pytest.raises(PromptDistillError) as info:
+        call(w)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
+    after = tree(w)
+    assert after == before, {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
 def test_unreadable_file_is_one_line_in_process(tmp_path, monkeypatch):
     """A read that fails is one error naming the file. Simulated: this project's
     machines and CI run as root, where file modes do not stop a read."""

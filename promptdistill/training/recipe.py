@@ -112,10 +112,18 @@ def train_folder(cfg: Config, records: list[LabeledExample], run_dir, *, heldout
             recipe.cleanup()
 
 
+def _check_config(cfg: Config) -> None:
+    if not isinstance(cfg, Config):  # e.g. cfg.train alone, as train_student took before it took the whole Config
+        raise TypeError(f"train_student takes the whole Config first: train_student(cfg, records, run_dir), not {type(cfg).__name__}")
+    if cfg.train.loss not in LOSSES:  # a Config built in code skips load_config's checks
+        raise PromptDistillError(f"must be one of {', '.join(LOSSES)}; got {cfg.train.loss!r}", field="train.loss")
+
+
 def check_training_folder(cfg: Config, run_dir) -> Path:
     """The folder training writes: not a file, not inside a run directory unless it
     is that run's own train/ (as the pipeline and a notebook train), and not
     holding or held in the adapter training starts from (train.init_adapter)."""
+    _check_config(cfg)
     p = Path(run_dir)
     if p.exists() and not p.is_dir():
         raise PromptDistillError("the training folder is a file, expected a folder", path=p)
@@ -135,10 +143,7 @@ class DistillationRecipe:
     """One training run of the student, step by step (see the module docstring)."""
 
     def __init__(self, cfg: Config, run_dir, *, progress: bool = True):
-        if not isinstance(cfg, Config):  # e.g. cfg.train alone, as train_student took before it took the whole Config
-            raise TypeError(f"train_student takes the whole Config first: train_student(cfg, records, run_dir), not {type(cfg).__name__}")
-        if cfg.train.loss not in LOSSES:  # a Config built in code skips load_config's checks
-            raise PromptDistillError(f"must be one of {', '.join(LOSSES)}; got {cfg.train.loss!r}", field="train.loss")
+        _check_config(cfg)
         self.cfg, self.train_cfg, self.models_cfg = cfg, cfg.train, cfg.models
         self.task = Task(cfg.task)
         self.run_dir = Path(run_dir)
