@@ -149,8 +149,8 @@ def fingerprint(obj, *blobs: bytes, ensure_ascii: bool = True) -> str:
     What a stage, a label file, a checkpoint or an interrupted evaluation was
     made from is recorded as one of these, and compared on rerun to decide
     whether the old output is still valid (16 hex digits: collisions are not a
-    concern at the scale of one user's runs). `ensure_ascii=False` is how task
-    fingerprints were always written; keeping it keeps existing label files valid."""
+    concern at the scale of one user's runs). `ensure_ascii=False` hashes
+    non-ASCII text as its UTF-8 bytes (how a task's fingerprint is written)."""
     h = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str, ensure_ascii=ensure_ascii).encode())
     for blob in blobs:
         h.update(blob)

@@ -2,7 +2,8 @@
 
 Each case runs `python -m promptdistill ...` in a subprocess on a copy of one
 small world (a tiny model, a task file, inputs, a run directory made by
-`promptdistill run`) and asserts what the rule of outputs.py promises:
+`promptdistill run`) and asserts what the rule "promptdistill only removes or
+replaces what it created itself" (io.py) promises:
 
 - exit status 2 and one line on stderr, `error: ...`, with the expected words
   (the path, line or field, and what to do), never a traceback;
