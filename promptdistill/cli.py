@@ -83,8 +83,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", help="auto, cpu, cuda, cuda:N")
             sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if teacher_backend:
-            sp.add_argument("--teacher-backend", choices=["transformers", "vllm", "openai"],
-                            help="who runs the teacher (sets models.teacher_backend)")
+            sp.add_argument("--teacher-backend", choices=["transformers", "vllm", "openai"], help="sets models.teacher_backend")
             sp.add_argument("--teacher-url", metavar="URL", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1 (sets "
                             "models.teacher_url, teacher_backend = openai); key from $PROMPTDISTILL_API_KEY or $OPENAI_API_KEY")
             sp.add_argument("--concurrency", type=int, help="requests in flight to the server (sets models.teacher_concurrency)")
@@ -94,8 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--loss", choices=["sft", "kd", "on-policy"], help="training loss (sets train.loss; default sft)")
         sp.add_argument("--kd-alpha", type=float, help="kd: weight of hard-label cross-entropy in the loss (sets train.kd_alpha)")
         group = sp.add_mutually_exclusive_group()
-        group.add_argument("--init-from", metavar="RUN", help="start training from the adapter RUN trained (RUN/train/adapter), "
-                                                              "e.g. on-policy after sft or kd (sets train.init_adapter)")
+        group.add_argument("--init-from", metavar="RUN", help="start from the adapter RUN trained (sets train.init_adapter)")
         group.add_argument("--init-adapter", metavar="FOLDER", help="start from this PEFT LoRA adapter (sets train.init_adapter)")
         sp.add_argument("--report-to", choices=REPORT_TO, help="also log training metrics to a tracker (sets train.report_to)")
 
@@ -105,15 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--rejects", help="where unparsed answers go (default: OUT with .rejects.jsonl)")
     sp.add_argument("--mode", choices=["generate", "choose"], help="answer mode (default: task.answer_mode)")
     sp.add_argument("--batch-size", type=int, help="inputs per generate batch (default 64) or per vLLM engine call (default 256)")
-    sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs (after data.dedupe, data.too_long and data.limit, as `run` applies them)")
+    sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs (after data.dedupe, too_long, limit)")
     sp.add_argument("--force", action="store_true", help="discard labels made with other settings")
     sp.add_argument("--dedupe", action="store_true", help="label only the first of inputs with the same text")
     sp.add_argument("--samples", type=int, help="self-consistency: answers drawn per input (sets task.samples)")
     sp.add_argument("--temperature", type=float, help="sampling temperature (sets task.temperature)")
-    sp.add_argument("--min-confidence", type=float,
-                    help="reject inputs whose vote share or top label probability is below this (sets task.min_confidence)")
-    sp.add_argument("--no-prefix-reuse", action="store_true",
-                    help="send every request whole instead of running the shared prompt once (slower; for comparison)")
+    sp.add_argument("--min-confidence", type=float, help="reject answers less sure than this (sets task.min_confidence)")
+    sp.add_argument("--no-prefix-reuse", action="store_true", help="send every request whole (slower)")
 
     sp = command("render", cmd_render, "show tokens and trained tokens per example", task="models")
     sp.add_argument("--labeled", required=True)
@@ -208,8 +204,7 @@ def _print_json(obj) -> None:
 def cmd_label(args):
     from .labeling import label_file
 
-    cfg = load_task_config(args)
-    _print_json(label_file(cfg, args.inputs, args.out, args.rejects, limit=args.limit, task_file=args.task, log=_log,
+    _print_json(label_file(load_task_config(args), args.inputs, args.out, args.rejects, limit=args.limit, task_file=args.task, log=_log,
                            dedupe_hint="--dedupe", mode=args.mode, batch_size=args.batch_size, force=args.force,
                            progress=not args.no_progress, reuse_prefix=not args.no_prefix_reuse))
 
@@ -285,5 +280,4 @@ def cmd_import_chats(args):
     from .chatlogs import import_chats
     from .task import Task
 
-    cfg = load_task_config(args)
-    _print_json(import_chats(Task(cfg.task), args.logs, args.out, args.rejects, reads={"the task file": args.task}))
+    _print_json(import_chats(Task(load_task_config(args).task), args.logs, args.out, args.rejects, reads={"the task file": args.task}))

@@ -78,3 +78,20 @@ def test_set_overrides_a_key_and_rejects_an_unknown_section(tmp_path, capsys):
     assert main(["run", str(task), "--set", "trian.max_steps=7"]) == 2
     err = capsys.readouterr().err
     assert "unknown section 'trian'" in err and err.count("\n") == 1
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"promptdistill {version('promptdistill')}"
+
+
+def test_a_run_is_always_given_with_run_dir(capsys):
+    """export takes the run as --run-dir like every command that works on a run; the old positional is refused."""
+    with pytest.raises(SystemExit) as info:
+        main(["export", "runs/x", "--adapter", "a"])
+    assert info.value.code == 2
+    assert "--run-dir" in capsys.readouterr().err
