@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.promptdistill-installed
 
-.PHONY: setup demo lint test test-fast test-vllm clean
+.PHONY: setup demo lint docs test test-fast test-vllm clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	@py=$(PYTHON); test -x $(PY) && py=$(PY); $$py -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "promptdistill needs Python >= 3.11 (found: $$($$py --version 2>&1 | head -n 1)); run make with PYTHON=python3.11 or newer"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: 2.13.0 is the CPU build on this project's machines;
 	# an unpinned torch would pull a multi-GB CUDA build.
@@ -26,6 +27,16 @@ demo: $(STAMP)
 # The layer contract: the CLI over the pipeline over the stages over the ground (.importlinter).
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
+
+# The documentation site (docs/, mkdocs.yml) into build/site; strict, so a
+# broken link or anchor, or a page missing from the nav, fails the build.
+DOCS_STAMP := $(VENV)/.promptdistill-docs
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) install -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 # The whole test suite (tiny random models plus a few integration tests on SmolLM2).
 test: $(STAMP)

@@ -80,27 +80,3 @@ def json_metrics(task, preds, teacher_preds) -> dict:
         "field_agreement": per_field,
         "mean_field_agreement": sum(known) / len(known) if known else None,
     }
-
-
-def json_report_lines(report: dict, fmt) -> list[str]:
-    """A markdown table of the JSON metrics of every system (empty for label tasks)."""
-    systems = {name: m["json"] for name, m in report["systems"].items() if m.get("json")}
-    if not systems:
-        return []
-    fields = list(next(iter(systems.values()))["field_agreement"])
-    out = ["## JSON replies", "",
-           "Valid: the reply holds a JSON object with every required field. Exact: equal to the teacher's on every field. "
-           "Per field: equal to the teacher's value, over inputs where the teacher's reply is valid.", "",
-           "| system | valid | exact | mean field | " + " | ".join(fields) + " |", "|---" * (4 + len(fields)) + "|"]
-    for name, j in systems.items():
-        cells = [fmt(j["validity"], True), fmt(j["exact_agreement"], True), fmt(j["mean_field_agreement"], True)]
-        cells += [fmt(j["field_agreement"][f], True) for f in fields]
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
-    return out + [""]
-
-
-def json_summary_lines(report: dict, fmt) -> list[str]:
-    """One plain-text line per system with its JSON metrics (empty for label tasks)."""
-    return [f"{name}: valid {fmt(m['json']['validity'], True)}, exact agreement {fmt(m['json']['exact_agreement'], True)}, "
-            f"field agreement {fmt(m['json']['mean_field_agreement'], True)}"
-            for name, m in report["systems"].items() if m.get("json")]

@@ -103,7 +103,7 @@ def run_pipeline(cfg: Config, run_dir=None, *, force: bool = False, progress: bo
 
 
 def _run_stages(cfg: Config, run: RunDir, offtask: list | None, *, force: bool, progress: bool, log) -> dict:
-    from .evaluation.report import results_table
+    from .evaluation.report import fmt, results_table
     from .labeling import label_inputs, load_teacher
     from .training.recipe import train_folder
 
@@ -145,7 +145,7 @@ def _run_stages(cfg: Config, run: RunDir, offtask: list | None, *, force: bool, 
             summaries[name] = label_inputs(cfg, exs, teacher, run.labels_file(name), force=force, progress=progress)
             s = summaries[name]
             log(f"[promptdistill] label {name}: {s['labeled']} labeled, {s['rejected']} rejected "
-                f"{s['by_status']}; teacher accuracy vs gold: {_pct(s['teacher_accuracy'])}")
+                f"{s['by_status']}; teacher accuracy vs gold: {fmt(s['teacher_accuracy'], '.1%')}")
         atomic_write_json(run.labels_summary, summaries)
         if cfg.data.synthesize:
             synthetic_label_report(run)
@@ -217,8 +217,8 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True, reads
 
 def _evaluate(cfg: Config, run: RunDir, examples, offtask: list | None, *, progress: bool = True) -> dict:
     """The evaluation of a checked, locked run (see evaluate_run)."""
-    from .evaluation.report import write_run_report
-    from .evaluation.systems import evaluate_systems
+    from .evaluation.run_report import write_run_report
+    from .evaluation.systems import Systems, evaluate_systems
     from .teachers import load_teacher
 
     task = Task(cfg.task)
@@ -233,14 +233,8 @@ def _evaluate(cfg: Config, run: RunDir, examples, offtask: list | None, *, progr
     # An interrupted evaluation resumes only with the same settings, inputs and adapter.
     inputs_print = fingerprint([cfg.to_dict(), [(e.id, e.text) for e in examples], [(e.id, e.text) for e in offtask or ()]],
                                (adapter / "adapter_model.safetensors").read_bytes())
-    report = evaluate_systems(
-        task, examples, run.eval_dir, teacher=teacher, student=student, seed=cfg.data.seed,
-        base=base_view if cfg.eval.include_base else None, progress=progress, fingerprint=inputs_print,
-        latency_requests=cfg.eval.latency_requests,
-        train_records=_train_records(run), teacher_resamples=cfg.eval.teacher_resamples,
-        offtask=offtask, offtask_source=cfg.eval.offtask_inputs or "", untrained=base_view,
-        general_max_drop=cfg.eval.general_max_drop if cfg.eval.general_ability else None,
-    )
+    report = evaluate_systems(task, examples, run.eval_dir, Systems(teacher, student, base_view), cfg.eval, seed=cfg.data.seed,
+                              train_records=_train_records(run), offtask=offtask, fingerprint=inputs_print, progress=progress)
     _record_heldout_source(run, examples)
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
     write_run_report(run.path)
@@ -254,10 +248,6 @@ def _train_records(run: RunDir) -> list | None:
         return None
     train_ids = {e.id for e in read_inputs(run.split_file("train"))}
     return [r for r in read_labeled(path) if r.id in train_ids]
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 # -- synthetic inputs ------------------------------------------------------

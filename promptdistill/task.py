@@ -27,6 +27,8 @@ OK = "ok"
 NO_MATCH = "no_match"
 NOT_IN_LABEL_SET = "not_in_label_set"
 LOW_CONFIDENCE = "low_confidence"
+# How an answer that gave no label is shown (confusion tables, predictions).
+UNPARSED = "??"
 
 
 class Task:

@@ -1,4 +1,4 @@
-"""Agreement in context (issue 18): per-answer fidelity, intervals, floors, ceiling, report lines.
+"""Agreement in context: per-answer fidelity, intervals, floors, ceiling, report lines.
 
 Every expected number here is computed by hand (shown in the comments), not
 by the code under test.
@@ -15,10 +15,12 @@ import pytest
 from promptdistill.evaluation import agreement as ag
 from promptdistill.evaluation import surface_baseline as sb
 from promptdistill.evaluation.agreement import (
-    UNPARSED, accuracy, agreement_report_lines, json_agreement_report_lines, json_field_labels, json_reference_points,
-    majority_floor, mcnemar_exact_p, paired_comparison, per_answer_fidelity, reference_points,
-    self_consistency_ceiling_from_probs, self_consistency_ceiling_from_samples, small_count_warning, wilson_interval,
+    accuracy, json_field_labels, json_reference_points, majority_floor, mcnemar_exact_p, paired_comparison,
+    per_answer_fidelity, reference_points, self_consistency_ceiling_from_probs, self_consistency_ceiling_from_samples,
+    small_count_warning, wilson_interval,
 )
+from promptdistill.evaluation.report import agreement_report_lines, agreement_summary_lines, json_agreement_report_lines
+from promptdistill.task import UNPARSED
 
 
 # ---------------------------------------------------------------- Wilson
@@ -232,7 +234,7 @@ def test_reference_points_and_report_lines():
     assert "### Confusion: student against the teacher (rows teacher answer, columns student answer)" in lines
     # every table is a well-formed pipe table: a header, a rule with as many cells, rows as wide
     _check_tables(lines)
-    assert ag.agreement_summary_lines(s) == [
+    assert agreement_summary_lines(s) == [
         "base: agreement 60.0% (95% 31.3-83.2%), macro 33.3%; against majority 60.0%, surface baseline 60.0%, "
         "teacher self-consistency 87.5% [95% interval 31-83% is too wide to tell]",
         "student: agreement 70.0% (95% 39.7-89.2%), macro 44.4%; against majority 60.0%, surface baseline 60.0%, "
@@ -255,11 +257,18 @@ def _check_tables(lines):
             i += 1
 
 
-def test_report_lines_render_as_html_tables():
-    from promptdistill.evaluation.report import markdown_to_html
-    from promptdistill.evaluation.systems import UNPARSED as systems_unparsed
+def test_one_number_formatter_for_every_section():
+    from promptdistill.evaluation.report import fmt, interval
 
-    assert UNPARSED == systems_unparsed
+    assert fmt(None) == fmt(None, ".1%") == "-"
+    assert fmt(0.8126, ".1%") == "81.3%" and fmt(0.5, ".0%") == "50%"
+    assert fmt(1.23456, ".3f") == "1.235" and fmt(62.0) == "62.0" and fmt(0.0123, ".2g") == "0.012"
+    assert interval(0.3134, 0.8321) == "31.3-83.2%" and interval(0.3134, 0.8321, digits=0) == "31-83%"
+
+
+def test_report_lines_render_as_html_tables():
+    from promptdistill.evaluation.run_report import markdown_to_html
+
     s = reference_points(TEACHER, {"student": STUDENT})
     text = "\n".join(agreement_report_lines(s))
     assert "logistic regression" not in text and "Ceiling" not in text  # neither was given

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from conftest import make_task, one_request_answer
 from promptdistill import engine
+from promptdistill.config import EvalConfig
 from promptdistill.evaluation import latency, systems
 from promptdistill.records import Example
 from promptdistill.render import render_prompt
@@ -43,7 +44,8 @@ def test_batched_teacher_row_equals_one_request_at_a_time(varied_model):
 def test_metrics_from_batches_equal_metrics_from_single_requests(varied_model, tmp_path, monkeypatch):
     task = make_task(answer_mode="choose", max_new_tokens=6)
     examples = _examples()
-    run = dict(teacher=LocalTeacher(varied_model), student=varied_model, base=varied_model, progress=False, latency_requests=3)
+    run = dict(systems=systems.Systems(LocalTeacher(varied_model), varied_model, varied_model),
+               settings=EvalConfig(latency_requests=3, general_ability=False), progress=False)
     batched = systems.evaluate_systems(task, examples, tmp_path / "batched", **run)
     monkeypatch.setattr(systems, "EVAL_BATCH_SIZE", 1)  # one input per batch: single requests
     single = systems.evaluate_systems(task, examples, tmp_path / "single", **run)
@@ -81,8 +83,8 @@ def test_every_row_times_the_same_sample_with_one_generated_answer(varied_model,
 
     monkeypatch.setattr(LocalTeacher, "label", spy_label)
     monkeypatch.setattr(engine, "decode_with_prefix", spy_decode)
-    report = systems.evaluate_systems(task, examples, tmp_path / "eval", teacher=teacher, student=varied_model,
-                                      base=varied_model, progress=False, latency_requests=2)
+    report = systems.evaluate_systems(task, examples, tmp_path / "eval", systems.Systems(teacher, varied_model, varied_model),
+                                      EvalConfig(latency_requests=2, general_ability=False), progress=False)
     # the teacher answers in choose mode, yet its latency is one generated answer per request, like the others'
     assert asked == [("generate", ["0"], True), ("generate", ["1"], True)]
     whole = {e.id: render_prompt(tok, task.teacher_messages(e.text)) for e in examples[:2]}

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import promptdistill.evaluation.systems as evaluate_mod
-from promptdistill.config import TaskConfig
+from promptdistill.config import EvalConfig, TaskConfig
 from promptdistill.records import Example
 from promptdistill.task import Task
 from promptdistill.teachers.local import LocalTeacher
@@ -33,9 +33,10 @@ def test_interrupted_eval_resumes(tmp_path, tiny, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluate_mod, "generate_answers", counting)
-    run = dict(teacher=LocalTeacher(tiny), student=tiny, base=tiny, progress=False, fingerprint="abc")
+    models = evaluate_mod.Systems(LocalTeacher(tiny), tiny, tiny)
+    run = dict(progress=False, fingerprint="abc")
     with pytest.raises(KeyboardInterrupt):
-        evaluate_mod.evaluate_systems(task, examples, out, **run)
+        evaluate_mod.evaluate_systems(task, examples, out, models, EvalConfig(general_ability=False), **run)
     partial = out / "predictions.partial.jsonl"
     kept = [json.loads(line) for line in partial.read_text().splitlines()[1:]]
     assert [(p["system"], p["id"]) for p in kept] == [("teacher", str(i)) for i in range(5)] + [("base", str(i)) for i in range(5)] + [("student", "0"), ("student", "1")]
@@ -45,7 +46,7 @@ def test_interrupted_eval_resumes(tmp_path, tiny, monkeypatch):
         f.write('{"id": "2", "system": "stud')
     calls.clear()
     monkeypatch.setattr(evaluate_mod, "generate_answers", lambda *a, **k: (calls.append(len(a[2])), real(*a, **k))[1])
-    report = evaluate_mod.evaluate_systems(task, examples, out, latency_requests=2, **run)
+    report = evaluate_mod.evaluate_systems(task, examples, out, models, EvalConfig(latency_requests=2, general_ability=False), **run)
     assert calls == [2, 1]  # only the student's remaining inputs
     assert not partial.exists()
     final = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -64,7 +65,7 @@ def test_partial_predictions_of_other_settings_are_discarded(tmp_path, tiny):
     out.mkdir()
     bogus = {"id": "0", "system": "teacher", "label": "cy", "reply": "Final Answer: cy", "status": "ok", "prompt_tokens": 1, "latency_s": 9.0}
     (out / "predictions.partial.jsonl").write_text(json.dumps({"fingerprint": "old"}) + "\n" + json.dumps(bogus) + "\n")
-    evaluate_mod.evaluate_systems(task, examples, out, teacher=LocalTeacher(tiny), student=tiny, progress=False, fingerprint="new")
+    evaluate_mod.evaluate_systems(task, examples, out, evaluate_mod.Systems(LocalTeacher(tiny), tiny), progress=False, fingerprint="new")
     final = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     teacher0 = next(p for p in final if p["system"] == "teacher" and p["id"] == "0")
     assert teacher0["latency_s"] != 9.0
@@ -88,7 +89,7 @@ def test_teacher_resamples_give_the_ceiling_and_resume(tmp_path, tiny):
         return real(exs, t, mode, seed, *args, **kwargs)
 
     teacher.label = counting
-    run = dict(teacher=teacher, student=tiny, progress=False, fingerprint="abc", teacher_resamples=2)
+    run = dict(systems=evaluate_mod.Systems(teacher, tiny), settings=EvalConfig(teacher_resamples=2), progress=False, fingerprint="abc")
     with pytest.raises(KeyboardInterrupt):
         evaluate_mod.evaluate_systems(task, examples, out, **run)
     asked.clear()
@@ -107,7 +108,7 @@ def test_teacher_resamples_give_the_ceiling_and_resume(tmp_path, tiny):
 
 
 def test_interrupted_offtask_predictions_resume(tmp_path, tiny, monkeypatch):
-    """Off-task predictions (issue 17) go through the same partial file under their
+    """Off-task predictions go through the same partial file under their
     own system names: an evaluation stopped among them keeps the held-out ones and
     the off-task ones made, and the rerun computes only the rest."""
     task = _task()
@@ -126,8 +127,8 @@ def test_interrupted_offtask_predictions_resume(tmp_path, tiny, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluate_mod, "generate_answers", counting)
-    run = dict(teacher=LocalTeacher(tiny), student=tiny, base=tiny, progress=False, fingerprint="abc", offtask=offtask,
-               offtask_source="offtask.jsonl", latency_requests=1)
+    run = dict(systems=evaluate_mod.Systems(LocalTeacher(tiny), tiny, tiny), progress=False, fingerprint="abc", offtask=offtask,
+               settings=EvalConfig(offtask_inputs="offtask.jsonl", latency_requests=1, general_ability=False))
     with pytest.raises(KeyboardInterrupt):
         evaluate_mod.evaluate_systems(task, examples, out, **run)
     kept = [json.loads(line) for line in (out / "predictions.partial.jsonl").read_text().splitlines()[1:]]

@@ -76,7 +76,7 @@ def _cfg(**sections):
     ({"eval": {"teacher_resamples": 2}}, "eval.teacher_resamples"),  # greedy (temperature 0)
     ({"task": {"answer_mode": "choose"}, "eval": {"teacher_resamples": 2}}, "eval.teacher_resamples"),
 ])
-def test_new_settings_are_validated(sections, field):
+def test_balance_and_resample_settings_are_validated(sections, field):
     from promptdistill.errors import PromptDistillError
 
     with pytest.raises(PromptDistillError) as e:
@@ -84,7 +84,7 @@ def test_new_settings_are_validated(sections, field):
     assert field in str(e.value)
 
 
-def test_new_settings_accepted_and_hashed_only_when_set():
+def test_balance_and_resample_settings_accepted_and_hashed_only_when_set():
     from promptdistill.config import eval_settings, training_settings
 
     cfg = _cfg(task={"temperature": 0.7}, eval={"teacher_resamples": 3}, train={"balance": "answers"})

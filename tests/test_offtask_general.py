@@ -1,4 +1,4 @@
-"""Does the student stay itself (issue 17): off-task inputs and the general-ability check.
+"""Does the student stay itself: off-task inputs and the general-ability check.
 
 The rules and the summaries against hand-computed values; then a whole run on
 a tiny model with eval.offtask_inputs, whose report is recomputed from the

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+from promptdistill.evaluation.agreement import reference_points
+
 
 LABELS = ["ar", "de", "el", "en", "es", "fr", "hi", "ru", "tr", "ur", "vi", "zh", "ot"]
 
@@ -22,7 +24,7 @@ def label_report():
     systems = {"teacher": system(0.66, 1100.0, 487.0, confusion), "base": system(0.0, 880.0, 63.0, confusion),
                "student": system(0.6, 345.0, 63.0, confusion)}
     return {"task": "language_id", "n_examples": 39, "teacher_mode": "choose", "majority_label": "ot", "majority_agreement": 0.2,
-            "models": {"teacher": "t", "student": "s"}, "systems": systems}
+            "models": {"teacher": "t", "student": "s"}, "systems": systems, "reference_points": reference_points([], {})}
 
 
 def write_run(tmp_path, report, metrics):
@@ -43,7 +45,7 @@ def png_size(path):
 
 
 def test_label_task_pictures_in_markdown_and_html(tmp_path):
-    from promptdistill.evaluation.report import write_run_report
+    from promptdistill.evaluation.run_report import write_run_report
 
     run = write_run(tmp_path, label_report(), METRICS)
     pictures = write_run_report(run)
@@ -67,7 +69,7 @@ def test_label_task_pictures_in_markdown_and_html(tmp_path):
 
 
 def test_json_task_draws_field_agreement_instead_of_confusion(tmp_path):
-    from promptdistill.evaluation.report import write_run_report
+    from promptdistill.evaluation.run_report import write_run_report
 
     fields = {"category": 0.5, "priority": 0.25}
     j = {"validity": 0.9, "exact_agreement": 0.1, "field_agreement": fields, "mean_field_agreement": 0.375}

@@ -256,12 +256,12 @@ def test_interrupted_labeling_resumes_to_the_uninterrupted_file(backend, tmp_pat
 def test_the_evaluation_teacher_row_answers_as_labeling_did(backend, tmp_path, varied_model):
     """The eval stage's teacher row goes through the same backend, seed and reply
     prefix as labeling, one timed request per input."""
-    from promptdistill.evaluation.systems import evaluate_systems
+    from promptdistill.evaluation.systems import Systems, evaluate_systems
 
     cfg = config(data_seed=3, system_prompt=PROMPT + "Reply in JSON.", reply_format="json", json_fields=["script"],
                  reply_prefix='{"script": "', max_new_tokens=4, top_logprobs=0)
     labeled, rejected = label_files(cfg, backend.teacher, tmp_path / "labels.jsonl")
-    report = evaluate_systems(Task(cfg.task), examples(), tmp_path / "eval", teacher=backend.teacher, student=varied_model,
+    report = evaluate_systems(Task(cfg.task), examples(), tmp_path / "eval", Systems(backend.teacher, varied_model),
                               seed=cfg.data.seed, progress=False)
     teacher_rows = [p for p in read_jsonl(tmp_path / "eval" / "predictions.jsonl") if p["system"] == "teacher"]
     by_id = {r["id"]: r["teacher_reply"] for r in labeled + rejected}

@@ -1,12 +1,13 @@
 """Evaluation: teacher (with the prompt), base and student (without) on held-out inputs.
 
-    systems           each system answers in batches; accuracy, agreement, KL and latency per system
+    systems           each system answers in batches (held-out and off-task alike); accuracy, agreement, KL, latency
     latency           what one request costs each system, measured alike for every row
     fidelity          KL(teacher || system): label distributions or per reply token
     agreement         per-answer agreement with intervals, floors and a ceiling to read it against
     surface_baseline  the floor a classifier of the inputs' surface reaches
     offtask           what the student answers to inputs outside the task
     general_ability   what training cost the student on a built-in general check
-    report            report.md, report.html and the text table
+    report            the report as text: report.md's sections and the terminal's table, one number formatter
+    run_report        the run's report files: report.md with its pictures, report.html
     plots             the report's pictures (matplotlib)
 """

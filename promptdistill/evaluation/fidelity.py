@@ -49,6 +49,14 @@ def token_kl(teacher_logp: torch.Tensor, model_logp: torch.Tensor) -> float:
     return float((teacher_logp.exp() * (teacher_logp - model_logp)).sum(-1).mean())
 
 
+def kl_unavailable(task: Task, teacher: Teacher) -> str | None:
+    """Why no KL can be computed at all with this teacher, else None."""
+    if task.closed or teacher.can("continuation_logprobs"):
+        return None
+    return (f"KL not available with teacher backend {teacher.backend!r}: the per-token KL needs the "
+            "teacher's full distributions (teacher_backend = \"transformers\")")
+
+
 class FidelityScorer:
     """Scores KL(teacher || model) for one input, given the teacher's prediction.
 
@@ -60,10 +68,7 @@ class FidelityScorer:
         self.task, self.teacher, self.seed = task, teacher, seed
         self.kind = "label" if task.closed else "token"
         # Why no KL can be computed at all with this teacher, else None.
-        self.unavailable = None
-        if self.kind == "token" and not teacher.can("continuation_logprobs"):
-            self.unavailable = (f"KL not available with teacher backend {teacher.backend!r}: the per-token KL needs the "
-                                "teacher's full distributions (teacher_backend = \"transformers\")")
+        self.unavailable = kl_unavailable(task, teacher)
         self._teacher_probs: dict[str, dict[str, float]] = {}
         self._candidates = None
 

@@ -100,33 +100,3 @@ def summarize(rows: list[dict], max_drop: float) -> dict:
         "gained": [r["id"] for r in rows if r["student_pass"] and not r["base_pass"]],
         "kl_base_student": statistics.fmean(kls) if kls else None,
     }
-
-
-def general_ability_lines(section: dict | None) -> list[str]:
-    """report.md's "General ability" section."""
-    if not section:
-        return []
-    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    interval = lambda iv: "-" if iv is None else f"{100 * iv[0]:.0f}-{100 * iv[1]:.0f}%"  # noqa: E731
-    out = ["## General ability", "",
-           f"Base and student, without any prompt, on promptdistill's built-in general check ({section['n']} prompts with "
-           "checkable answers: arithmetic, short facts, format instructions, copying and reversing; general.py). "
-           "A drop says what training cost the model off the task.", "",
-           "| system | score | 95% interval |", "|---|---|---|",
-           f"| base | {pct(section['base_score'])} | {interval(section['base_interval'])} |",
-           f"| student | {pct(section['student_score'])} | {interval(section['student_interval'])} |", "",
-           "| kind | checks | base | student |", "|---|---|---|---|"]
-    out += [f"| {k} | {v['n']} | {pct(v['base'])} | {pct(v['student'])} |" for k, v in section["by_kind"].items()]
-    out.append("")
-    if section["kl_base_student"] is not None:
-        out.append(f"Mean KL(base ‖ student) per token over the base's own replies: {section['kl_base_student']:.3f} nats "
-                   "(0 = the student kept the base's behaviour on these prompts).")
-    drop = section["drop"]
-    if section["flagged"]:
-        out.append(f"**General ability dropped by {100 * drop:.1f} points** (more than eval.general_max_drop = "
-                   f"{100 * section['max_drop']:.0f} points): checks lost: {', '.join(section['lost'])} "
-                   "(eval/general_ability.jsonl has the replies). data.mix_general mixes the base's own answers into training to hold it.")
-    elif drop is not None:
-        out.append(f"Change from base to student: {100 * (section['student_score'] - section['base_score']):+.1f} points (within eval.general_max_drop = "
-                   f"{100 * section['max_drop']:.0f} points).")
-    return out + [""]

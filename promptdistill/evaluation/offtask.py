@@ -34,30 +34,12 @@ from ..models import LoadedModel
 from ..records import Example
 from ..render import render_prompt, reply_ids
 from ..task import OK, Task
-from ..teachers import Teacher
-from .fidelity import FidelityScorer, distribution_kl
+from .fidelity import distribution_kl
 from .general_ability import reply_kls
 
-PREFIX = "offtask_"  # system names of off-task predictions (predictions.partial.jsonl, offtask_predictions.jsonl)
-
-
-def predict_offtask(task: Task, examples: list[Example], *, teacher: Teacher, base: LoadedModel, student: LoadedModel, seed: int,
-                    teacher_mode: str, done: dict, run: dict) -> dict[str, list]:
-    """Teacher, base and student predictions on the off-task inputs (systems.py's batched
-    paths; kept ones in `done` reused), by system name without the prefix."""
-    from .systems import predict_system, predict_teacher
-
-    preds = {"teacher": predict_teacher(task, teacher, examples, mode=teacher_mode, seed=seed, system=PREFIX + "teacher",
-                                        done=done.get(PREFIX + "teacher"), **run)}
-    # Its own scorer: off-task ids may repeat held-out ids.
-    fidelity = FidelityScorer(task, teacher, seed)
-    for p in preds["teacher"]:
-        fidelity.remember(p.id, p.label_probs)
-    by_id = {p.id: p for p in preds["teacher"]}
-    for name, loaded in (("base", base), ("student", student)):
-        preds[name] = predict_system(task, loaded, examples, PREFIX + name, done=done.get(PREFIX + name), fidelity=fidelity,
-                                     teacher_preds=by_id, **run)
-    return preds
+# Stored system names of off-task predictions: PREFIX + "teacher" and so on (systems.predict_systems;
+# predictions.partial.jsonl, offtask_predictions.jsonl).
+PREFIX = "offtask_"
 
 
 def same_answer(a, b) -> bool:
@@ -113,27 +95,3 @@ def kl_from_base(task: Task, examples: list[Example], base_preds: list, student_
     prompts = [render_prompt(tok, m) for m in messages]
     replies = [reply_ids(tok, m, p.reply) for m, p in zip(messages, base_preds)]
     return reply_kls(base, student, prompts, replies)
-
-
-def offtask_lines(section: dict | None) -> list[str]:
-    """report.md's "Off-task inputs" section."""
-    if not section:
-        return []
-    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    num = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-    s, b, fmt = section["student"], section["base"], section["in_format"]
-    out = ["## Off-task inputs", "",
-           f"{section['n']} inputs the prompt is not about (`{section['inputs']}`): greetings, unrelated questions, code, "
-           "mixed or near-empty text. Does the student answer them like the teacher with the prompt, like its base, or neither?", "",
-           "| system | replies in the task's format | agreement with teacher | KL(teacher ‖ system) |", "|---|---|---|---|",
-           f"| teacher | {pct(fmt['teacher'])} | - | - |",
-           f"| base | {pct(fmt['base'])} | {pct(b['agreement_teacher'])} | {num(b['kl_teacher'])} |",
-           f"| student | {pct(fmt['student'])} | {pct(s['agreement_teacher'])} | {num(s['kl_teacher'])} |", "",
-           f"Student against its base: agreement {pct(s['agreement_base'])} (same answer, or the same reply where neither is in "
-           f"the task's format), KL(base ‖ student) {num(s['kl_base'])} nats ({section['kind']})."]
-    if s["top_answer"] is not None:
-        out.append(f"The student's most common off-task answer is `{s['top_answer']}` ({pct(s['top_answer_share'])} of inputs).")
-    if s["agreement_teacher"] is not None and s["agreement_teacher"] < 0.5 and s["agreement_base"] < 0.5:
-        out.append("**The student follows neither the teacher nor its base on most of these inputs**: it may have learned a "
-                   "shortcut of the training distribution; eval/offtask_predictions.jsonl has the replies.")
-    return out + [""]

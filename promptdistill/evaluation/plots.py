@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .report import fmt
+
 SYSTEM_COLORS = {"teacher": "#4C72B0", "base": "#8C8C8C", "student": "#DD8452"}
 
 
@@ -48,8 +50,7 @@ def confusion_figure(report: dict):
         ax.set_xlabel("predicted")
         ax.set_ylabel("gold")
         m = report["systems"][name]
-        accuracy = "-" if m.get("accuracy") is None else f"{100 * m['accuracy']:.1f}%"
-        ax.set_title(f"{name}: accuracy {accuracy}")
+        ax.set_title(f"{name}: accuracy {fmt(m.get('accuracy'), '.1%')}")
         for i, row in enumerate(counts):
             for j, n in enumerate(row):
                 if n:
@@ -109,11 +110,11 @@ def cost_figure(report: dict):
     colors = [SYSTEM_COLORS.get(n, "#55A868") for n in names]
     fig = _figure(8.0, 3.8)
     left, right = fig.subplots(1, 2)
-    for ax, key, title, fmt in ((left, "mean_prompt_tokens", "prompt tokens per request", "%.0f"),
-                                (right, "median_latency_ms", "median latency per request (ms)", "%.0f")):
+    for ax, key, title in ((left, "mean_prompt_tokens", "prompt tokens per request"),
+                           (right, "median_latency_ms", "median latency per request (ms)")):
         heights = [report["systems"][n][key] or 0 for n in names]
         bars = ax.bar(names, heights, color=colors)
-        ax.bar_label(bars, fmt=fmt, label_type="center" if ax is right else "edge")
+        ax.bar_label(bars, fmt="%.0f", label_type="center" if ax is right else "edge")
         ax.set_title(title)
         ax.margins(y=0.15)
     prompt_ms = (report.get("latency") or {}).get("teacher_prompt_ms")

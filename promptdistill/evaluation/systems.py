@@ -11,7 +11,7 @@ On held-out inputs that the student never trained on:
 Per system we report accuracy against gold labels (where present), agreement
 with the teacher, parse rate, a confusion matrix (gold x predicted), mean
 prompt tokens per request and median latency. Results go to report.json and
-predictions.jsonl in the output folder (report.py writes report.md and report.html from them).
+predictions.jsonl in the output folder (run_report.py writes report.md and report.html from them).
 
 Quality and latency are measured apart, because they want different things.
 The answers behind the quality metrics are computed in batches (the teacher
@@ -20,9 +20,12 @@ together), which gives the same answers as one request at a time and is
 several times faster. Latency is what one request costs, measured one
 request at a time on a sample, the same way for every row (latency.py).
 
+The off-task inputs (offtask.py) are answered by the same function as the
+held-out ones (`predict_systems`), under their own system names.
+
 report.json's `reference_points` (and `json_reference_points` per field of a
-JSON task) read the agreement against floors and a ceiling (agreement.py,
-issue 18): per-answer fidelity with intervals, the majority answer, a surface
+JSON task) read the agreement against floors and a ceiling (agreement.py):
+per-answer fidelity with intervals, the majority answer, a surface
 baseline fitted on the training inputs' teacher labels (when the caller
 passes them), and the teacher's self-consistency: from its stored label
 distribution in choose mode, or from `teacher_resamples` new sampled answers
@@ -39,22 +42,21 @@ from pathlib import Path
 from ..progress import progress_bar
 
 from .. import engine
+from ..config import EvalConfig
 from ..io import JsonlAppender, atomic_write_json, atomic_write_jsonl, drop_torn_last_line
 from ..jsonreply import json_metrics
 from ..models import LoadedModel
 from ..records import Example
 from ..render import end_of_turn_ids, render_prompt
-from ..task import OK, Task
+from ..task import OK, UNPARSED, Task
 from ..teachers import Teacher
 from .agreement import (json_reference_points, reference_points, self_consistency_ceiling_from_probs,
                         self_consistency_ceiling_from_samples)
-from .fidelity import FidelityScorer, distribution_kl
+from .fidelity import FidelityScorer, distribution_kl, kl_unavailable
 from .general_ability import general_ability
 from .latency import latency_section, measure_latency, model_request, prompt_cost, teacher_request
-from .offtask import offtask_summary, predict_offtask
+from .offtask import PREFIX as OFFTASK_PREFIX, offtask_summary
 from .surface_baseline import evaluate_surface_baseline
-
-UNPARSED = "??"
 
 
 @dataclass
@@ -77,8 +79,6 @@ class Prediction:
 
 # Inputs per batch for the evaluation's answers (as in labeling).
 EVAL_BATCH_SIZE = 64
-# Requests per row timed one at a time when no count is given (eval.latency_requests).
-LATENCY_REQUESTS = 32
 
 
 def generate_answers(task: Task, loaded: LoadedModel, messages: list[list[dict]]) -> list[tuple[str, int]]:
@@ -202,71 +202,82 @@ def system_metrics(task: Task, examples: list[Example], preds: list[Prediction],
     }
 
 
-def evaluate_systems(
-    task: Task,
-    examples: list[Example],
-    out_dir,
-    *,
-    teacher: Teacher,
-    student: LoadedModel,
-    base: LoadedModel | None = None,
-    teacher_mode: str | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    fingerprint: str | None = None,
-    latency_requests: int = LATENCY_REQUESTS,
-    train_records: list | None = None,
-    teacher_resamples: int = 0,
-    offtask: list[Example] | None = None,
-    offtask_source: str = "",
-    general_max_drop: float | None = None,
-    untrained: LoadedModel | None = None,
-) -> dict:
+@dataclass
+class Systems:
+    """The loaded models an evaluation compares."""
+
+    # With the prompt: any backend (teachers.load_teacher), answering as it labeled.
+    teacher: Teacher
+    # The base plus the trained adapter, without the prompt.
+    student: LoadedModel
+    # The untrained model, without the prompt: the base row (eval.include_base) and the
+    # reference of the off-task and general-ability checks; it may share the student's
+    # weights (models.AdapterDisabled). None: no base row and neither check.
+    base: LoadedModel | None = None
+
+
+def predict_systems(task: Task, systems: Systems, examples: list[Example], *, include_base: bool, seed: int, done: dict,
+                    sink, progress: bool, prefix: str = "") -> dict[str, list[Prediction]]:
+    """Teacher, base (with `include_base`) and student predictions on `examples`, by system name.
+
+    The held-out and the off-task inputs alike: the teacher answers first, in
+    the task's answer mode, and the others get their KL from its answers.
+    Predictions are stored under `prefix` + the system name (`done`: the ones
+    an interrupted evaluation kept, by stored name; `sink`: each new one).
+    """
+    run = dict(progress=progress, sink=sink)
+    name = prefix + "teacher"
+    preds = {"teacher": predict_teacher(task, systems.teacher, examples, mode=task.config.answer_mode, seed=seed, system=name,
+                                        done=done.get(name), **run)}
+    # One scorer per input set: off-task ids may repeat held-out ids.
+    fidelity = FidelityScorer(task, systems.teacher, seed)
+    for p in preds["teacher"]:
+        fidelity.remember(p.id, p.label_probs)
+    run.update(fidelity=fidelity, teacher_preds={p.id: p for p in preds["teacher"]})
+    rows = [("base", systems.base)] if include_base and systems.base is not None else []
+    for row, loaded in rows + [("student", systems.student)]:
+        preds[row] = predict_system(task, loaded, examples, prefix + row, done=done.get(prefix + row), **run)
+    return preds
+
+
+def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Systems, settings: EvalConfig | None = None, *,
+                     seed: int = 0, train_records: list | None = None, offtask: list[Example] | None = None,
+                     fingerprint: str | None = None, progress: bool = True) -> dict:
     """Run teacher, base and student on `examples`; write and return the report.
 
-    `teacher` is any backend (teachers.load_teacher); `seed` is the labeling
-    seed (data.seed), for sampled teacher answers. `base` may share the student's weights (see models.AdapterDisabled);
-    pass `base=None` to skip the base row. `train_records` (the training
-    split's labeled records) fit the surface baseline; `teacher_resamples` > 0
-    asks the teacher that many more sampled answers per input for the ceiling.
-    With a `fingerprint` (a hash of
-    the models, adapter and inputs), predictions are also appended to
-    `predictions.partial.jsonl` as they are made, and a rerun with the same
-    fingerprint after an interruption reuses them. Latency is measured on the
-    first `latency_requests` examples, one generated answer per request for
-    every row (latency.py), after the answers.
+    `settings` (default EvalConfig()) say what to measure: the base row, the
+    latency sample, teacher resamples for the ceiling, the general-ability
+    check. `seed` is the labeling seed (data.seed), for sampled teacher
+    answers. `train_records` (the training split's labeled records) fit the
+    surface baseline. `offtask` (the inputs of eval.offtask_inputs) are
+    answered by all three (offtask.py); it and the general-ability check
+    (general_ability.py) need `systems.base`.
 
-    The checks of what the student does off the task need the untrained model
-    (`untrained`, default `base`): `offtask` inputs (offtask.py, from
-    `offtask_source`) answered by all three, and with `general_max_drop` set the
-    general-ability check (general_ability.py) for base and student.
+    With a `fingerprint` (a hash of the models, adapter and inputs),
+    predictions are also appended to `predictions.partial.jsonl` as they are
+    made, and a rerun with the same fingerprint after an interruption reuses
+    them. Latency is measured on the first `settings.latency_requests`
+    examples, one generated answer per request for every row (latency.py),
+    after the answers.
     """
+    settings = settings or EvalConfig()
     out_dir = Path(out_dir)
-    teacher_mode = teacher_mode or task.config.answer_mode
+    teacher, student, base = systems.teacher, systems.student, systems.base
     partial = out_dir / "predictions.partial.jsonl"
     done = _partial_predictions(partial, fingerprint)
     with JsonlAppender(partial) as log:
         if fingerprint is not None and partial.stat().st_size == 0:
             log.append({"fingerprint": fingerprint})
         sink = (lambda p: log.append(asdict(p))) if fingerprint is not None else None
-        run = dict(progress=progress, sink=sink)
-        all_preds = {"teacher": predict_teacher(task, teacher, examples, mode=teacher_mode, seed=seed,
-                                                done=done.get("teacher"), **run)}
-        fidelity = FidelityScorer(task, teacher, seed)
-        for p in all_preds["teacher"]:
-            fidelity.remember(p.id, p.label_probs)
-        run.update(fidelity=fidelity, teacher_preds={p.id: p for p in all_preds["teacher"]})
-        if base is not None:
-            all_preds["base"] = predict_system(task, base, examples, "base", done=done.get("base"), **run)
-        all_preds["student"] = predict_system(task, student, examples, "student", done=done.get("student"), **run)
-        resamples = (resample_teacher(task, teacher, examples, teacher_resamples, seed, done=done, sink=sink, progress=progress)
-                     if teacher_resamples else None)
-        untrained = untrained or base
-        offtask_preds = (predict_offtask(task, offtask, teacher=teacher, base=untrained, student=student, seed=seed,
-                                         teacher_mode=teacher_mode, done=done, run=dict(progress=progress, sink=sink))
-                         if offtask and untrained is not None else None)
+        run = dict(seed=seed, done=done, sink=sink, progress=progress)
+        all_preds = predict_systems(task, systems, examples, include_base=settings.include_base, **run)
+        resamples = (resample_teacher(task, teacher, examples, settings.teacher_resamples, seed, done=done, sink=sink,
+                                      progress=progress)
+                     if settings.teacher_resamples else None)
+        offtask_preds = (predict_systems(task, systems, offtask, include_base=True, prefix=OFFTASK_PREFIX, **run)
+                         if offtask and base is not None else None)
 
-    sample = examples[:latency_requests]
+    sample = examples[:settings.latency_requests]
     without_prompt = {"base": base, "student": student}
     for name, preds in all_preds.items():
         request = teacher_request(task, teacher, seed) if name == "teacher" else model_request(task, without_prompt[name])
@@ -278,14 +289,14 @@ def evaluate_systems(
     report = {
         "task": task.name,
         "n_examples": len(examples),
-        "teacher_mode": teacher_mode,
+        "teacher_mode": task.config.answer_mode,
         # What always answering the teacher's most frequent label would score:
         # the floor that agreement should be read against.
         "majority_label": majority,
         "majority_agreement": teacher_labels.count(majority) / len(teacher_labels) if teacher_labels else None,
         "models": {"teacher": teacher.name, "student": student.name},
         "latency": latency_section(task, len(sample), prompt_cost(task, teacher)),
-        "fidelity": _fidelity_summary(task, all_preds, fidelity.unavailable),
+        "fidelity": _fidelity_summary(task, all_preds, kl_unavailable(task, teacher)),
         "systems": {
             name: {"uses_prompt": name == "teacher", **system_metrics(task, examples, preds, all_preds["teacher"])}
             for name, preds in all_preds.items()
@@ -293,10 +304,10 @@ def evaluate_systems(
         **reference_sections(task, examples, all_preds, train_records, resamples),
     }
     if offtask_preds is not None:
-        report["offtask"] = offtask_summary(task, offtask, offtask_preds, untrained, student, offtask_source)
+        report["offtask"] = offtask_summary(task, offtask, offtask_preds, base, student, settings.offtask_inputs or "")
         atomic_write_jsonl(out_dir / "offtask_predictions.jsonl", [asdict(p) for ps in offtask_preds.values() for p in ps])
-    if general_max_drop is not None and untrained is not None:
-        report["general_ability"], rows = general_ability(untrained, student, max_drop=general_max_drop, progress=progress)
+    if settings.general_ability and base is not None:
+        report["general_ability"], rows = general_ability(base, student, max_drop=settings.general_max_drop, progress=progress)
         atomic_write_jsonl(out_dir / "general_ability.jsonl", rows)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_jsonl(out_dir / "predictions.jsonl", [asdict(p) for name in all_preds for p in all_preds[name]])

@@ -1,0 +1,96 @@
+"""The run's report files: report.md with its pictures, and a self-contained report.html.
+
+`write_run_report(run_dir)` reads what evaluation and training left in the
+run directory (eval/report.json, train/metrics.jsonl), draws the pictures
+(plots.py) into eval/, writes report.md (report.py's markdown with the
+pictures after the summary table), and report.html: the same content as one
+file with the PNGs inlined as base64, so it can be mailed or attached and
+still show its pictures.
+
+The HTML is converted from our own markdown, which only uses headings,
+paragraphs, pipe tables, inline code, bold and images; no markdown library
+is needed for that subset.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+
+from ..io import atomic_write_text
+from .report import pictures_markdown, report_markdown
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5em 0}
+code{background:#f3f3f3;padding:0 3px}"""
+
+
+def write_run_report(run_dir) -> dict[str, str]:
+    """Pictures, report.md and report.html for a run directory's evaluation; return {title: png name}."""
+    from ..rundata import read_metrics
+    from ..rundir import RunDir
+    from .plots import write_pictures
+
+    run = RunDir(run_dir)
+    eval_dir = run.eval_dir
+    report = json.loads(run.report_path.read_text(encoding="utf-8"))
+    metrics = read_metrics(run.metrics_path) if run.metrics_path.exists() else []
+    pictures = write_pictures(report, metrics, eval_dir)
+    # The pictures go after the summary table, before the long per-system tables.
+    head, sep, tail = report_markdown(report).partition("\n## ")
+    markdown = head.rstrip("\n") + "\n\n" + pictures_markdown(pictures) + (sep + tail if sep else "")
+    atomic_write_text(run.report_md, markdown)
+    atomic_write_text(eval_dir / "report.html", markdown_to_html(markdown, eval_dir, title=f"promptdistill: {report['task']}"))
+    return pictures
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+
+def _image(alt: str, name: str, image_dir: Path) -> str:
+    data = base64.b64encode((image_dir / name).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(rows: list[str]) -> str:
+    cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+    head, body = cells[0], [r for r in cells[2:]]  # cells[1] is the |---| rule
+    out = ["<table>", "<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body]
+    return "\n".join(out + ["</table>"])
+
+
+def markdown_to_html(markdown: str, image_dir, title: str) -> str:
+    """A standalone HTML page for our report markdown, images inlined from `image_dir`."""
+    image_dir = Path(image_dir)
+    body: list[str] = []
+    lines = markdown.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            j = i
+            while j < len(lines) and lines[j].startswith("|"):
+                j += 1
+            body.append(_table(lines[i:j]))
+            i = j
+            continue
+        heading = re.match(r"(#{1,6}) (.*)", line)
+        image = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line.strip())
+        if heading:
+            level = len(heading.group(1))
+            body.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+        elif image:
+            body.append(_image(image.group(1), image.group(2), image_dir))
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
