@@ -246,13 +246,14 @@ class DirectoryLock:
 
 # -- relations between paths ---------------------------------------------------
 
-def _real(path) -> Path:
+def real_path(path) -> Path:
+    """`path` with ~ expanded and every symlink resolved (what two paths are compared as)."""
     return Path(os.path.realpath(os.path.expanduser(str(path))))
 
 
 def relation(a, b) -> str | None:
     """How path `a` relates to path `b`: 'is', 'is inside', 'contains', or None."""
-    ra, rb = _real(a), _real(b)
+    ra, rb = real_path(a), real_path(b)
     if ra == rb:
         return "is"
     try:
@@ -335,7 +336,7 @@ def check_output_file(path, what: str) -> Path:
 
 def check_parent_writable(p: Path, what: str) -> None:
     """The nearest existing folder above `p` is a folder this process may create `p` in."""
-    anc = _real(p).parent
+    anc = real_path(p).parent
     while not anc.exists():
         anc = anc.parent
     if not anc.is_dir():

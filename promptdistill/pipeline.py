@@ -1,9 +1,9 @@
 """`run`: split -> label -> train -> eval, into one run directory.
 
-Each stage writes its outputs, then a marker holding a fingerprint of the
-settings it depended on (`stage_settings`). Rerunning skips every stage whose
-marker matches; a stage whose settings changed is refused unless `force`, in
-which case it and every later stage run again. The directory's layout is
+Each stage writes its outputs, then a marker holding the settings it
+depended on (`stage_settings`). Rerunning skips every stage whose marker
+matches; a stage whose settings changed is refused, naming the changed keys,
+unless `force`, in which case it and every later stage run again. The directory's layout is
 `rundir.RunDir`'s.
 
 Which inputs get labeled is decided by `inputs.prepare_inputs`, the same

@@ -10,7 +10,7 @@ layout is written down once, here:
     RUN/train/                         metrics.jsonl, checkpoints/, adapter/, train_summary.json,
                                        general_mix.jsonl (data.mix_general)
     RUN/eval/                          report.json, report.md, report.html, *.png, predictions.jsonl
-    RUN/stages/<stage>.json            a finished stage's settings fingerprint and summary
+    RUN/stages/<stage>.json            a finished stage's settings, their fingerprint, and its summary
     RUN/.lock                          held while a command works on the run
 
 Every entry is named once, in `RUN_ENTRIES` and the constants beside it;
@@ -24,7 +24,10 @@ The claims on a run directory live here too: a run a command reads must be
 a run (`check_run_dir`); a run `run` or `train` writes into must be new,
 empty or already a run (`claim_run_dir`); and nothing may be written inside
 a run from outside it (`check_outside_runs`), except a new folder directly in
-the run an export is made from (RUN/merged keeps a run's things together).
+the run an export is made from (RUN/merged keeps a run's things together)
+and, from Python, a stage's own entry (labels/ for `label_inputs`, synth/
+for `synthesize`, train/ for `train_student`), as the pipeline and a
+notebook working on that run write them.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from pathlib import Path
 
 from .config import Config, config_from_dict
 from .errors import PromptDistillError
-from .io import (DirectoryLock, _real, atomic_write_json, check_parent_writable, changed_settings, fingerprint, read_settings,
-                 resume_or_refuse)
+from .io import (DirectoryLock, atomic_write_json, check_parent_writable, changed_settings, fingerprint, read_settings,
+                 real_path, resume_or_refuse)
 
 STAGES = ("split", "label", "train", "eval")
 # The folder each stage writes, under the run directory.
@@ -266,10 +269,10 @@ def check_outside_runs(path, what: str, *, own_run=None, own_entries: tuple[str,
     `own_entries` are the entries of any run a stage's Python function writes
     itself (labels/ for `label_inputs`, train/ for `train_student`), as the
     pipeline and a notebook working on that run do."""
-    real = _real(path)
+    real = real_path(path)
     for parent in real.parents:
         top = real.relative_to(parent).parts[0]
-        if own_run is not None and parent == _real(own_run):
+        if own_run is not None and parent == real_path(own_run):
             if top in RUN_ENTRIES:
                 raise PromptDistillError(f"{what} is inside the run's own {top}; choose a path outside the run, "
                                          "or a new folder directly in it (such as RUN/merged)", path=path)
