@@ -70,14 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show tracebacks for input errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def command(name, func, help, *, task=True, teacher_backend=False):
+    def command(name, func, help, *, task=True, models=False, teacher_backend=False):
         sp = sub.add_parser(name, help=help)
         sp.set_defaults(func=func)
         if task:
             sp.add_argument("task", help="task TOML file")
             sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                             help="override a setting of the task file (repeatable)")
-        if task == "models":
+        if models:
             sp.add_argument("--teacher", help="teacher model (hub id, folder, or smollm2-135m-instruct)")
             sp.add_argument("--student", help="student model")
             sp.add_argument("--device", help="auto, cpu, cuda, cuda:N")
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         group.add_argument("--init-adapter", metavar="FOLDER", help="start from this PEFT LoRA adapter (sets train.init_adapter)")
         sp.add_argument("--report-to", choices=REPORT_TO, help="also log training metrics to a tracker (sets train.report_to)")
 
-    sp = command("label", cmd_label, "label inputs with the teacher", task="models", teacher_backend=True)
+    sp = command("label", cmd_label, "label inputs with the teacher", models=True, teacher_backend=True)
     sp.add_argument("--inputs", help="input file (.txt, .jsonl, .csv); default: data.inputs")
     sp.add_argument("--out", required=True, help="labeled JSONL to write (appended, resumable)")
     sp.add_argument("--rejects", help="where unparsed answers go (default: OUT with .rejects.jsonl)")
@@ -111,21 +111,21 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-confidence", type=float, help="reject answers less sure than this (sets task.min_confidence)")
     sp.add_argument("--no-prefix-reuse", action="store_true", help="send every request whole (slower)")
 
-    sp = command("render", cmd_render, "show tokens and trained tokens per example", task="models")
+    sp = command("render", cmd_render, "show tokens and trained tokens per example", models=True)
     sp.add_argument("--labeled", required=True)
     sp.add_argument("--limit", type=int, default=20, help="examples to print (0: all)")
 
-    sp = command("train", cmd_train, "LoRA-train the student on labeled data", task="models")
+    sp = command("train", cmd_train, "LoRA-train the student on labeled data", models=True)
     sp.add_argument("--labeled", required=True, help="labeled JSONL from `label`")
     sp.add_argument("--heldout", help="labeled JSONL for the held-out loss")
     sp.add_argument("--run-dir", required=True)
     training_flags(sp)
 
-    sp = command("eval", cmd_eval, "compare teacher, base and student on held-out inputs", task="models")
+    sp = command("eval", cmd_eval, "compare teacher, base and student on held-out inputs", models=True)
     sp.add_argument("--run-dir", required=True, help="run directory holding train/adapter")
     sp.add_argument("--inputs", help="held-out inputs (default: RUN/split/heldout.jsonl)")
 
-    sp = command("run", cmd_run, "split, label, train, eval; skips completed stages", task="models", teacher_backend=True)
+    sp = command("run", cmd_run, "split, label, train, eval; skips completed stages", models=True, teacher_backend=True)
     sp.add_argument("--run-dir", help="default: runs/<task name>")
     sp.add_argument("--force", action="store_true", help="redo stages whose settings changed")
     training_flags(sp)
@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="replace an existing folder even if it holds files promptdistill did not write (never the run itself)")
 
     sp = command("synthesize", cmd_synthesize, "write inputs with a generator model from the task's prompt (and seed inputs)",
-                 task="models", teacher_backend=True)
+                 models=True, teacher_backend=True)
     sp.add_argument("--n", type=int, required=True, help="inputs to keep after the quality gates")
     sp.add_argument("--out", required=True, help="inputs JSONL to write (raw generations beside it, resumable)")
     sp.add_argument("--seeds", help="real inputs to paraphrase and edit (sets synthesize.seed_inputs)")
