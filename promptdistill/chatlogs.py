@@ -32,7 +32,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import PromptDistillError
-from .io import atomic_write_json, atomic_write_jsonl
+from .io import DirectoryLock, atomic_write_json, atomic_write_jsonl, check_file
+from .labeling import check_label_outputs
 from .records import Example, _read_utf8, iter_jsonl
 from .task import OK, Task
 from .teachers.records import make_record
@@ -87,16 +88,24 @@ def parse_chat(task: Task, messages: list[dict]) -> tuple[str | None, str | None
     return text, messages[1]["content"], ""
 
 
-def import_chats(task: Task, logs_path, out_path, rejects_path=None, *, source_model: str | None = None) -> dict:
+def import_chats(task: Task, logs_path, out_path, rejects_path=None, *, source_model: str | None = None,
+                 reads: dict | None = None) -> dict:
     """Read chat logs, keep the exchanges under `task`'s prompt, parse their replies with
     the task's rules and write labeled records (`out_path`), unparsable replies
     (`rejects_path`, default `<out>.rejects.jsonl`) and set-aside records
-    (`<out>.foreign.jsonl`); return the counts."""
-    logs_path, out_path = Path(logs_path), Path(out_path)
-    if not logs_path.exists():
-        raise PromptDistillError("chat log file not found", path=logs_path)
-    rejects_path = Path(rejects_path) if rejects_path else out_path.with_name(out_path.stem + ".rejects.jsonl")
-    foreign_path = out_path.with_name(out_path.stem + ".foreign.jsonl")
+    (`<out>.foreign.jsonl`); return the counts. The logs are checked and the
+    outputs claimed as `label` claims its own (`labeling.check_label_outputs`:
+    apart from the logs and `reads`, outside any run, new or labeled records)
+    before anything is written."""
+    logs_path = check_file(logs_path, "chat log file")
+    foreign_path = Path(out_path).with_name(Path(out_path).stem + ".foreign.jsonl")
+    out_path, rejects_path = check_label_outputs(out_path, rejects_path, reads={"the chat logs": logs_path, **(reads or {})},
+                                                 more_writes={"the set-aside records": foreign_path})
+    with DirectoryLock(out_path.with_name(out_path.name + ".lock"), str(out_path)):
+        return _import(task, logs_path, out_path, rejects_path, foreign_path, source_model)
+
+
+def _import(task: Task, logs_path: Path, out_path: Path, rejects_path: Path, foreign_path: Path, source_model: str | None) -> dict:
     good, bad, aside = [], [], []
     set_aside: dict[str, int] = {}
     seen: set[str] = set()

@@ -307,7 +307,7 @@ _SECTIONS = {"task": TaskConfig, "data": DataConfig, "models": ModelsConfig, "tr
 
 def load_config(path) -> Config:
     """Read a task TOML file into a validated `Config`."""
-    from .outputs import check_file
+    from .io import check_file
 
     path = check_file(path, "task file")
     try:

@@ -16,26 +16,33 @@ Two standard shapes are written from it:
   `vllm serve BASE --enable-lora --lora-modules student=DIR`.
 
 Both folders are written whole or not at all (temporary folder, then rename),
-and only where the tool may write (`check_export_target`, the rule of
-outputs.py): never onto or around the run directory or into its own files
-(a new folder directly in the run, such as RUN/merged, is fine), and an
-existing folder only when it is empty or was exported by promptdistill and
-left unchanged (a manifest of the files written, `outputs.MANIFEST`, is kept
-in it), unless `overwrite`. Files and folders get the umask's permissions, so
+and only where the tool may write (`check_export_target`): never onto or
+around the run directory or into its own files (a new folder directly in the
+run, such as RUN/merged, is fine), and an existing folder only when it is
+empty or was exported by promptdistill and left unchanged (`claim_folder`: a
+manifest of the files written, `MANIFEST`, every file with its size and
+sha256, is kept in it, and a folder holding anything not in it, a user's
+file or an edited README, is refused), unless `overwrite`. Files and folders get the umask's permissions, so
 other accounts (a serving user) can read them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
-from .io import atomic_directory, atomic_write_text
-from .outputs import check_outside_runs, check_paths, claim_folder, relation, write_manifest
-from .rundir import RunDir
+from .config import DTYPES, Config
+from .errors import PromptDistillError
+from .io import atomic_directory, atomic_write_json, atomic_write_text, check_parent_writable, check_paths, relation
+from .overrides import check_device_flag, check_models
+from .rundir import RunDir, check_outside_runs, check_run_dir
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Written by export into every folder it creates: the files it wrote, with sizes and hashes.
+MANIFEST = ".promptdistill-export.json"
 
 
 def check_export_target(run: RunDir, out_dir, what: str = "the export folder", *, overwrite: bool = False) -> None:
@@ -49,14 +56,126 @@ def check_export_target(run: RunDir, out_dir, what: str = "the export folder", *
     claim_folder(out_dir, what, overwrite=overwrite)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder, kind: str) -> None:
+    """Record every file of `folder` (written by the tool) in its manifest."""
+    folder = Path(folder)
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            f = Path(root) / name
+            rel = f.relative_to(folder).as_posix()
+            if rel != MANIFEST:
+                files[rel] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+    atomic_write_json(folder / MANIFEST, {"written_by": "promptdistill", "kind": kind, "files": dict(sorted(files.items()))})
+
+
+def foreign_entries(folder) -> list[str]:
+    """What in `folder` the tool did not write, or what changed since it did (per its manifest)."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"] if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        files = {}
+    foreign = []
+    for root, dirs, names in os.walk(folder):
+        for d in dirs:
+            rel = (Path(root) / d).relative_to(folder).as_posix()
+            if not any(k.startswith(rel + "/") for k in files):
+                foreign.append(rel + "/")
+        for name in names:
+            f = Path(root) / name
+            rel = f.relative_to(folder).as_posix()
+            if rel == MANIFEST and files:
+                continue
+            entry = files.get(rel)
+            if not isinstance(entry, dict):
+                foreign.append(rel)
+            elif f.is_symlink() or f.stat().st_size != entry.get("size") or _sha256(f) != entry.get("sha256"):
+                foreign.append(f"{rel} (changed since export)")
+    return sorted(foreign)
+
+
+def claim_folder(path, what: str, *, overwrite: bool = False) -> Path:
+    """A folder the command replaces whole (an export): new, empty, or exported
+    by promptdistill and unchanged since; with `overwrite`, any folder."""
+    p = Path(path)
+    if not p.exists():
+        if p.is_symlink():
+            raise PromptDistillError(f"{what} is a broken symlink; choose another path", path=p)
+        check_parent_writable(p, what)
+        return p
+    if not p.is_dir():
+        raise PromptDistillError(f"{what} exists and is a file, not a folder; choose another path", path=p)
+    check_parent_writable(p, what)
+    if overwrite:
+        return p
+    foreign = foreign_entries(p)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise PromptDistillError(f"{what} exists and holds what promptdistill did not write ({shown}); choose a new or "
+                                 "empty folder, or pass --overwrite to replace it", path=p)
+    return p
+
+
+def check_export(run_dir, *, merged=None, adapter=None, device: str = "cpu", dtype: str | None = None,
+                 overwrite: bool = False) -> tuple[RunDir, Config]:
+    """The export stage's preflight: the run is a run with a whole adapter, its models
+    are there, `device` and `dtype` are valid, and both targets are checked
+    (`check_export_target`, and apart from each other) before either is written."""
+    if not merged and not adapter:
+        raise PromptDistillError("nothing to export: pass --merged DIR and/or --adapter DIR")
+    run = RunDir(check_run_dir(run_dir))
+    check_device_flag(device, "--device")
+    if dtype is not None and dtype not in DTYPES:
+        raise PromptDistillError(f"must be one of {', '.join(DTYPES)}; got {dtype!r}", field="--dtype")
+    cfg = run.load_config()
+    check_models(cfg.models)
+    run.adapter()
+    check_paths({}, {"--merged": merged, "--adapter": adapter})
+    for flag, target in (("--merged", merged), ("--adapter", adapter)):
+        if target:
+            check_export_target(run, target, flag, overwrite=overwrite)
+    return run, cfg
+
+
+def export_run(run_dir, *, merged=None, adapter=None, device: str = "cpu", dtype: str | None = None,
+               overwrite: bool = False) -> dict[str, Path]:
+    """Write the student of a run as a merged model folder (`merged`) and/or a PEFT
+    adapter folder (`adapter`), checked first (`check_export`), under the run's
+    lock; return the folders written by kind."""
+    run, cfg = check_export(run_dir, merged=merged, adapter=adapter, device=device, dtype=dtype, overwrite=overwrite)
+    written = {}
+    with run.lock():
+        if merged:
+            written["merged"] = _write_merged(run, cfg, Path(merged), device, dtype)
+        if adapter:
+            written["adapter"] = _write_adapter(run, cfg, Path(adapter))
+    return written
+
+
 def export_merged(run_dir, out_dir, *, device: str = "cpu", dtype: str | None = None, overwrite: bool = False) -> Path:
     """Write the student (base + LoRA merged) as a standalone transformers folder; return it."""
+    return export_run(run_dir, merged=out_dir, device=device, dtype=dtype, overwrite=overwrite)["merged"]
+
+
+def export_adapter(run_dir, out_dir, *, overwrite: bool = False) -> Path:
+    """Write the student's PEFT adapter folder, pointing at its base model; return it."""
+    return export_run(run_dir, adapter=out_dir, overwrite=overwrite)["adapter"]
+
+
+def _write_merged(run: RunDir, cfg: Config, out_dir: Path, device: str, dtype: str | None) -> Path:
     from .render import end_of_turn_ids
 
-    run = RunDir(run_dir)
-    cfg = run.load_config()
-    adapter = run.adapter()
-    check_export_target(run, out_dir, overwrite=overwrite)
+    adapter = run.adapter_dir
     student = run.load_student(cfg, device=device, dtype=dtype)
     merged = student.model.merge_and_unload()
     tok = student.tokenizer
@@ -72,17 +191,13 @@ def export_merged(run_dir, out_dir, *, device: str = "cpu", dtype: str | None = 
         tok.save_pretrained(tmp)
         atomic_write_text(tmp / "README.md", _merged_readme(cfg, adapter))
         write_manifest(tmp, "merged")
-    return Path(out_dir)
+    return out_dir
 
 
-def export_adapter(run_dir, out_dir, *, overwrite: bool = False) -> Path:
-    """Write the student's PEFT adapter folder, pointing at its base model; return it."""
+def _write_adapter(run: RunDir, cfg: Config, out_dir: Path) -> Path:
     from .models import model_path
 
-    run = RunDir(run_dir)
-    cfg = run.load_config()
-    adapter = run.adapter()
-    check_export_target(run, out_dir, overwrite=overwrite)
+    adapter = run.adapter_dir
     base_path = model_path(cfg.models.student)
     with atomic_directory(out_dir) as tmp:
         for name in _ADAPTER_FILES:
@@ -93,9 +208,9 @@ def export_adapter(run_dir, out_dir, *, overwrite: bool = False) -> Path:
         # converted cache folder rather than the short name only we know).
         adapter_cfg["base_model_name_or_path"] = base_path
         atomic_write_text(config_path, json.dumps(adapter_cfg, indent=2) + "\n")
-        atomic_write_text(tmp / "README.md", _adapter_readme(cfg, base_path, Path(out_dir), adapter_cfg.get("r")))
+        atomic_write_text(tmp / "README.md", _adapter_readme(cfg, base_path, out_dir, adapter_cfg.get("r")))
         write_manifest(tmp, "adapter")
-    return Path(out_dir)
+    return out_dir
 
 
 def _merged_readme(cfg, adapter: Path) -> str:

@@ -1,4 +1,6 @@
-"""Small file helpers: atomic writes and durable JSONL appends.
+"""The ground every stage writes on: atomic writes, durable JSONL appends,
+locks, fingerprints, how paths relate, input and output file checks, and
+resuming from what an earlier command left.
 
 A file the tool writes either appears whole or not at all: we write to a
 temporary file in the same folder and `os.replace` it into place. Labeled
@@ -13,8 +15,23 @@ renamed into place it (and all it holds) is given the mode the umask allows
 mode the old file had. Otherwise an exported model
 would be unreadable to the other accounts that serve it.
 
-Which paths a command may write or replace at all is decided before any of
-these run, by `outputs.py`.
+The rule every command keeps: **promptdistill only removes or replaces what
+it created itself.** Each stage's preflight names the paths it reads and the
+paths it writes (`check_paths`): an output that is, lies inside or contains
+an input is refused (`label --out data.jsonl --inputs data.jsonl` would cut
+the input's last line), and so are two outputs that overlap; paths are
+compared after resolving symlinks, and existing files also by inode (hard
+links). Inputs must be readable files (`check_file`), outputs writable paths
+(`check_output_file`). Which existing outputs count as the tool's own is
+decided beside what owns them: a run directory (`rundir.claim_run_dir`), an
+export folder (`export.claim_folder`), a labels file
+(`labeling.claim_labels_file`). Only then does a command take its lock and
+write its first byte, so a refused command leaves nothing behind.
+
+An output made with other settings is resumed only when the settings match
+(`resume_or_refuse`): stage markers, labels and synthesis sidecars, training
+checkpoints and an interrupted evaluation all record what they were made
+from and go through that one comparison.
 """
 
 from __future__ import annotations
@@ -24,8 +41,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import PromptDistillError
 
 
 def current_umask() -> int:
@@ -51,8 +71,6 @@ def default_mode(directory: bool = False) -> int:
 def atomic_write_text(path, text: str) -> None:
     path = Path(path)
     if path.is_dir():
-        from .errors import PromptDistillError
-
         raise PromptDistillError("is a folder, expected a file; choose another path", path=path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -94,10 +112,8 @@ def atomic_directory(path):
     the whole new one, never a half-written one.
 
     This replaces whatever folder is at `path`: callers decide first that it
-    is theirs to replace (`outputs.claim_folder` for folders a user names).
+    is theirs to replace (`export.claim_folder` for folders a user names).
     A file at `path` is never removed."""
-    from .errors import PromptDistillError
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise PromptDistillError("exists and is a file, not a folder; choose another path", path=path)
@@ -133,8 +149,8 @@ def fingerprint(obj, *blobs: bytes, ensure_ascii: bool = True) -> str:
     What a stage, a label file, a checkpoint or an interrupted evaluation was
     made from is recorded as one of these, and compared on rerun to decide
     whether the old output is still valid (16 hex digits: collisions are not a
-    concern at the scale of one user's runs). `ensure_ascii=False` is how task
-    fingerprints were always written; keeping it keeps existing label files valid."""
+    concern at the scale of one user's runs). `ensure_ascii=False` hashes
+    non-ASCII text as its UTF-8 bytes (how a task's fingerprint is written)."""
     h = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str, ensure_ascii=ensure_ascii).encode())
     for blob in blobs:
         h.update(blob)
@@ -204,8 +220,6 @@ class DirectoryLock:
     def __enter__(self):
         import fcntl
 
-        from .errors import PromptDistillError
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a+", encoding="utf-8")
         try:
@@ -228,3 +242,161 @@ class DirectoryLock:
 
         fcntl.flock(self._f, fcntl.LOCK_UN)
         self._f.close()
+
+
+# -- relations between paths ---------------------------------------------------
+
+def real_path(path) -> Path:
+    """`path` with ~ expanded and every symlink resolved (what two paths are compared as)."""
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
+def relation(a, b) -> str | None:
+    """How path `a` relates to path `b`: 'is', 'is inside', 'contains', or None."""
+    ra, rb = real_path(a), real_path(b)
+    if ra == rb:
+        return "is"
+    try:
+        if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
+            return "is"
+    except OSError:
+        pass
+    if rb in ra.parents:
+        return "is inside"
+    if ra in rb.parents:
+        return "contains"
+    return None
+
+
+_RELATION_WORDS = {"is": "is the same path as", "is inside": "is inside", "contains": "contains"}
+
+
+def check_paths(reads: dict[str, object], writes: dict[str, object]) -> None:
+    """Refuse outputs that are, lie inside or contain an input, or overlap another output.
+
+    `reads` and `writes` map a name the user knows ('--inputs', 'the task
+    file', 'run directory') to a path; None values are skipped."""
+    reads = {k: v for k, v in reads.items() if v is not None}
+    writes = {k: v for k, v in writes.items() if v is not None}
+    for wname, w in writes.items():
+        for rname, r in reads.items():
+            rel = relation(r, w)
+            if rel is not None:
+                raise PromptDistillError(f"{rname} ({r}) {_RELATION_WORDS[rel]} {wname} ({w}), which this command writes; "
+                                         "writing it would destroy what the command reads: use separate paths")
+    names = list(writes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            rel = relation(writes[a], writes[b])
+            if rel is not None:
+                raise PromptDistillError(f"{a} {_RELATION_WORDS[rel]} {b} ({writes[b]}); give them different paths", path=writes[a])
+
+
+# -- input and output files ----------------------------------------------------
+
+def check_file(path, what: str) -> Path:
+    """An input file: it exists, is a file (not a folder) and can be read."""
+    p = Path(path)
+    if not p.exists():
+        raise PromptDistillError(f"{what} not found", path=p)
+    if p.is_dir():
+        raise PromptDistillError(f"{what} is a folder, expected a file", path=p)
+    if not os.access(p, os.R_OK):
+        raise PromptDistillError(f"{what} cannot be read (permission denied)", path=p)
+    return p
+
+
+def check_model_folder(name: str | None, field: str) -> None:
+    """A model given as a local folder must hold a transformers model (config.json).
+    Names that are no existing path and do not look like one are hub ids (or the built-in model)."""
+    if not name:
+        return
+    p = Path(os.path.expanduser(name))
+    if not (p.exists() or name.startswith(("/", "./", "../", "~", "."))):
+        return
+    if not p.exists():
+        raise PromptDistillError(f"model folder {name!r} not found", field=field)
+    if not p.is_dir():
+        raise PromptDistillError(f"model {name!r} is a file; a model is a folder holding config.json and weights (or a hub id)",
+                                 field=field)
+    if not (p / "config.json").is_file():
+        raise PromptDistillError(f"model folder {name!r} holds no config.json (empty, or not a transformers model)", field=field)
+
+
+def check_output_file(path, what: str) -> Path:
+    """A file the command writes: not a folder, its folder creatable, writable where it exists."""
+    p = Path(path)
+    if p.is_dir():
+        raise PromptDistillError(f"{what} is a folder, expected a file path", path=p)
+    check_parent_writable(p, what)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise PromptDistillError(f"{what} cannot be written (permission denied)", path=p)
+    return p
+
+
+def check_parent_writable(p: Path, what: str) -> None:
+    """The nearest existing folder above `p` is a folder this process may create `p` in."""
+    anc = real_path(p).parent
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise PromptDistillError(f"{what}: {anc} is a file, so no folder can be made there", path=p)
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise PromptDistillError(f"{what} cannot be written (no permission in {anc})", path=p)
+
+
+# -- resuming what an earlier command left ----------------------------------------
+
+def read_settings(path, *, key: str | None = None, corrupt: str) -> dict | None:
+    """The settings recorded in `path` (the whole JSON object, or its `key`), None when
+    there is no record; `corrupt` is what the error says to do when it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        obj = None
+    if not isinstance(obj, dict):
+        raise PromptDistillError(corrupt, path=path)
+    settings = obj if key is None else obj.get(key)
+    return settings if isinstance(settings, dict) else {}
+
+
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ, both ways (a key only one side has is a change);
+    nested tables are compared key by key and named `table.key`. Both sides are
+    compared as JSON holds them (a tuple and the list it was stored as are equal)."""
+    return _changed(json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str)), "")
+
+
+def _changed(old: dict, new: dict, prefix: str) -> list[str]:
+    changed = []
+    for k in sorted(old.keys() | new.keys()):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed(a, b, f"{prefix}{k}.")
+        elif a != b:
+            changed.append(f"{prefix}{k}")
+    return changed
+
+
+def resume_or_refuse(stored: dict | None, settings: dict, *, force: bool, what: str, discards: str,
+                     discard: Callable[[], None], path=None) -> list[str]:
+    """Decide whether an earlier output made with `stored` settings may be continued
+    under `settings`, the one rule of every resumable output: the same settings
+    resume; different ones are refused with one line naming the keys that differ
+    (`what` says whose settings, `discards` what --force does and the other way
+    out), unless `force`, which calls `discard` to remove the old output. Nothing
+    recorded (`stored` None) is nothing to compare: the caller decides. Returns
+    the differing keys (empty when resumed)."""
+    if stored is None:
+        return []
+    changed = changed_settings(stored, settings)
+    if not changed:
+        return []
+    if not force:
+        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        raise PromptDistillError(f"{what} with different settings ({shown}); --force discards {discards}", path=path)
+    discard()
+    return changed

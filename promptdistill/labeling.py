@@ -30,14 +30,51 @@ from pathlib import Path
 
 from .config import Config
 from .errors import PromptDistillError
-from .io import DirectoryLock, JsonlAppender, atomic_write_json
-from .outputs import claim_labels_file
+from .inputs import prepare_inputs
+from .io import (DirectoryLock, JsonlAppender, atomic_write_json, check_file, check_output_file, check_paths, read_settings,
+                 resume_or_refuse)
 from .progress import progress_bar
 from .records import Example, iter_jsonl
+from .rundir import STAGE_OUTPUTS, check_outside_runs
 from .task import OK, Task
 from .teachers import Teacher, load_teacher
 
-__all__ = ["label_inputs", "load_teacher", "summarize_labels"]
+__all__ = ["check_label_outputs", "claim_labels_file", "label_file", "label_inputs", "load_teacher", "summarize_labels"]
+
+
+def label_file(cfg: Config, inputs, out_path, rejects_path=None, *, limit: int = 0, task_file=None, log=print,
+               dedupe_hint: str = "data.dedupe = true", **options) -> dict:
+    """The `label` command: label the inputs of a file (`inputs`, default data.inputs)
+    into `out_path`; return the summary. The input file is checked and the
+    outputs claimed (`check_label_outputs`, which never writes into a run)
+    before the inputs are read (`inputs.prepare_inputs`, the same selection as
+    `run`'s split); `limit` keeps the first N; `options` are label_inputs'."""
+    inputs = inputs or (cfg.resolve_path(cfg.data.inputs) if cfg.data.inputs else None)
+    if inputs is None:
+        raise PromptDistillError("no inputs: pass --inputs or set data.inputs", field="data.inputs")
+    inputs = check_file(inputs, "input file")
+    out_path, rejects_path = check_label_outputs(out_path, rejects_path, reads={"--inputs": inputs, "the task file": task_file})
+    examples = prepare_inputs(cfg, Task(cfg.task), inputs, log, dedupe_hint=dedupe_hint)[: limit or None]
+    return _label(cfg, examples, load_teacher(cfg), out_path, rejects_path, **options)
+
+
+def check_label_outputs(out_path, rejects_path=None, *, reads: dict | None = None, more_writes: dict | None = None,
+                        own_entries: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """What a command that writes labeled records writes, checked before anything is:
+    --out, --rejects (default `<out>.rejects.jsonl`), the sidecar, the lock and
+    `more_writes` apart from the command's inputs (`reads`) and from one another,
+    outside any run directory (but for a run's `own_entries`), and --out and
+    --rejects each new, empty or holding labeled records. Returns (out, rejects)."""
+    out = Path(out_path)
+    rejects = Path(rejects_path) if rejects_path else out.with_name(out.stem + ".rejects.jsonl")
+    writes = {"--out": out, "--rejects": rejects, "--out's sidecar": out.with_name(out.name + ".meta.json"),
+              "--out's lock file": out.with_name(out.name + ".lock"), **(more_writes or {})}
+    check_paths(reads or {}, writes)
+    for name, path in writes.items():
+        check_outside_runs(path, name, own_entries=own_entries)
+    claim_labels_file(out, "--out")
+    claim_labels_file(rejects, "--rejects", sidecars=False)
+    return out, rejects
 
 
 def label_inputs(
@@ -52,6 +89,7 @@ def label_inputs(
     force: bool = False,
     progress: bool = True,
     reuse_prefix: bool = True,
+    reads: dict | None = None,
 ) -> dict:
     """Label `examples` with `teacher` into `out_path` (JSONL); return a summary.
 
@@ -62,20 +100,29 @@ def label_inputs(
     vLLM, default 256; the server backend ignores it). With `reuse_prefix`
     (the default) a local teacher runs the prompt tokens shared by every
     request once; `reuse_prefix=False` sends every request whole, as a plain
-    loop would.
+    loop would. `reads` names the files the examples came from ({"--inputs": path}):
+    an output that is one of them is refused, as every output that is not the
+    tool's own (`check_label_outputs`), before anything is written.
     """
     if not isinstance(cfg, Config) or not isinstance(teacher, Teacher):
         # The signature changed (the config first, a Teacher instead of a loaded model): say so instead of an AttributeError.
         raise TypeError(f"label_inputs(cfg, examples, teacher, out_path) takes the Config and a teachers.Teacher "
                         f"(teachers.load_teacher(cfg), or teachers.local.LocalTeacher(loaded_model)); got "
                         f"{type(cfg).__name__} and {type(teacher).__name__}")
+    # From Python the same checks as the command's, but a run's own labels/ may be written (the pipeline, a notebook).
+    out_path, rejects_path = check_label_outputs(out_path, rejects_path, reads=reads, own_entries=(STAGE_OUTPUTS["label"],))
+    return _label(cfg, examples, teacher, out_path, rejects_path, mode=mode, batch_size=batch_size, force=force,
+                  progress=progress, reuse_prefix=reuse_prefix)
+
+
+def _label(cfg: Config, examples: list[Example], teacher: Teacher, out_path: Path, rejects_path: Path, *, mode: str | None = None,
+           batch_size: int | None = None, force: bool = False, progress: bool = True, reuse_prefix: bool = True) -> dict:
+    """Label `examples` into the checked `out_path` and `rejects_path` (see label_inputs)."""
     task = Task(cfg.task)
     mode = mode or task.config.answer_mode
     if mode == "choose" and not task.closed:
         raise PromptDistillError("answer mode 'choose' needs task.labels", field="task.labels")
     seed = cfg.data.seed
-    out_path = Path(out_path)
-    rejects_path = Path(rejects_path) if rejects_path else out_path.with_name(out_path.stem + ".rejects.jsonl")
     meta = {
         "teacher": teacher.name,
         "task_fingerprint": task.fingerprint(),
@@ -86,9 +133,6 @@ def label_inputs(
         # Backends add their name and where the model runs; the local one adds nothing.
         **teacher.meta(),
     }
-    # Called from Python as well as by the CLI: the files it appends to are checked here too.
-    claim_labels_file(out_path, "labels file")
-    claim_labels_file(rejects_path, "rejects file", sidecars=False)
     with DirectoryLock(out_path.with_name(out_path.name + ".lock"), str(out_path)):
         _check_or_write_meta(out_path, rejects_path, meta, force)
         # Opening the appenders first cuts a torn last line, so it is relabeled.
@@ -105,24 +149,63 @@ def label_inputs(
 
 
 def _check_or_write_meta(out_path: Path, rejects_path: Path, meta: dict, force: bool) -> None:
+    """Labels made with other settings (a key only the old labels have, say a server
+    URL, is a change too) are refused, or with `force` discarded; then the sidecar
+    records the current settings."""
     meta_path = out_path.with_name(out_path.name + ".meta.json")
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        # Both ways: a key only the old labels have (say a server URL) is a change too.
-        changed = sorted(k for k in meta.keys() | old.keys() if old.get(k) != meta.get(k))
-        if changed and not force:
-            raise PromptDistillError(
-                f"existing labels were made with different settings ({', '.join(changed)}); "
-                "use --force to discard them and relabel, or write to another file",
-                path=out_path,
-            )
-        if changed:
-            for p in (out_path, rejects_path):
-                p.unlink(missing_ok=True)
-    elif force:
+
+    def discard():
         for p in (out_path, rejects_path):
             p.unlink(missing_ok=True)
+
+    stored = read_settings(meta_path, corrupt="corrupt labels sidecar; delete it and rerun with --force to relabel")
+    if stored is None and force:  # labels nobody recorded the settings of
+        discard()
+    resume_or_refuse(stored, meta, force=force, what="existing labels were made", path=out_path,
+                     discards="them and relabels, or write to another file", discard=discard)
     atomic_write_json(meta_path, meta)
+
+
+def claim_labels_file(path, what: str, *, sidecars: bool = True) -> Path:
+    """A labeled JSONL file `label` appends to: new, empty, or holding labeled records
+    (label cuts a torn last line, which would truncate anything else). With
+    `sidecars`, its sidecar (<file>.meta.json) and lock (<file>.lock) must
+    not be folders, and the sidecar must be readable JSON."""
+    p = check_output_file(path, what)
+    meta = p.with_name(p.name + ".meta.json")
+    if sidecars:
+        check_output_file(meta, f"{what}'s sidecar")
+        check_output_file(p.with_name(p.name + ".lock"), f"{what}'s lock file")
+    if sidecars and meta.exists():
+        try:
+            ok = isinstance(json.loads(meta.read_bytes().decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok:
+            raise PromptDistillError("corrupt labels sidecar; delete it and rerun with --force to relabel", path=meta)
+    if not p.exists() or p.stat().st_size == 0:
+        return p
+    lines = p.read_bytes().split(b"\n")
+    torn = lines.pop() if lines else b""  # text after the last newline: a record cut by a kill, cut on resume
+    records = 0
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+            ok = isinstance(obj, dict) and "id" in obj and "status" in obj
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok and records == 0:
+            raise PromptDistillError(f"{what} exists and is not a labeled JSONL file written by `label` (line {n}); "
+                                     "choose another file", path=p)
+        if not ok:
+            raise PromptDistillError("corrupt labeled record; fix or delete this line", path=p, line=n)
+        records += 1
+    if torn.strip() and not (torn.startswith(b'{"') and (records or meta.exists())):
+        raise PromptDistillError(f"{what} exists and is not a labeled JSONL file written by `label` (its last line); "
+                                 "choose another file", path=p)
+    return p
 
 
 def _done_ids(path: Path) -> set[str]:

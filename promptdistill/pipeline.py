@@ -1,39 +1,39 @@
 """`run`: split -> label -> train -> eval, into one run directory.
 
-Each stage writes its outputs, then a marker holding a fingerprint of the
-settings it depended on (`stage_settings`). Rerunning skips every stage whose
-marker matches; a stage whose settings changed is refused unless `force`, in
-which case it and every later stage run again. The directory's layout is
+Each stage writes its outputs, then a marker holding the settings it
+depended on (`stage_settings`). Rerunning skips every stage whose marker
+matches; a stage whose settings changed is refused, naming the changed keys,
+unless `force`, in which case it and every later stage run again. The directory's layout is
 `rundir.RunDir`'s.
 
-Which inputs get labeled is decided once, by `prepare_inputs`, for both the
-split stage and `promptdistill label`: data.dedupe, data.too_long (inputs
-too long for train.max_length or for the student's or teacher's context
-window, reported with their lines) and data.limit mean the same in both.
-Before the run directory is locked, `run_pipeline` checks it may write there
-(outputs.py): nothing is written for a refused run.
+Which inputs get labeled is decided by `inputs.prepare_inputs`, the same
+for the split stage and `promptdistill label`. Before the run directory is
+locked, `check_run` checks everything the run reads and that it may write
+there: nothing is written for a refused run.
+
+The eval stage's preflight lives here too, beside `evaluate_run`
+(`check_eval`): `eval` and `evaluate_run` from Python refuse the same runs.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 from .config import Config, eval_settings, task_settings, training_settings
 from .errors import PromptDistillError
-from .io import atomic_write_json, fingerprint
-from .records import check_gold_labels, read_inputs, read_labeled, report_duplicates, write_examples
-from .rundir import STAGE_OUTPUTS, RunDir, adapter_fingerprint
-from .split import split_examples, subsample
+from pathlib import Path
+
+from .inputs import check_max_length, fit_context, fit_inputs, prepare_inputs, read_offtask
+from .io import atomic_write_json, check_file, check_paths, fingerprint
+from .records import check_gold_labels, read_inputs, read_labeled, write_examples
+from .rundir import RunDir, adapter_fingerprint, check_run_dir, claim_run_dir
+from .split import split_examples
 from .task import Task
 
 
 def stage_settings(cfg: Config) -> dict[str, dict]:
     """The configuration each stage depends on (including its predecessors)."""
     d = cfg.to_dict()
-    if not cfg.data.synthesize:
-        # Only when set, so run directories made before synthesis existed keep their fingerprint.
-        d["data"].pop("synthesize", None)
     # Training data only (the split and the labels do not depend on it).
     mix_general = d["data"].pop("mix_general")
     split = {
@@ -43,14 +43,13 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
         "fit": [cfg.train.max_length, cfg.task.max_new_tokens, cfg.models.student],
     }
     if cfg.data.synthesize:
-        split["synthesize"] = [d["synthesize"], d["models"]["teacher"], cfg.models.teacher_backend, task_settings(cfg.task)]
-    label = {**split, "task": task_settings(cfg.task), "teacher": d["models"]["teacher"]}
-    if cfg.models.teacher_backend != "transformers":
-        # Only then, so run directories labeled before backends existed keep their fingerprint.
-        label["teacher_backend"] = [cfg.models.teacher_backend, cfg.models.teacher_url]
-    train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"], "task_target": d["task"]["student_target"]}
-    if mix_general:
-        train["mix_general"] = mix_general
+        # What writes the synthetic inputs (without synthesis, none of it matters to the split).
+        split["synthesize"] = {**d["synthesize"], "teacher": d["models"]["teacher"], "teacher_backend": cfg.models.teacher_backend,
+                               "task": task_settings(cfg.task)}
+    label = {**split, "task": task_settings(cfg.task), "teacher": d["models"]["teacher"],
+             "teacher_backend": [cfg.models.teacher_backend, cfg.models.teacher_url]}
+    train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"],
+             "task_target": d["task"]["student_target"], "mix_general": mix_general}
     if cfg.train.init_adapter:
         # The adapter's weights, not only its path: retraining it elsewhere invalidates this run's training.
         train["init_adapter"] = adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter))
@@ -58,16 +57,22 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
     return {"split": split, "label": label, "train": train, "eval": evaluate}
 
 
-def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = True, log=print, reads: dict | None = None) -> dict:
-    """Run every stage not already complete; return the evaluation report.
+def default_run_dir(cfg: Config) -> Path:
+    """runs/<task.name>, where `run` writes when no run directory is given."""
+    name = cfg.task.name
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise PromptDistillError(f"task.name {name!r} is not a folder name; pass --run-dir", field="task.name")
+    return Path("runs") / name
 
-    Before the run directory is locked or written: the input file (if any)
-    must be readable, the run directory new, empty or a run
-    (`outputs.claim_run_dir`), no input (data.inputs, or the paths in `reads`,
-    e.g. the task file, or train.init_adapter, the adapter training starts
-    from) may lie among the run's outputs, and the run's existing files must
-    be readable."""
-    from .outputs import check_file, check_paths, claim_run_dir
+
+def check_run(cfg: Config, run_dir, reads: dict | None = None) -> tuple[RunDir, list | None]:
+    """The `run` preflight, before the run directory is locked or written: the input
+    file (if any) and eval.offtask_inputs readable, the run directory new, empty
+    or a run (`rundir.claim_run_dir`), no input (data.inputs, the paths in
+    `reads`, e.g. the task file, or train.init_adapter, the adapter training
+    starts from) among the run's entries, the run's existing files readable,
+    train.max_length within the student's context. Returns the run and the
+    off-task inputs (None when unset)."""
     from .training.init_adapter import init_adapter_folder
 
     if not cfg.data.inputs and not cfg.data.synthesize:
@@ -78,26 +83,33 @@ def run_pipeline(cfg: Config, run_dir, *, force: bool = False, progress: bool = 
         reads["data.inputs"] = check_file(cfg.resolve_path(cfg.data.inputs), "input file (data.inputs)")
     if cfg.eval.offtask_inputs:
         reads["eval.offtask_inputs"] = check_file(cfg.resolve_path(cfg.eval.offtask_inputs), "off-task input file (eval.offtask_inputs)")
-        read_offtask(cfg)
+    offtask = read_offtask(cfg)
     if cfg.train.init_adapter is not None:
         reads["train.init_adapter"] = init_adapter_folder(cfg)
-    run = RunDir(claim_run_dir(run_dir))
-    outputs = {f"the run's {name}": run.path / name for name in ("config.json", ".lock", "stages", "synth", *STAGE_OUTPUTS.values())}
-    check_paths(reads, outputs)
+    run = RunDir(claim_run_dir(run_dir if run_dir is not None else default_run_dir(cfg)))
+    check_paths(reads, run.entries())
     run.check_files()
     check_max_length(cfg)
+    return run, offtask
+
+
+def run_pipeline(cfg: Config, run_dir=None, *, force: bool = False, progress: bool = True, log=print,
+                 reads: dict | None = None) -> dict:
+    """Run every stage not already complete in `run_dir` (default runs/<task.name>);
+    return the evaluation report. Checked first (`check_run`), then locked."""
+    run, offtask = check_run(cfg, run_dir, reads)
     with run.lock():
-        return _run_stages(cfg, run, force=force, progress=progress, log=log)
+        return _run_stages(cfg, run, offtask, force=force, progress=progress, log=log)
 
 
-def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -> dict:
-    from .evaluation.report import results_table
+def _run_stages(cfg: Config, run: RunDir, offtask: list | None, *, force: bool, progress: bool, log) -> dict:
+    from .evaluation.report import fmt, results_table
     from .labeling import label_inputs, load_teacher
-    from .training.recipe import train_student
+    from .training.recipe import train_folder
 
     task = Task(cfg.task)
-    prints = {stage: fingerprint(settings) for stage, settings in stage_settings(cfg).items()}
-    todo = run.plan(prints, force)
+    settings = stage_settings(cfg)
+    todo = run.plan(settings, force)
     # Written only once the settings are accepted: predict reads the model and task from it.
     run.save_config(cfg)
 
@@ -117,7 +129,7 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
             train, heldout, summary = add_synthetic_inputs(cfg, run, task, train, heldout, force=force, progress=progress, log=log)
         write_examples(run.split_file("train"), train)
         write_examples(run.split_file("heldout"), heldout)
-        run.mark_done("split", prints["split"], {"train": len(train), "heldout": len(heldout), **summary})
+        run.mark_done("split", settings["split"], {"train": len(train), "heldout": len(heldout), **summary})
         log(f"[promptdistill] split: {len(train)} train, {len(heldout)} held-out")
 
     train_inputs = read_inputs(run.split_file("train"))
@@ -133,27 +145,27 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
             summaries[name] = label_inputs(cfg, exs, teacher, run.labels_file(name), force=force, progress=progress)
             s = summaries[name]
             log(f"[promptdistill] label {name}: {s['labeled']} labeled, {s['rejected']} rejected "
-                f"{s['by_status']}; teacher accuracy vs gold: {_pct(s['teacher_accuracy'])}")
+                f"{s['by_status']}; teacher accuracy vs gold: {fmt(s['teacher_accuracy'], '.1%')}")
         atomic_write_json(run.labels_summary, summaries)
         if cfg.data.synthesize:
             synthetic_label_report(run)
-        run.mark_done("label", prints["label"], summaries)
+        run.mark_done("label", settings["label"], summaries)
         del teacher
 
     if stage_needed("train"):
         # Only records of the current split, whatever else a labels file holds.
         train_ids, heldout_ids = {e.id for e in train_inputs}, {e.id for e in heldout_inputs}
-        summary = train_student(
+        summary = train_folder(
             cfg, [r for r in read_labeled(run.labels_file("train")) if r.id in train_ids], run.train_dir,
             heldout=[r for r in read_labeled(run.labels_file("heldout")) if r.id in heldout_ids], progress=progress,
         )
-        run.mark_done("train", prints["train"], summary)
+        run.mark_done("train", settings["train"], summary)
         log(f"[promptdistill] train: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
             f"held-out loss {summary['final_heldout_loss'] if summary['final_heldout_loss'] is not None else '-'}")
 
     if stage_needed("eval"):
-        report = evaluate_run(cfg, run.path, heldout_inputs, progress=progress)
-        run.mark_done("eval", prints["eval"], {name: {k: v for k, v in m.items() if k != "confusion"} for name, m in report["systems"].items()})
+        report = _evaluate(cfg, run, heldout_inputs, offtask, progress=progress)
+        run.mark_done("eval", settings["eval"], {name: {k: v for k, v in m.items() if k != "confusion"} for name, m in report["systems"].items()})
     report = json.loads(run.report_path.read_text(encoding="utf-8"))
     log("")
     log(results_table(report))
@@ -161,14 +173,54 @@ def _run_stages(cfg: Config, run: RunDir, *, force: bool, progress: bool, log) -
     return report
 
 
-def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> dict:
+def check_eval(cfg: Config, run_dir: "RunDir | str | Path", reads: dict | None = None) -> tuple[RunDir, list | None]:
+    """The eval stage's preflight on its run: a run with a whole adapter and readable
+    files; eval.offtask_inputs readable and read; no input (`reads`, the
+    adapter, the off-task inputs) among what evaluation writes (eval/, the
+    lock). Returns the run and the off-task inputs (None when unset)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(check_run_dir(run_dir))
+    reads = {**(reads or {}), "the run's adapter": run.adapter_dir}
+    if cfg.eval.offtask_inputs:
+        reads["eval.offtask_inputs"] = check_file(cfg.resolve_path(cfg.eval.offtask_inputs), "off-task input file (eval.offtask_inputs)")
+    check_paths(reads, {"the run's eval/ folder": run.eval_dir, "the run's lock file": run.lock_path})
+    run.adapter()
+    run.check_files()
+    return run, read_offtask(cfg)
+
+
+def evaluate_file(cfg: Config, run_dir, inputs=None, *, task_file=None, progress: bool = True, log=print) -> dict:
+    """The `eval` command: evaluate a run on the inputs of a file (default the run's
+    held-out split), checked and fitted to the models' contexts first."""
+    run = RunDir(check_run_dir(run_dir))
+    path = check_file(inputs, "input file") if inputs else run.split_file("heldout")
+    if not inputs and not path.exists():
+        raise PromptDistillError("no held-out inputs in this run (split/heldout.jsonl); pass --inputs FILE", path=path)
+    run, offtask = check_eval(cfg, run, {"--inputs": path, "the task file": task_file})
+    examples = read_inputs(path)
+    check_gold_labels(examples, cfg.task.labels, path)
+    examples = fit_context(examples, Task(cfg.task), cfg, path, log)
+    if not examples:
+        raise PromptDistillError("no inputs left to evaluate (all too long, see above)", path=path)
+    with run.lock():
+        return _evaluate(cfg, run, examples, offtask, progress=progress)
+
+
+def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True, reads: dict | None = None) -> dict:
     """Evaluate the teacher, base and trained student of a run directory on
-    `examples` and write the report with its pictures into RUN/eval; return the report."""
+    `examples` and write the report with its pictures into RUN/eval; return the
+    report. The run is checked (`check_eval`; `reads` names the files the
+    examples came from) and locked first."""
+    run, offtask = check_eval(cfg, run_dir, reads)
+    with run.lock():
+        return _evaluate(cfg, run, examples, offtask, progress=progress)
+
+
+def _evaluate(cfg: Config, run: RunDir, examples, offtask: list | None, *, progress: bool = True) -> dict:
+    """The evaluation of a checked, locked run (see evaluate_run)."""
     from .evaluation.run_report import write_run_report
     from .evaluation.systems import Systems, evaluate_systems
     from .teachers import load_teacher
 
-    run = RunDir(run_dir)
     task = Task(cfg.task)
     if cfg.eval.max_examples:
         examples = examples[: cfg.eval.max_examples]
@@ -178,7 +230,6 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> di
     # the teacher share the student's weights with the adapter switched off: one copy in memory.
     base_view = run.base_of(student)
     teacher = load_teacher(cfg, base=base_view)
-    offtask = read_offtask(cfg)
     # An interrupted evaluation resumes only with the same settings, inputs and adapter.
     inputs_print = fingerprint([cfg.to_dict(), [(e.id, e.text) for e in examples], [(e.id, e.text) for e in offtask or ()]],
                                (adapter / "adapter_model.safetensors").read_bytes())
@@ -190,14 +241,6 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True) -> di
     return report
 
 
-def read_offtask(cfg: Config) -> list | None:
-    """eval.offtask_inputs read and checked (None when unset); `run` and `eval` call it
-    before writing anything, so a bad file fails before an hour of labeling and training."""
-    if not cfg.eval.offtask_inputs:
-        return None
-    return read_inputs(cfg.resolve_path(cfg.eval.offtask_inputs))
-
-
 def _train_records(run: RunDir) -> list | None:
     """The training split's labeled records (what the surface baseline is fitted on), or None before labeling."""
     path = run.labels_file("train")
@@ -207,138 +250,7 @@ def _train_records(run: RunDir) -> list | None:
     return [r for r in read_labeled(path) if r.id in train_ids]
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def prepare_inputs(cfg: Config, task: Task, path, log, *, dedupe_hint: str = "data.dedupe = true") -> list:
-    """The inputs of the input file that get labeled, the same for `run` (its
-    split stage) and `label`: read and checked (gold labels in the label set),
-    duplicates reported (only the first kept with data.dedupe), inputs too
-    long for the student or the teacher reported with their lines (skipped or
-    truncated per data.too_long), then data.limit of them drawn with data.seed."""
-    examples = read_inputs(path)
-    check_gold_labels(examples, task.labels, path)
-    examples = report_duplicates(examples, path, cfg.data.dedupe, lambda m: log(f"[promptdistill] {m}"), dedupe_hint)
-    examples = fit_inputs(examples, task, cfg, path, log)
-    examples = fit_context(examples, task, cfg, path, log, roles=("teacher",))
-    examples = subsample(examples, cfg.data.limit, cfg.data.seed)
-    if not examples:
-        raise PromptDistillError("no inputs left after dropping those too long (see above); raise train.max_length or "
-                                 "set data.too_long = \"truncate\"", path=path)
-    return examples
-
-
-def fit_inputs(examples, task: Task, cfg: Config, path, log) -> list:
-    """Report inputs too long for the student (prompt + reply within train.max_length,
-    and within the student model's context); skip them or truncate their text, as
-    data.too_long says."""
-    from .models import load_tokenizer
-
-    tok = load_tokenizer(cfg.models.student)
-    limit, what = cfg.train.max_length, f"train.max_length={cfg.train.max_length}"
-    context = model_context(cfg.models.student, tok)
-    if context is not None and context < limit:
-        limit, what = context, f"the student {cfg.models.student}'s context of {context} tokens"
-    return _fit(examples, tok, task.student_messages, "", limit - cfg.task.max_new_tokens, what, cfg, path, log)
-
-
-def fit_context(examples, task: Task, cfg: Config, path, log, roles=("teacher", "student")) -> list:
-    """Report inputs whose prompt plus max_new_tokens exceed the teacher's (its
-    prompt included) or the student's context window, with their lines; skip
-    or truncate them per data.too_long. A server's teacher (openai backend) is
-    measured against the context the server reports for it (vLLM's
-    max_model_len), asked before anything is written; a server that reports
-    none is not checked."""
-    from .models import load_tokenizer
-
-    m = cfg.models
-    for role in roles:
-        name = m.teacher if role == "teacher" else m.student
-        if role == "teacher" and m.teacher_backend == "openai":
-            from .teachers import teacher_for
-
-            server = teacher_for(m)
-            context = server.served_context()
-            tok = server.tokenizer if context is not None else None
-        else:
-            tok = load_tokenizer(name)
-            context = model_context(name, tok)
-        if role == "teacher" and m.teacher_backend == "vllm" and isinstance(m.vllm_options.get("max_model_len"), int):
-            context = m.vllm_options["max_model_len"]
-        if context is None:
-            continue
-        messages, prefix = (task.teacher_messages, cfg.task.reply_prefix) if role == "teacher" else (task.student_messages, "")
-        examples = _fit(examples, tok, messages, prefix, context - cfg.task.max_new_tokens,
-                        f"the {role} {name}'s context of {context} tokens", cfg, path, log)
-    return examples
-
-
-def check_max_length(cfg: Config) -> None:
-    """train.max_length may not exceed the student's context: training examples
-    longer than the model's positions would fail, or train on garbage."""
-    from .models import load_tokenizer
-
-    context = model_context(cfg.models.student, load_tokenizer(cfg.models.student))
-    if context is not None and cfg.train.max_length > context:
-        raise PromptDistillError(f"{cfg.train.max_length} exceeds the student {cfg.models.student}'s context of {context} tokens; "
-                                 f"set train.max_length <= {context}", field="train.max_length")
-
-
-def model_context(name: str, tokenizer) -> int | None:
-    """The most tokens a model takes: its config's max_position_embeddings (or the
-    equivalent key), capped by the tokenizer's model_max_length when that is set."""
-    from transformers import AutoConfig
-
-    from .models import model_path
-
-    limits = []
-    try:
-        mc = AutoConfig.from_pretrained(model_path(name))
-    except (OSError, ValueError, KeyError):
-        mc = None
-    for c in (mc, getattr(mc, "text_config", None)):
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            value = getattr(c, key, None) if c is not None else None
-            if isinstance(value, int) and value > 0:
-                limits.append(value)
-                break
-        if limits:
-            break
-    cap = getattr(tokenizer, "model_max_length", None)
-    if isinstance(cap, int) and 0 < cap < 10**8:
-        limits.append(cap)
-    return min(limits) if limits else None
-
-
-def _fit(examples, tok, messages, reply_prefix: str, budget: int, what: str, cfg: Config, path, log) -> list:
-    from .render import render_prompt
-
-    # The prompt's tokens around an empty text, plus the text's own: exact up to a
-    # few tokens where they meet, so inputs near the budget are rendered whole.
-    around = len(render_prompt(tok, messages(""), reply_prefix))
-    kept, too_long = [], []
-    for e in examples:
-        ids = tok(e.text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        size = around + len(ids)
-        if size > budget - 16:
-            size = len(render_prompt(tok, messages(e.text), reply_prefix))
-        extra = size - budget
-        if extra <= 0:
-            kept.append(e)
-            continue
-        too_long.append(e)
-        if cfg.data.too_long == "truncate" and extra < len(ids):
-            kept.append(replace(e, text=tok.decode(ids[: len(ids) - extra]).strip()))
-    if too_long:
-        lines = ", ".join(str(e.line or e.id) for e in too_long[:20]) + (" ..." if len(too_long) > 20 else "")
-        action = "truncated to fit" if cfg.data.too_long == "truncate" else "skipped (data.too_long = \"truncate\" keeps them shortened)"
-        log(f"[promptdistill] {path}: {len(too_long)} inputs too long for {what} "
-            f"with room for {cfg.task.max_new_tokens} reply tokens, {action}: lines {lines}")
-    return kept
-
-
-# -- synthetic inputs (issue 16) -------------------------------------------
+# -- synthetic inputs ------------------------------------------------------
 
 
 def add_synthetic_inputs(cfg: Config, run: RunDir, task: Task, train: list, heldout: list, *, force: bool, progress: bool,

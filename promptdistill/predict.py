@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+from .errors import PromptDistillError
 from .evaluation.systems import EVAL_BATCH_SIZE, generate_answers
+from .inputs import fit_context
 from .models import LoadedModel
-from .rundir import RunDir
+from .overrides import check_device_flag, check_models
+from .records import Example, check_encodable
+from .rundir import RunDir, check_run_dir
 from .task import Task
+
+
+def read_texts(texts: list[str], stdin) -> tuple[list[str], str]:
+    """The texts to answer and where they came from: `texts` when given, else one per
+    line of `stdin` (a binary stream, UTF-8); each checked to be encodable."""
+    source = "<arguments>" if texts else "<stdin>"
+    if not texts:
+        try:
+            texts = [line.strip() for line in stdin.read().decode("utf-8").removeprefix("\ufeff").split("\n") if line.strip()]
+        except UnicodeDecodeError as e:
+            raise PromptDistillError(f"invalid UTF-8 at byte {e.start}", path="<stdin>") from None
+    for n, text in enumerate(texts, start=1):
+        check_encodable(text, source, n)
+    return texts, source
+
+
+def predict_run(run_dir, texts: list[str], *, device: str | None = None, source: str = "<arguments>",
+                log=print) -> list[tuple[str | None, str]]:
+    """The `predict` command: (label, reply) for each text with the student of a run,
+    after the run, its models, `device` and the texts are checked. Texts over the
+    student's context are reported by number (`source` names where they came
+    from), then truncated or (data.too_long = "skip") answered (None, "??")."""
+    run = RunDir(check_run_dir(run_dir))
+    check_device_flag(device, "--device")
+    cfg = run.load_config()
+    check_models(cfg.models)
+    run.adapter()
+    if not texts:
+        raise PromptDistillError("no texts given (pass them as arguments or on stdin)")
+    task = Task(cfg.task)
+    examples = [Example(id=str(n), text=t, line=n) for n, t in enumerate(texts, start=1)]
+    fitted = {e.id: e.text for e in fit_context(examples, task, cfg, source, log, roles=("student",))}
+    student = run.load_student(cfg, device=device)
+    answers = dict(zip(fitted, predict_texts(task, student, list(fitted.values()))))
+    return [answers.get(e.id, (None, "??")) for e in examples]
 
 
 def load_student(run_dir, device: str | None = None) -> tuple[Task, LoadedModel]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PromptDistillError
-from .outputs import check_file
+from .io import check_file
 
 
 @dataclass

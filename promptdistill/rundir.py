@@ -10,30 +10,47 @@ layout is written down once, here:
     RUN/train/                         metrics.jsonl, checkpoints/, adapter/, train_summary.json,
                                        general_mix.jsonl (data.mix_general)
     RUN/eval/                          report.json, report.md, report.html, *.png, predictions.jsonl
-    RUN/stages/<stage>.json            a finished stage's settings fingerprint and summary
+    RUN/stages/<stage>.json            a finished stage's settings, their fingerprint, and its summary
     RUN/.lock                          held while a command works on the run
 
-Why one place: the same paths were spelled in the pipeline, predict, export
-and the notebook helpers, and "load the trained student of a run" was
-written three times. A stage marker records the fingerprint (`io.fingerprint`)
-of the settings the stage depended on; a rerun skips stages whose marker
-matches and refuses (or, with force, redoes) those whose settings changed.
+Every entry is named once, in `RUN_ENTRIES` and the constants beside it;
+the properties of `RunDir`, what the pipeline claims, and what counts as a
+run's own (`check_outside_runs`) are read from them. A stage marker records
+the settings the stage depended on (and their fingerprint); a rerun skips
+stages whose marker matches and refuses, naming the changed keys
+(`io.resume_or_refuse`), or with force redoes, those whose settings changed.
+
+The claims on a run directory live here too: a run a command reads must be
+a run (`check_run_dir`); a run `run` or `train` writes into must be new,
+empty or already a run (`claim_run_dir`); and nothing may be written inside
+a run from outside it (`check_outside_runs`), except a new folder directly in
+the run an export is made from (RUN/merged keeps a run's things together)
+and, from Python, a stage's own entry (labels/ for `label_inputs`, synth/
+for `synthesize`, train/ for `train_student`), as the pipeline and a
+notebook working on that run write them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 from .config import Config, config_from_dict
 from .errors import PromptDistillError
-from .io import DirectoryLock, atomic_write_json, fingerprint
+from .io import (DirectoryLock, atomic_write_json, check_parent_writable, changed_settings, fingerprint, read_settings,
+                 real_path, resume_or_refuse)
 
 STAGES = ("split", "label", "train", "eval")
 # The folder each stage writes, under the run directory.
 STAGE_OUTPUTS = {"split": "split", "label": "labels", "train": "train", "eval": "eval"}
+CONFIG, LOCK, MARKERS, SYNTH = "config.json", ".lock", "stages", "synth"
+# Everything a run directory holds of its own: nothing else may be written there.
+RUN_ENTRIES = (CONFIG, LOCK, MARKERS, SYNTH, *STAGE_OUTPUTS.values())
+# The sections of a promptdistill configuration (the tables of a task file, as a run's config.json holds them).
+_RUN_SECTIONS = set(Config().to_dict())
 
 
 class RunDir:
@@ -44,28 +61,36 @@ class RunDir:
 
     # -- layout -------------------------------------------------------------
 
+    def entries(self) -> dict[str, Path]:
+        """Every entry of the run (RUN_ENTRIES), by the name a refusal gives it."""
+        return {f"the run's {name}": self.path / name for name in RUN_ENTRIES}
+
     @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK
 
     @property
     def synth_dir(self) -> Path:
-        return self.path / "synth"
+        return self.path / SYNTH
 
     def split_file(self, side: str) -> Path:
         """The inputs of one side of the split ('train' or 'heldout')."""
-        return self.path / "split" / f"{side}.jsonl"
+        return self.path / STAGE_OUTPUTS["split"] / f"{side}.jsonl"
 
     def labels_file(self, side: str) -> Path:
-        return self.path / "labels" / f"{side}.jsonl"
+        return self.path / STAGE_OUTPUTS["label"] / f"{side}.jsonl"
 
     @property
     def labels_summary(self) -> Path:
-        return self.path / "labels" / "summary.json"
+        return self.path / STAGE_OUTPUTS["label"] / "summary.json"
 
     @property
     def train_dir(self) -> Path:
-        return self.path / "train"
+        return self.path / STAGE_OUTPUTS["train"]
 
     @property
     def adapter_dir(self) -> Path:
@@ -77,7 +102,7 @@ class RunDir:
 
     @property
     def eval_dir(self) -> Path:
-        return self.path / "eval"
+        return self.path / STAGE_OUTPUTS["eval"]
 
     @property
     def report_path(self) -> Path:
@@ -89,7 +114,7 @@ class RunDir:
 
     def lock(self) -> DirectoryLock:
         """Held while a command works on this run: a second command on it fails at once."""
-        return DirectoryLock(self.path / ".lock", "this run directory")
+        return DirectoryLock(self.lock_path, "this run directory")
 
     # -- configuration ------------------------------------------------------
 
@@ -175,41 +200,115 @@ class RunDir:
     # -- stages -------------------------------------------------------------
 
     def marker(self, stage: str) -> Path:
-        return self.path / "stages" / f"{stage}.json"
+        return self.path / MARKERS / f"{stage}.json"
 
-    def state(self, stage: str, fingerprint: str) -> str:
-        """'done' (finished with these settings), 'stale' (finished with other
-        settings) or 'missing' (never finished: not run, or interrupted)."""
-        m = self.marker(stage)
-        if not m.exists():
-            return "missing"
-        try:
-            old = json.loads(m.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise PromptDistillError("corrupt stage marker; delete it to redo this stage", path=m) from None
-        return "done" if isinstance(old, dict) and old.get("fingerprint") == fingerprint else "stale"
+    def stored_settings(self, stage: str) -> dict | None:
+        """The settings a finished stage recorded (None: never finished, not run or interrupted)."""
+        return read_settings(self.marker(stage), key="settings", corrupt="corrupt stage marker; delete it to redo this stage")
 
-    def mark_done(self, stage: str, fingerprint: str, summary: dict) -> None:
-        atomic_write_json(self.marker(stage), {"fingerprint": fingerprint, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary})
+    def mark_done(self, stage: str, settings: dict, summary: dict) -> None:
+        atomic_write_json(self.marker(stage), {"settings": settings, "fingerprint": fingerprint(settings),
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary})
 
-    def plan(self, fingerprints: dict[str, str], force: bool) -> list[str]:
-        """The stages to run. Stale outputs are deleted (only with `force`);
-        outputs of an interrupted stage are kept so it can resume."""
-        states = {s: self.state(s, fingerprints[s]) for s in STAGES}
-        stale = [s for s in STAGES if states[s] == "stale"]
-        if stale and not force:
-            raise PromptDistillError(
-                f"stage '{stale[0]}' already ran here with different settings; use --force to redo it "
-                "(and every later stage) or choose another --run-dir",
-                path=self.path,
-            )
-        todo = next((i for i, s in enumerate(STAGES) if states[s] != "done"), len(STAGES))
+    def plan(self, settings: dict[str, dict], force: bool) -> list[str]:
+        """The stages to run, given each stage's settings. The first stage
+        finished with other settings is refused, naming the changed keys, unless
+        `force`, which deletes its outputs and every later stage's; outputs of an
+        interrupted stage are kept so it can resume."""
+        stored = {s: self.stored_settings(s) for s in STAGES}
+        done = [s for s in STAGES if stored[s] is not None and not changed_settings(stored[s], settings[s])]
+        stale = next((s for s in STAGES if stored[s] is not None and s not in done), None)
+        if stale is not None:
+            later = STAGES[STAGES.index(stale):]
+            resume_or_refuse(stored[stale], settings[stale], force=force, what=f"stage '{stale}' already ran here",
+                             discards="its outputs and every later stage's, or choose another --run-dir", path=self.path,
+                             discard=lambda: [shutil.rmtree(self.path / STAGE_OUTPUTS[s], ignore_errors=True) for s in later])
+        todo = next((i for i, s in enumerate(STAGES) if s not in done), len(STAGES))
         for s in STAGES[todo:]:
             self.marker(s).unlink(missing_ok=True)
-        if stale:
-            for s in STAGES[STAGES.index(stale[0]):]:
-                shutil.rmtree(self.path / STAGE_OUTPUTS[s], ignore_errors=True)
         return list(STAGES[todo:])
+
+
+# -- claims: what a command may read as a run, and write into one -------------------
+
+def is_run_config(path) -> bool:
+    """Whether `path` (a config.json) holds a promptdistill configuration."""
+    try:
+        raw = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(raw, dict) and "task" in raw and set(raw) <= _RUN_SECTIONS
+
+
+def looks_like_run(path) -> bool:
+    """A folder some promptdistill command made a run of (possibly with a damaged config.json)."""
+    p = Path(path)
+    if not (p / CONFIG).is_file():
+        return False
+    return is_run_config(p / CONFIG) or any((p / sub).is_dir() for sub in (MARKERS, *STAGE_OUTPUTS.values()) if sub != "eval")
+
+
+def check_run_dir(path, what: str = "run directory") -> Path:
+    """A run directory a command reads (eval, predict, export): it exists, is a folder, and is a run."""
+    p = Path(path)
+    if not p.exists():
+        raise PromptDistillError(f"{what} not found", path=p)
+    if not p.is_dir():
+        raise PromptDistillError(f"{what} is a file, expected a run directory", path=p)
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise PromptDistillError(f"{what} cannot be read (permission denied)", path=p)
+    if not (p / CONFIG).exists():
+        raise PromptDistillError("not a run directory (no config.json); pass the folder `run` or `train` wrote", path=p)
+    return p
+
+
+def check_outside_runs(path, what: str, *, own_run=None, own_entries: tuple[str, ...] = ()) -> None:
+    """Refuse writing inside a run directory. Into `own_run` (the run an export
+    is made from) only a new folder beside the run's own entries is allowed,
+    e.g. RUN/merged: never into config.json, stages/, split/, labels/, train/ or eval/.
+    `own_entries` are the entries of any run a stage's Python function writes
+    itself (labels/ for `label_inputs`, train/ for `train_student`), as the
+    pipeline and a notebook working on that run do."""
+    real = real_path(path)
+    for parent in real.parents:
+        top = real.relative_to(parent).parts[0]
+        if own_run is not None and parent == real_path(own_run):
+            if top in RUN_ENTRIES:
+                raise PromptDistillError(f"{what} is inside the run's own {top}; choose a path outside the run, "
+                                         "or a new folder directly in it (such as RUN/merged)", path=path)
+            continue
+        if looks_like_run(parent) and top not in own_entries:
+            raise PromptDistillError(f"{what} is inside the run directory {parent}; a run's files are written only by the "
+                                     "commands that work on that run: choose a path outside it", path=path)
+
+
+def claim_run_dir(path, what: str = "--run-dir") -> Path:
+    """A run directory `run` or `train` will write into: new, empty, or already a run."""
+    p = Path(path)
+    if not (p / CONFIG).is_file():
+        # A new run may not be made inside another run (its folders are that run's).
+        check_outside_runs(p, what)
+    if not p.exists():
+        check_parent_writable(p, what)
+        return p
+    if not p.is_dir():
+        raise PromptDistillError(f"{what} is a file, expected a run directory (a folder)", path=p)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PromptDistillError(f"{what} cannot be written (permission denied)", path=p)
+    config = p / CONFIG
+    if config.exists():
+        if config.is_file() and is_run_config(config):
+            return p
+        raise PromptDistillError("config.json is not a promptdistill configuration (corrupt, or another tool's); "
+                                 "if this is a run, delete config.json and rerun, otherwise choose another --run-dir", path=config)
+    # Left by a command that stopped before writing config.json (its lock), or
+    # config.json being written right now (another process of a torchrun launch): ours too.
+    other = sorted(e.name for e in p.iterdir()
+                   if e.name != LOCK and not (e.name.startswith(f".{CONFIG}.") and e.name.endswith(".tmp")))
+    if other:
+        shown = ", ".join(other[:3]) + (" ..." if len(other) > 3 else "")
+        raise PromptDistillError(f"{what} exists and is not a run directory (it holds {shown}); choose a new or empty folder", path=p)
+    return p
 
 
 # -- reading a run's files back -----------------------------------------------------
@@ -278,6 +377,19 @@ def check_adapter_folder(folder: Path, what_to_do: str) -> None:
     if not weights.exists():
         raise PromptDistillError(f"adapter weights missing (adapter_model.safetensors); {what_to_do}", path=folder)
     _check_safetensors(weights, what_to_do)
+
+
+def finished_adapter(run, what: str) -> Path:
+    """The adapter run directory `run` finished training (RUN/train/adapter), or one
+    line, naming `what` asked for it, saying there is none."""
+    try:
+        adapter = RunDir(check_run_dir(run)).adapter_dir
+    except PromptDistillError as e:
+        raise PromptDistillError(f"{what}: {e.message}", path=e.path) from None
+    if not (adapter / "adapter_config.json").is_file():
+        raise PromptDistillError(f"{what}: this run has no finished adapter (train/adapter); finish its train stage first, "
+                                 "or pass --init-adapter FOLDER", path=run)
+    return adapter
 
 
 def adapter_fingerprint(folder: Path) -> str:

@@ -50,9 +50,11 @@ from pathlib import Path
 
 from .config import Config
 from .errors import PromptDistillError
-from .io import DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, fingerprint
+from .io import (DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_file,
+                 check_file, check_paths, fingerprint, read_settings, resume_or_refuse)
 from .progress import progress_bar
-from .records import Example, iter_jsonl, read_inputs
+from .records import Example, iter_jsonl, read_inputs, read_labeled
+from .rundir import SYNTH, check_outside_runs
 from .render import render_prompt
 from .task import Task
 from .teachers import CompletionRequest, Teacher, teacher_for
@@ -249,8 +251,6 @@ def claim_synthesis_output(out_path) -> tuple[Path, Path]:
     """(inputs file, raw generations file) for `out_path`, refused when the inputs
     file exists but was not written by `synthesize` (its raw generations' sidecar
     is missing): it is replaced at the end, and may be someone's real inputs."""
-    from .outputs import check_output_file
-
     out_path = check_output_file(out_path, "--out")
     raw_path = out_path.with_name(out_path.stem + ".raw.jsonl")
     ours = raw_path.with_name(raw_path.name + ".meta.json").is_file()
@@ -259,18 +259,52 @@ def claim_synthesis_output(out_path) -> tuple[Path, Path]:
     return out_path, raw_path
 
 
+def check_synthesis_outputs(out_path, *, reads: dict | None = None, own_entries: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """(inputs file, raw generations file) of `out_path`, checked before anything is
+    written: the inputs file the tool's own (`claim_synthesis_output`), and it, the
+    raw generations, their sidecar and the report apart from what is read
+    (`reads`) and outside any run directory (but for a run's `own_entries`)."""
+    out, raw = claim_synthesis_output(out_path)
+    writes = {"--out": out, "its raw generations": raw, "their sidecar": raw.with_name(raw.name + ".meta.json"),
+              "the synthesis report": out.with_name(out.stem + ".synthesis.json")}
+    check_paths(reads or {}, writes)
+    for name, path in writes.items():
+        check_outside_runs(path, name, own_entries=own_entries)
+    return out, raw
+
+
+def synthesize_file(cfg: Config, n: int, out_path, *, labeled=None, task_file=None, **options) -> dict:
+    """The `synthesize` command: `synthesize` into a file outside any run; with `labeled`
+    (the labels `label` made of these inputs, checked first) the report is the
+    teacher's label distribution against the quotas."""
+    labeled = check_file(labeled, "--labeled") if labeled else None
+    summary = synthesize(cfg, n, out_path, reads={"the task file": task_file, "--labeled": labeled}, own_entries=(), **options)
+    if labeled is None:
+        return summary
+    rejects = labeled.with_name(labeled.stem + ".rejects.jsonl")
+    return quota_report(out_path, [r.to_json() for r in read_labeled(labeled)], len(read_labeled(rejects)) if rejects.exists() else 0)
+
+
 def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = None, avoid: list[Example] | None = None,
-               teacher: Teacher | None = None, force: bool = False, progress: bool = True, log=print) -> dict:
+               teacher: Teacher | None = None, force: bool = False, progress: bool = True, log=print, reads: dict | None = None,
+               own_entries: tuple[str, ...] = (SYNTH,)) -> dict:
     """Write `n` synthetic inputs to `out_path` (JSONL, readable by read_inputs) with the
     generator of `cfg.synthesize` (default: the teacher, on `models.teacher_backend`);
     write the report beside it and return it. `seeds` are real inputs for the seeds
     strategy (default: synthesize.seed_inputs, else data.inputs); `avoid` are inputs no kept
     input may copy or nearly copy without being seeds (`run` passes the real held-out inputs,
-    so none leaks into training as a near copy)."""
+    so none leaks into training as a near copy). Before anything is written, the seed
+    files are checked and the outputs claimed (`check_synthesis_outputs`: apart
+    from them and `reads`; in a run only into its `own_entries`, synth/ as `run` does)."""
     if n < 1:
         raise PromptDistillError(f"the number of inputs to synthesize must be at least 1, got {n}", field="data.synthesize")
     task, sy = Task(cfg.task), cfg.synthesize
-    out_path, raw_path = claim_synthesis_output(out_path)
+    reads = dict(reads or {})
+    if seeds is None:
+        for name, path in (("synthesize.seed_inputs", sy.seed_inputs), ("data.inputs", cfg.data.inputs)):
+            if path:
+                reads[name] = check_file(cfg.resolve_path(path), name)
+    out_path, raw_path = check_synthesis_outputs(out_path, reads=reads, own_entries=own_entries)
     if seeds is None:
         source = sy.seed_inputs or cfg.data.inputs
         seeds = read_inputs(cfg.resolve_path(source)) if source and "seeds" in sy.strategies else []
@@ -391,17 +425,14 @@ def _read_raw(path: Path) -> list[dict]:
 
 
 def _check_or_write_meta(raw_path: Path, meta: dict, force: bool) -> None:
+    """Generations made with other settings are refused, or with `force` discarded;
+    then the sidecar records the current settings."""
     meta_path = raw_path.with_name(raw_path.name + ".meta.json")
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in meta.keys() | old.keys() if old.get(k) != meta.get(k))
-        if changed and not force:
-            raise PromptDistillError(f"existing generations were made with different settings ({', '.join(changed)}); "
-                                     "use --force to discard them, or write to another file", path=raw_path)
-        if changed:
-            raw_path.unlink(missing_ok=True)
-    elif force:
+    stored = read_settings(meta_path, corrupt="corrupt synthesis sidecar; delete it and rerun with --force")
+    if stored is None and force:
         raw_path.unlink(missing_ok=True)
+    resume_or_refuse(stored, meta, force=force, what="existing generations were made", path=raw_path,
+                     discards="them, or write to another file", discard=lambda: raw_path.unlink(missing_ok=True))
     atomic_write_json(meta_path, meta)
 
 

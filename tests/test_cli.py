@@ -26,6 +26,9 @@ FLAG_VALUES = {
     "report_to": ("--report-to", "tensorboard", "tensorboard"),
     "init_from": ("--init-from", "prev", lambda root: str(root / "prev" / "train" / "adapter")),
     "init_adapter": ("--init-adapter", "prev/train/adapter", lambda root: str(root / "prev" / "train" / "adapter")),
+    "seeds": ("--seeds", "seeds.txt", lambda root: str(root / "seeds.txt")),
+    "strategies": ("--strategies", "prompt, magpie", ["prompt", "magpie"]),
+    "generator": ("--generator", "some/generator", "some/generator"),
 }
 
 
@@ -46,8 +49,9 @@ def test_each_flag_sets_its_config_key(tmp_path, dest, monkeypatch):
         monkeypatch.chdir(tmp_path)
         value = value(tmp_path)
     command = "run" if dest in ("loss", "kd_alpha", "report_to", "teacher_url", "teacher_backend", "concurrency", "init_from",
-                                "init_adapter") else "label"
-    argv = [command, str(task), flag, text] + (["--out", str(tmp_path / "o.jsonl")] if command == "label" else [])
+                                "init_adapter") else "synthesize" if dest in ("seeds", "strategies", "generator") else "label"
+    argv = [command, str(task), flag, text] + (["--out", str(tmp_path / "o.jsonl")] if command != "run" else [])
+    argv += ["--n", "1"] if command == "synthesize" else []
     if dest in ("samples", "min_confidence"):
         argv += ["--temperature", "0.5"]  # samples > 1 needs sampling
     cfg = load_task_config(_parser().parse_args(argv))
@@ -74,3 +78,20 @@ def test_set_overrides_a_key_and_rejects_an_unknown_section(tmp_path, capsys):
     assert main(["run", str(task), "--set", "trian.max_steps=7"]) == 2
     err = capsys.readouterr().err
     assert "unknown section 'trian'" in err and err.count("\n") == 1
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"promptdistill {version('promptdistill')}"
+
+
+def test_a_run_is_always_given_with_run_dir(capsys):
+    """export takes the run as --run-dir like every command that works on a run; the old positional is refused."""
+    with pytest.raises(SystemExit) as info:
+        main(["export", "runs/x", "--adapter", "a"])
+    assert info.value.code == 2
+    assert "--run-dir" in capsys.readouterr().err

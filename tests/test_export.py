@@ -53,7 +53,7 @@ def test_merged_folder_answers_like_the_student(run_dir, tmp_path, tiny_model_di
     from promptdistill.predict import load_student, predict_texts
 
     out = tmp_path / "merged"
-    assert main(["export", str(run_dir), "--merged", str(out)]) == 0
+    assert main(["export", "--run-dir", str(run_dir), "--merged", str(out)]) == 0
     assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
     assert not (out / "adapter_config.json").exists()
 
@@ -90,6 +90,6 @@ def test_adapter_folder_loads_with_peft_on_its_base(run_dir, tmp_path, tiny_mode
 def test_export_needs_a_trained_run(tmp_path, capsys):
     from promptdistill.cli import main
 
-    assert main(["export", str(tmp_path), "--merged", str(tmp_path / "m")]) == 2
+    assert main(["export", "--run-dir", str(tmp_path), "--merged", str(tmp_path / "m")]) == 2
     assert "no config.json" in capsys.readouterr().err
-    assert main(["export", str(tmp_path)]) == 2
+    assert main(["export", "--run-dir", str(tmp_path)]) == 2

@@ -2,7 +2,8 @@
 
 Each case runs `python -m promptdistill ...` in a subprocess on a copy of one
 small world (a tiny model, a task file, inputs, a run directory made by
-`promptdistill run`) and asserts what the rule of outputs.py promises:
+`promptdistill run`) and asserts what the rule "promptdistill only removes or
+replaces what it created itself" (io.py) promises:
 
 - exit status 2 and one line on stderr, `error: ...`, with the expected words
   (the path, line or field, and what to do), never a traceback;
@@ -152,7 +153,7 @@ CASES = {
     # a device this machine lacks (no machine has a hundredth GPU): refused before the run directory or its split is written
     "run on cuda:99": (None, ["run", "task.toml", "--run-dir", "newrun", "--device", "cuda:99"], None, ["models.device", "cuda:99"]),
     "predict --device cuda:99": (None, ["predict", "--run-dir", "run", "--device", "cuda:99", "hello"], None, ["--device", "cuda:99"]),
-    "export --device cuda:99": (None, ["export", "run", "--merged", "m", "--device", "cuda:99"], None, ["--device", "cuda:99"]),
+    "export --device cuda:99": (None, ["export", "--run-dir", "run", "--merged", "m", "--device", "cuda:99"], None, ["--device", "cuda:99"]),
     # -- settings checked when the config is read
     "learning_rate nan": (None, L + ["--out", "o.jsonl", "--set", "train.learning_rate=nan"], None, ["train.learning_rate", "finite"]),
     "learning_rate inf": (None, L + ["--out", "o.jsonl", "--set", "train.learning_rate=inf"], None, ["train.learning_rate", "finite"]),
@@ -232,28 +233,28 @@ CASES = {
     "predict --device banana": (None, ["predict", "--run-dir", "run", "--device", "banana", "hello"], None, ["--device", "banana"]),
     "predict invalid UTF-8 on stdin": (None, ["predict", "--run-dir", "run"], b"hello\n\xff\n", ["<stdin>", "UTF-8"]),
     # -- export: never onto, into or around the run, never over a user's folder
-    "export --adapter into a user's folder": (None, ["export", "run", "--adapter", "mine"], None, ["did not write", "notes.txt", "--overwrite"]),
-    "export --adapter into the run's train/": (None, ["export", "run", "--adapter", "run/train/exported", "--overwrite"], None,
+    "export --adapter into a user's folder": (None, ["export", "--run-dir", "run", "--adapter", "mine"], None, ["did not write", "notes.txt", "--overwrite"]),
+    "export --adapter into the run's train/": (None, ["export", "--run-dir", "run", "--adapter", "run/train/exported", "--overwrite"], None,
                                                ["inside the run's own train"]),
-    "export --adapter onto the run's eval/": (None, ["export", "run", "--adapter", "run/eval", "--overwrite"], None,
+    "export --adapter onto the run's eval/": (None, ["export", "--run-dir", "run", "--adapter", "run/eval", "--overwrite"], None,
                                               ["inside the run's own eval"]),
-    "export --merged onto the run's config.json": (None, ["export", "run", "--merged", "run/config.json", "--overwrite"], None,
+    "export --merged onto the run's config.json": (None, ["export", "--run-dir", "run", "--merged", "run/config.json", "--overwrite"], None,
                                                    ["inside the run's own config.json"]),
-    "export --adapter is the run": (None, ["export", "run", "--adapter", "run", "--overwrite"], None, ["the run directory", "is the same path as --adapter"]),
-    "export --merged contains the run": (None, ["export", "run", "--merged", ".", "--overwrite"], None, ["the run directory", "is inside --merged"]),
-    "export --adapter is a file": (None, ["export", "run", "--adapter", "inputs.jsonl"], None, ["is a file"]),
-    "export --merged equals --adapter": (None, ["export", "run", "--merged", "x", "--adapter", "x"], None, ["--merged is the same path as --adapter"]),
-    "export into another run": (_other_run, ["export", "run", "--adapter", "run2/adapter-copy", "--overwrite"], None,
+    "export --adapter is the run": (None, ["export", "--run-dir", "run", "--adapter", "run", "--overwrite"], None, ["the run directory", "is the same path as --adapter"]),
+    "export --merged contains the run": (None, ["export", "--run-dir", "run", "--merged", ".", "--overwrite"], None, ["the run directory", "is inside --merged"]),
+    "export --adapter is a file": (None, ["export", "--run-dir", "run", "--adapter", "inputs.jsonl"], None, ["is a file"]),
+    "export --merged equals --adapter": (None, ["export", "--run-dir", "run", "--merged", "x", "--adapter", "x"], None, ["--merged is the same path as --adapter"]),
+    "export into another run": (_other_run, ["export", "--run-dir", "run", "--adapter", "run2/adapter-copy", "--overwrite"], None,
                                 ["inside the run directory"]),
-    "export over an edited export": (_exported_then_edited, ["export", "run", "--adapter", "exported"], None,
+    "export over an edited export": (_exported_then_edited, ["export", "--run-dir", "run", "--adapter", "exported"], None,
                                      ["README.md (changed since export)"]),
-    "export --dtype unknown": (None, ["export", "run", "--merged", "m", "--dtype", "float8"], None, ["--dtype"]),
-    "export --device banana": (None, ["export", "run", "--merged", "m", "--device", "banana"], None, ["--device"]),
-    "export a folder that is not a run": (None, ["export", "mine", "--adapter", "a"], None, ["not a run directory"]),
-    "export a missing run": (None, ["export", "nope", "--adapter", "a"], None, ["run directory not found"]),
-    "export a run that is a file": (None, ["export", "inputs.jsonl", "--adapter", "a"], None, ["is a file"]),
+    "export --dtype unknown": (None, ["export", "--run-dir", "run", "--merged", "m", "--dtype", "float8"], None, ["--dtype"]),
+    "export --device banana": (None, ["export", "--run-dir", "run", "--merged", "m", "--device", "banana"], None, ["--device"]),
+    "export a folder that is not a run": (None, ["export", "--run-dir", "mine", "--adapter", "a"], None, ["not a run directory"]),
+    "export a missing run": (None, ["export", "--run-dir", "nope", "--adapter", "a"], None, ["run directory not found"]),
+    "export a run that is a file": (None, ["export", "--run-dir", "inputs.jsonl", "--adapter", "a"], None, ["is a file"]),
     "export corrupt adapter": (lambda w: _truncate(w / "run/train/adapter/adapter_model.safetensors"),
-                               ["export", "run", "--adapter", "a"], None, ["corrupt or incomplete"]),
+                               ["export", "--run-dir", "run", "--adapter", "a"], None, ["corrupt or incomplete"]),
     # -- run
     "run --run-dir is a user's folder": (None, ["run", "task.toml", "--run-dir", "mine"], None, ["not a run directory"]),
     "run --run-dir inside another run": (None, ["run", "task.toml", "--run-dir", "run/train/nested"], None, ["inside the run directory"]),
@@ -295,6 +296,162 @@ def test_fault(case, world, tmp_path):
     assert after == before, {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
+# -- the same refusals from Python: each stage's function checks what its command checks ------
+
+
+class _NoTeacher:
+    """A Teacher that must never be asked: every case below is refused before labeling."""
+
+    def __new__(cls):
+        from promptdistill.teachers import Teacher
+
+        class Never(Teacher):
+            name = "never"
+            tokenizer = None
+
+            def meta(self):
+                return {}
+
+            def label(self, *args, **kwargs):
+                raise AssertionError("a refused call reached the teacher")
+
+        return Never()
+
+
+def _api_cfg(w: Path, **train):
+    from promptdistill.config import load_config
+
+    cfg = load_config(w / "task.toml")
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def _inputs(w: Path):
+    from promptdistill.records import read_inputs
+
+    return read_inputs(w / "inputs.jsonl")
+
+
+def _labeled(w: Path):
+    from promptdistill.records import read_labeled
+
+    return read_labeled(w / "run" / "labels" / "train.jsonl")
+
+
+def _label(w, out, **kw):
+    from promptdistill.labeling import label_inputs
+
+    label_inputs(_api_cfg(w), _inputs(w), _NoTeacher(), out, progress=False, **kw)
+
+
+def _train(w, folder, **train):
+    from promptdistill.training.recipe import train_student
+
+    train_student(_api_cfg(w, **train), _labeled(w), folder, progress=False)
+
+
+def _train_run(w, labeled, run_dir):
+    from promptdistill.training.stage import train_run
+
+    train_run(_api_cfg(w), labeled, run_dir, progress=False)
+
+
+def _evaluate(w, run_dir, **kw):
+    from promptdistill.pipeline import evaluate_run
+
+    evaluate_run(_api_cfg(w), run_dir, _inputs(w), progress=False, **kw)
+
+
+def _run(w, run_dir):
+    from promptdistill.pipeline import run_pipeline
+
+    run_pipeline(_api_cfg(w), run_dir, progress=False, log=lambda *_: None)
+
+
+def _export(kind, run_dir, out, **kw):
+    from promptdistill import export
+
+    (export.export_merged if kind == "merged" else export.export_adapter)(run_dir, out, **kw)
+
+
+def _synthesize(w, out):
+    from promptdistill.synthesis import synthesize
+
+    synthesize(_api_cfg(w), 2, out, teacher=_NoTeacher(), progress=False, log=lambda *_: None)
+
+
+def _import_chats(w, logs, out):
+    from promptdistill.chatlogs import import_chats
+    from promptdistill.task import Task
+
+    import_chats(Task(_api_cfg(w).task), logs, out)
+
+
+# id: (setup(world) or None, the call (on the world's copy, from inside it), words the error must contain)
+API_CASES = {
+    "label_inputs into the input file": (None, lambda w: _label(w, "inputs.jsonl", reads={"--inputs": "inputs.jsonl"}),
+                                         ["--inputs", "is the same path as --out"]),
+    "label_inputs into a user's file": (lambda w: (w / "notes.txt").write_text("hello\nworld\n"), lambda w: _label(w, "notes.txt"),
+                                        ["not a labeled JSONL file"]),
+    "label_inputs into a run's eval/": (None, lambda w: _label(w, "run/eval/extra.jsonl"), ["inside the run directory"]),
+    "label_inputs with a corrupt sidecar": (_labels_with_bad_sidecar, lambda w: _label(w, "out.jsonl"),
+                                            ["corrupt labels sidecar", "--force"]),
+    "train_student into a file": (None, lambda w: _train(w, "inputs.jsonl"), ["is a file"]),
+    "train_student inside a run's eval/": (None, lambda w: _train(w, "run/eval/sub"), ["inside the run directory"]),
+    "train_student from an adapter in its own folder": (None, lambda w: _train(w, "run/train", init_adapter=str(w / "run/train/adapter")),
+                                                        ["train.init_adapter", "is inside the training folder"]),
+    "train_run into a user's folder": (None, lambda w: _train_run(w, "run/labels/train.jsonl", "mine"), ["not a run directory", "notes.txt"]),
+    "train_run with labels inside the run's train/": (lambda w: shutil.copy(w / "run/labels/train.jsonl", w / "run/train/l.jsonl"),
+                                                      lambda w: _train_run(w, "run/train/l.jsonl", "run"),
+                                                      ["--labeled", "is inside the run's train/ folder"]),
+    "evaluate_run on a folder that is not a run": (None, lambda w: _evaluate(w, "mine"), ["not a run directory"]),
+    "evaluate_run with inputs inside eval/": (None, lambda w: _evaluate(w, "run", reads={"--inputs": "run/eval/report.json"}),
+                                              ["--inputs", "is inside the run's eval/ folder"]),
+    "evaluate_run with corrupt partial predictions": (_partial, lambda w: _evaluate(w, "run"), ["predictions.partial.jsonl:2", "delete"]),
+    "evaluate_run with a corrupt adapter": (lambda w: _truncate(w / "run/train/adapter/adapter_model.safetensors"),
+                                            lambda w: _evaluate(w, "run"), ["corrupt or incomplete"]),
+    "run_pipeline into a user's folder": (None, lambda w: _run(w, "mine"), ["not a run directory"]),
+    "run_pipeline inside another run": (None, lambda w: _run(w, "run/train/nested"), ["inside the run directory"]),
+    "run_pipeline with a corrupt stage marker": (lambda w: _corrupt(w / "run/stages/label.json"), lambda w: _run(w, "run"),
+                                                 ["label.json", "corrupt stage marker"]),
+    "export_adapter into a user's folder": (None, lambda w: _export("adapter", "run", "mine"), ["did not write", "notes.txt", "--overwrite"]),
+    "export_merged onto the run's eval/": (None, lambda w: _export("merged", "run", "run/eval", overwrite=True),
+                                           ["inside the run's own eval"]),
+    "export_adapter is the run": (None, lambda w: _export("adapter", "run", "run", overwrite=True),
+                                  ["the run directory", "is the same path as --adapter"]),
+    "export_adapter over an edited export": (_exported_then_edited, lambda w: _export("adapter", "run", "exported"),
+                                             ["README.md (changed since export)"]),
+    "export_adapter of a folder that is not a run": (None, lambda w: _export("adapter", "mine", "a"), ["not a run directory"]),
+    "synthesize over the input file": (None, lambda w: _synthesize(w, "inputs.jsonl"), ["not written by `synthesize`"]),
+    "synthesize into a run's eval/": (None, lambda w: _synthesize(w, "run/eval/s.jsonl"), ["inside the run directory"]),
+    "import_chats into the logs": (None, lambda w: _import_chats(w, "inputs.jsonl", "inputs.jsonl"),
+                                   ["the chat logs", "is the same path as --out"]),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_api_fault(case, world, tmp_path, monkeypatch):
+    """The Python API refuses what the command refuses, and writes nothing either."""
+    from promptdistill.errors import PromptDistillError
+
+    setup, call, words = API_CASES[case]
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    task = w / "task.toml"
+    task.write_text(task.read_text(encoding="utf-8").replace(str(world), str(w)), encoding="utf-8")
+    if setup is not None:
+        setup(w)
+    monkeypatch.chdir(w)
+    before = tree(w)
+    with pytest.raises(PromptDistillError) as info:
+        call(w)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
+    after = tree(w)
+    assert after == before, {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
 def test_unreadable_file_is_one_line_in_process(tmp_path, monkeypatch):
     """A read that fails is one error naming the file. Simulated: this project's
     machines and CI run as root, where file modes do not stop a read."""
@@ -321,9 +478,9 @@ def test_export_replaces_its_own_folder_and_overwrite_replaces_a_users(world, tm
     shutil.copytree(world, w, symlinks=True)
     old_mask = os.umask(0o022)
     try:
-        first = cli(["export", "run", "--adapter", "exported"], cwd=w)
+        first = cli(["export", "--run-dir", "run", "--adapter", "exported"], cwd=w)
         assert first.returncode == 0, first.stderr.decode()[-2000:]
-        again = cli(["export", "run", "--adapter", "exported"], cwd=w)  # unchanged since: the tool's own, replaced
+        again = cli(["export", "--run-dir", "run", "--adapter", "exported"], cwd=w)  # unchanged since: the tool's own, replaced
         assert again.returncode == 0, again.stderr.decode()[-2000:]
         manifest = json.loads((w / "exported" / ".promptdistill-export.json").read_text())
         assert set(manifest["files"]) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
@@ -331,10 +488,10 @@ def test_export_replaces_its_own_folder_and_overwrite_replaces_a_users(world, tm
         assert stat.S_IMODE((w / "exported").stat().st_mode) == 0o755
         for f in (w / "exported").iterdir():
             assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
-        beside = cli(["export", "run", "--adapter", "run/exported"], cwd=w)  # a new folder beside the run's own entries
+        beside = cli(["export", "--run-dir", "run", "--adapter", "run/exported"], cwd=w)  # a new folder beside the run's own entries
         assert beside.returncode == 0, beside.stderr.decode()[-2000:]
         assert (w / "run" / "exported" / "adapter_config.json").exists()
-        forced = cli(["export", "run", "--adapter", "mine", "--overwrite"], cwd=w)
+        forced = cli(["export", "--run-dir", "run", "--adapter", "mine", "--overwrite"], cwd=w)
         assert forced.returncode == 0, forced.stderr.decode()[-2000:]
         assert not (w / "mine" / "notes.txt").exists() and (w / "mine" / "adapter_config.json").exists()
     finally:
@@ -380,7 +537,7 @@ def test_inputs_over_the_models_context_are_reported_by_line(tmp_path, tiny_mode
     context, whatever train.max_length says, and is reported with its line
     (the teacher's check counts the teacher's prompt, the student's its own)."""
     from promptdistill.config import config_from_dict
-    from promptdistill.pipeline import prepare_inputs
+    from promptdistill.inputs import prepare_inputs
     from promptdistill.task import Task
 
     roomy = tmp_path / "roomy"

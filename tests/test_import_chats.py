@@ -80,8 +80,8 @@ def test_malformed_lines_are_one_line_errors_with_file_and_line(tmp_path, line, 
 def test_cli(tmp_path, capsys):
     task_file = write_task_file(tmp_path, task=dict(system_prompt=SYSTEM, labels=["en", "fr", "de"]))
     logs = write_jsonl(tmp_path / "logs.jsonl", [chat("Hello", "Final Answer: en"), chat("x", "y", system="other")])
-    assert main(["import-chats", str(logs), str(task_file), "--out", str(tmp_path / "l.jsonl")]) == 0
+    assert main(["import-chats", str(task_file), "--logs", str(logs), "--out", str(tmp_path / "l.jsonl")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["labeled"], summary["set_aside"]) == (1, 1)
-    assert main(["import-chats", str(tmp_path / "missing.jsonl"), str(task_file), "--out", str(tmp_path / "l.jsonl")]) == 2
+    assert main(["import-chats", str(task_file), "--logs", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "l.jsonl")]) == 2
     assert "missing.jsonl: chat log file not found" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from promptdistill.cli import main
 from promptdistill.config import config_from_dict
-from promptdistill.pipeline import fit_inputs
+from promptdistill.inputs import fit_inputs
 from promptdistill.records import describe_duplicates, drop_duplicates, find_duplicates, read_inputs
 from promptdistill.render import render_prompt
 from promptdistill.task import Task

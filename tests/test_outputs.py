@@ -1,4 +1,4 @@
-"""outputs.py, in process: how paths relate (symlinks and hard links included),
+"""The output rule, in process (io.py, rundir.py, export.py, labeling.py): how paths relate (symlinks and hard links included),
 which existing labels files and folders count as the tool's own, and that
 replacing a folder never leaves nothing behind."""
 
@@ -9,8 +9,10 @@ import os
 import pytest
 
 from promptdistill.errors import PromptDistillError
-from promptdistill.outputs import (MANIFEST, check_paths, claim_folder, claim_labels_file, claim_run_dir, foreign_entries,
-                                   relation, write_manifest)
+from promptdistill.export import MANIFEST, claim_folder, foreign_entries, write_manifest
+from promptdistill.io import check_paths, relation
+from promptdistill.labeling import claim_labels_file
+from promptdistill.rundir import claim_run_dir
 
 
 def test_relation_sees_through_symlinks_and_hard_links(tmp_path):
@@ -126,3 +128,32 @@ def test_the_built_in_model_cache_gets_the_umask_modes(tmp_path, monkeypatch, ti
     assert (target / "config.json").exists()
     assert oct(target.stat().st_mode & 0o777) == oct(0o755)
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in target.iterdir())  # others may read every file
+
+
+def test_resume_or_refuse_names_the_changed_keys_and_force_discards(tmp_path):
+    from promptdistill.io import changed_settings, read_settings, resume_or_refuse
+
+    old = {"teacher": "a", "train": {"lr": 1e-3, "rank": 8}, "fit": (1, 2), "gone": 1}
+    new = {"teacher": "a", "train": {"lr": 2e-3, "rank": 8}, "fit": [1, 2], "url": "x"}
+    assert changed_settings(old, new) == ["gone", "train.lr", "url"]  # both ways, nested as table.key; a tuple is its list
+    discarded = []
+    assert resume_or_refuse(old, dict(old), force=False, what="labels were made", discards="them",
+                            discard=lambda: discarded.append(1)) == []
+    assert resume_or_refuse(None, new, force=True, what="labels were made", discards="them", discard=lambda: discarded.append(1)) == []
+    assert discarded == []  # the same settings, or nothing recorded: nothing discarded
+    with pytest.raises(PromptDistillError) as info:
+        resume_or_refuse(old, new, force=False, what="existing labels were made", discards="them, or write to another file",
+                         discard=lambda: discarded.append(1), path=tmp_path / "out.jsonl")
+    assert str(info.value) == (f"{tmp_path / 'out.jsonl'}: existing labels were made with different settings "
+                               "(gone, train.lr, url); --force discards them, or write to another file")
+    assert discarded == []
+    assert resume_or_refuse(old, new, force=True, what="labels were made", discards="them",
+                            discard=lambda: discarded.append(1)) == ["gone", "train.lr", "url"]
+    assert discarded == [1]
+    record = tmp_path / "marker.json"
+    assert read_settings(record, key="settings", corrupt="corrupt") is None
+    record.write_text('{"settings": {"a": 1}}')
+    assert read_settings(record, key="settings", corrupt="corrupt") == {"a": 1}
+    record.write_text("{torn")
+    with pytest.raises(PromptDistillError, match="corrupt marker"):
+        read_settings(record, key="settings", corrupt="corrupt marker")

@@ -211,7 +211,7 @@ def test_eval_report(pipeline_run):
     for name in ("teacher", "base", "student"):
         assert re.search(rf"^{name}\s+(yes|no)\s", table, re.M), name
 
-    # agreement in context (issue 18): per teacher answer, floors, ceiling
+    # agreement in context: per teacher answer, floors, ceiling
     ref = report["reference_points"]
     assert ref["n"] == len(heldout) and list(ref["systems"]) == ["base", "student"]
     for name in ("base", "student"):

@@ -37,15 +37,15 @@ def test_missing_adapter_names_the_folder(tmp_path):
 
 def test_plan_runs_missing_stages_and_refuses_stale_ones_without_force(tmp_path):
     run = RunDir(tmp_path)
-    prints = {s: f"fp-{s}" for s in STAGES}
+    prints = {s: {"data": {"seed": s}} for s in STAGES}
     assert run.plan(prints, force=False) == list(STAGES)
-    run.mark_done("split", "fp-split", {})
-    run.mark_done("label", "fp-label", {})
+    run.mark_done("split", prints["split"], {})
+    run.mark_done("label", prints["label"], {})
     assert run.plan(prints, force=False) == ["train", "eval"]
     (run.path / "labels").mkdir()
     (run.path / "labels" / "train.jsonl").write_text("{}\n")
-    changed = {**prints, "label": "other"}
-    with pytest.raises(PromptDistillError, match="stage 'label' already ran here with different settings"):
+    changed = {**prints, "label": {"data": {"seed": "other"}}}
+    with pytest.raises(PromptDistillError, match=r"stage 'label' already ran here with different settings \(data.seed\); --force"):
         run.plan(changed, force=False)
     assert (run.path / "labels" / "train.jsonl").exists()  # refused: nothing removed
     assert run.plan(changed, force=True) == ["label", "train", "eval"]
@@ -57,4 +57,4 @@ def test_corrupt_stage_marker_is_one_clear_error(tmp_path):
     run.marker("split").parent.mkdir(parents=True)
     run.marker("split").write_text("{torn")
     with pytest.raises(PromptDistillError, match="corrupt stage marker"):
-        run.plan({s: "x" for s in STAGES}, force=False)
+        run.plan({s: {} for s in STAGES}, force=False)

@@ -88,7 +88,8 @@ def test_checkpoints_of_other_settings_are_not_resumed(tmp_path, tiny_model_dir,
     train_student(cfg, records, run, progress=False)
     other = replace(cfg, train=replace(cfg.train, learning_rate=5e-3))
     train_student(other, records, run, progress=False)
-    assert "starting over" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "starting over" in out and "(train.learning_rate)" in out  # the one setting that changed, named
     train_student(other, records, tmp_path / "fresh", progress=False)
     a, b = _adapter(run), _adapter(tmp_path / "fresh")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

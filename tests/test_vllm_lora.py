@@ -64,7 +64,7 @@ def lora_server(tmp_path_factory, trained_run):
 
     run, _ = trained_run
     adapter = tmp_path_factory.mktemp("export") / "adapter"
-    assert main(["export", str(run), "--adapter", str(adapter)]) == 0
+    assert main(["export", "--run-dir", str(run), "--adapter", str(adapter)]) == 0
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == model_path("smollm2-135m-instruct")
 
     log = tmp_path_factory.mktemp("server") / "vllm-serve.log"

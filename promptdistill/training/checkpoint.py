@@ -4,13 +4,16 @@ A checkpoint folder `checkpoints/step-NNNNNN/` holds
 
     adapter_config.json, adapter_model.safetensors   the PEFT adapter (loadable on its own)
     optimizer.safetensors                            AdamW moments and the torch RNG state
-    trainer_state.json                               step, scheduler state, losses, settings hash
+    trainer_state.json                               step, scheduler state, losses, settings
 
 Tensors are stored with safetensors only, so loading a checkpoint never runs
 code from it. A folder is written under a temporary name and renamed into
 place, so a checkpoint is either whole or absent. The position in the data
 is not stored: the batches of a run are a pure function of the seed, so
-resuming at step N skips the first N batches.
+resuming at step N skips the first N batches. A checkpoint is resumed only
+under the settings it records (`checkpoint_settings`); one made with others
+is removed and training starts over (`io.resume_or_refuse` with force: the
+stage's own settings are guarded by the run's stage marker).
 """
 
 from __future__ import annotations
@@ -20,14 +23,34 @@ from pathlib import Path
 
 import torch
 
-from ..io import atomic_directory, atomic_write_json, atomic_write_text
+from ..config import Config, training_settings
+from ..io import atomic_directory, atomic_write_json, atomic_write_text, fingerprint
+from ..rundir import adapter_fingerprint
+
+
+def checkpoint_settings(records, cfg: Config, general_mix: list[dict] | None = None) -> dict:
+    """What a checkpoint is only valid for, by name: the records and their targets,
+    the training settings, the student, the weights training started from
+    (train.init_adapter, by its weights: retrained in place it is another start,
+    moved the same one) and the general items mixed in (data.mix_general,
+    `general_mix` the rows of general_mix.py's file)."""
+    train = training_settings(cfg.train)
+    train.pop("init_adapter", None)
+    return {
+        "records": fingerprint([[r.id, r.status, r.messages] for r in records]),
+        "train": train,
+        "student": cfg.models.student,
+        "init_adapter": adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter)) if cfg.train.init_adapter else None,
+        "mix_general": cfg.data.mix_general,
+        "general_items": fingerprint([[r["id"], r["reply"], r["stopped"]] for r in general_mix or []]),
+    }
 
 
 def checkpoint_dir(run_dir, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
 
 
-def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, fingerprint: str, extra: dict) -> Path:
+def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, settings: dict, extra: dict) -> Path:
     from safetensors.torch import save_file
 
     target = checkpoint_dir(run_dir, step)
@@ -44,7 +67,7 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler, fingerprint
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         atomic_write_json(tmp / "trainer_state.json", {
             "step": step,
-            "fingerprint": fingerprint,
+            "settings": settings,
             "param_groups": opt["param_groups"],
             "optimizer_scalars": scalars,
             "scheduler": scheduler.state_dict(),

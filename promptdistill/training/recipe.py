@@ -64,15 +64,16 @@ import torch
 
 from ..config import LOSSES, Config, TrainConfig
 from ..errors import PromptDistillError
-from ..io import DirectoryLock, atomic_directory, atomic_write_json
+from ..io import DirectoryLock, atomic_directory, atomic_write_json, check_paths, read_settings, resume_or_refuse
 from ..models import load_model, resolve_device
 from ..progress import progress_bar
 from ..records import LabeledExample
 from ..render import RenderedExample
+from ..rundir import STAGE_OUTPUTS, check_outside_runs
 from ..task import Task
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
+from .checkpoint import checkpoint_settings, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from .data import (by_length, collate, micro_batches, padding_pieces, render_for_training, sampling_weights, step_groups,
-                   training_fingerprint, training_items)
+                   training_items)
 from .distributed import Distributed
 from .general_mix import GeneralExample
 from .init_adapter import init_adapter_folder, init_adapter_model
@@ -93,7 +94,15 @@ def train_student(cfg: Config, records: list[LabeledExample], run_dir, *, heldou
 
     Resumes from the newest checkpoint in `run_dir` made with the same data
     and settings, and ends with the adapter an uninterrupted run gives.
+    Before anything is written `run_dir` is checked (`check_training_folder`).
     """
+    check_training_folder(cfg, run_dir)
+    return train_folder(cfg, records, run_dir, heldout=heldout, progress=progress)
+
+
+def train_folder(cfg: Config, records: list[LabeledExample], run_dir, *, heldout: list[LabeledExample] | None = None,
+                 progress: bool = True) -> dict:
+    """`train_student` into a folder its caller has checked (the train stage of a run)."""
     recipe = DistillationRecipe(cfg, run_dir, progress=progress)
     with recipe.lock():
         try:
@@ -101,6 +110,26 @@ def train_student(cfg: Config, records: list[LabeledExample], run_dir, *, heldou
             return recipe.train()
         finally:
             recipe.cleanup()
+
+
+def _check_config(cfg: Config) -> None:
+    if not isinstance(cfg, Config):  # e.g. cfg.train alone, as train_student took before it took the whole Config
+        raise TypeError(f"train_student takes the whole Config first: train_student(cfg, records, run_dir), not {type(cfg).__name__}")
+    if cfg.train.loss not in LOSSES:  # a Config built in code skips load_config's checks
+        raise PromptDistillError(f"must be one of {', '.join(LOSSES)}; got {cfg.train.loss!r}", field="train.loss")
+
+
+def check_training_folder(cfg: Config, run_dir) -> Path:
+    """The folder training writes: not a file, not inside a run directory unless it
+    is that run's own train/ (as the pipeline and a notebook train), and not
+    holding or held in the adapter training starts from (train.init_adapter)."""
+    _check_config(cfg)
+    p = Path(run_dir)
+    if p.exists() and not p.is_dir():
+        raise PromptDistillError("the training folder is a file, expected a folder", path=p)
+    check_outside_runs(p, "the training folder", own_entries=(STAGE_OUTPUTS["train"],))
+    check_paths({"train.init_adapter": init_adapter_folder(cfg)}, {"the training folder": p})
+    return p
 
 
 # The per-step statistics each loss reports (summed across processes by name,
@@ -114,10 +143,7 @@ class DistillationRecipe:
     """One training run of the student, step by step (see the module docstring)."""
 
     def __init__(self, cfg: Config, run_dir, *, progress: bool = True):
-        if not isinstance(cfg, Config):  # e.g. cfg.train alone, as train_student took before it took the whole Config
-            raise TypeError(f"train_student takes the whole Config first: train_student(cfg, records, run_dir), not {type(cfg).__name__}")
-        if cfg.train.loss not in LOSSES:  # a Config built in code skips load_config's checks
-            raise PromptDistillError(f"must be one of {', '.join(LOSSES)}; got {cfg.train.loss!r}", field="train.loss")
+        _check_config(cfg)
         self.cfg, self.train_cfg, self.models_cfg = cfg, cfg.train, cfg.models
         self.task = Task(cfg.task)
         self.run_dir = Path(run_dir)
@@ -170,7 +196,7 @@ class DistillationRecipe:
         self.heldout_set = render_for_training(heldout, self.tokenizer, cfg.max_length)[0]
         # train.balance: how step_groups draws the items (None: a shuffle per epoch)
         self.sample_weights = sampling_weights(records, self.too_long, cfg, general=len(general))
-        self.fingerprint = training_fingerprint(records, self.cfg, general_rows)
+        self.settings = checkpoint_settings(records, self.cfg, general_rows)
         if self.too_long:
             self._say(f"{len(self.too_long)} training examples exceed max_length={cfg.max_length} tokens "
                       f"and are skipped: {self.too_long[:10]}")
@@ -248,16 +274,22 @@ class DistillationRecipe:
         self.start_step, self.last_loss, self.last_heldout = 0, float("nan"), None
         found = latest_checkpoint(self.run_dir)
         if found is not None:
-            saved = json.loads((found / "trainer_state.json").read_text(encoding="utf-8"))
-            if saved.get("fingerprint") == self.fingerprint:
+            def discard():
+                self.dist.barrier()  # every process has read the checkpoint's state before the main one removes it
+                if self.dist.is_main:
+                    shutil.rmtree(found.parent)
+
+            stored = read_settings(found / "trainer_state.json", key="settings",
+                                   corrupt=f"corrupt checkpoint; delete {found} to resume from an earlier one")
+            changed = resume_or_refuse(stored, self.settings, force=True, what="checkpoints were made", discards="them",
+                                       discard=discard, path=found.parent)
+            if changed:
+                self._say(f"checkpoints in {found.parent} were made with other data or settings ({', '.join(changed[:8])}); "
+                          "starting over")
+            else:
                 state = load_checkpoint(found, self.model, self.optimizer, self.scheduler)
                 self.start_step, self.last_loss, self.last_heldout = state["step"], state["last_loss"], state["last_heldout"]
                 self._say(f"resuming training from {found} (step {self.start_step} of {self.total_steps})")
-            else:
-                self.dist.barrier()  # every process has read the checkpoint's state before the main one removes it
-                self._say(f"checkpoints in {found.parent} were made with other data or settings; starting over")
-                if self.dist.is_main:
-                    shutil.rmtree(found.parent)
         self.dist.broadcast_parameters(self.trainable)
 
     def _open_logs(self) -> None:
@@ -406,7 +438,7 @@ class DistillationRecipe:
 
     def _save_checkpoint(self, step: int) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.fingerprint,
+            save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self.settings,
                             {"last_loss": self.last_loss, "last_heldout": self.last_heldout})
         self.dist.barrier()  # a checkpoint is whole before any process can stop or go on
 

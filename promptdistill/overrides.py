@@ -1,0 +1,84 @@
+"""A task file as a command runs it: `--set` overrides and flag settings applied,
+and the models it names checked against this machine before anything is written.
+
+The command line's flags map to settings in one table (cli.FLAG_SETTINGS);
+this module applies the resulting "section.key" values, so the Python API
+(`load_task_config(path, ["train.max_steps=4"])`) reads a task file exactly
+as the commands do.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from .config import Config, check_device, config_from_dict, load_config
+from .errors import PromptDistillError
+from .io import check_model_folder
+
+
+def load_task_config(task_file, overrides=(), settings: dict | None = None) -> Config:
+    """The task file with `overrides` ("SECTION.KEY=VALUE", VALUE read as TOML, falling
+    back to a plain string) and then `settings` ("section.key" -> value) applied, its
+    models checked (`check_models`)."""
+    path = Path(task_file)
+    cfg = load_config(path)
+    raw = cfg.to_dict()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise PromptDistillError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        if section not in raw:
+            raise PromptDistillError(f"unknown section {section!r}", field=key)
+        raw[section][name] = _toml_value(value)
+    settings = settings or {}
+    for key, value in settings.items():
+        section, name = key.split(".")
+        raw[section][name] = value
+    if "models.teacher_url" in settings and "models.teacher_backend" not in settings:
+        raw["models"]["teacher_backend"] = "openai"  # a URL alone means the server backend
+    base_dir = cfg.base_dir
+    cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if overrides else path)
+    cfg.base_dir = base_dir
+    check_models(cfg.models)
+    return cfg
+
+
+def flag_settings(values: dict, table: dict[str, str], conversions: dict) -> dict:
+    """The settings ("section.key" -> value) the given flags stand for: `values` by
+    flag name (argparse's dest; None or False: not given), `table` the flag ->
+    setting table, `conversions` how a flag's value becomes its setting's."""
+    return {key: conversions.get(flag, lambda v: v)(values[flag]) for flag, key in table.items()
+            if values.get(flag) is not None and values.get(flag) is not False}
+
+
+def _toml_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def check_models(models) -> None:
+    """Models given as local folders must hold a model (a server's teacher is a name, not checked),
+    and a device asked for by name must be on this machine, before anything is written."""
+    if models.teacher_backend != "openai":
+        check_model_folder(models.teacher, "models.teacher")
+    check_model_folder(models.student, "models.student")
+    check_device_present(models.device, "models.device")
+
+
+def check_device_present(device: str | None, field: str) -> None:
+    """`device` (checked in form already) is on this machine; torch is imported only for a named accelerator."""
+    if device not in (None, "auto", "cpu"):
+        from .models import resolve_device
+
+        resolve_device(device, field)
+
+
+def check_device_flag(device: str | None, field: str) -> None:
+    """A --device flag (None: not given): well-formed and on this machine."""
+    if device is not None:
+        check_device(device, field_name=field)
+        check_device_present(device, field)
