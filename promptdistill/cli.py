@@ -1,5 +1,6 @@
 """The command line: parsing, the flag table, and printing; every stage is a library call.
 
+    promptdistill init    TASK --prompt FILE [--labels a,b]  a minimal task file to start from
     promptdistill label   TASK --inputs FILE --out FILE      teacher labels inputs
     promptdistill render  TASK --labeled FILE                tokens per example
     promptdistill train   TASK --labeled FILE --run-dir RUN  LoRA-train the student
@@ -96,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
         group.add_argument("--init-from", metavar="RUN", help="start from the adapter RUN trained (sets train.init_adapter)")
         group.add_argument("--init-adapter", metavar="FOLDER", help="start from this PEFT LoRA adapter (sets train.init_adapter)")
         sp.add_argument("--report-to", choices=REPORT_TO, help="also log training metrics to a tracker (sets train.report_to)")
+
+    sp = command("init", cmd_init, "write a minimal task file from a prompt file (and a label list)", task=False)
+    sp.add_argument("task", help="task TOML file to write (refused if it exists)")
+    sp.add_argument("--prompt", required=True, help="text file holding the prompt")
+    sp.add_argument("--labels", help="comma-separated labels of a classification task")
+    sp.add_argument("--inputs", help="input file the task reads (sets data.inputs)")
+    sp.add_argument("--name", help="task name (default: the task file's name)")
 
     sp = command("label", cmd_label, "label inputs with the teacher", models=True, teacher_backend=True)
     sp.add_argument("--inputs", help="input file (.txt, .jsonl, .csv); default: data.inputs")
@@ -199,6 +207,12 @@ def _log(message: str) -> None:
 
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
+
+
+def cmd_init(args):
+    from .scaffold import write_task_file
+
+    print(write_task_file(args.task, args.prompt, labels=args.labels, inputs=args.inputs, name=args.name))
 
 
 def cmd_label(args):

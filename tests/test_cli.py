@@ -95,3 +95,20 @@ def test_a_run_is_always_given_with_run_dir(capsys):
         main(["export", "runs/x", "--adapter", "a"])
     assert info.value.code == 2
     assert "--run-dir" in capsys.readouterr().err
+
+
+def test_init_writes_a_task_file_that_loads_and_never_replaces_one(tmp_path, capsys):
+    from promptdistill.config import load_config
+
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Which language is this text in? Answer with its code.\n", encoding="utf-8")
+    task = tmp_path / "my_task.toml"
+    assert main(["init", str(task), "--prompt", str(prompt), "--labels", "en,fr", "--name", "lang"]) == 0
+    assert "promptdistill" in capsys.readouterr().out  # the commands to run next
+    cfg = load_config(task)
+    assert cfg.task.labels == ["en", "fr"] and cfg.task.name == "lang"
+    before = task.read_bytes()
+    assert main(["init", str(task), "--prompt", str(prompt)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "already exists" in err and err.count("\n") == 1
+    assert task.read_bytes() == before
