@@ -84,9 +84,12 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", help="auto, cpu, cuda, cuda:N")
             sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if teacher_backend:
-            sp.add_argument("--teacher-backend", choices=["transformers", "vllm", "openai"], help="sets models.teacher_backend")
-            sp.add_argument("--teacher-url", metavar="URL", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1 (sets "
-                            "models.teacher_url, teacher_backend = openai); key from $PROMPTDISTILL_API_KEY or $OPENAI_API_KEY")
+            sp.add_argument("--teacher-backend", choices=["transformers", "vllm", "vllm-server", "chat"],
+                            help="sets models.teacher_backend (chat: any chat API; vllm-server: token-id prompts to vLLM)")
+            sp.add_argument("--teacher-url", metavar="URL", help="the server, e.g. http://localhost:8000/v1 (sets models.teacher_url; "
+                            "needs --teacher-backend chat|vllm-server unless the task file names one); key from $PROMPTDISTILL_API_KEY")
+            sp.add_argument("--allow-insecure-http", action="store_true",
+                            help="allow sending the key over http:// to another host (sets models.teacher_allow_insecure_http)")
             sp.add_argument("--concurrency", type=int, help="requests in flight to the server (sets models.teacher_concurrency)")
         return sp
 
@@ -175,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
 FLAG_SETTINGS = {
     "teacher": "models.teacher", "student": "models.student", "device": "models.device", "teacher_url": "models.teacher_url",
     "teacher_backend": "models.teacher_backend", "concurrency": "models.teacher_concurrency",
+    "allow_insecure_http": "models.teacher_allow_insecure_http",
     "samples": "task.samples", "temperature": "task.temperature", "min_confidence": "task.min_confidence",
     "loss": "train.loss", "kd_alpha": "train.kd_alpha", "report_to": "train.report_to", "init_from": "train.init_adapter",
     "init_adapter": "train.init_adapter",

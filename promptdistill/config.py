@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .api_access import check_url
 from .errors import PromptDistillError
 from .models import BUILTIN_SMOLLM2
 
@@ -39,8 +40,12 @@ ANSWER_MODES = ("generate", "choose")
 TEACHER_CAPABILITIES = {
     "transformers": {"continuation_logprobs": True, "complete": True},
     "vllm": {"continuation_logprobs": False, "complete": True},
-    "openai": {"continuation_logprobs": False, "complete": True},
+    "vllm-server": {"continuation_logprobs": False, "complete": True},
+    # a chat API (teachers/chat.py): messages in, text out; no token ids, so no raw completions
+    "chat": {"continuation_logprobs": False, "complete": False},
 }
+# The backends that send requests over HTTP (teacher_url, the API key rules of teachers/api.py).
+HTTP_BACKENDS = ("vllm-server", "chat")
 TEACHER_BACKENDS = tuple(TEACHER_CAPABILITIES)
 STUDENT_TARGETS = ("normalized", "teacher_reply")
 REPLY_FORMATS = ("label", "json")
@@ -132,10 +137,29 @@ class ModelsConfig:
     # this process (the vllm extra), or an OpenAI-compatible server at
     # teacher_url (then `teacher` is the model name the server knows, and its
     # tokenizer must load here under that name: prompts are rendered here).
-    teacher_backend: str = "transformers"  # transformers | vllm | openai
+    # vllm-server: token-id prompts to a vLLM server's /completions (the
+    # tokenizer must load here under `teacher`); chat: messages to any chat
+    # API's /chat/completions (no local tokenizer; see docs/teacher-api.md).
+    teacher_backend: str = "transformers"  # transformers | vllm | vllm-server | chat
     teacher_url: str | None = None  # e.g. http://localhost:8000/v1
-    # openai backend: requests in flight at once.
+    # HTTP backends: requests in flight at once.
     teacher_concurrency: int = 8
+    # HTTP backends: the environment variable holding the API key (besides
+    # PROMPTDISTILL_API_KEY, which wins); a key is never read from a file.
+    teacher_api_key_env: str | None = None
+    # HTTP backends: allow sending the key over plain http:// to a host that is not this machine.
+    teacher_allow_insecure_http: bool = False
+    # chat backend: price per million prompt / completion tokens (cost in the
+    # labels summary and the report), a spending limit that stops labeling
+    # (resumable), and request / token rate limits per minute (0 = none).
+    teacher_price_in: float = 0.0
+    teacher_price_out: float = 0.0
+    teacher_max_cost: float = 0.0
+    teacher_rpm: int = 0
+    teacher_tpm: int = 0
+    # HTTP backends: seconds one request may take, retries for 429/5xx/timeouts/malformed replies.
+    teacher_timeout: float = 300.0
+    teacher_max_retries: int = 6
     # vllm backend: keyword arguments for vllm.LLM, e.g. {tensor_parallel_size = 4, max_model_len = 4096}.
     vllm_options: dict = field(default_factory=dict)
 
@@ -438,15 +462,21 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError("samples > 1 applies to answer_mode 'generate'; choose mode already gives a distribution",
                                  path=source, field="task.samples")
     m = cfg.models
+    if m.teacher_backend == "openai":
+        raise PromptDistillError("teacher_backend 'openai' is gone: use 'vllm-server' (token-id prompts, vLLM only) or 'chat' "
+                                 "(any chat API)", path=source, field="models.teacher_backend")
     _one_of(m.teacher_backend, TEACHER_BACKENDS, source, "models.teacher_backend")
-    if m.teacher_backend == "openai" and not m.teacher_url:
-        raise PromptDistillError("teacher_backend 'openai' needs models.teacher_url (e.g. http://localhost:8000/v1)",
+    if m.teacher_backend in HTTP_BACKENDS and not m.teacher_url:
+        raise PromptDistillError(f"teacher_backend {m.teacher_backend!r} needs models.teacher_url (e.g. http://localhost:8000/v1)",
                                  path=source, field="models.teacher_url")
-    if m.teacher_url is not None and m.teacher_backend != "openai":
-        raise PromptDistillError(f"teacher_url is only used with teacher_backend = 'openai' (it is {m.teacher_backend!r})",
-                                 path=source, field="models.teacher_url")
-    if m.teacher_url is not None and not m.teacher_url.startswith(("http://", "https://")):
-        raise PromptDistillError(f"expected an http:// or https:// URL, got {m.teacher_url!r}", path=source, field="models.teacher_url")
+    if m.teacher_url is not None and m.teacher_backend not in HTTP_BACKENDS:
+        raise PromptDistillError(f"teacher_url is only used with teacher_backend = 'chat' or 'vllm-server' (it is {m.teacher_backend!r}); "
+                                 "set one (--teacher-backend)", path=source, field="models.teacher_url")
+    if m.teacher_url is not None:
+        check_url(m.teacher_url, source)
+    if m.teacher_backend == "chat" and cfg.train.loss == "kd":
+        raise PromptDistillError("the kd loss learns from the teacher's top_logprobs over token ids, which a chat API does not return; "
+                                 "use train.loss = \"sft\" (or teacher_backend = \"vllm-server\")", path=source, field="train.loss")
     _one_of(cfg.data.too_long, ("skip", "truncate"), source, "data.too_long")
     tr = cfg.train
     _one_of(tr.lr_schedule, LR_SCHEDULES, source, "train.lr_schedule")
@@ -478,7 +508,7 @@ def _validate_synthesize(cfg: Config, source) -> None:
     if "seeds" in sy.strategies and not (sy.seed_inputs or cfg.data.inputs):
         raise PromptDistillError("the seeds strategy needs real inputs: set synthesize.seed_inputs (or data.inputs)",
                                  path=source, field="synthesize.seed_inputs")
-    if not TEACHER_CAPABILITIES[cfg.models.teacher_backend]["complete"]:
+    if cfg.data.synthesize and not TEACHER_CAPABILITIES[cfg.models.teacher_backend]["complete"]:
         raise PromptDistillError(f"synthesis needs a backend that completes raw prompts, which {cfg.models.teacher_backend!r} "
                                  "cannot", path=source, field="models.teacher_backend")
     if not sy.personas or not sy.difficulties:
@@ -544,6 +574,13 @@ _RANGES = {
     "data.synthesize": (0, None, True, False),
     "data.mix_general": (0, 1, True, False),
     "models.teacher_concurrency": (1, None, True, False),
+    "models.teacher_price_in": (0, None, True, False),
+    "models.teacher_price_out": (0, None, True, False),
+    "models.teacher_max_cost": (0, None, True, False),
+    "models.teacher_rpm": (0, None, True, False),
+    "models.teacher_tpm": (0, None, True, False),
+    "models.teacher_timeout": (0, None, False, False),
+    "models.teacher_max_retries": (0, None, True, False),
     "train.kd_alpha": (0, 1, True, True),
     "train.onpolicy_temperature": (0, None, False, False),
     "train.lora_rank": (1, None, True, False),

@@ -61,16 +61,20 @@ def fit_inputs(examples, task: Task, cfg: Config, path, log) -> list:
 def fit_context(examples, task: Task, cfg: Config, path, log, roles=("teacher", "student")) -> list:
     """Report inputs whose prompt plus max_new_tokens exceed the teacher's (its
     prompt included) or the student's context window, with their lines; skip
-    or truncate them per data.too_long. A server's teacher (openai backend) is
-    measured against the context the server reports for it (vLLM's
+    or truncate them per data.too_long. A vLLM server's teacher (vllm-server
+    backend) is measured against the context the server reports for it (vLLM's
     max_model_len), asked before anything is written; a server that reports
-    none is not checked."""
+    none is not checked. A chat API's teacher (chat backend) is not measured:
+    there is no tokenizer here to count with, and the API applies its own
+    template; an input too long for it fails at its request."""
     from .models import load_tokenizer
 
     m = cfg.models
     for role in roles:
         name = m.teacher if role == "teacher" else m.student
-        if role == "teacher" and m.teacher_backend == "openai":
+        if role == "teacher" and m.teacher_backend == "chat":
+            continue
+        if role == "teacher" and m.teacher_backend == "vllm-server":
             from .teachers import teacher_for
 
             server = teacher_for(m)

@@ -141,11 +141,30 @@ def _label(cfg: Config, examples: list[Example], teacher: Teacher, out_path: Pat
             todo = [e for e in examples if e.id not in done]
             bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), unit="input", desc=f"label ({mode})",
                        disable=not progress)
+            limit = cfg.models.teacher_max_cost
+            spent = summarize_labels(out_path, rejects_path, models=cfg.models).get("teacher_cost", 0.0) if limit else 0.0
+            _check_budget(spent, limit)
             for record in teacher.label(todo, task, mode, seed, batch_size, reuse_prefix=reuse_prefix):
                 (good if record.status == OK else bad).append(record.to_json())
                 bar.update(1)
+                if limit:
+                    spent += usage_cost((record.meta or {}).get("teacher_usage") or {}, cfg.models)
+                    _check_budget(spent, limit)
         bar.close()
-    return summarize_labels(out_path, rejects_path, [e.id for e in examples])
+    return summarize_labels(out_path, rejects_path, [e.id for e in examples], models=cfg.models)
+
+
+def usage_cost(usage: dict, models) -> float:
+    """What `usage` (prompt and completion tokens) costs at models.teacher_price_in/out per million tokens."""
+    return (usage.get("prompt_tokens", 0) * models.teacher_price_in + usage.get("completion_tokens", 0) * models.teacher_price_out) / 1e6
+
+
+def _check_budget(spent: float, limit: float) -> None:
+    """Stop once models.teacher_max_cost is spent: everything labeled so far is kept, and a rerun with a higher limit continues."""
+    if limit and spent >= limit:
+        raise PromptDistillError(f"labeling stopped: the teacher's API use cost {spent:.4f} of models.teacher_max_cost = {limit:g}; "
+                                 "everything labeled so far is kept: raise the limit (--set models.teacher_max_cost=...) and "
+                                 "rerun the same command to continue", field="models.teacher_max_cost")
 
 
 def _check_or_write_meta(out_path: Path, rejects_path: Path, meta: dict, force: bool) -> None:
@@ -223,8 +242,9 @@ def _done_ids(path: Path) -> set[str]:
     return ids
 
 
-def summarize_labels(out_path, rejects_path, ids: list[str] | None = None) -> dict:
-    """Counts by status and the teacher's accuracy against gold labels."""
+def summarize_labels(out_path, rejects_path, ids: list[str] | None = None, models=None) -> dict:
+    """Counts by status and the teacher's accuracy against gold labels; with an API
+    teacher that reports usage, the tokens it counted and (with `models`' prices) their cost."""
     records = [obj for _, obj in iter_jsonl(out_path)] if Path(out_path).exists() else []
     rejects = [obj for _, obj in iter_jsonl(rejects_path)] if Path(rejects_path).exists() else []
     if ids is not None:
@@ -238,7 +258,19 @@ def summarize_labels(out_path, rejects_path, ids: list[str] | None = None) -> di
     gold = [r for r in everything if r.get("gold_label") is not None]
     correct = sum(1 for r in gold if r.get("label") == r["gold_label"])
     entropies = [r["entropy"] for r in records if r.get("entropy") is not None]
+    usages = [(r.get("meta") or {}).get("teacher_usage") for r in everything]
+    usage: dict[str, int] = {}
+    for u in filter(None, usages):
+        for k, v in u.items():
+            usage[k] = usage.get(k, 0) + v
+    api = {}
+    if usage:
+        api["teacher_usage"] = usage
+        if models is not None and (models.teacher_price_in or models.teacher_price_out):
+            api["teacher_cost"] = usage_cost(usage, models)
+            api["teacher_cost_per_request"] = api["teacher_cost"] / max(1, usage.get("requests", 1))
     return {
+        **api,
         "total": len(everything),
         "labeled": len(records),
         "rejected": len(rejects),

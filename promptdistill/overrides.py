@@ -12,7 +12,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from .config import Config, check_device, config_from_dict, load_config
+from .config import HTTP_BACKENDS, Config, check_device, config_from_dict, load_config
 from .errors import PromptDistillError
 from .io import check_model_folder
 
@@ -36,8 +36,6 @@ def load_task_config(task_file, overrides=(), settings: dict | None = None) -> C
     for key, value in settings.items():
         section, name = key.split(".")
         raw[section][name] = value
-    if "models.teacher_url" in settings and "models.teacher_backend" not in settings:
-        raw["models"]["teacher_backend"] = "openai"  # a URL alone means the server backend
     base_dir = cfg.base_dir
     cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if overrides else path)
     cfg.base_dir = base_dir
@@ -63,7 +61,7 @@ def _toml_value(text: str):
 def check_models(models) -> None:
     """Models given as local folders must hold a model (a server's teacher is a name, not checked),
     and a device asked for by name must be on this machine, before anything is written."""
-    if models.teacher_backend != "openai":
+    if models.teacher_backend not in HTTP_BACKENDS:
         check_model_folder(models.teacher, "models.teacher")
     check_model_folder(models.student, "models.student")
     check_device_present(models.device, "models.device")

@@ -311,6 +311,9 @@ def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = N
     if "seeds" in sy.strategies and not seeds:
         raise PromptDistillError("the seeds strategy needs real inputs: set synthesize.seed_inputs", field="synthesize.seed_inputs")
     generator = teacher or teacher_for(replace(cfg.models, teacher=sy.generator or cfg.models.teacher))
+    if not generator.can("complete"):
+        raise PromptDistillError(f"synthesis needs a backend that completes raw prompts, which {generator.backend!r} cannot",
+                                 field="models.teacher_backend")
     quotas = plan_quotas(n, sy.strategies, task.labels if not task.json_reply else [], sy.edge_share, sy.label_quotas)
     seed = cfg.data.seed
     meta = {"generator": generator.name, **generator.meta(), "task_fingerprint": task.fingerprint(), "n": n, "seed": seed,

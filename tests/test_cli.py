@@ -18,6 +18,7 @@ FLAG_VALUES = {
     "teacher_url": ("--teacher-url", "http://localhost:9/v1", "http://localhost:9/v1"),
     "teacher_backend": ("--teacher-backend", "vllm", "vllm"),
     "concurrency": ("--concurrency", "3", 3),
+    "allow_insecure_http": ("--allow-insecure-http", None, True),
     "samples": ("--samples", "3", 3),
     "temperature": ("--temperature", "0.7", 0.7),
     "min_confidence": ("--min-confidence", "0.4", 0.4),
@@ -48,17 +49,17 @@ def test_each_flag_sets_its_config_key(tmp_path, dest, monkeypatch):
         (tmp_path / "prev" / "train" / "adapter" / "adapter_config.json").write_text("{}")
         monkeypatch.chdir(tmp_path)
         value = value(tmp_path)
-    command = "run" if dest in ("loss", "kd_alpha", "report_to", "teacher_url", "teacher_backend", "concurrency", "init_from",
+    command = "run" if dest in ("loss", "kd_alpha", "report_to", "teacher_url", "teacher_backend", "concurrency", "init_from", "allow_insecure_http",
                                 "init_adapter") else "synthesize" if dest in ("seeds", "strategies", "generator") else "label"
-    argv = [command, str(task), flag, text] + (["--out", str(tmp_path / "o.jsonl")] if command != "run" else [])
+    argv = [command, str(task), flag] + ([text] if text is not None else []) + (["--out", str(tmp_path / "o.jsonl")] if command != "run" else [])
+    if dest == "teacher_url":
+        argv += ["--teacher-backend", "chat"]  # a URL needs an HTTP backend named
     argv += ["--n", "1"] if command == "synthesize" else []
     if dest in ("samples", "min_confidence"):
         argv += ["--temperature", "0.5"]  # samples > 1 needs sampling
     cfg = load_task_config(_parser().parse_args(argv))
     section, key = FLAG_SETTINGS[dest].split(".")
     assert getattr(getattr(cfg, section), key) == value
-    if dest == "teacher_url":
-        assert cfg.models.teacher_backend == "openai"  # a URL alone means the server backend
 
 
 def test_an_explicit_backend_wins_over_the_url_and_is_then_refused(tmp_path, capsys):
@@ -112,3 +113,20 @@ def test_init_writes_a_task_file_that_loads_and_never_replaces_one(tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "already exists" in err and err.count("\n") == 1
     assert task.read_bytes() == before
+
+
+def test_a_url_without_an_http_backend_is_refused_in_one_line(tmp_path, capsys):
+    """--teacher-url does not pick a backend: chat and vllm-server speak different APIs, so the user names one."""
+    task = write_task_file(tmp_path)
+    code = main(["run", str(task), "--teacher-url", "http://localhost:9/v1", "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "'chat' or 'vllm-server'" in err and "--teacher-backend" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_old_openai_backend_name_is_refused_naming_both_successors(tmp_path, capsys):
+    task = write_task_file(tmp_path, models=dict(teacher_backend="openai", teacher_url="http://localhost:9/v1"))
+    code = main(["label", str(task), "--inputs", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "vllm-server" in err and "chat" in err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -314,7 +314,7 @@ def test_choose_mode_confidence_and_entropy(varied_model, tmp_path):
     ({"task": {"min_confidence": 1.5}}, "task.min_confidence"),
     # on-policy training needs the teacher's per-token distributions: only the transformers backend has them
     ({"train": {"loss": "on-policy"}, "models": {"teacher_backend": "vllm"}}, "train.loss"),
-    ({"train": {"loss": "on-policy"}, "models": {"teacher_backend": "openai", "teacher_url": "http://x/v1"}}, "train.loss"),
+    ({"train": {"loss": "on-policy"}, "models": {"teacher_backend": "vllm-server", "teacher_url": "http://x/v1"}}, "train.loss"),
 ])
 def test_settings_a_teacher_cannot_serve_are_refused_when_read(raw, field):
     raw = {**raw, "task": {"user_template": "{text}", **raw.get("task", {})}}

@@ -193,7 +193,7 @@ def test_labels_from_another_backend_are_refused(cfg, tokenizer, tmp_path, tiny)
     finally:
         server.close()
     meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
-    assert (meta["backend"], meta["teacher_url"], meta["teacher"]) == ("openai", server.url, "teacher-model")
+    assert (meta["backend"], meta["teacher_url"], meta["teacher"]) == ("vllm-server", server.url, "teacher-model")
     # Adding local labels to the server's: refused, naming what changed.
     with pytest.raises(PromptDistillError, match=r"different settings \(backend, teacher, teacher_url\)"):
         label_inputs(cfg, _examples(3), LocalTeacher(tiny), out, progress=False)
@@ -221,14 +221,14 @@ def test_cli_teacher_url_labels_through_the_server_and_names_it_when_unreachable
                          f'[models]\nteacher = {json.dumps(tiny_model_dir)}\n', encoding="utf-8")
     server = FakeServer(tokenizer, served=tiny_model_dir)
     try:
-        code = main(["label", str(task_file), "--out", str(tmp_path / "out.jsonl"), "--teacher-url", server.url,
+        code = main(["label", str(task_file), "--out", str(tmp_path / "out.jsonl"), "--teacher-backend", "vllm-server", "--teacher-url", server.url,
                      "--concurrency", "2", "--no-progress"])
     finally:
         server.close()
     assert code == 0
     assert [json.loads(line)["label"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["w0", "w1", "w2"]
     capsys.readouterr()
-    code = main(["label", str(task_file), "--out", str(tmp_path / "other.jsonl"), "--teacher-url", server.url, "--no-progress"])
+    code = main(["label", str(task_file), "--out", str(tmp_path / "other.jsonl"), "--teacher-backend", "vllm-server", "--teacher-url", server.url, "--no-progress"])
     assert code == 2
     assert f"cannot reach the teacher server at {server.url}" in capsys.readouterr().err
 
@@ -244,7 +244,7 @@ def test_inputs_over_the_servers_context_are_reported_by_line(tmp_path, capsys, 
                          f'[models]\nteacher = {json.dumps(tiny_model_dir)}\n', encoding="utf-8")
     server = FakeServer(tokenizer, served=tiny_model_dir, max_model_len=128)
     try:
-        code = main(["label", str(task_file), "--out", str(tmp_path / "out.jsonl"), "--teacher-url", server.url, "--no-progress"])
+        code = main(["label", str(task_file), "--out", str(tmp_path / "out.jsonl"), "--teacher-backend", "vllm-server", "--teacher-url", server.url, "--no-progress"])
     finally:
         server.close()
     err = capsys.readouterr().err

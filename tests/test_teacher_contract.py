@@ -6,7 +6,7 @@ and choose mode, `task.reply_prefix`, seeded samples that do not depend on
 batching or concurrency, inputs that spell control tokens, resume.
 
 - transformers: `LocalTeacher` on a tiny random model (tests/conftest.py);
-- openai: `ServerTeacher` against a real OpenAI-compatible HTTP server in
+- vllm-server: `ServerTeacher` against a real OpenAI-compatible HTTP server in
   another process (tests/openai_server.py), serving the same model in
   float32, started once for the module;
 - vllm (marker `vllm`, `make test-vllm`): `VllmTeacher` on the packaged
@@ -77,16 +77,16 @@ def vllm_pair():
     return teacher, LocalTeacher.load("smollm2-135m-instruct", "cpu", "float32")
 
 
-@pytest.fixture(params=["transformers", "openai", pytest.param("vllm", marks=pytest.mark.vllm)])
+@pytest.fixture(params=["transformers", "vllm-server", pytest.param("vllm", marks=pytest.mark.vllm)])
 def backend(request, varied_model) -> Backend:
     if request.param == "transformers":
         # float32 sums depend on which rows share a batch (padding), hence a tolerance even here
         return Backend("transformers", LocalTeacher(varied_model), LocalTeacher(varied_model), 1e-5, 1e-5)
-    if request.param == "openai":
+    if request.param == "vllm-server":
         from promptdistill.teachers.server import ServerTeacher
 
         teacher = ServerTeacher(request.getfixturevalue("openai_url"), varied_model.name, concurrency=4)
-        return Backend("openai", teacher, LocalTeacher(varied_model), 1e-5, 1e-4)
+        return Backend("vllm-server", teacher, LocalTeacher(varied_model), 1e-5, 1e-4)
     teacher, reference = request.getfixturevalue("vllm_pair")
     return Backend("vllm", teacher, reference, 1e-4, 1e-3)
 

@@ -130,7 +130,7 @@ def _write_task(tmp_path: Path, examples, cfg) -> Path:
 
 def _label_cmd(task: Path, out: Path, url: str) -> list[str]:
     return [sys.executable, "-m", "promptdistill", "label", str(task), "--out", str(out), "--mode", "generate",
-            "--teacher-url", url, "--concurrency", "4", "--no-progress", "--set", "task.top_logprobs=3"]
+            "--teacher-backend", "vllm-server", "--teacher-url", url, "--concurrency", "4", "--no-progress", "--set", "task.top_logprobs=3"]
 
 
 def test_server_generate_equals_transformers_and_resumes(tmp_path, task_and_inputs, local_teacher, vllm_server):
@@ -145,7 +145,7 @@ def test_server_generate_equals_transformers_and_resumes(tmp_path, task_and_inpu
           "(including the client's start)", flush=True)
     got = _by_id(reference)
     meta = json.loads(reference.with_name(reference.name + ".meta.json").read_text())
-    assert (meta["backend"], meta["teacher_url"], meta["teacher"]) == ("openai", vllm_server, "smollm2-135m-instruct")
+    assert (meta["backend"], meta["teacher_url"], meta["teacher"]) == ("vllm-server", vllm_server, "smollm2-135m-instruct")
     for e in examples:
         g, w = got[e.id], want[e.id]
         assert (g["teacher_reply"], g["label"], g["status"]) == (w["teacher_reply"], w["label"], w["status"]), e.id

@@ -150,7 +150,10 @@ def predict_teacher(task: Task, teacher: Teacher, examples: list[Example], *, mo
             record = records[e.id]
             # The parse status, not the labeling status: low confidence is still an answer here.
             label, status = task.parse_answer(record.teacher_reply)
-            n_prompt = len(render_prompt(teacher.tokenizer, task.teacher_messages(e.text), prefill))
+            # A chat API's teacher has no tokenizer here: its prompt tokens are what the API counted.
+            usage = (record.meta or {}).get("teacher_usage")
+            n_prompt = (usage["prompt_tokens"] // max(1, usage["requests"]) if usage
+                        else len(render_prompt(teacher.tokenizer, task.teacher_messages(e.text), prefill)))
             preds.append(Prediction(e.id, system, label, record.teacher_reply, status, n_prompt, None, record.label_probs))
         return preds
 

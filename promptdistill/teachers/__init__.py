@@ -3,7 +3,8 @@
     base          the `Teacher` interface every stage talks to
     local         LocalTeacher: transformers in this process (shared-prefix cache)
     vllm_engine   VllmTeacher: vLLM's offline engine in this process
-    server        ServerTeacher: an OpenAI-compatible HTTP server (vLLM, SGLang, ...)
+    server        ServerTeacher: a vLLM server, token-id prompts to /completions ("vllm-server")
+    chat          ChatTeacher: any chat API's /chat/completions, no local tokenizer ("chat")
     records       answers -> labeled records, the same for every backend
 
 `load_teacher(cfg)` (or `load_teacher(cfg.models)`) builds the backend
@@ -40,14 +41,22 @@ def _vllm(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
     return VllmTeacher(models.teacher, dtype=models.dtype, options=models.vllm_options)
 
 
-def _openai(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
+def _vllm_server(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
     from .server import ServerTeacher
 
-    return ServerTeacher(models.teacher_url, models.teacher, concurrency=models.teacher_concurrency)
+    return ServerTeacher(models.teacher_url, models.teacher, concurrency=models.teacher_concurrency, models=models,
+                         timeout=models.teacher_timeout, max_retries=models.teacher_max_retries)
+
+
+def _chat(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
+    from .chat import ChatTeacher
+
+    return ChatTeacher.from_models(models)
 
 
 # models.teacher_backend -> how to build it; the keys are config.TEACHER_CAPABILITIES'.
-BACKENDS: dict[str, Callable[..., Teacher]] = {"transformers": _transformers, "vllm": _vllm, "openai": _openai}
+BACKENDS: dict[str, Callable[..., Teacher]] = {"transformers": _transformers, "vllm": _vllm, "vllm-server": _vllm_server,
+                                               "chat": _chat}
 
 
 def load_teacher(settings: Config | ModelsConfig, *, base: LoadedModel | None = None) -> Teacher:

@@ -1,4 +1,4 @@
-"""The teacher behind an OpenAI-compatible HTTP server (`teacher_backend = "openai"`).
+"""The teacher behind a vLLM server, token level (`teacher_backend = "vllm-server"`).
 
 The teacher runs wherever the server runs (vLLM, SGLang, ...); this process
 renders the prompts and sends requests. Prompts are rendered here with the
@@ -37,10 +37,18 @@ final file holds the uninterrupted run's records in its order. At most
   full-vocabulary prompt log-probs at every position: on CPU more than 5
   times slower, see BENCHMARKS.md.)
 
-Failures: 429, 5xx, timeouts and dropped connections are retried with
-exponential backoff (1 s, 2 s, 4 s, ... capped at 60 s, `Retry-After` honoured);
-after the last retry the error names the input id and the URL. Other 4xx
-answers (a wrong model name, an unsupported parameter) fail at once.
+Failures: 429, 5xx, timeouts, dropped connections and malformed replies
+(cut short, not UTF-8, not a JSON object, no `choices`, an `index` out of
+range, more than MAX_REPLY_BYTES) are retried with exponential backoff (1 s,
+2 s, 4 s, ... capped at 60 s, `Retry-After` honoured); after the last retry
+the error names the input id and the URL. Other 4xx answers (a wrong model
+name, an unsupported parameter) fail at once. Each request has an overall
+deadline (`timeout`), not only a per-socket one. Redirects are refused (a key
+must not follow one to another host); the key rules are api_access.py's.
+
+Requests run on daemon threads (`ordered_map`): Ctrl-C or SIGTERM stops the
+run at once with every record before it written, without waiting for the
+requests in flight (a rerun resumes).
 
 The HTTP client is the standard library's (`urllib` plus a thread pool): the
 requests are plain JSON POSTs whose time is spent in the server, so a pool
@@ -49,15 +57,20 @@ of blocking threads is enough, and the backend adds no dependency.
 
 from __future__ import annotations
 
+import http.client
 import json
-import os
+import queue
 import random
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+
+from ..api_access import api_key, check_key_transport, redact
 
 from ..errors import PromptDistillError
 from ..records import Example, LabeledExample
@@ -67,7 +80,8 @@ from .base import Completion, CompletionRequest, Teacher
 from .records import (api_seed, candidate_logps, choose_record, decode_reply, normalize_scores, scoring_steps, top_logprobs_record,
                       vote)
 
-API_KEY_VARIABLES = ("PROMPTDISTILL_API_KEY", "OPENAI_API_KEY")
+# A reply bigger than this is not an answer (max_tokens bounds real ones far below it).
+MAX_REPLY_BYTES = 64 * 2**20
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Answers allowed to wait for a slower earlier request, per request in flight.
 LOOKAHEAD = 4
@@ -76,10 +90,10 @@ LOOKAHEAD = 4
 class ServerTeacher(Teacher):
     """A teacher model behind an OpenAI-compatible HTTP API that takes token-id prompts."""
 
-    backend = "openai"
+    backend = "vllm-server"
 
     def __init__(self, url: str, model: str, *, concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0,
-                 backoff: float = 1.0, tokenizer=None):
+                 backoff: float = 1.0, tokenizer=None, models=None, log=None):
         self.url = url.rstrip("/")
         self.name = model
         self.concurrency = concurrency
@@ -88,7 +102,11 @@ class ServerTeacher(Teacher):
         self.backoff = backoff
         self._tokenizer = tokenizer
         self._served_checked = False
-        self.api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+        self.api_key = api_key(models)
+        check_key_transport(self.url, self.api_key, bool(getattr(models, "teacher_allow_insecure_http", False)))
+        self._log = log or (lambda line: print(line, file=sys.stderr))
+        self._announced = False
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     def meta(self) -> dict:
         return {**super().meta(), "teacher_url": self.url}
@@ -103,7 +121,7 @@ class ServerTeacher(Teacher):
                 self._tokenizer = load_tokenizer(self.name)
             except PromptDistillError as e:
                 raise PromptDistillError(
-                    f"the openai teacher backend renders prompts here and needs the teacher's tokenizer under the served "
+                    f"the vllm-server teacher backend renders prompts here and needs the teacher's tokenizer under the served "
                     f"model's name: {e.message}", field="models.teacher") from None
         return self._tokenizer
 
@@ -219,7 +237,7 @@ class ServerTeacher(Teacher):
                     if lp[0] is None or len(choices) != len(befores):
                         raise PromptDistillError(f"the server at {self.url} returned no log-probabilities for input {e.id!r}; "
                                                  "choose mode through a server needs vLLM's completions API")
-                    step_logps[befores[choice["index"]], token] = lp[0]
+                    step_logps[befores[choice_index(choice, len(befores), self.url)], token] = lp[0]
             return choose_record(task, e, normalize_scores(task, candidate_logps(candidates, step_logps)))
 
         return answer
@@ -232,17 +250,24 @@ class ServerTeacher(Teacher):
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+            if not self._announced:
+                self._announced = True
+                self._log(f"[promptdistill] sending the API key to {self.url}")
         data = json.dumps(body).encode() if body is not None else None
         last = ""
         for attempt in range(self.max_retries + 1):
             wait = None
             try:
                 req = urllib.request.Request(url, data=data, headers=headers, method=method)
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
+                deadline = time.monotonic() + self.timeout
+                with self._opener.open(req, timeout=self.timeout) as resp:
+                    return _checked_reply(_read_bounded(resp, deadline), path)
             except urllib.error.HTTPError as err:
-                detail = err.read().decode("utf-8", "replace")[:500]
+                detail = redact(err.read(2000).decode("utf-8", "replace")[:500], self.api_key)
                 last = f"HTTP {err.code}: {detail}"
+                if 300 <= err.code < 400:
+                    raise PromptDistillError(f"the teacher server at {url} redirected the request for {what}; redirects are not "
+                                             "followed (the key would go with them): set models.teacher_url to the final URL") from None
                 if err.code not in RETRY_STATUSES:
                     raise PromptDistillError(f"the teacher server at {url} refused the request for {what}: {last}") from None
                 wait = _retry_after(err.headers.get("Retry-After"))
@@ -251,11 +276,12 @@ class ServerTeacher(Teacher):
                 last = f"{type(reason).__name__}: {reason}"
                 if attempt == 0 and path == "/models" and not isinstance(reason, TimeoutError):
                     raise PromptDistillError(f"cannot reach the teacher server at {self.url} ({last}); is it running?") from None
-            except json.JSONDecodeError as err:
-                raise PromptDistillError(f"the teacher server at {url} sent a reply that is not JSON for {what}: {err}") from None
+            except (MalformedReply, http.client.HTTPException, UnicodeDecodeError, json.JSONDecodeError) as err:
+                last = f"malformed reply: {type(err).__name__}: {str(err)[:200]}"
             if attempt < self.max_retries:
                 delay = wait if wait is not None else min(60.0, self.backoff * 2 ** attempt) * random.uniform(0.8, 1.2)
                 time.sleep(delay)
+        last = redact(last, self.api_key)
         raise PromptDistillError(f"the teacher server at {url} failed for {what} after {self.max_retries + 1} attempts (last: {last}); "
                                  "rerun the same command to continue from what was saved")
 
@@ -265,25 +291,96 @@ def ordered_map(fn, items, workers: int):
 
     New calls start while the oldest unfinished one runs, but never more than
     `workers * LOOKAHEAD` ahead of it, which bounds the answers held in memory.
-    An exception stops the map at that item (earlier results were yielded);
-    calls not yet started are cancelled.
+    An exception (Ctrl-C included) stops the map at that item (earlier results
+    were yielded); calls not yet started are cancelled, and calls in flight are
+    abandoned: the workers are daemon threads, so the process exits without
+    waiting for a slow or hung server.
     """
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="teacher")
+    jobs: queue.Queue = queue.Queue()
+    stopped = threading.Event()
+
+    def work():
+        while (job := jobs.get()) is not None:
+            future, item = job
+            if stopped.is_set() or not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(item))
+            except BaseException as err:  # handed to the caller, who raises it
+                future.set_exception(err)
+
+    threads = [threading.Thread(target=work, daemon=True, name=f"teacher-{n}") for n in range(workers)]
+    for t in threads:
+        t.start()
+
+    def submit(item) -> Future:
+        future: Future = Future()
+        jobs.put((future, item))
+        return future
+
     pending: deque = deque()
     it = iter(items)
     try:
         for item in it:
-            pending.append(pool.submit(fn, item))
+            pending.append(submit(item))
             if len(pending) >= workers * LOOKAHEAD:
                 break
         while pending:
             result = pending.popleft().result()
             for item in it:
-                pending.append(pool.submit(fn, item))
+                pending.append(submit(item))
                 break
             yield result
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stopped.set()
+        for future in pending:
+            future.cancel()
+        for _ in threads:
+            jobs.put(None)
+
+
+class MalformedReply(ValueError):
+    """A reply that is not the JSON object the API promises (retried like a dropped connection)."""
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """No redirect is followed: urllib would copy the Authorization header to any host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _read_bounded(resp, deadline: float) -> bytes:
+    """The body, read against an overall deadline and a size limit."""
+    chunks, size = [], 0
+    while chunk := resp.read(1 << 16):
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise MalformedReply(f"reply larger than {MAX_REPLY_BYTES} bytes")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the request's deadline passed while reading the reply")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _checked_reply(data: bytes, path: str) -> dict:
+    """The reply as a JSON object; a completions reply must hold a non-empty `choices` list of objects."""
+    body = json.loads(data.decode("utf-8"))
+    if not isinstance(body, dict):
+        raise MalformedReply(f"a JSON {type(body).__name__}, not an object")
+    if path != "/models":
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+            raise MalformedReply("no choices")
+    return body
+
+
+def choice_index(choice: dict, n: int, url: str) -> int:
+    """A choice's `index`, checked against the number of prompts sent."""
+    index = choice.get("index")
+    if not isinstance(index, int) or not 0 <= index < n:
+        raise PromptDistillError(f"the server at {url} answered with choice index {index!r} for {n} prompts")
+    return index
 
 
 def _completion_logprobs(choice: dict, url: str) -> tuple[list[int], list[list[tuple[int, float]]]]:
