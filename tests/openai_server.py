@@ -12,7 +12,17 @@ http.server, speaking the subset of vLLM's API the backend uses:
   does), `allowed_token_ids`, `logprobs` (k: the top-k of the raw
   distribution, before the allowed-token mask, plus the chosen token, as
   vLLM's default `raw_logprobs` mode reports), `return_tokens_as_token_ids`
-  and `return_token_ids`.
+  and `return_token_ids`;
+- `POST /v1/chat/completions` (the chat backend, teachers/chat.py): the
+  messages rendered with the model's own chat template (as a chat server
+  does), answered like a completion, with `usage` and, when asked,
+  `logprobs.content` with `top_logprobs` as token text.
+
+`ScriptedChatServer` is the chat API without a model, in a thread of the
+test process: it answers `Final Answer: <input>` with usage and top
+log-probabilities, and plays the faults a test scripts per input (429 with
+Retry-After, 500, a reply cut short, not JSON, a JSON list, no choices, not
+UTF-8, a hung request, a redirect).
 
 Greedy answers are computed in float32 with one plain forward per token, so
 they equal the local backend's; samples use torch's generator seeded with
@@ -115,6 +125,8 @@ def make_server(model_dir: str, name: str, port: int = 0) -> ThreadingHTTPServer
                                                          "max_model_len": model.config.max_position_embeddings}]})
 
         def do_POST(self):
+            if self.path == "/v1/chat/completions":
+                return self._chat(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             if self.path != "/v1/completions":
                 return self._send(404, {"error": {"message": f"no route {self.path}"}})
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -128,7 +140,125 @@ def make_server(model_dir: str, name: str, port: int = 0) -> ThreadingHTTPServer
                 choices = [completion_choice(model, tokenizer, p, body, i) for i, p in enumerate(prompts)]
             self._send(200, {"object": "text_completion", "model": name, "choices": choices})
 
+        def _chat(self, body: dict):
+            if body.get("model") != name:
+                return self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
+            prompt = tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=True, return_dict=False)
+            k = body.get("top_logprobs") if body.get("logprobs") else None
+            request = {**body, "logprobs": k, "stop_token_ids": []}
+            with lock:
+                choice = completion_choice(model, tokenizer, list(prompt), {**request, "return_token_ids": True}, 0)
+            ids = [t for t in choice["token_ids"] if t not in (tokenizer.eos_token_id,)]
+            message = {"role": "assistant", "content": tokenizer.decode(ids, skip_special_tokens=True)}
+            out = {"index": 0, "message": message, "finish_reason": choice["finish_reason"], "logprobs": None}
+            if k is not None:
+                out["logprobs"] = {"content": [
+                    {"token": tokenizer.decode([t]), "logprob": lp,
+                     "top_logprobs": [{"token": tokenizer.convert_tokens_to_string([tok]), "logprob": v}
+                                      for tok, v in sorted(top.items(), key=lambda kv: -kv[1])[:k]]}
+                    for t, lp, top in zip(choice["token_ids"], choice["logprobs"]["token_logprobs"], choice["logprobs"]["top_logprobs"])]}
+            usage = {"prompt_tokens": len(prompt), "completion_tokens": len(choice["token_ids"]),
+                     "total_tokens": len(prompt) + len(choice["token_ids"])}
+            self._send(200, {"object": "chat.completion", "model": name, "choices": [out], "usage": usage})
+
     return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+
+class ScriptedChatServer:
+    """A chat-completions API in a thread, no model: each request's last user message is
+    its input; it answers `Final Answer: <input>` (usage: the input's length in prompt
+    tokens, 3 completion tokens, 2 cached; top_logprobs when asked: the answer token's
+    alternatives are `alternatives`, or the input itself with log-prob -0.1).
+    `script` lists per input the faults to play before answering: an HTTP status (429
+    comes with Retry-After: `retry_after`), "truncated", "nonjson", "list", "nochoices",
+    "notutf8", "nologprobs" (an answer without logprobs), "hang" (`hang` seconds, then
+    nothing), or ("redirect", url). `calls` holds (input, time, Authorization, body).
+    """
+
+    def __init__(self, script: dict | None = None, *, host: str = "127.0.0.1", alternatives: dict[str, float] | None = None,
+                 retry_after: str = "1", hang: float = 30.0, always: str | None = None, served: str = "remote-teacher"):
+        self.script = {k: list(v) for k, v in (script or {}).items()}
+        self.calls: list[tuple[str, float, str | None, dict]] = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _raw(self, status: int, data: bytes, headers=(), length: int | None = None):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data) if length is None else length))
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+
+            def do_GET(self):
+                self._raw(200, json.dumps({"object": "list", "data": [{"id": served}]}).encode())
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                text = body["messages"][-1]["content"] if "messages" in body else ""
+                with owner.lock:
+                    owner.calls.append((text, __import__("time").monotonic(), self.headers.get("Authorization"), body))
+                    pending = owner.script.get(text)
+                    fault = pending.pop(0) if pending else always
+                if isinstance(fault, int):
+                    headers = [("Retry-After", retry_after)] if fault == 429 else []
+                    return self._raw(fault, json.dumps({"error": {"message": "scripted"}}).encode(), headers)
+                if isinstance(fault, tuple) and fault[0] == "redirect":
+                    return self._raw(307, b"{}", [("Location", fault[1])])
+                if fault == "hang":
+                    __import__("time").sleep(hang)
+                    self.close_connection = True
+                    return
+                reply = {"id": "x", "object": "chat.completion", "created": 0, "model": served, "choices": [{
+                    "index": 0, "message": {"role": "assistant", "content": f"Final Answer: {text}"}, "finish_reason": "stop",
+                    "logprobs": None}],
+                    "usage": {"prompt_tokens": len(text), "completion_tokens": 3, "total_tokens": len(text) + 3,
+                              "prompt_tokens_details": {"cached_tokens": 2}}}
+                if body.get("logprobs") and fault != "nologprobs":
+                    alts = alternatives or {" " + text: -0.1}
+                    top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in alts.items()]
+                    reply["choices"][0]["logprobs"] = {"content": [
+                        {"token": t, "logprob": -0.01, "bytes": None, "top_logprobs": [{"token": t, "logprob": -0.01, "bytes": None}]}
+                        for t in ("Final", " Answer", ":")] + [{"token": " " + text, "logprob": -0.1, "bytes": None, "top_logprobs": top}]}
+                data = json.dumps(reply).encode()
+                if fault == "truncated":
+                    self.close_connection = True
+                    return self._raw(200, data[: len(data) // 2], length=len(data))
+                if fault == "nonjson":
+                    return self._raw(200, b"<html>gateway</html>")
+                if fault == "list":
+                    return self._raw(200, b"[1, 2]")
+                if fault == "nochoices":
+                    return self._raw(200, json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode())
+                if fault == "notutf8":
+                    return self._raw(200, b'{"choices": "\xff\xfe"}')
+                self._raw(200, data)
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def inputs(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 @contextlib.contextmanager

@@ -132,7 +132,9 @@ class ChatTeacher(Teacher):
 
     def _chooser(self, task: Task):
         c = task.config
-        rests = {label: _after_prefix(task.label_reply(label), c.reply_prefix).strip() for label in task.labels}
+        # What every label's reply starts with ("Final Answer: "): the answer token comes after it.
+        opening = task.label_reply("\0").split("\0")[0] if not task.json_reply else ""
+        rests = {label: _after_prefix(task.label_reply(label), opening).strip() for label in task.labels}
 
         def answer(e: Example) -> LabeledExample:
             usage = Usage()
@@ -140,7 +142,7 @@ class ChatTeacher(Teacher):
             if tokens is None:
                 raise PromptDistillError(f"the chat API at {self.url} returned no top_logprobs, which answer_mode = \"choose\" needs; "
                                          "use answer_mode = \"generate\" (or samples > 1 for a vote)", field="task.answer_mode")
-            alternatives = answer_alternatives(tokens, c.reply_prefix)
+            alternatives = answer_alternatives(tokens, opening)
             logps = [_label_logp(rest, alternatives) for rest in rests.values()]
             if alternatives is None or all(lp == float("-inf") for lp in logps):  # no label among them: the reply as given
                 return usage.attach(make_record(task, e, with_prefix(text, c.reply_prefix)))
@@ -246,8 +248,8 @@ def _after_prefix(reply: str, prefix: str) -> str:
 
 
 def answer_alternatives(tokens: list, prefix: str) -> list[tuple[str, float]] | None:
-    """The alternatives of the first non-blank token after the reply prefix (the whole
-    reply when the model did not write the prefix), or None when there is none."""
+    """The alternatives of the first non-blank token after `prefix` (what every label's
+    reply starts with; from the reply's start when the model did not write it), or None."""
     text, start = "", 0
     offsets = []
     for token, alternatives in tokens:

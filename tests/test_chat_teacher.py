@@ -1,0 +1,270 @@
+"""The chat backend (teachers/chat.py) and the API key rules (api_access.py) against
+scripted chat APIs (tests/openai_server.py's ScriptedChatServer, in a thread) and a
+real model behind a chat endpoint (openai_server.serve): answers in input order,
+usage and cost, seeds, choose mode from top_logprobs, retries of 429/5xx and
+malformed replies, the deadline, redirects, plain http://, credentials in URLs,
+the key kept out of every file and stream, Ctrl-C with requests in flight, and a
+spending limit that stops labeling resumably. The teacher is never a local model:
+no tokenizer is loaded for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from openai_server import ScriptedChatServer
+
+from promptdistill.config import Config, ModelsConfig, TaskConfig, load_config
+from promptdistill.errors import PromptDistillError
+from promptdistill.labeling import label_inputs
+from promptdistill.records import Example
+from promptdistill.task import Task
+from promptdistill.teachers.chat import ChatTeacher
+from promptdistill.teachers.records import api_seed
+from promptdistill.teachers.server import ServerTeacher
+
+KEY = "sk-test-Zq8SECRETkey-1234567890"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_keys(monkeypatch):
+    for name in ("PROMPTDISTILL_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _cfg(**task) -> Config:
+    fields = dict(system_prompt="Repeat the input.", answer_pattern=r"Final Answer:\s*(\w+)", top_logprobs=0)
+    return Config(task=TaskConfig(**{**fields, **task}))
+
+
+def _examples(n):
+    return [Example(id=str(i), text=f"w{i}") for i in range(n)]
+
+
+def _ids(path) -> list[str]:
+    return [json.loads(line)["id"] for line in Path(path).read_text().splitlines()]
+
+
+def _labels(path) -> list[str]:
+    return [json.loads(line)["label"] for line in Path(path).read_text().splitlines()]
+
+
+def _teacher(server, **kw) -> ChatTeacher:
+    return ChatTeacher(server.url, "remote-teacher", **{"concurrency": 3, "backoff": 0.01, **kw})
+
+
+def test_generate_in_input_order_with_votes_seeds_and_usage(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTDISTILL_API_KEY", KEY)
+    cfg = _cfg(samples=3, temperature=0.7)
+    cfg.models = ModelsConfig(teacher_price_in=2.0, teacher_price_out=10.0)
+    with ScriptedChatServer() as server:
+        summary = label_inputs(cfg, _examples(5), _teacher(server), tmp_path / "out.jsonl", progress=False)
+    assert _ids(tmp_path / "out.jsonl") == ["0", "1", "2", "3", "4"]
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in records] == [f"w{i}" for i in range(5)] and records[0]["votes"] == {"w0": 3}
+    # each (input, sample) has its own seed, the one every backend derives
+    seeds = sorted((c[0], c[3]["seed"]) for c in server.calls)
+    assert seeds == sorted((f"w{i}", api_seed(cfg.data.seed, str(i), n)) for i in range(5) for n in range(3))
+    assert all(c[2] == f"Bearer {KEY}" and c[3]["messages"][0] == {"role": "system", "content": "Repeat the input."} for c in server.calls)
+    assert records[0]["meta"]["teacher_usage"] == {"requests": 3, "prompt_tokens": 6, "completion_tokens": 9, "cached_tokens": 6}
+    assert summary["teacher_usage"] == {"requests": 15, "prompt_tokens": 30, "completion_tokens": 45, "cached_tokens": 30}
+    assert summary["teacher_cost"] == pytest.approx((30 * 2.0 + 45 * 10.0) / 1e6)
+
+
+def test_choose_mode_reads_the_answer_tokens_alternatives(tmp_path):
+    cfg = _cfg(labels=["yes", "no", "maybe"], answer_mode="choose", answer_pattern=r"Final Answer:\s*(\w+)")
+    alternatives = {" yes": -0.5, " no": -1.5, "no": -1.7, " perhaps": -2.0}
+    with ScriptedChatServer(alternatives=alternatives) as server:
+        label_inputs(cfg, _examples(2), _teacher(server), tmp_path / "out.jsonl", progress=False)
+    record = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
+    import math
+
+    p_yes, p_no = math.exp(-0.5), math.exp(-1.5)  # the likelier spelling of "no" counts
+    assert record["label"] == "yes" and record["label_probs"]["maybe"] == 0
+    assert record["label_probs"]["yes"] == pytest.approx(p_yes / (p_yes + p_no))
+    assert server.calls[0][3]["logprobs"] is True and server.calls[0][3]["top_logprobs"] == 20
+
+
+def test_choose_mode_without_top_logprobs_is_refused_in_one_line(tmp_path):
+    cfg = _cfg(labels=["w0", "w1"], answer_mode="choose")
+    with ScriptedChatServer(always="nologprobs") as server, pytest.raises(PromptDistillError) as err:
+        label_inputs(cfg, _examples(2), _teacher(server), tmp_path / "out.jsonl", progress=False)
+    assert 'answer_mode = "generate"' in err.value.message and "samples" in err.value.message and "\n" not in str(err.value)
+
+
+def test_429_with_retry_after_and_500s_are_retried(tmp_path):
+    with ScriptedChatServer({"w1": [429], "w2": [500, 503]}, retry_after="1") as server:
+        summary = label_inputs(_cfg(), _examples(3), _teacher(server), tmp_path / "out.jsonl", progress=False)
+    assert summary["labeled"] == 3 and _ids(tmp_path / "out.jsonl") == ["0", "1", "2"]
+    tries = [c[1] for c in server.calls if c[0] == "w1"]
+    assert len(tries) == 2 and tries[1] - tries[0] >= 0.9  # Retry-After: 1 honoured
+    assert len([c for c in server.calls if c[0] == "w2"]) == 3
+
+
+@pytest.mark.parametrize("fault", ["truncated", "nonjson", "list", "nochoices", "notutf8"])
+def test_malformed_replies_are_retried_then_named(tmp_path, fault):
+    with ScriptedChatServer({"w1": [fault, fault]}) as server:
+        label_inputs(_cfg(), _examples(3), _teacher(server), tmp_path / "out.jsonl", progress=False)
+    assert _ids(tmp_path / "out.jsonl") == ["0", "1", "2"]
+    with ScriptedChatServer(always=fault) as server, pytest.raises(PromptDistillError) as err:
+        label_inputs(_cfg(), _examples(1), _teacher(server, max_retries=2), tmp_path / "other.jsonl", progress=False)
+    assert "input '0'" in err.value.message and server.url in err.value.message and "Traceback" not in err.value.message
+
+
+def test_a_hung_request_ends_at_the_deadline(tmp_path):
+    with ScriptedChatServer({"w0": ["hang"]}, hang=30) as server:
+        t0 = time.monotonic()
+        with pytest.raises(PromptDistillError) as err:
+            label_inputs(_cfg(), _examples(1), _teacher(server, timeout=1.0, max_retries=0), tmp_path / "out.jsonl", progress=False)
+        assert time.monotonic() - t0 < 10
+    assert "input '0'" in err.value.message and server.url in err.value.message
+
+
+@pytest.mark.parametrize("backend", ["chat", "vllm-server"])
+def test_a_redirect_to_another_host_gets_no_key(tmp_path, monkeypatch, backend, tokenizer):
+    monkeypatch.setenv("PROMPTDISTILL_API_KEY", KEY)
+    with ScriptedChatServer(host="localhost") as elsewhere:
+        target = elsewhere.url + "/chat/completions"
+        with ScriptedChatServer(always=("redirect", target)) as server:
+            if backend == "chat":
+                teacher = _teacher(server)
+                call = lambda: label_inputs(_cfg(), _examples(1), teacher, tmp_path / "out.jsonl", progress=False)  # noqa: E731
+            else:  # urllib would copy the header along; the token-level backend refuses redirects
+                teacher = ServerTeacher(server.url, "remote-teacher", tokenizer=tokenizer, max_retries=0)
+                call = lambda: teacher._request("POST", "/completions", {"x": 1}, what="input '0'")  # noqa: E731
+            with pytest.raises(PromptDistillError) as err:
+                call()
+    assert "redirect" in err.value.message and KEY not in str(err.value)
+    assert elsewhere.calls == []  # nothing, let alone the key, reached the other host
+
+
+@pytest.mark.parametrize("backend", ["chat", "vllm-server"])
+def test_plain_http_to_another_host_is_refused_before_connecting(monkeypatch, backend):
+    monkeypatch.setenv("PROMPTDISTILL_API_KEY", KEY)
+    url = "http://192.0.2.1:9/v1"  # TEST-NET-1: nothing answers there, so a connection attempt would hang
+    build = ChatTeacher if backend == "chat" else ServerTeacher
+    t0 = time.monotonic()
+    with pytest.raises(PromptDistillError, match="plain http://") as err:
+        build(url, "remote-teacher")
+    assert time.monotonic() - t0 < 1 and KEY not in str(err.value)
+    build(url, "remote-teacher", models=ModelsConfig(teacher_allow_insecure_http=True))  # allowed when asked
+    monkeypatch.delenv("PROMPTDISTILL_API_KEY")
+    build(url, "remote-teacher")  # no key, nothing to protect
+
+
+def test_the_key_comes_from_the_named_variable_only(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    assert ChatTeacher("http://127.0.0.1:9/v1", "m").api_key is None  # no fallback to $OPENAI_API_KEY
+    assert ChatTeacher("http://127.0.0.1:9/v1", "m", models=ModelsConfig(teacher_api_key_env="OPENAI_API_KEY")).api_key == KEY
+
+
+@pytest.mark.parametrize("url", ["https://user:hunter2@api.example.com/v1", "https://api.example.com/v1?api_key=abc",
+                                 "https://api.example.com/v1?key=abc", "https://api.example.com/v1?token=abc"])
+def test_credentials_in_the_url_are_refused_in_one_line(tmp_path, url):
+    from conftest import write_task_file
+
+    task = write_task_file(tmp_path, models=dict(teacher="remote", teacher_backend="chat", teacher_url=url))
+    with pytest.raises(PromptDistillError) as err:
+        load_config(task)
+    assert err.value.field == "models.teacher_url" and "PROMPTDISTILL_API_KEY" in err.value.message
+    assert "hunter2" not in err.value.message and "abc" not in err.value.message
+
+
+def _chat_task(tmp_path, n: int, **models) -> Path:
+    from conftest import write_task_file
+
+    (tmp_path / "inputs.txt").write_text("".join(f"w{i}\n" for i in range(n)), encoding="utf-8")
+    return write_task_file(tmp_path, task=dict(system_prompt="Repeat the input.", answer_pattern=r"Final Answer:\s*(\w+)"),
+                           data=dict(inputs="inputs.txt"), models=dict(teacher="remote-teacher", **models))
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "PROMPTDISTILL_API_KEY": KEY, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "promptdistill", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=kw.get("cwd"), text=True)
+
+
+def test_cli_label_keeps_the_key_out_of_every_file_and_stream(tmp_path):
+    task = _chat_task(tmp_path, 4, teacher_price_in=1.0, teacher_price_out=1.0)
+    with ScriptedChatServer({"w2": [500]}) as server:
+        proc = _cli(["label", str(task), "--out", str(tmp_path / "out" / "labels.jsonl"), "--teacher-backend", "chat",
+                     "--teacher-url", server.url, "--no-progress"])
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["labeled"] == 4 and summary["teacher_usage"]["requests"] == 4 and summary["teacher_cost"] > 0
+    assert err.count(f"sending the API key to {server.url}") == 1  # said once, before the first request
+    assert KEY not in out + err
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 3 and not any(KEY.encode() in p.read_bytes() for p in files)
+    meta = json.loads((tmp_path / "out" / "labels.jsonl.meta.json").read_text())
+    assert (meta["backend"], meta["teacher_url"]) == ("chat", server.url)
+
+
+def test_sigint_with_requests_in_flight_stops_at_once_and_resumes(tmp_path):
+    task = _chat_task(tmp_path, 12)
+    out = tmp_path / "labels.jsonl"
+    with ScriptedChatServer({f"w{i}": ["hang"] for i in range(3, 12)}, hang=60) as server:
+        proc = _cli(["label", str(task), "--out", str(out), "--teacher-backend", "chat", "--teacher-url", server.url,
+                     "--concurrency", "4", "--no-progress"])
+        deadline = time.monotonic() + 60
+        while (not out.exists() or len(_labels(out)) < 3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        while len(server.calls) < 6 and time.monotonic() < deadline:  # hung requests in flight
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - t0
+        assert stopped_in < 5 and proc.returncode != 0
+        assert _labels(out) == ["w0", "w1", "w2"]
+        with server.lock:  # the same server (its URL is in the labels' settings), answering now
+            server.script.clear()
+            server.calls.clear()
+        proc = _cli(["label", str(task), "--out", str(out), "--teacher-backend", "chat", "--teacher-url", server.url, "--no-progress"])
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert _labels(out) == [f"w{i}" for i in range(12)] and sorted(server.inputs()) == sorted(f"w{i}" for i in range(3, 12))
+
+
+def test_max_cost_stops_labeling_and_a_higher_limit_resumes(tmp_path):
+    # 2 prompt tokens at 1000 per million + 3 completion tokens at 1000 per million: 0.005 per input
+    task = _chat_task(tmp_path, 6, teacher_price_in=1000.0, teacher_price_out=1000.0, teacher_max_cost=0.012)
+    out = tmp_path / "labels.jsonl"
+    with ScriptedChatServer() as server:
+        proc = _cli(["label", str(task), "--out", str(out), "--teacher-backend", "chat", "--teacher-url", server.url,
+                     "--concurrency", "1", "--no-progress"])
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and "models.teacher_max_cost" in err and "0.0150" in err and "rerun" in err
+        assert _labels(out) == ["w0", "w1", "w2"]
+        proc = _cli(["label", str(task), "--out", str(out), "--teacher-backend", "chat", "--teacher-url", server.url,
+                     "--set", "models.teacher_max_cost=1", "--no-progress"])
+        out_text, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert _labels(out) == [f"w{i}" for i in range(6)] and json.loads(out_text)["teacher_cost"] == pytest.approx(0.03)
+
+
+def test_synthesis_and_kd_are_refused_for_the_chat_backend(tmp_path):
+    from conftest import write_task_file
+
+    task = write_task_file(tmp_path, data=dict(synthesize=10),
+                           models=dict(teacher="remote", teacher_backend="chat", teacher_url="http://127.0.0.1:9/v1"))
+    with pytest.raises(PromptDistillError, match="completes raw prompts"):
+        load_config(task)
+    task = write_task_file(tmp_path, train=dict(loss="kd"),
+                           models=dict(teacher="remote", teacher_backend="chat", teacher_url="http://127.0.0.1:9/v1"))
+    with pytest.raises(PromptDistillError, match="top_logprobs"):
+        load_config(task)
+
+
+def test_the_chat_teacher_has_no_local_tokenizer():
+    with pytest.raises(PromptDistillError, match="no local tokenizer"):
+        ChatTeacher("http://127.0.0.1:9/v1", "remote-teacher").tokenizer  # noqa: B018
+    assert Task  # the interface stays importable without one
