@@ -268,3 +268,55 @@ def test_the_chat_teacher_has_no_local_tokenizer():
     with pytest.raises(PromptDistillError, match="no local tokenizer"):
         ChatTeacher("http://127.0.0.1:9/v1", "remote-teacher").tokenizer  # noqa: B018
     assert Task  # the interface stays importable without one
+
+
+@pytest.fixture(scope="module")
+def chat_url(tiny_model_dir):
+    """A tiny real model behind a chat endpoint, served under a name that is no local model."""
+    from openai_server import serve
+
+    with serve(tiny_model_dir, "remote-teacher") as url:
+        yield url
+
+
+def test_a_real_model_behind_a_chat_endpoint_labels_with_the_servers_template(tmp_path, chat_url, tokenizer):
+    """The server applies its own chat template: the prompt tokens the API reports are the
+    template's count for the system prompt and the input, and nothing is loaded here."""
+    cfg = _cfg(max_new_tokens=4)
+    summary = label_inputs(cfg, _examples(3), ChatTeacher(chat_url, "remote-teacher"), tmp_path / "out.jsonl", progress=False)
+    assert summary["total"] == 3 and summary["teacher_usage"]["requests"] == 3
+    messages = Task(cfg.task).teacher_messages("w0")
+    n = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    records = [json.loads(line) for p in ("out.jsonl", "out.rejects.jsonl") if (tmp_path / p).exists()
+               for line in (tmp_path / p).read_text().splitlines()]
+    assert {r["id"]: r["meta"]["teacher_usage"]["prompt_tokens"] for r in records}["0"] == n
+
+
+def test_run_and_eval_through_a_chat_api_without_a_teacher_tokenizer(tmp_path, tiny_model_dir, capsys):
+    """label, train and eval with the teacher behind /chat/completions: no tokenizer is
+    loaded for "remote-teacher" (there is none to load), the evaluation's teacher row
+    counts its prompt tokens from the API's usage, and the report prices its requests."""
+    from conftest import write_task_file
+
+    from promptdistill.cli import main
+
+    rows = [{"id": f"in{i:02d}", "text": f"w{i}"} for i in range(8)]
+    (tmp_path / "inputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    task = write_task_file(tmp_path, tiny_model_dir,
+                           task=dict(system_prompt="Repeat the input.", answer_pattern=r"Final Answer:\s*(\w+)", max_new_tokens=6),
+                           data=dict(inputs="inputs.jsonl", heldout_fraction=0.5),
+                           models=dict(teacher="remote-teacher", teacher_price_in=1.0, teacher_price_out=4.0),
+                           train=dict(max_steps=1, batch_size=2, lora_rank=2),
+                           eval=dict(include_base=False, latency_requests=1))
+    with ScriptedChatServer() as server:
+        code = main(["run", str(task), "--teacher-backend", "chat", "--teacher-url", server.url, "--run-dir", str(tmp_path / "run"),
+                     "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    labeled = [json.loads(line) for p in (tmp_path / "run" / "labels").glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert len(labeled) == 8 and all(r["meta"]["teacher_usage"]["prompt_tokens"] == 2 for r in labeled)
+    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    assert report["systems"]["teacher"]["mean_prompt_tokens"] == 2  # the API's count: no tokenizer here
+    api = report["api_cost"]
+    assert api["teacher_cost_per_request"] == pytest.approx((2 * 1.0 + 3 * 4.0) / 1e6) and api["student_api_cost_per_request"] == 0.0
+    assert "API cost" in (tmp_path / "run" / "eval" / "report.md").read_text()

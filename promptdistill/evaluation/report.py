@@ -63,6 +63,11 @@ def report_markdown(report: dict) -> str:
             "KL is in nats (fidelity.py): over the label distribution for label-constrained tasks, per reply token otherwise."]
     if report.get("latency"):
         out.append(f"Latency: {report['latency']['how']}.")
+    if (api := report.get("api_cost")) is not None:
+        per = api["teacher_cost_per_request"]
+        out.append(f"API cost: the prompted teacher used {api['teacher_prompt_tokens_per_request']:.0f} prompt tokens per request"
+                   + (f" and cost {per:.6f} per request (models.teacher_price_in/out)" if per is not None else "")
+                   + "; the student answers without the prompt and without an API.")
     if (gap := _gap_line(report)) is not None:
         sentence = gap.strip("()")
         out.append(sentence[:1].upper() + sentence[1:] + ".")  # not capitalize(): it would lower "KL"

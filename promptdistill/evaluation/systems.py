@@ -306,6 +306,9 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
         },
         **reference_sections(task, examples, all_preds, train_records, resamples),
     }
+    # A teacher behind a paid API: what its requests cost here, against the student's nothing.
+    if (api_cost := getattr(teacher, "api_cost", None)) is not None and (section := api_cost()) is not None:
+        report["api_cost"] = section
     if offtask_preds is not None:
         report["offtask"] = offtask_summary(task, offtask, offtask_preds, base, student, settings.offtask_inputs or "")
         atomic_write_jsonl(out_dir / "offtask_predictions.jsonl", [asdict(p) for ps in offtask_preds.values() for p in ps])

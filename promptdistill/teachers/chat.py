@@ -73,9 +73,12 @@ class ChatTeacher(Teacher):
         check_key_transport(self.url, self.api_key, bool(getattr(models, "teacher_allow_insecure_http", False)))
         self._log = log or (lambda line: print(line, file=sys.stderr))
         self._announced = threading.Lock()
+        self._announced_usage = threading.Lock()
         self._announce = bool(self.api_key)
         self._pace = Pacer(rpm, tpm)
         self._client = None
+        self.prices = (getattr(models, "teacher_price_in", 0.0), getattr(models, "teacher_price_out", 0.0))
+        self.spent = Usage()  # every request this teacher sent (the evaluation's cost section)
 
     @classmethod
     def from_models(cls, models) -> ChatTeacher:
@@ -185,10 +188,25 @@ class ChatTeacher(Teacher):
                     time.sleep(min(30.0, self.backoff * 2 ** attempt))
                 continue
             usage.add(used)
+            with self._announced_usage:
+                self.spent.add(used)
             self._pace.used(used.get("prompt_tokens", 0) + used.get("completion_tokens", 0))
             return text, tokens
         raise PromptDistillError(f"the chat API at {self.url} sent malformed replies for input {e.id!r} "
                                  f"{self.max_retries + 1} times (last: {last}); rerun the same command to continue from what was saved")
+
+    def api_cost(self) -> dict | None:
+        """What the requests sent so far used and cost, per request, beside the student's
+        API cost (none: it runs locally); None before any request."""
+        totals = dict(self.spent.totals)
+        n = totals.get("requests", 0)
+        if not n:
+            return None
+        cost = (totals.get("prompt_tokens", 0) * self.prices[0] + totals.get("completion_tokens", 0) * self.prices[1]) / 1e6
+        priced = any(self.prices)
+        return {"teacher_usage": totals, "teacher_prompt_tokens_per_request": totals.get("prompt_tokens", 0) / n,
+                "teacher_cost": cost if priced else None, "teacher_cost_per_request": cost / n if priced else None,
+                "student_api_cost_per_request": 0.0}
 
     def _say_where_the_key_goes(self) -> None:
         if self._announce and self._announced.acquire(blocking=False):
