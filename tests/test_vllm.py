@@ -220,3 +220,54 @@ def test_server_choose_distribution_matches_transformers(tmp_path, task_and_inpu
     label_inputs(cfg, examples, ServerTeacher(vllm_server, "smollm2-135m-instruct", concurrency=4), out, mode="choose", progress=False)
     print(f"[vllm] server choose: {len(examples) / (time.perf_counter() - t0):.2f} inputs/s", flush=True)
     _assert_same_distributions(_by_id(out), want, examples)
+
+
+# The chat backend against vLLM's real /v1/chat/completions
+# --------------------------------------------------------------------------
+
+
+def _no_tokenizer_here(monkeypatch):
+    """Any tokenizer load in this process fails: the chat backend must not need one."""
+    from promptdistill import models
+
+    def refuse(name, *args, **kwargs):
+        raise AssertionError(f"the chat backend loaded a tokenizer ({name})")
+
+    monkeypatch.setattr(models, "load_tokenizer", refuse)
+
+
+def test_chat_backend_generates_through_vllms_chat_endpoint(tmp_path, task_and_inputs, vllm_server, monkeypatch):
+    from promptdistill.labeling import label_inputs
+    from promptdistill.teachers.chat import ChatTeacher
+
+    _no_tokenizer_here(monkeypatch)
+    cfg, examples = task_and_inputs
+    examples = examples[:6]
+    out = tmp_path / "chat-generate.jsonl"
+    t0 = time.perf_counter()
+    summary = label_inputs(_config(cfg, top_logprobs=0), examples, ChatTeacher(vllm_server, "smollm2-135m-instruct", concurrency=4),
+                           out, mode="generate", progress=False)
+    print(f"[vllm] chat generate: {len(examples) / (time.perf_counter() - t0):.2f} inputs/s", flush=True)
+    assert summary["total"] == len(examples) and summary["teacher_usage"]["requests"] == len(examples)
+    records = list(_by_id(out).values())  # labels and rejects
+    assert sorted(r["id"] for r in records) == sorted(e.id for e in examples)
+    assert all(r["teacher_reply"] and r["meta"]["teacher_usage"]["prompt_tokens"] > 0 for r in records)
+
+
+def test_chat_backend_choose_reads_vllms_top_logprobs(tmp_path, task_and_inputs, vllm_server, monkeypatch):
+    from promptdistill.labeling import label_inputs
+    from promptdistill.teachers.chat import ChatTeacher
+
+    _no_tokenizer_here(monkeypatch)
+    cfg, examples = task_and_inputs
+    examples = examples[:4]
+    out = tmp_path / "chat-choose.jsonl"
+    summary = label_inputs(cfg, examples, ChatTeacher(vllm_server, "smollm2-135m-instruct", concurrency=4), out, mode="choose",
+                           progress=False)
+    assert summary["total"] == len(examples)
+    records = list(_by_id(out).values())  # labels and rejects
+    with_distribution = [r for r in records if r.get("label_probs")]
+    # vLLM returns top_logprobs: where the answer token's alternatives name a label, the record is a distribution
+    assert with_distribution, [r["teacher_reply"] for r in records]
+    for r in with_distribution:
+        assert sum(r["label_probs"].values()) == pytest.approx(1.0) and r["label"] == max(r["label_probs"], key=r["label_probs"].get)
