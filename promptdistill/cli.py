@@ -19,6 +19,7 @@ section.key=VALUE` overrides a setting (VALUE read as TOML, else a string).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to continue from what was saved", file=sys.stderr)
+        gc.freeze()  # a prompt stop: the exit's last collection over torch takes seconds
         return 130
 
 
@@ -64,7 +66,7 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .config import REPORT_TO
+    from .config import REPORT_TO, TEACHER_BACKENDS
 
     p = argparse.ArgumentParser(prog="promptdistill", description="Bake a long prompt into a model's weights.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -84,12 +86,9 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", help="auto, cpu, cuda, cuda:N")
             sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if teacher_backend:
-            sp.add_argument("--teacher-backend", choices=["transformers", "vllm", "vllm-server", "chat"],
-                            help="sets models.teacher_backend (chat: any chat API; vllm-server: token-id prompts to vLLM)")
-            sp.add_argument("--teacher-url", metavar="URL", help="the server, e.g. http://localhost:8000/v1 (sets models.teacher_url; "
-                            "needs --teacher-backend chat|vllm-server unless the task file names one); key from $PROMPTDISTILL_API_KEY")
-            sp.add_argument("--allow-insecure-http", action="store_true",
-                            help="allow sending the key over http:// to another host (sets models.teacher_allow_insecure_http)")
+            sp.add_argument("--teacher-backend", choices=TEACHER_BACKENDS, help="sets models.teacher_backend")
+            sp.add_argument("--teacher-url", metavar="URL", help="sets models.teacher_url (with a chat or vllm-server backend)")
+            sp.add_argument("--allow-insecure-http", action="store_true", help="sets models.teacher_allow_insecure_http")
             sp.add_argument("--concurrency", type=int, help="requests in flight to the server (sets models.teacher_concurrency)")
         return sp
 
@@ -178,10 +177,9 @@ def _parser() -> argparse.ArgumentParser:
 FLAG_SETTINGS = {
     "teacher": "models.teacher", "student": "models.student", "device": "models.device", "teacher_url": "models.teacher_url",
     "teacher_backend": "models.teacher_backend", "concurrency": "models.teacher_concurrency",
-    "allow_insecure_http": "models.teacher_allow_insecure_http",
+    "allow_insecure_http": "models.teacher_allow_insecure_http", "init_adapter": "train.init_adapter",
     "samples": "task.samples", "temperature": "task.temperature", "min_confidence": "task.min_confidence",
     "loss": "train.loss", "kd_alpha": "train.kd_alpha", "report_to": "train.report_to", "init_from": "train.init_adapter",
-    "init_adapter": "train.init_adapter",
     "seeds": "synthesize.seed_inputs", "strategies": "synthesize.strategies", "generator": "synthesize.generator",
 }
 

@@ -263,3 +263,41 @@ def test_a_teacher_whose_tokenizer_cannot_load_here_is_named(cfg, tmp_path, toke
     finally:
         server.close()
     assert err.value.field == "models.teacher" and "renders prompts here and needs the teacher's tokenizer" in err.value.message
+
+
+def test_sigterm_with_requests_in_flight_stops_at_once_and_resumes(tmp_path, tokenizer, tiny_model_dir):
+    """The requests run on daemon threads: SIGTERM (as Ctrl-C) ends the process without
+    waiting for a hung server, the records before are kept, and a rerun sends only the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "inputs.txt").write_text("".join(f"w{i}\n" for i in range(8)), encoding="utf-8")
+    task_file = tmp_path / "task.toml"
+    task_file.write_text('[task]\nsystem_prompt = "Repeat."\ntop_logprobs = 0\n[data]\ninputs = "inputs.txt"\n'
+                         f'[models]\nteacher = {json.dumps(tiny_model_dir)}\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    server = FakeServer(tokenizer, served=tiny_model_dir, delays={f"w{i}": 60 for i in range(3, 8)})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "promptdistill", "label", str(task_file), "--out", str(out), "--teacher-backend", "vllm-server",
+           "--teacher-url", server.url, "--concurrency", "4", "--no-progress"]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + 120
+        while (not out.exists() or out.read_text().count("\n") < 3 or len(server.calls) < 7) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 5 and proc.returncode != 0
+        assert [json.loads(line)["label"] for line in out.read_text().splitlines()] == ["w0", "w1", "w2"]
+        server.delays.clear()
+        server.calls.clear()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["label"] for line in out.read_text().splitlines()] == [f"w{i}" for i in range(8)]
+    assert sorted(text for text, _ in server.calls) == [f"w{i}" for i in range(3, 8)]
