@@ -320,3 +320,16 @@ def test_run_and_eval_through_a_chat_api_without_a_teacher_tokenizer(tmp_path, t
     api = report["api_cost"]
     assert api["teacher_cost_per_request"] == pytest.approx((2 * 1.0 + 3 * 4.0) / 1e6) and api["student_api_cost_per_request"] == 0.0
     assert "API cost" in (tmp_path / "run" / "eval" / "report.md").read_text()
+
+
+def test_cli_refuses_plain_http_with_a_key_before_writing_anything(tmp_path, capsys, monkeypatch):
+    from promptdistill.cli import main
+
+    monkeypatch.setenv("PROMPTDISTILL_API_KEY", KEY)
+    task = _chat_task(tmp_path, 2)
+    out = tmp_path / "out" / "labels.jsonl"
+    code = main(["label", str(task), "--out", str(out), "--teacher-backend", "chat", "--teacher-url", "http://192.0.2.1:9/v1",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--allow-insecure-http" in err and KEY not in err
+    assert not out.parent.exists() or not any(out.parent.iterdir())
