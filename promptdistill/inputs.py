@@ -75,9 +75,9 @@ def fit_context(examples, task: Task, cfg: Config, path, log, roles=("teacher", 
         if role == "teacher" and m.teacher_backend == "chat":
             continue
         if role == "teacher" and m.teacher_backend == "vllm-server":
-            from .teachers import teacher_for
+            from .teachers import load_teacher
 
-            server = teacher_for(m)
+            server = load_teacher(m)
             context = server.served_context()
             tok = server.tokenizer if context is not None else None
         else:
