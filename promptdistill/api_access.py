@@ -11,7 +11,7 @@ an error message (`redact`). Credentials written into the URL itself
 (`user:pass@`, `?api_key=`) are refused: the URL is recorded in the labels
 sidecar and printed, and a key there would be written with it.
 
-This module is ground level (config.py checks URLs when it reads a task
+This module is in the ground layer (config.py checks URLs when it reads a task
 file; the backends check the key before their first request).
 """
 
