@@ -73,7 +73,7 @@ class ChatTeacher(Teacher):
         check_key_transport(self.url, self.api_key, bool(getattr(models, "teacher_allow_insecure_http", False)))
         self._log = log or (lambda line: print(line, file=sys.stderr))
         self._announced = threading.Lock()
-        self._announced_usage = threading.Lock()
+        self._spent_lock = threading.Lock()
         self._announce = bool(self.api_key)
         self._pace = Pacer(rpm, tpm)
         self._client = None
@@ -188,7 +188,7 @@ class ChatTeacher(Teacher):
                     time.sleep(min(30.0, self.backoff * 2 ** attempt))
                 continue
             usage.add(used)
-            with self._announced_usage:
+            with self._spent_lock:
                 self.spent.add(used)
             self._pace.used(used.get("prompt_tokens", 0) + used.get("completion_tokens", 0))
             return text, tokens
