@@ -474,6 +474,9 @@ def validate_config(cfg: Config, source=None) -> None:
                                  "set one (--teacher-backend)", path=source, field="models.teacher_url")
     if m.teacher_url is not None:
         check_url(m.teacher_url, source)
+    if m.teacher_max_cost and not (m.teacher_price_in or m.teacher_price_out):
+        raise PromptDistillError("a spending limit needs the prices: set models.teacher_price_in and teacher_price_out (per million tokens)",
+                                 path=source, field="models.teacher_max_cost")
     if m.teacher_backend == "chat" and cfg.train.loss == "kd":
         raise PromptDistillError("the kd loss learns from the teacher's top_logprobs over token ids, which a chat API does not return; "
                                  "use train.loss = \"sft\" (or teacher_backend = \"vllm-server\")", path=source, field="train.loss")

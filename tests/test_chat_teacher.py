@@ -264,6 +264,16 @@ def test_synthesis_and_kd_are_refused_for_the_chat_backend(tmp_path):
         load_config(task)
 
 
+def test_a_spending_limit_without_prices_is_refused(tmp_path):
+    from conftest import write_task_file
+
+    task = write_task_file(tmp_path, models=dict(teacher="remote", teacher_backend="chat", teacher_url="http://127.0.0.1:9/v1",
+                                                 teacher_max_cost=5.0))
+    with pytest.raises(PromptDistillError) as err:
+        load_config(task)
+    assert err.value.field == "models.teacher_max_cost" and "teacher_price_in" in err.value.message
+
+
 def test_the_chat_teacher_has_no_local_tokenizer():
     with pytest.raises(PromptDistillError, match="no local tokenizer"):
         ChatTeacher("http://127.0.0.1:9/v1", "remote-teacher").tokenizer  # noqa: B018
