@@ -236,32 +236,29 @@ def spread_subset(items: list, limit: int) -> list:
 
 
 def generate_replies(loaded, system: str | None, conversations: list[dict], max_new_tokens: int, batch_size: int) -> tuple[dict, dict]:
-    """Greedy replies {id: text}, batched with left padding; `system=None` renders no system message.
+    """Greedy replies {id: text}; `system=None` renders no system message.
 
-    Conversations are sorted by length so a batch pads little; left padding
-    keeps every prompt's last token at the end, where generation continues.
+    Rendering and decoding are the package's own (`render.render_prompt`,
+    `engine.generate`: left-padded batches that stop at the end-of-turn
+    token), so a reply here is what a teacher run would produce. Conversations
+    are sorted by length so a batch pads little.
     """
-    import torch
+    from promptdistill import engine
+    from promptdistill.render import end_of_turn_ids, render_prompt
 
     tok = loaded.tokenizer
-    tok.padding_side = "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    texts = [
-        tok.apply_chat_template(([{"role": "system", "content": system}] if system is not None else []) + c["messages"], tokenize=False, add_generation_prompt=True)
-        for c in conversations
-    ]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    prefix = [{"role": "system", "content": system}] if system is not None else []
+    prompts = [render_prompt(tok, prefix + c["messages"]) for c in conversations]
+    eos_ids = end_of_turn_ids(tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(eos_ids)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies, new_tokens, t0 = {}, 0, time.perf_counter()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
-        with torch.no_grad():
-            out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        for row, i in zip(out[:, enc["input_ids"].shape[1] :].tolist(), idx):
-            n = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
-            new_tokens += n
-            replies[conversations[i]["id"]] = tok.decode(row[:n], skip_special_tokens=True).strip()
+        outputs = engine.generate(loaded.model, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
+        for i, ids in zip(idx, outputs):
+            new_tokens += len(ids)
+            replies[conversations[i]["id"]] = tok.decode(ids, skip_special_tokens=True).strip()
     return replies, {"seconds": time.perf_counter() - t0, "new_tokens": new_tokens}
 
 

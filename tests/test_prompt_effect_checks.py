@@ -158,3 +158,21 @@ def test_batched_left_padded_replies_equal_single_replies(tiny):
     for conversation in conversations:
         single, _ = pe.generate_replies(tiny, "Be brief.", [conversation], max_new_tokens=6, batch_size=1)
         assert single[conversation["id"]] == batched[conversation["id"]]
+
+
+def test_each_reply_goes_to_its_own_conversation(tiny, monkeypatch):
+    """Batches run sorted by length; every reply must still land on its own id."""
+    from promptdistill import engine
+    from promptdistill.render import render_prompt
+
+    tok = tiny.tokenizer
+
+    def length_as_reply(model, prompts, **kwargs):
+        return [tok(str(len(p)), add_special_tokens=False)["input_ids"] for p in prompts]
+
+    monkeypatch.setattr(engine, "generate", length_as_reply)
+    conversations = [{"id": f"c{i}", "messages": [{"role": "user", "content": "word " * (7 - i)}]} for i in range(7)]
+    replies, _ = pe.generate_replies(tiny, "Be brief.", conversations, max_new_tokens=4, batch_size=3)
+    for c in conversations:
+        expected = len(render_prompt(tok, [{"role": "system", "content": "Be brief."}] + c["messages"]))
+        assert replies[c["id"]] == str(expected)
