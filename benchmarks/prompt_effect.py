@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 import time
 import tomllib
@@ -294,12 +295,6 @@ def report_lines(checks: list[Check], conversations: list[dict], with_replies: d
     return lines
 
 
-def median(values: list[int]) -> float:
-    s = sorted(values)
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", required=True, help="system prompt file")
@@ -350,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {args.model}, n={n} conversations, max_new_tokens={args.max_new_tokens}, batch {args.batch_size}, threads {torch.get_num_threads()}, prompt {prompt_tokens} tokens")
     print("\n".join(report_lines(checks, conversations, with_replies, without_replies)))
     ids = [c["id"] for c in conversations]
-    print(f"median reply words: with {median([count_words(with_replies[i]) for i in ids])}, without {median([count_words(without_replies[i]) for i in ids])}")
+    print(f"median reply words: with {statistics.median([count_words(with_replies[i]) for i in ids])}, without {statistics.median([count_words(without_replies[i]) for i in ids])}")
     for label, stats in (("with", with_stats), ("without", without_stats)):
         print(f"decode {label}: {stats['new_tokens']} new tokens in {stats['seconds']:.1f}s")
     print(f"wall {wall:.1f}s")
