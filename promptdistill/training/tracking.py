@@ -63,8 +63,8 @@ def open_tracker(report_to: str, run_dir, train_cfg, run_name: str = "student") 
     package = _PACKAGES.get(report_to, report_to)
     if importlib.util.find_spec(package) is None:
         raise PromptDistillError(
-            f"train.report_to = {report_to!r} needs the {package} package: pip install {package} "
-            f"(or pip install 'promptdistill[{report_to}]')",
+            f"train.report_to = {report_to!r} needs the {package} package (the extra promptdistill[{report_to}]): "
+            f"pip install {package}",
             field="train.report_to",
         )
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
