@@ -150,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--adapter", metavar="DIR", help="PEFT adapter folder (e.g. for vllm serve --enable-lora)")
     sp.add_argument("--gguf", metavar="DIR", help="GGUF file + Ollama Modelfile folder (llama.cpp, Ollama, LM Studio)")
     sp.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0", "f32"), help="GGUF weight type (default: f16)")
+    sp.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the exported folder to this Hugging Face model repo")
     sp.add_argument("--device", default="cpu", help="device used for merging (default: cpu)")
     sp.add_argument("--dtype", help="dtype of the merged weights (default: models.dtype of the run)")
     sp.add_argument("--overwrite", action="store_true",
@@ -279,9 +280,8 @@ def cmd_predict(args):
 def cmd_export(args):
     from .export import export_run
 
-    written = export_run(args.run_dir, merged=args.merged, adapter=args.adapter, gguf=args.gguf, gguf_type=args.gguf_type,
-                         device=args.device, dtype=args.dtype, overwrite=args.overwrite)
-    for kind, folder in written.items():
+    kw = {k: getattr(args, k) for k in ("merged", "adapter", "gguf", "gguf_type", "device", "dtype", "overwrite", "push_to_hub")}
+    for kind, folder in export_run(args.run_dir, **kw).items():
         print(f"{'merged model' if kind == 'merged' else kind}: {folder}")
 
 

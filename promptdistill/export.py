@@ -135,7 +135,7 @@ def claim_folder(path, what: str, *, overwrite: bool = False) -> Path:
 
 
 def check_export(run_dir, *, merged=None, adapter=None, gguf=None, gguf_type: str = "f16", device: str = "cpu",
-                 dtype: str | None = None, overwrite: bool = False) -> tuple[RunDir, Config]:
+                 dtype: str | None = None, overwrite: bool = False, push_to_hub: str | None = None) -> tuple[RunDir, Config]:
     """The export stage's preflight: the run is a run with a whole adapter, its models
     are there, `device` and `dtype` are valid, and both targets are checked
     (`check_export_target`, and apart from each other) before either is written."""
@@ -150,6 +150,13 @@ def check_export(run_dir, *, merged=None, adapter=None, gguf=None, gguf_type: st
     run.adapter()
     if gguf:
         _check_gguf_student(cfg, gguf_type)
+    if push_to_hub:
+        from .hub import check_push
+
+        if sum(bool(t) for t in (merged, adapter, gguf)) != 1:
+            raise PromptDistillError("--push-to-hub pushes one export: pass exactly one of --merged, --adapter, --gguf",
+                                     field="--push-to-hub")
+        check_push(push_to_hub)
     check_paths({}, {"--merged": merged, "--adapter": adapter, "--gguf": gguf})
     for flag, target in (("--merged", merged), ("--adapter", adapter), ("--gguf", gguf)):
         if target:
@@ -158,12 +165,13 @@ def check_export(run_dir, *, merged=None, adapter=None, gguf=None, gguf_type: st
 
 
 def export_run(run_dir, *, merged=None, adapter=None, gguf=None, gguf_type: str = "f16", device: str = "cpu",
-               dtype: str | None = None, overwrite: bool = False) -> dict[str, Path]:
+               dtype: str | None = None, overwrite: bool = False, push_to_hub: str | None = None) -> dict[str, Path]:
     """Write the student of a run as a merged model folder (`merged`), a PEFT
     adapter folder (`adapter`) and/or a GGUF folder (`gguf`), checked first
-    (`check_export`), under the run's lock; return the folders written by kind."""
+    (`check_export`), under the run's lock; return the folders written by kind.
+    With `push_to_hub` (ORG/NAME), the one folder written is then uploaded there (hub.py)."""
     run, cfg = check_export(run_dir, merged=merged, adapter=adapter, gguf=gguf, gguf_type=gguf_type, device=device,
-                            dtype=dtype, overwrite=overwrite)
+                            dtype=dtype, overwrite=overwrite, push_to_hub=push_to_hub)
     written = {}
     with run.lock():
         if merged:
@@ -172,6 +180,11 @@ def export_run(run_dir, *, merged=None, adapter=None, gguf=None, gguf_type: str 
             written["adapter"] = _write_adapter(run, cfg, Path(adapter))
         if gguf:
             written["gguf"] = _write_gguf(run, cfg, Path(gguf), gguf_type, device)
+    if push_to_hub:
+        from .hub import push_folder
+
+        (folder,) = written.values()
+        written["hub"] = push_folder(folder, push_to_hub)
     return written
 
 
