@@ -280,7 +280,6 @@ def cmd_predict(args):
 
 def cmd_export(args):
     from .export import export_run
-
     kw = {k: getattr(args, k) for k in ("merged", "adapter", "gguf", "gguf_type", "device", "dtype", "overwrite", "push_to_hub")}
     for kind, folder in export_run(args.run_dir, **kw).items():
         print(f"{'merged model' if kind == 'merged' else kind}: {folder}")
