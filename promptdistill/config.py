@@ -223,11 +223,11 @@ class EvalConfig:
 
 def task_settings(cfg: TaskConfig) -> dict:
     """The task settings that decide the teacher's labels, as hashed into fingerprints.
-    A teacher_max_new_tokens that changes nothing (unset, or max_new_tokens) is
-    left out, so labels made before the setting existed keep their fingerprint."""
+    An unset teacher_max_new_tokens is hashed as the max_new_tokens it stands
+    for, so spelling the default out does not ask for new labels."""
     settings = dataclasses.asdict(cfg)
-    if settings["teacher_max_new_tokens"] in (None, cfg.max_new_tokens):
-        del settings["teacher_max_new_tokens"]
+    if settings["teacher_max_new_tokens"] is None:
+        settings["teacher_max_new_tokens"] = cfg.max_new_tokens
     return settings
 
 
