@@ -160,7 +160,7 @@ class ChatTeacher(Teacher):
         """One chat completion: its text and (with `top_logprobs`) its tokens' alternatives; usage added to `usage`."""
         import openai
 
-        kwargs = dict(model=self.name, messages=task.teacher_messages(e.text), max_tokens=task.config.max_new_tokens,
+        kwargs = dict(model=self.name, messages=task.teacher_messages(e.text), max_tokens=task.teacher_max_new_tokens,
                       temperature=temperature, seed=seed)
         if top_logprobs:
             kwargs.update(logprobs=True, top_logprobs=top_logprobs)

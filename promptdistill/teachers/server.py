@@ -190,7 +190,7 @@ class ServerTeacher(Teacher):
                 body = {
                     "model": self.name,
                     "prompt": prompt,
-                    "max_tokens": c.max_new_tokens,
+                    "max_tokens": task.teacher_max_new_tokens,
                     "temperature": c.temperature,
                     "seed": api_seed(seed, e.id, n),
                     "stop_token_ids": sorted(eot),
