@@ -25,6 +25,7 @@ import signal
 import sys
 
 from .errors import PromptDistillError
+from .overrides import count
 from .rundir import finished_adapter
 
 
@@ -87,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--teacher-backend", choices=["transformers", "vllm", "openai"], help="sets models.teacher_backend")
             sp.add_argument("--teacher-url", metavar="URL", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1 (sets "
                             "models.teacher_url, teacher_backend = openai); key from $PROMPTDISTILL_API_KEY or $OPENAI_API_KEY")
-            sp.add_argument("--concurrency", type=int, help="requests in flight to the server (sets models.teacher_concurrency)")
+            sp.add_argument("--concurrency", type=count(1), help="requests in flight to the server (sets models.teacher_concurrency)")
         return sp
 
     def training_flags(sp):
@@ -110,18 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="labeled JSONL to write (appended, resumable)")
     sp.add_argument("--rejects", help="where unparsed answers go (default: OUT with .rejects.jsonl)")
     sp.add_argument("--mode", choices=["generate", "choose"], help="answer mode (default: task.answer_mode)")
-    sp.add_argument("--batch-size", type=int, help="inputs per generate batch (default 64) or per vLLM engine call (default 256)")
-    sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs (after data.dedupe, too_long, limit)")
+    sp.add_argument("--batch-size", type=count(1), help="inputs per generate batch (default 64) or per vLLM engine call (default 256)")
+    sp.add_argument("--limit", type=count(0), default=0, help="label only the first N inputs (after data.dedupe, too_long, limit)")
     sp.add_argument("--force", action="store_true", help="discard labels made with other settings")
     sp.add_argument("--dedupe", action="store_true", help="label only the first of inputs with the same text")
-    sp.add_argument("--samples", type=int, help="self-consistency: answers drawn per input (sets task.samples)")
+    sp.add_argument("--samples", type=count(1), help="self-consistency: answers drawn per input (sets task.samples)")
     sp.add_argument("--temperature", type=float, help="sampling temperature (sets task.temperature)")
     sp.add_argument("--min-confidence", type=float, help="reject answers less sure than this (sets task.min_confidence)")
     sp.add_argument("--no-prefix-reuse", action="store_true", help="send every request whole (slower)")
 
     sp = command("render", cmd_render, "show tokens and trained tokens per example", models=True)
     sp.add_argument("--labeled", required=True)
-    sp.add_argument("--limit", type=int, default=20, help="examples to print (0: all)")
+    sp.add_argument("--limit", type=count(0), default=20, help="examples to print (0: all)")
 
     sp = command("train", cmd_train, "LoRA-train the student on labeled data", models=True)
     sp.add_argument("--labeled", required=True, help="labeled JSONL from `label`")
@@ -155,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = command("synthesize", cmd_synthesize, "write inputs with a generator model from the task's prompt (and seed inputs)",
                  models=True, teacher_backend=True)
-    sp.add_argument("--n", type=int, required=True, help="inputs to keep after the quality gates")
+    sp.add_argument("--n", type=count(1), required=True, help="inputs to keep after the quality gates")
     sp.add_argument("--out", required=True, help="inputs JSONL to write (raw generations beside it, resumable)")
     sp.add_argument("--seeds", help="real inputs to paraphrase and edit (sets synthesize.seed_inputs)")
     sp.add_argument("--strategies", help="comma-separated: prompt, magpie, seeds (sets synthesize.strategies)")

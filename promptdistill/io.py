@@ -195,14 +195,26 @@ def drop_torn_last_line(path) -> None:
     if not path.exists() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 1))
-        if f.read(1) == b"\n":
-            return
-        data = path.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        f.truncate(cut)
+        torn = torn_tail_length(f)
+        if torn:
+            f.truncate(f.seek(0, os.SEEK_END) - torn)
+
+
+def torn_tail_length(f) -> int:
+    """How many bytes follow the last newline of the open binary file `f` (0 when it
+    ends with one): read backwards in blocks from the end, so a multi-GB labels
+    file is not read whole to find its last line."""
+    end = f.seek(0, os.SEEK_END)
+    pos = end
+    while pos > 0:
+        step = min(1 << 16, pos)
+        pos -= step
+        f.seek(pos)
+        block = f.read(step)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            return end - (pos + cut + 1)
+    return end
 
 
 class DirectoryLock:
