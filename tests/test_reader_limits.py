@@ -201,7 +201,7 @@ def measure_resume_reads(path: Path) -> dict:
 @pytest.mark.slow
 def test_big_labels_file_resumes_in_memory_far_below_its_size(tmp_path):
     path = tmp_path / "labels.jsonl"
-    n = write_big_labels(path, 300)
+    n = write_big_labels(path, 200)
     size_kib = path.stat().st_size // 1024
     got = measure_resume_reads(path)
     assert got["done"] == got["labeled"] == n
