@@ -39,6 +39,7 @@ from and go through that one comparison.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -317,6 +318,10 @@ def torn_tail_length(f) -> int:
     return end
 
 
+# What flock fails with where the file system has no locks (NFS without lockd, some FUSE mounts).
+_NO_FLOCK = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+
+
 class DirectoryLock:
     """An exclusive lock held while a process writes a run directory or output file.
 
@@ -342,6 +347,13 @@ class DirectoryLock:
             f.close()
             raise PromptDistillError(f"another promptdistill process (pid {holder}) is writing {self.what}; wait for it or stop it",
                                      path=self.path.parent) from None
+        except OSError as e:
+            f.close()
+            if e.errno in _NO_FLOCK:
+                raise PromptDistillError(f"cannot lock {self.what}: this file system does not support flock "
+                                         f"({os.strerror(e.errno)}; some network file systems); put it on a local disk or a "
+                                         "file system with locks", path=self.path) from None
+            raise
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))

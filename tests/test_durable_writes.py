@@ -160,3 +160,20 @@ def test_pickled_weights_load_only_when_allowed(tmp_path, tiny_model_dir, monkey
     assert ALLOW_PICKLE_ENV in str(err.value) and "\n" not in str(err.value)
     monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
     assert load_model(str(folder), device="cpu", dtype="float32").model is not None
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "ENOSYS", "EOPNOTSUPP"])
+def test_a_file_system_without_flock_is_one_line(tmp_path, monkeypatch, code):
+    import errno
+    import fcntl
+
+    from promptdistill.io import DirectoryLock
+
+    def no_flock(f, how):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.raises(PromptDistillError) as err:
+        with DirectoryLock(tmp_path / ".lock", "this run"):
+            pass
+    assert "does not support flock" in str(err.value) and "\n" not in str(err.value)
