@@ -268,11 +268,12 @@ def cmd_run(args):
 
 def cmd_predict(args):
     from .predict import predict_run, read_texts
+    from .task import UNPARSED
 
     texts, source = read_texts(args.texts, sys.stdin.buffer)
     answers = predict_run(args.run_dir, texts, device=args.device, source=source, log=_log)
     for label, reply in answers:
-        print(reply if args.raw else (label if label is not None else "??"))
+        print(reply if args.raw else (label if label is not None else UNPARSED))
 
 
 def cmd_export(args):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ..config import Config
+from ..config import Config, save_config
 from ..errors import PromptDistillError
 from ..inputs import check_max_length
 from ..io import check_file, check_paths
@@ -42,5 +42,5 @@ def train_run(cfg: Config, labeled, run_dir, *, heldout=None, task_file=None, pr
     main_process = launched_rank() == 0
     with run.lock() if main_process else contextlib.nullcontext():
         if main_process:
-            run.save_config(cfg)
+            save_config(cfg, run.config_path)
         return train_folder(cfg, records, run.train_dir, heldout=heldout_records, progress=progress)
