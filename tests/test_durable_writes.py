@@ -177,3 +177,42 @@ def test_a_file_system_without_flock_is_one_line(tmp_path, monkeypatch, code):
         with DirectoryLock(tmp_path / ".lock", "this run"):
             pass
     assert "does not support flock" in str(err.value) and "\n" not in str(err.value)
+
+
+def _run_with_adapter(folder, tiny_model_dir, student: str):
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = {"task": {"name": "demo", "system_prompt": "Answer."},
+              "models": {"teacher": tiny_model_dir, "student": student, "device": "cpu", "dtype": "float32"}}
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(folder / "train" / "adapter")
+    return folder
+
+
+@pytest.mark.parametrize("student", ["tiny", "smollm2-135m-instruct"])
+def test_export_sweeps_an_interrupted_export_and_names_its_base(tmp_path, tiny_model_dir, student):
+    import json
+
+    from promptdistill.cli import main
+
+    run = _run_with_adapter(tmp_path / "run", tiny_model_dir, tiny_model_dir if student == "tiny" else student)
+    stale = tmp_path / f".merged.promptdistill-tmp-{pd_io._host()}-{_dead_pid()}-abc"  # a killed `export --merged`
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"0" * 4096)
+    mine = tmp_path / ".merged.mine"
+    mine.mkdir()
+    assert main(["export", "--run-dir", str(run), "--adapter", str(tmp_path / "adapter")]) == 0
+    assert not stale.exists() and mine.exists()
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    cache = os.environ.get("PROMPTDISTILL_CACHE", os.path.expanduser("~/.cache/promptdistill"))
+    assert not cfg["base_model_name_or_path"].startswith(cache)
+    if student == "tiny":
+        assert cfg["base_model_name_or_path"] == tiny_model_dir
+    else:
+        assert cfg["base_model_name_or_path"] == "smollm2-135m-instruct"
+        assert "dequantised" in (tmp_path / "adapter" / "README.md").read_text()
