@@ -192,7 +192,7 @@ def iter_lines(path, *, binary: bool = False):
     Both forms split at "\\n" only: U+2028 and friends may sit inside a text."""
     path = Path(path)
     try:
-        f = open(path, "rb")
+        f = path.open("rb")
     except IsADirectoryError:
         raise PromptDistillError("is a folder, expected a file", path=path) from None
     except OSError as e:
@@ -243,7 +243,7 @@ def _read_csv_inputs(path: Path) -> list[Example]:
     old_limit = csv.field_size_limit(MAX_LINE_BYTES)
     out: list[Example] = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with Path(path).open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, strict=True)
             first = 1
             try:
