@@ -208,3 +208,16 @@ def test_big_labels_file_resumes_in_memory_far_below_its_size(tmp_path):
     assert path.read_bytes()[-1:] == b"\n"  # the torn tail was cut
     grown = got["peak_kib"] - got["before_kib"]
     assert grown < size_kib / 20, (grown, size_kib)
+
+
+def test_nul_in_task_name_is_one_line(tmp_path, capsys, monkeypatch):
+    from promptdistill.cli import main
+
+    task = tmp_path / "task.toml"
+    task.write_text('[task]\nname = "demo\\u0000x"\nuser_template = "{text}"\n[data]\ninputs = "in.txt"\n')
+    (tmp_path / "in.txt").write_text("one\ntwo\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(task)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "task.name" in err and "is not a folder name" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "task.toml"]
