@@ -241,6 +241,10 @@ def _evaluate(cfg: Config, run: RunDir, examples, offtask: list | None, *, progr
     _record_heldout_source(run, examples)
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
     write_run_report(run.path)
+    if cfg.train.report_to != "none":
+        from .training.tracking import log_eval_metrics
+
+        log_eval_metrics(cfg.train.report_to, run.train_dir, cfg.train, report)
     return report
 
 
