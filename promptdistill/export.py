@@ -210,12 +210,12 @@ def _check_gguf_student(cfg: Config, gguf_type: str) -> None:
     from transformers import AutoConfig
 
     from .gguf_export import check_gguf_model, check_gguf_type
-    from .models import load_tokenizer, model_path
+    from .models import load_options, load_tokenizer, model_path
     from .ollama import check_ollama_template
 
     check_gguf_type(gguf_type)
     tok = load_tokenizer(cfg.models.student)
-    check_gguf_model(AutoConfig.from_pretrained(model_path(cfg.models.student)), tok)
+    check_gguf_model(AutoConfig.from_pretrained(model_path(cfg.models.student), **load_options(cfg.models.student)), tok)
     check_ollama_template(tok)
 
 

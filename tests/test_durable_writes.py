@@ -216,3 +216,9 @@ def test_export_sweeps_an_interrupted_export_and_names_its_base(tmp_path, tiny_m
     else:
         assert cfg["base_model_name_or_path"] == "smollm2-135m-instruct"
         assert "dequantised" in (tmp_path / "adapter" / "README.md").read_text()
+
+
+def test_model_card_links_a_pinned_base_by_its_hub_id():
+    from promptdistill.model_card import base_model_hub_id
+
+    assert base_model_hub_id("HuggingFaceTB/SmolLM2-360M-Instruct@0123abc") == "HuggingFaceTB/SmolLM2-360M-Instruct"
