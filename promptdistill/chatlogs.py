@@ -71,7 +71,7 @@ from .errors import PromptDistillError
 from .io import DirectoryLock, atomic_write_json, atomic_write_jsonl, check_file
 from .labeling import check_label_outputs
 from .reasoning import with_reasoning
-from .records import Example, _read_utf8, iter_jsonl
+from .records import Example, iter_jsonl
 from .task import OK, Task
 from .teachers.records import make_record
 
@@ -238,8 +238,7 @@ def _import(task: Task, logs_path: Path, out_path: Path, rejects_path: Path, for
     good, bad, aside = [], [], []
     set_aside: dict[str, int] = {}
     seen: set[str] = set()
-    text = _read_utf8(logs_path)
-    for n, obj in iter_jsonl(logs_path, text):
+    for n, obj in iter_jsonl(logs_path):
         detail = ""
         try:
             text_in, reply, why = parse_chat(task, _messages(obj, logs_path, n))

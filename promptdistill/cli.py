@@ -19,13 +19,13 @@ section.key=VALUE` overrides a setting (VALUE read as TOML, else a string).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import signal
 import sys
 
 from .errors import PromptDistillError
+from .overrides import count
 from .rundir import finished_adapter
 
 
@@ -52,7 +52,6 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to continue from what was saved", file=sys.stderr)
-        gc.freeze()  # a prompt stop: the exit's last collection over torch takes seconds
         return 130
 
 
@@ -89,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--teacher-backend", choices=TEACHER_BACKENDS, help="sets models.teacher_backend")
             sp.add_argument("--teacher-url", metavar="URL", help="sets models.teacher_url (with a chat or vllm-server backend)")
             sp.add_argument("--allow-insecure-http", action="store_true", help="sets models.teacher_allow_insecure_http")
-            sp.add_argument("--concurrency", type=int, help="requests in flight to the server (sets models.teacher_concurrency)")
+            sp.add_argument("--concurrency", type=count(1), help="requests in flight to the server (sets models.teacher_concurrency)")
         return sp
 
     def training_flags(sp):
@@ -112,18 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="labeled JSONL to write (appended, resumable)")
     sp.add_argument("--rejects", help="where unparsed answers go (default: OUT with .rejects.jsonl)")
     sp.add_argument("--mode", choices=["generate", "choose"], help="answer mode (default: task.answer_mode)")
-    sp.add_argument("--batch-size", type=int, help="inputs per generate batch (default 64) or per vLLM engine call (default 256)")
-    sp.add_argument("--limit", type=int, default=0, help="label only the first N inputs (after data.dedupe, too_long, limit)")
+    sp.add_argument("--batch-size", type=count(1), help="inputs per generate batch (default 64) or per vLLM engine call (default 256)")
+    sp.add_argument("--limit", type=count(0), default=0, help="label only the first N inputs (after data.dedupe, too_long, limit)")
     sp.add_argument("--force", action="store_true", help="discard labels made with other settings")
     sp.add_argument("--dedupe", action="store_true", help="label only the first of inputs with the same text")
-    sp.add_argument("--samples", type=int, help="self-consistency: answers drawn per input (sets task.samples)")
+    sp.add_argument("--samples", type=count(1), help="self-consistency: answers drawn per input (sets task.samples)")
     sp.add_argument("--temperature", type=float, help="sampling temperature (sets task.temperature)")
     sp.add_argument("--min-confidence", type=float, help="reject answers less sure than this (sets task.min_confidence)")
     sp.add_argument("--no-prefix-reuse", action="store_true", help="send every request whole (slower)")
 
     sp = command("render", cmd_render, "show tokens and trained tokens per example", models=True)
     sp.add_argument("--labeled", required=True)
-    sp.add_argument("--limit", type=int, default=20, help="examples to print (0: all)")
+    sp.add_argument("--limit", type=count(0), default=20, help="examples to print (0: all)")
 
     sp = command("train", cmd_train, "LoRA-train the student on labeled data", models=True)
     sp.add_argument("--labeled", required=True, help="labeled JSONL from `label`")
@@ -160,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = command("synthesize", cmd_synthesize, "write inputs with a generator model from the task's prompt (and seed inputs)",
                  models=True, teacher_backend=True)
-    sp.add_argument("--n", type=int, required=True, help="inputs to keep after the quality gates")
+    sp.add_argument("--n", type=count(1), required=True, help="inputs to keep after the quality gates")
     sp.add_argument("--out", required=True, help="inputs JSONL to write (raw generations beside it, resumable)")
     sp.add_argument("--seeds", help="real inputs to paraphrase and edit (sets synthesize.seed_inputs)")
     sp.add_argument("--strategies", help="comma-separated: prompt, magpie, seeds (sets synthesize.strategies)")

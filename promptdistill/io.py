@@ -3,7 +3,10 @@ locks, fingerprints, how paths relate, input and output file checks, and
 resuming from what an earlier command left.
 
 A file the tool writes either appears whole or not at all: we write to a
-temporary file in the same folder and `os.replace` it into place. Labeled
+temporary file in the same folder, fsync it, `os.replace` it into place and
+fsync the folder (so the rename itself survives a power cut). Temporaries are
+named `.NAME.promptdistill-tmp-HOST-PID-...`; the next write of NAME removes
+those of dead processes on this machine (`sweep_stale_temporaries`). Labeled
 records are appended one line at a time and flushed, so an interrupted run
 loses at most the record being written (a torn last line is ignored on read).
 
@@ -36,6 +39,7 @@ from and go through that one comparison.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -68,12 +72,104 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~current_umask()
 
 
+# Every temporary file or folder the tool creates beside a target is named
+# `.NAME.promptdistill-tmp-HOST-PID-RANDOM` (files end in .tmp): what an
+# interrupted write left behind is recognisably ours, and whose it was.
+TEMP_MARKER = "promptdistill-tmp"
+
+
+def temp_prefix(path: Path) -> str:
+    """The name prefix of this process's temporary files and folders beside `path`."""
+    return f".{path.name}.{TEMP_MARKER}-{_host()}-{os.getpid()}-"
+
+
+def _host() -> str:
+    # No '-' in it, so the pid after it parses; a run folder on a shared file
+    # system is swept only of temporaries made on this machine.
+    return "".join(c if c.isalnum() else "_" for c in os.uname().nodename) or "host"
+
+
+def sweep_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporaries interrupted writes left in `folder` (a whole merged
+    model, say): only names the tool gives (`temp_prefix`), made on this machine
+    by a process that is no longer alive. A live process's, another machine's,
+    and anything else is left alone. Called before each atomic write into the
+    folder; returns what was removed."""
+    mark = f".{TEMP_MARKER}-{_host()}-"
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(".") or mark not in entry.name:
+            continue
+        target_name, rest = entry.name[1:].rsplit(mark, 1)
+        pid, _, kind = rest.partition("-")
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        target, moved_aside = Path(folder) / target_name, Path(entry.path) / "x"
+        if kind.startswith("old-") and moved_aside.is_dir() and not os.path.lexists(target):
+            # Killed between moving the old folder aside and renaming the new one in: put the old one back.
+            moved_aside.rename(target)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another account's process
+        return True
+    return True
+
+
+def fsync_folder(folder) -> None:
+    """Make a rename (or a new entry) in `folder` survive a power cut: the file's
+    own fsync does not cover the folder entry that names it. A file system
+    that cannot fsync a folder (some network ones) is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder) -> None:
+    """fsync every file and folder under `folder` (before it is renamed into place)."""
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            p = os.path.join(root, name)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_folder(root)
+
+
 def atomic_write_text(path, text: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise PromptDistillError("is a folder, expected a file; choose another path", path=path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_stale_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -86,6 +182,7 @@ def atomic_write_text(path, text: str) -> None:
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -118,24 +215,28 @@ def atomic_directory(path):
     if path.exists() and not path.is_dir():
         raise PromptDistillError("exists and is a file, not a folder; choose another path", path=path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    sweep_stale_temporaries(path.parent)  # what interrupted writes here left (a whole model)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path)))
     old = None
     try:
         yield tmp
         # mkdtemp made the folder 0700, and some writers (safetensors) make their files 0600.
         give_default_modes(tmp)
+        fsync_tree(tmp)
         if path.exists():
             # Move the old folder aside first, and back if the new one cannot take its place.
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path) + "old-"))
             path.rename(old / "x")
             try:
                 tmp.rename(path)
             except BaseException:
                 (old / "x").rename(path)
                 raise
+            fsync_folder(path.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(path)
+            fsync_folder(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -195,14 +296,30 @@ def drop_torn_last_line(path) -> None:
     if not path.exists() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 1))
-        if f.read(1) == b"\n":
-            return
-        data = path.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        f.truncate(cut)
+        torn = torn_tail_length(f)
+        if torn:
+            f.truncate(f.seek(0, os.SEEK_END) - torn)
+
+
+def torn_tail_length(f) -> int:
+    """How many bytes follow the last newline of the open binary file `f` (0 when it
+    ends with one): read backwards in blocks from the end, so a multi-GB labels
+    file is not read whole to find its last line."""
+    end = f.seek(0, os.SEEK_END)
+    pos = end
+    while pos > 0:
+        step = min(1 << 16, pos)
+        pos -= step
+        f.seek(pos)
+        block = f.read(step)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            return end - (pos + cut + 1)
+    return end
+
+
+# What flock fails with where the file system has no locks (NFS without lockd, some FUSE mounts).
+_NO_FLOCK = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 
 
 class DirectoryLock:
@@ -230,6 +347,13 @@ class DirectoryLock:
             f.close()
             raise PromptDistillError(f"another promptdistill process (pid {holder}) is writing {self.what}; wait for it or stop it",
                                      path=self.path.parent) from None
+        except OSError as e:
+            f.close()
+            if e.errno in _NO_FLOCK:
+                raise PromptDistillError(f"cannot lock {self.what}: this file system does not support flock "
+                                         f"({os.strerror(e.errno)}; some network file systems); put it on a local disk or a "
+                                         "file system with locks", path=self.path) from None
+            raise
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))

@@ -25,6 +25,7 @@ different settings is refused unless `force` is set.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -32,9 +33,9 @@ from .config import Config
 from .errors import PromptDistillError
 from .inputs import prepare_inputs
 from .io import (DirectoryLock, JsonlAppender, atomic_write_json, check_file, check_output_file, check_paths, read_settings,
-                 resume_or_refuse)
+                 resume_or_refuse, torn_tail_length)
 from .progress import progress_bar
-from .records import Example, iter_jsonl
+from .records import Example, iter_jsonl, iter_lines
 from .rundir import STAGE_OUTPUTS, check_outside_runs
 from .task import OK, Task
 from .teachers import Teacher, load_teacher
@@ -49,6 +50,9 @@ def label_file(cfg: Config, inputs, out_path, rejects_path=None, *, limit: int =
     outputs claimed (`check_label_outputs`, which never writes into a run)
     before the inputs are read (`inputs.prepare_inputs`, the same selection as
     `run`'s split); `limit` keeps the first N; `options` are label_inputs'."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise PromptDistillError(f"limit must be a whole number >= 0 (0: all inputs), got {limit!r}", field="--limit")
+    _check_batch_size(options.get("batch_size"))  # before the teacher is loaded
     inputs = inputs or (cfg.resolve_path(cfg.data.inputs) if cfg.data.inputs else None)
     if inputs is None:
         raise PromptDistillError("no inputs: pass --inputs or set data.inputs", field="data.inputs")
@@ -118,6 +122,7 @@ def label_inputs(
 def _label(cfg: Config, examples: list[Example], teacher: Teacher, out_path: Path, rejects_path: Path, *, mode: str | None = None,
            batch_size: int | None = None, force: bool = False, progress: bool = True, reuse_prefix: bool = True) -> dict:
     """Label `examples` into the checked `out_path` and `rejects_path` (see label_inputs)."""
+    _check_batch_size(batch_size)
     task = Task(cfg.task)
     mode = mode or task.config.answer_mode
     if mode == "choose" and not task.closed:
@@ -138,21 +143,20 @@ def _label(cfg: Config, examples: list[Example], teacher: Teacher, out_path: Pat
         _check_or_write_meta(out_path, rejects_path, meta, force)
         # Opening the appenders first cuts a torn last line, so it is relabeled.
         with JsonlAppender(out_path) as good, JsonlAppender(rejects_path) as bad:
-            done = _done_ids(out_path) | _done_ids(rejects_path)
-            todo = [e for e in examples if e.id not in done]
+            tally = LabelTally(e.id for e in examples).read(out_path, rejected=False).read(rejects_path, rejected=True)
+            todo = [e for e in examples if e.id not in tally.done]
             bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), unit="input", desc=f"label ({mode})",
                        disable=not progress)
             limit = cfg.models.teacher_max_cost
-            spent = summarize_labels(out_path, rejects_path, models=cfg.models).get("teacher_cost", 0.0) if limit else 0.0
-            _check_budget(spent, limit)
+            _check_budget(usage_cost(tally.usage, cfg.models), limit)
             for record in teacher.label(todo, task, mode, seed, batch_size, reuse_prefix=reuse_prefix):
-                (good if record.status == OK else bad).append(record.to_json())
+                obj = record.to_json()
+                (good if record.status == OK else bad).append(obj)
+                tally.add(obj, rejected=record.status != OK)
                 bar.update(1)
-                if limit:
-                    spent += usage_cost((record.meta or {}).get("teacher_usage") or {}, cfg.models)
-                    _check_budget(spent, limit)
+                _check_budget(usage_cost(tally.usage, cfg.models), limit)
         bar.close()
-    return summarize_labels(out_path, rejects_path, [e.id for e in examples], models=cfg.models)
+    return tally.summary(out_path, rejects_path, cfg.models)
 
 
 def usage_cost(usage: dict, models) -> float:
@@ -166,6 +170,12 @@ def _check_budget(spent: float, limit: float) -> None:
         raise PromptDistillError(f"labeling stopped: the teacher's API use cost {spent:.4f} of models.teacher_max_cost = {limit:g}; "
                                  "everything labeled so far is kept: raise the limit (--set models.teacher_max_cost=...) and "
                                  "rerun the same command to continue", field="models.teacher_max_cost")
+
+
+def _check_batch_size(batch_size) -> None:
+    """None (the backend's default) or a whole number >= 1: a batch of -1 would label nothing and report success."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise PromptDistillError(f"batch size must be a whole number >= 1, got {batch_size!r}", field="--batch-size")
 
 
 def _check_or_write_meta(out_path: Path, rejects_path: Path, meta: dict, force: bool) -> None:
@@ -205,16 +215,18 @@ def claim_labels_file(path, what: str, *, sidecars: bool = True) -> Path:
             raise PromptDistillError("corrupt labels sidecar; delete it and rerun with --force to relabel", path=meta)
     if not p.exists() or p.stat().st_size == 0:
         return p
-    lines = p.read_bytes().split(b"\n")
-    torn = lines.pop() if lines else b""  # text after the last newline: a record cut by a kill, cut on resume
+    with open(p, "rb") as f:  # text after the last newline: a record cut by a kill, cut on resume
+        torn_length = torn_tail_length(f)
+        f.seek(-torn_length, os.SEEK_END)
+        torn = f.read(min(torn_length, 1 << 16))
     records = 0
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
+    for n, line in iter_lines(p, binary=True):
+        if not line.endswith(b"\n") or not line.strip():
             continue
         try:
             obj = json.loads(line.decode("utf-8"))
             ok = isinstance(obj, dict) and "id" in obj and "status" in obj
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             ok = False
         if not ok and records == 0:
             raise PromptDistillError(f"{what} exists and is not a labeled JSONL file written by `label` (line {n}); "
@@ -228,57 +240,72 @@ def claim_labels_file(path, what: str, *, sidecars: bool = True) -> Path:
     return p
 
 
-def _done_ids(path: Path) -> set[str]:
-    """Ids of the complete records in a labeled file."""
-    if not path.exists():
-        return set()
-    ids = set()
-    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            ids.add(json.loads(line.decode("utf-8"))["id"])
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            raise PromptDistillError("corrupt labeled record; fix or delete this line", path=path, line=n) from None
-    return ids
+class LabelTally:
+    """What a labels file and its rejects hold, counted as they are read and as
+    records are appended: the ids done (every record's, so none is labeled
+    twice) and the summary's counts (only `wanted` ids, when given). One pass
+    over the files at start; `add` keeps it current, so the summary needs no
+    second read. Only ids and counters are kept, never the records."""
+
+    def __init__(self, wanted=None):
+        self.wanted = set(wanted) if wanted is not None else None
+        self.done: set[str] = set()
+        self.labeled = self.rejected = self.gold = self.correct = 0
+        self.by_status: dict[str, int] = {}
+        self.entropy_sum, self.entropy_count = 0.0, 0
+        # An API teacher's token usage over every record in the files (what was spent, wanted or not).
+        self.usage: dict[str, int] = {}
+
+    def read(self, path: Path, *, rejected: bool) -> "LabelTally":
+        if path.exists():
+            for n, obj in iter_jsonl(path):
+                if not isinstance(obj.get("id"), str) or not isinstance(obj.get("status"), str):
+                    raise PromptDistillError("corrupt labeled record; fix or delete this line", path=path, line=n)
+                self.add(obj, rejected=rejected)
+        return self
+
+    def add(self, record: dict, *, rejected: bool) -> None:
+        self.done.add(record["id"])
+        for k, v in ((record.get("meta") or {}).get("teacher_usage") or {}).items():
+            self.usage[k] = self.usage.get(k, 0) + v
+        if self.wanted is not None and record["id"] not in self.wanted:
+            return
+        if rejected:
+            self.rejected += 1
+        else:
+            self.labeled += 1
+            if record.get("entropy") is not None:
+                self.entropy_sum += record["entropy"]
+                self.entropy_count += 1
+        self.by_status[record["status"]] = self.by_status.get(record["status"], 0) + 1
+        if record.get("gold_label") is not None:
+            self.gold += 1
+            self.correct += record.get("label") == record["gold_label"]
+
+    def summary(self, out_path, rejects_path, models=None) -> dict:
+        """The counts; with an API teacher that reports usage, its tokens and (with `models`' prices) their cost."""
+        api = {}
+        if self.usage:
+            api["teacher_usage"] = dict(self.usage)
+            if models is not None and (models.teacher_price_in or models.teacher_price_out):
+                api["teacher_cost"] = usage_cost(self.usage, models)
+                api["teacher_cost_per_request"] = api["teacher_cost"] / max(1, self.usage.get("requests", 1))
+        return {
+            **api,
+            "total": self.labeled + self.rejected,
+            "labeled": self.labeled,
+            "rejected": self.rejected,
+            "by_status": self.by_status,
+            "teacher_accuracy": self.correct / self.gold if self.gold else None,
+            "gold_count": self.gold,
+            "mean_label_entropy": self.entropy_sum / self.entropy_count if self.entropy_count else None,
+            "output": str(out_path),
+            "rejects": str(rejects_path),
+        }
 
 
 def summarize_labels(out_path, rejects_path, ids: list[str] | None = None, models=None) -> dict:
-    """Counts by status and the teacher's accuracy against gold labels; with an API
-    teacher that reports usage, the tokens it counted and (with `models`' prices) their cost."""
-    records = [obj for _, obj in iter_jsonl(out_path)] if Path(out_path).exists() else []
-    rejects = [obj for _, obj in iter_jsonl(rejects_path)] if Path(rejects_path).exists() else []
-    if ids is not None:
-        wanted = set(ids)
-        records = [r for r in records if r["id"] in wanted]
-        rejects = [r for r in rejects if r["id"] in wanted]
-    everything = records + rejects
-    by_status: dict[str, int] = {}
-    for r in everything:
-        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
-    gold = [r for r in everything if r.get("gold_label") is not None]
-    correct = sum(1 for r in gold if r.get("label") == r["gold_label"])
-    entropies = [r["entropy"] for r in records if r.get("entropy") is not None]
-    usages = [(r.get("meta") or {}).get("teacher_usage") for r in everything]
-    usage: dict[str, int] = {}
-    for u in filter(None, usages):
-        for k, v in u.items():
-            usage[k] = usage.get(k, 0) + v
-    api = {}
-    if usage:
-        api["teacher_usage"] = usage
-        if models is not None and (models.teacher_price_in or models.teacher_price_out):
-            api["teacher_cost"] = usage_cost(usage, models)
-            api["teacher_cost_per_request"] = api["teacher_cost"] / max(1, usage.get("requests", 1))
-    return {
-        **api,
-        "total": len(everything),
-        "labeled": len(records),
-        "rejected": len(rejects),
-        "by_status": by_status,
-        "teacher_accuracy": correct / len(gold) if gold else None,
-        "gold_count": len(gold),
-        "mean_label_entropy": sum(entropies) / len(entropies) if entropies else None,
-        "output": str(out_path),
-        "rejects": str(rejects_path),
-    }
+    """Counts by status and the teacher's accuracy against gold labels (of `ids`, when given)."""
+    out_path, rejects_path = Path(out_path), Path(rejects_path)
+    tally = LabelTally(ids).read(out_path, rejected=False).read(rejects_path, rejected=True)
+    return tally.summary(out_path, rejects_path, models)

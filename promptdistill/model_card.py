@@ -22,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from .models import BUILTIN_SMOLLM2
+from .models import BUILTIN_SMOLLM2, split_revision
 
 BUILTIN_HUB_IDS = {BUILTIN_SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 TAGS = ["prompt-distillation"]
@@ -34,6 +34,8 @@ def base_model_hub_id(name: str) -> str | None:
     """The base model as a hub id, or None for a local folder (or anything that is not one)."""
     if name in BUILTIN_HUB_IDS:
         return BUILTIN_HUB_IDS[name]
+    if not Path(name).expanduser().exists():
+        name = split_revision(name)[0]  # org/name@REVISION: the card links the model, not the commit
     if Path(name).expanduser().exists() or not _HUB_ID.match(name):
         return None
     return name

@@ -7,7 +7,16 @@ A model name is one of:
   conversion takes ~30 s; loading the cache takes under a second);
 - a local folder holding a transformers model;
 - a Hugging Face hub id (read from the local hub cache; set HF_HUB_OFFLINE=1
-  to make sure nothing is downloaded).
+  to make sure nothing is downloaded), optionally pinned to a revision as
+  `org/name@REVISION` (a commit hash, tag or branch): the name, revision
+  included, is what every stage fingerprint and labels sidecar records, so
+  labels and checkpoints made from another revision are not reused.
+
+Weights load from safetensors only: a `.bin` checkpoint is a pickle, and
+unpickling runs code, so a model that has only those loads only when the
+person running the command sets PROMPTDISTILL_ALLOW_PICKLE_WEIGHTS=1 (an
+environment variable, not a task-file setting: a task file may come from
+someone else).
 
 The device defaults to CUDA when present, else CPU; the dtype to float32 on
 CPU and bfloat16 on GPUs that support it.
@@ -25,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PromptDistillError
-from .io import give_default_modes
+from .io import give_default_modes, sweep_stale_temporaries, temp_prefix
 
 BUILTIN_SMOLLM2 = "smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -85,11 +94,33 @@ def resolve_dtype(dtype: str, device: str):
         raise PromptDistillError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16", field="models.dtype") from None
 
 
+ALLOW_PICKLE_ENV = "PROMPTDISTILL_ALLOW_PICKLE_WEIGHTS"
+
+
+def split_revision(name: str) -> tuple[str, str | None]:
+    """(hub id, revision) of `org/name@REVISION`; (name, None) for anything else
+    (the built-in model, a local folder, an unpinned hub id)."""
+    base, sep, revision = name.rpartition("@")
+    if not sep or not base or not revision or os.path.exists(name) or base.startswith(("/", ".", "~")) or "/" in revision:
+        return name, None
+    return base, revision
+
+
 def model_path(name: str) -> str:
-    """The folder or hub id transformers should load for a model name."""
+    """The folder or hub id transformers should load for a model name (without its revision)."""
     if name == BUILTIN_SMOLLM2:
         return str(ensure_smollm2_cache())
-    return name
+    return split_revision(name)[0]
+
+
+def load_options(name: str) -> dict:
+    """from_pretrained's keyword arguments for a model name: its pinned revision."""
+    revision = split_revision(name)[1]
+    return {"revision": revision} if revision else {}
+
+
+def allow_pickle_weights() -> bool:
+    return os.environ.get(ALLOW_PICKLE_ENV, "") not in ("", "0")
 
 
 def load_tokenizer(name: str):
@@ -98,7 +129,7 @@ def load_tokenizer(name: str):
 
     path = model_path(name)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, **load_options(name))
     except OSError as e:
         raise PromptDistillError(f"cannot load tokenizer for model {name!r}: {e}", field="models") from None
     if tok.pad_token_id is None:
@@ -115,11 +146,14 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", adapter: st
     path = model_path(name)
     tok = load_tokenizer(name)
     try:
-        # Our own cache is safetensors; loading it must never unpickle anything.
-        safe = {"use_safetensors": True} if name == BUILTIN_SMOLLM2 else {}
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **safe)
+        # Loading weights must never unpickle anything unless the person running asked for it.
+        safe = {} if allow_pickle_weights() and name != BUILTIN_SMOLLM2 else {"use_safetensors": True}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **safe, **load_options(name))
     except OSError as e:
-        raise PromptDistillError(f"cannot load model {name!r}: {e}", field="models") from None
+        hint = (f"; promptdistill loads safetensors weights only (.bin files are pickles, which run code when loaded): "
+                f"convert the model, or set {ALLOW_PICKLE_ENV}=1 if you trust it") if safe and ".safetensors" in str(e) else ""
+        raise PromptDistillError(f"cannot load model {name!r}: {str(e).splitlines()[0] if str(e) else e}{hint}",
+                                 field="models") from None
     if adapter is not None:
         from peft import PeftModel
 
@@ -156,7 +190,8 @@ def ensure_smollm2_cache() -> Path:
 
     print(f"[promptdistill] converting {gguf.name} into {target} (once)", flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    sweep_stale_temporaries(target.parent)  # an interrupted conversion's folder
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target)))
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -51,6 +51,25 @@ def flag_settings(values: dict, table: dict[str, str], conversions: dict) -> dic
             if values.get(flag) is not None and values.get(flag) is not False}
 
 
+def count(minimum: int):
+    """An argparse type for an integer flag of at least `minimum`: `--batch-size -1`
+    or `--limit -3` is refused on the command line instead of labeling nothing, or
+    silently dropping the last inputs (a negative slice)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "count"  # argparse names the type in its messages
+    return parse
+
+
 def _toml_value(text: str):
     try:
         return tomllib.loads(f"v = {text}")["v"]

@@ -60,7 +60,7 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
 def default_run_dir(cfg: Config) -> Path:
     """runs/<task.name>, where `run` writes when no run directory is given."""
     name = cfg.task.name
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise PromptDistillError(f"task.name {name!r} is not a folder name; pass --run-dir", field="task.name")
     return Path("runs") / name
 

@@ -12,18 +12,31 @@ schema every fine-tuning tool reads:
 Inputs come as plain text (one per line), JSONL (`text`, optional `label`,
 optional `id`) or CSV with the same columns. Every problem is reported with
 the file, line and field.
+
+Files are read one line at a time (`iter_lines`), never whole: a labels file
+with the teacher's top logprobs runs to gigabytes, and it is read again at
+every resume. A line longer than `MAX_LINE_BYTES` is refused before it is
+held in memory, and whatever a line holds ends in one error naming it: JSON
+nested too deeply to parse, a CSV field over the line cap, a CSV quote left
+open (it would merge the lines after it into one input).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PromptDistillError
 from .io import check_file
+
+# The longest line a reader accepts (bytes, newline excluded): far above any
+# record the tool writes (a reply of 4096 tokens with 20 top logprobs each is
+# about 2 MiB), and low enough that one line cannot exhaust memory.
+MAX_LINE_BYTES = 64 * 2**20
+# How deeply an input's extra fields may nest (JSON objects and arrays).
+MAX_INPUT_NESTING = 64
 
 
 @dataclass
@@ -121,14 +134,13 @@ class LabeledExample:
 def read_inputs(path) -> list[Example]:
     """Read inputs from .txt, .jsonl/.json or .csv, by extension."""
     path = check_file(path, "input file")
-    text = _read_utf8(path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        examples = _read_jsonl_inputs(path, text)
+        examples = [_example_from_fields(obj, path, n) for n, obj in iter_jsonl(path)]
     elif suffix == ".csv":
-        examples = _read_csv_inputs(path, text)
+        examples = _read_csv_inputs(path)
     else:
-        examples = [Example(id=str(n), text=line.strip(), line=n) for n, line in _lines(text) if line.strip()]
+        examples = [_example_from_fields({"text": line, "id": str(n)}, path, n) for n, line in iter_lines(path) if line.strip()]
     if not examples:
         raise PromptDistillError("no inputs found", path=path)
     _check_unique_ids(examples, path)
@@ -148,21 +160,61 @@ def write_examples(path, examples: list[Example]) -> None:
     atomic_write_jsonl(path, [e.to_json() for e in examples])
 
 
-def iter_jsonl(path, text: str | None = None):
-    """Yield (line number, object) for each non-blank line of a JSONL file."""
-    text = _read_utf8(Path(path)) if text is None else text
-    for n, line in _lines(text):
+def iter_jsonl(path):
+    """Yield (line number, object) for each non-blank line of a JSONL file, read
+    line by line (`iter_lines`)."""
+    for n, line in iter_lines(path):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptDistillError(f"invalid JSON: {e.msg} (column {e.colno})", path=path, line=n) from None
-        if not isinstance(obj, dict):
-            raise PromptDistillError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=n)
+        yield n, parse_json_line(line, path, n)
+
+
+def parse_json_line(line: str, path, n: int) -> dict:
+    """One JSONL line as an object, or one error naming the line."""
+    try:
+        obj = json.loads(line)
         if "\\u" in line:  # only a JSON escape can make a lone surrogate (the file itself is valid UTF-8)
             check_encodable(obj, path, n)
-        yield n, obj
+    except json.JSONDecodeError as e:
+        raise PromptDistillError(f"invalid JSON: {e.msg} (column {e.colno})", path=path, line=n) from None
+    except RecursionError:
+        raise PromptDistillError("JSON nested too deeply to read", path=path, line=n) from None
+    if not isinstance(obj, dict):
+        raise PromptDistillError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=n)
+    return obj
+
+
+def iter_lines(path, *, binary: bool = False):
+    """Yield (line number, line without its line break) of a UTF-8 file, one line in
+    memory at a time; a line over MAX_LINE_BYTES is refused before it is read whole.
+    A byte-order mark before the first line is dropped. With `binary`, lines are
+    the raw bytes, line break included (a last line without one is torn).
+    Both forms split at "\\n" only: U+2028 and friends may sit inside a text."""
+    path = Path(path)
+    try:
+        f = path.open("rb")
+    except IsADirectoryError:
+        raise PromptDistillError("is a folder, expected a file", path=path) from None
+    except OSError as e:
+        raise PromptDistillError(f"cannot be read ({e.strerror})", path=path) from None
+    with f:
+        n, offset = 0, 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            n += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise PromptDistillError(f"line longer than {MAX_LINE_BYTES // 2**20} MiB; no input or record is that long",
+                                         path=path, line=n)
+            line = raw.removesuffix(b"\n").removesuffix(b"\r")
+            if n == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            if binary:
+                yield n, raw
+            else:
+                try:
+                    yield n, line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise PromptDistillError(f"invalid UTF-8 at byte {offset + e.start}", path=path, line=n) from None
+            offset += len(raw)
 
 
 def check_encodable(obj, path=None, line=None, field_name: str | None = None) -> None:
@@ -184,49 +236,56 @@ def check_encodable(obj, path=None, line=None, field_name: str | None = None) ->
             check_encodable(v, path, line, f"{field_name}[{i}]" if field_name else f"[{i}]")
 
 
-def _read_utf8(path: Path) -> str:
+def _read_csv_inputs(path: Path) -> list[Example]:
+    """CSV rows as inputs, streamed. The csv module's field cap (128 KiB) is raised
+    to the line cap while reading; `strict` makes a quote that is never closed, or
+    closed mid-field, an error instead of a silent merge."""
+    old_limit = csv.field_size_limit(MAX_LINE_BYTES)
+    out: list[Example] = []
     try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise PromptDistillError("is a folder, expected a file", path=path) from None
+        with Path(path).open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, strict=True)
+            first = 1
+            try:
+                if not reader.fieldnames or "text" not in reader.fieldnames:
+                    raise PromptDistillError("CSV needs a header row with a 'text' column", path=path, line=1, field="text")
+                first = reader.line_num + 1
+                for row in reader:
+                    _check_csv_row(row, path, first, len(reader.fieldnames))
+                    start, first = first, reader.line_num + 1
+                    if not any((v or "").strip() for v in row.values()):
+                        continue
+                    fields = {k: v for k, v in row.items() if v is not None}
+                    if fields.get("label", None) == "":
+                        fields["label"] = None
+                    out.append(_example_from_fields(fields, path, start))
+            except csv.Error as e:
+                raise PromptDistillError(f"invalid CSV ({e}); an unclosed quote, or a field over "
+                                         f"{MAX_LINE_BYTES // 2**20} MiB", path=path, line=first) from None
+            except UnicodeDecodeError as e:
+                raise PromptDistillError(f"invalid UTF-8 ({e.reason})", path=path, line=reader.line_num + 1) from None
     except OSError as e:
         raise PromptDistillError(f"cannot be read ({e.strerror})", path=path) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise PromptDistillError(f"invalid UTF-8 at byte {e.start}", path=path, line=line) from None
-    return text.removeprefix("\ufeff")
-
-
-def _lines(text: str):
-    # splitlines() would also split on U+2028 and friends, which may sit inside a text.
-    for n, line in enumerate(text.split("\n"), start=1):
-        yield n, line.removesuffix("\r")
-
-
-def _read_jsonl_inputs(path: Path, text: str) -> list[Example]:
-    out = []
-    for n, obj in iter_jsonl(path, text):
-        out.append(_example_from_fields(obj, path, n))
+    finally:
+        csv.field_size_limit(old_limit)
     return out
 
 
-def _read_csv_inputs(path: Path, text: str) -> list[Example]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames or "text" not in reader.fieldnames:
-        raise PromptDistillError("CSV needs a header row with a 'text' column", path=path, line=1, field="text")
-    out = []
-    for row in reader:
-        if None in row:
-            raise PromptDistillError("more values than header columns", path=path, line=reader.line_num)
-        if not any((v or "").strip() for v in row.values()):
-            continue
-        fields = {k: v for k, v in row.items() if v is not None}
-        if fields.get("label", None) == "":
-            fields["label"] = None
-        out.append(_example_from_fields(fields, path, reader.line_num))
-    return out
+def _check_csv_row(row: dict, path, line: int, columns: int) -> None:
+    """A row with more values than the header, or one whose quoted field swallowed
+    whole rows: a quote opened in one row and closed in a later one reads every
+    line between as part of one field. A field may hold line breaks (CSV allows
+    it), but not a line that would be a row of its own (as many delimiters as
+    the header has columns, less one): texts like that belong in a JSONL file."""
+    if None in row:
+        raise PromptDistillError("more values than header columns", path=path, line=line)
+    for name, value in row.items():
+        if value and "\n" in value and columns > 1:
+            inner = value.replace("\r\n", "\n").split("\n")[1:]
+            if any(part.count(",") >= columns - 1 for part in inner):
+                raise PromptDistillError("a quoted field runs over several lines that look like rows of their own: an "
+                                         "unclosed quote? (texts with line breaks and commas go in a JSONL file)",
+                                         path=path, line=line, field=name)
 
 
 def _example_from_fields(obj: dict, path, line: int) -> Example:
@@ -244,9 +303,24 @@ def _example_from_fields(obj: dict, path, line: int) -> Example:
     if not isinstance(ident, (str, int)) or isinstance(ident, bool):
         raise PromptDistillError("expected a string or integer", path=path, line=line, field="id")
     meta = {k: v for k, v in obj.items() if k not in ("text", "label", "id")}
+    _check_nesting(meta, path, line)
     if isinstance(obj.get("meta"), dict):
         meta = {**{k: v for k, v in meta.items() if k != "meta"}, **obj["meta"]}
     return Example(id=str(ident), text=text.strip(), gold_label=label, meta=meta, line=line)
+
+
+def _check_nesting(value, path, line: int) -> None:
+    """An input's extra fields nest at most MAX_INPUT_NESTING deep: they are carried
+    into every record written, and JSON deep enough ends in a RecursionError there."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_INPUT_NESTING:
+            raise PromptDistillError(f"extra fields nest deeper than {MAX_INPUT_NESTING} levels", path=path, line=line)
+        if isinstance(v, dict):
+            stack += [(x, depth + 1) for x in v.values()]
+        elif isinstance(v, list):
+            stack += [(x, depth + 1) for x in v]
 
 
 def _check_unique_ids(examples: list[Example], path) -> None:

@@ -461,10 +461,10 @@ def test_unreadable_file_is_one_line_in_process(tmp_path, monkeypatch):
     path = tmp_path / "in.txt"
     path.write_text("hello\n")
 
-    def denied(self):
+    def denied(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(Path, "open", denied)  # readers stream the file line by line (records.iter_lines)
     with pytest.raises(PromptDistillError) as info:
         read_inputs(path)
     assert "in.txt" in str(info.value) and "Permission denied" in str(info.value)

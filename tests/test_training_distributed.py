@@ -99,3 +99,54 @@ def test_two_processes_train_the_one_process_adapter_and_resume(tmp_path, tiny_m
     assert done.stdout.count("resuming training from") == 1  # printed by the main process only
     _assert_same_adapter(_adapter(two), _adapter(resumed))
     assert len(_metrics(resumed)) == len(m2)
+
+
+# A launcher whose processes see different files: rank 1 gets its own --labeled
+# (or --run-dir), as two machines with unshared disks would. Only the command line
+# differs; nothing in promptdistill knows it is being tested.
+_PER_RANK = """
+import os, sys
+from promptdistill.cli import main
+rank = os.environ["RANK"]
+args = [a.replace("RANK", rank) for a in sys.argv[1:]]
+sys.exit(main(args))
+"""
+
+
+def _torchrun_per_rank(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    wrapper = cwd / "per_rank.py"
+    wrapper.write_text(_PER_RANK)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(wrapper),
+           "train", *args, "--no-progress"]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_processes_that_read_different_labels_stop_with_one_line(tmp_path, tiny_model_dir):
+    task = _task_file(tmp_path, tiny_model_dir)
+    write_jsonl(tmp_path / "train-0.jsonl", [r.to_json() for r in script_records(12)])
+    write_jsonl(tmp_path / "train-1.jsonl", [r.to_json() for r in script_records(12, offset=1)])
+    run = tmp_path / "run"
+    done = _torchrun_per_rank([str(task), "--labeled", str(tmp_path / "train-RANK.jsonl"), "--run-dir", str(run)], tmp_path)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors and all("disagree on their data or settings with process 0 (process 1: labeled records)" in e for e in errors), \
+        done.stderr[-3000:]
+    assert "Traceback" not in done.stderr.split("error:")[0]  # the processes stopped on the check, not in a collective
+    assert not (run / "train" / "adapter").exists() and not (run / "train" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_processes_that_do_not_share_the_run_folder_stop_with_one_line(tmp_path, tiny_model_dir):
+    task = _task_file(tmp_path, tiny_model_dir)
+    labeled = write_jsonl(tmp_path / "train.jsonl", [r.to_json() for r in script_records(12)])
+    done = _torchrun_per_rank([str(task), "--labeled", str(labeled), "--run-dir", str(tmp_path / "run-RANK")], tmp_path)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors and all("process 1 of 2 cannot see what process 0 wrote into the run folder" in e
+                          and "shared file system" in e for e in errors), done.stderr[-3000:]
+    for run in ("run-0", "run-1"):
+        assert not (tmp_path / run / "train" / "adapter").exists()
+        assert not [p for p in (tmp_path / run / "train").glob(".*") if "shared-check" in p.name]  # the token is removed

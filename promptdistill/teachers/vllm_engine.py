@@ -73,12 +73,16 @@ class VllmTeacher(Teacher):
 
     def __init__(self, name: str, *, dtype: str = "auto", options: dict | None = None):
         vllm = import_vllm()
-        from ..models import load_tokenizer, model_path
+        from ..models import allow_pickle_weights, load_tokenizer, model_path, split_revision
 
         self.name = name
         self._tokenizer = load_tokenizer(name)
         path = model_path(name)
-        settings = {"enable_prefix_caching": True, "dtype": _vllm_dtype(dtype), **(options or {})}
+        revision = split_revision(name)[1]
+        pinned = {"revision": revision, "tokenizer_revision": revision} if revision else {}
+        # safetensors only, as for transformers (models.py), unless the person running allows pickles
+        weights = {} if allow_pickle_weights() else {"load_format": "safetensors"}
+        settings = {"enable_prefix_caching": True, "dtype": _vllm_dtype(dtype), **pinned, **weights, **(options or {})}
         try:
             self.llm = vllm.LLM(model=path, tokenizer=path, **settings)
         except TypeError as e:  # an unknown key in models.vllm_options

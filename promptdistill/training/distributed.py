@@ -22,6 +22,17 @@ forward would not see. The trainable parameters are LoRA adapters (a few MB),
 so one all-reduce per step costs little; the base weights are replicated on
 every process, not sharded.
 
+Every process must make the same plan, or they wait on each other forever (a
+collective one process never reaches) or train on different data without a
+word. So before training the processes agree (`agree`): each computes the
+plan (what its labeled records hash to, the settings, the number of items and
+steps, the checkpoint it would resume from, the step it resumes at), they
+exchange it, and on any difference every process stops with the same one-line
+error naming the processes and what differs. And the run folder must be one
+folder for all of them (`check_shared_folder`): the main process writes a
+random token into it, and a process that cannot read it back is on another
+file system.
+
 With one process (no launcher) `Distributed` is inert: no process group,
 no collective, and the loop is exactly the single-process loop.
 """
@@ -29,8 +40,13 @@ no collective, and the loop is exactly the single-process loop.
 from __future__ import annotations
 
 import os
+import secrets
+from pathlib import Path
 
 import torch
+
+from ..errors import PromptDistillError
+from ..io import atomic_write_text, temp_prefix
 
 
 def launched_world_size() -> int:
@@ -88,6 +104,50 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier()
+
+    def agree(self, plan: dict, what: str) -> None:
+        """Stop every process, with one line, unless all computed the same `plan`
+        (small JSON-like values by name) as the main process. All processes take
+        part, so none is left waiting in a later collective."""
+        if not self.enabled:
+            return
+        plans: list = [None] * self.world
+        torch.distributed.all_gather_object(plans, plan)
+        main = plans[0]
+        differ = {rank: sorted(k for k in p.keys() | main.keys() if p.get(k) != main.get(k))
+                  for rank, p in enumerate(plans) if p != main}
+        if differ:
+            shown = "; ".join(f"process {rank}: {', '.join(keys)}" for rank, keys in sorted(differ.items()))
+            raise PromptDistillError(f"the {self.world} training processes disagree on {what} with process 0 ({shown}): every "
+                                     "process must read the same labeled files and run folder, unchanged while training starts")
+
+    def check_shared_folder(self, folder) -> None:
+        """Stop every process, with one line, unless they all see the same `folder`:
+        the main process writes a random token there, and every other one must read
+        it back (a run folder on each machine's own disk would split checkpoints
+        and the adapter between them)."""
+        if not self.enabled:
+            return
+        folder = Path(folder)
+        token = secrets.token_hex(16)
+        marker = folder / f"{temp_prefix(folder / 'shared-check')}{token[:8]}"
+        if self.is_main:
+            atomic_write_text(marker, token)
+        sent = [marker.name, token]  # the name: each process looks in the folder it was given
+        torch.distributed.broadcast_object_list(sent, src=0)
+        try:
+            seen = (folder / sent[0]).read_text(encoding="utf-8") == sent[1]
+        except OSError:
+            seen = False
+        views: list = [None] * self.world
+        torch.distributed.all_gather_object(views, seen)  # also: nobody reads after the file is gone
+        if self.is_main:
+            marker.unlink(missing_ok=True)
+        blind = [rank for rank, ok in enumerate(views) if not ok]
+        if blind:
+            raise PromptDistillError(f"process {', '.join(map(str, blind))} of {self.world} cannot see what process 0 wrote into "
+                                     "the run folder: with several processes (or machines) the run folder must be on a "
+                                     "shared file system, the same path on every one", path=folder)
 
     def sum_floats(self, values: list[float], device) -> list[float]:
         """Element-wise sum of a list of floats over all processes."""

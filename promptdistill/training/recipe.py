@@ -64,7 +64,7 @@ import torch
 
 from ..config import LOSSES, Config, TrainConfig
 from ..errors import PromptDistillError
-from ..io import DirectoryLock, atomic_directory, atomic_write_json, check_paths, read_settings, resume_or_refuse
+from ..io import DirectoryLock, atomic_directory, atomic_write_json, check_paths, fingerprint, read_settings, resume_or_refuse
 from ..models import load_model, resolve_device
 from ..progress import progress_bar
 from ..records import LabeledExample
@@ -162,11 +162,22 @@ class DistillationRecipe:
     def setup(self, records: list[LabeledExample], heldout: list[LabeledExample]) -> None:
         random.seed(self.train_cfg.seed)
         torch.manual_seed(self.train_cfg.seed)
+        # Under a launcher, fail fast (before any model loads) when the processes
+        # do not share the run folder or read different data (distributed.py).
+        self.dist.check_shared_folder(self.run_dir)
+        self.dist.agree({"labeled records": fingerprint([[r.id, r.status, r.messages] for r in records]),
+                         "held-out records": fingerprint([[r.id, r.messages] for r in heldout]),
+                         "settings": fingerprint(self.cfg.to_dict())}, "their data or settings")
         self._setup_model()
         self._setup_data(records, heldout)
+        found = latest_checkpoint(self.run_dir)
+        self.dist.agree({"settings fingerprint": fingerprint(self.settings), "training items": len(self.train_set),
+                         "total steps": self.total_steps,
+                         "checkpoint": str(found.relative_to(self.run_dir)) if found else None}, "the training plan")
         self._setup_optimizer()
         self._setup_loss()
         self._resume()
+        self.dist.agree({"start step": self.start_step}, "the step to resume from")
         self._open_logs()
 
     def _setup_model(self) -> None:
