@@ -78,11 +78,13 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("task", help="task TOML file")
             sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                             help="override a setting of the task file (repeatable)")
+            sp.add_argument("--no-limits", action="store_true", help="lift the upper bounds on counts and concurrency (config.LIMITS)")
         if models:
             sp.add_argument("--teacher", help="teacher model (hub id, folder, or smollm2-135m-instruct)")
             sp.add_argument("--student", help="student model")
             sp.add_argument("--device", help="auto, cpu, cuda, cuda:N")
             sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+            sp.add_argument("--trust-remote-code", action="store_true", help="let the teacher's repository run its code (vLLM)")
         if teacher_backend:
             sp.add_argument("--teacher-backend", choices=["transformers", "vllm", "openai"], help="sets models.teacher_backend")
             sp.add_argument("--teacher-url", metavar="URL", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1 (sets "
@@ -177,10 +179,9 @@ FLAG_SETTINGS = {
     "teacher_backend": "models.teacher_backend", "concurrency": "models.teacher_concurrency",
     "samples": "task.samples", "temperature": "task.temperature", "min_confidence": "task.min_confidence",
     "loss": "train.loss", "kd_alpha": "train.kd_alpha", "report_to": "train.report_to", "init_from": "train.init_adapter",
-    "init_adapter": "train.init_adapter",
+    "init_adapter": "train.init_adapter", "trust_remote_code": "models.trust_remote_code",
     "seeds": "synthesize.seed_inputs", "strategies": "synthesize.strategies", "generator": "synthesize.generator",
 }
-
 
 # How a flag's value becomes its setting's, where it is not taken as given. A
 # path on the command line is relative to the current folder, while a path in
@@ -198,7 +199,8 @@ def load_task_config(args):
     from .overrides import flag_settings, load_task_config as load
 
     settings = flag_settings(vars(args), FLAG_SETTINGS, FLAG_CONVERSIONS)
-    return load(args.task, args.overrides, {**settings, **({"data.dedupe": True} if getattr(args, "dedupe", False) else {})})
+    return load(args.task, args.overrides, {**settings, **({"data.dedupe": True} if getattr(args, "dedupe", False) else {})},
+                limits=not args.no_limits)
 
 
 def _log(message: str) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -242,13 +243,13 @@ teacher prompt: send the input alone as the user message.
 vLLM refuses adapters whose rank exceeds `--max-lora-rank` (default 16).
 
 ```bash
-vllm serve {base_path} --enable-lora --lora-modules {cfg.task.name}={out_dir} --max-lora-rank {max(16, rank or 16)}
+vllm serve {shlex.quote(base_path)} --enable-lora --lora-modules {shlex.quote(f"{cfg.task.name}={out_dir}")} --max-lora-rank {max(16, rank or 16)}
 ```
 
 ```python
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base_path}"), "THIS_FOLDER")
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({json.dumps(base_path)}), "THIS_FOLDER")
 ```
 """
 

@@ -131,7 +131,13 @@ class RunDir:
             raise PromptDistillError(f"corrupt run configuration ({e}); rerun the command that made this run", path=self.config_path) from None
         if not isinstance(raw, dict):
             raise PromptDistillError("corrupt run configuration (not a JSON object)", path=self.config_path)
-        return config_from_dict(raw, source=self.config_path)
+        # The run's own record: made under --no-limits perhaps, so read without
+        # the limits; it never grants trust_remote_code (only the flag does).
+        models = raw.get("models")
+        trusted = isinstance(models, dict) and models.get("trust_remote_code") is True
+        cfg = config_from_dict(raw, source=self.config_path, limits=False, remote_code=trusted)
+        cfg.models.trust_remote_code = False
+        return cfg
 
     # -- models -------------------------------------------------------------
 

@@ -9,6 +9,7 @@ files (report.md with its pictures, report.html).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from ..task import UNPARSED
@@ -26,9 +27,28 @@ def interval(low: float, high: float, digits: int = 1) -> str:
     return f"{fmt(100 * low, f'.{digits}f')}-{fmt(high, f'.{digits}%')}"
 
 
-def _cell(label) -> str:
-    """A label inside a pipe table cell."""
-    return str(label).replace("|", "\\|").replace("\n", " ")
+# Characters that mean something to markdown (and to run_report's HTML subset)
+# where a user's string is written: a label, a task or model name, a JSON field.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]#|!<>])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def md_text(value) -> str:
+    """A user's string as literal markdown text: control characters (a newline
+    would start a line of its own, such as an image line) become spaces, and
+    every character markdown reads (`|` ends a table cell, backticks, `#`, `![`)
+    is backslash-escaped, so a label or task name is shown, never interpreted."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", _CONTROL.sub(" ", str(value)))
+
+
+def md_code(value) -> str:
+    """A user's string as inline code (literal in markdown except `|`, which would
+    still end a table cell, so it is escaped); one holding a backtick as md_text."""
+    text = _CONTROL.sub(" ", str(value))
+    return md_text(text) if "`" in text else "`" + text.replace("|", "\\|") + "`"
+
+
+_cell = md_text  # a label inside a pipe table cell
 
 
 # ---------------------------------------------------------------- the whole report
@@ -37,10 +57,10 @@ def report_markdown(report: dict) -> str:
     """report.md without its pictures: the summary table, then every section the report holds."""
     s = report["systems"]
     out = [
-        f"# Evaluation: {report['task']}",
+        f"# Evaluation: {md_text(report['task'])}",
         "",
-        f"{report['n_examples']} held-out inputs, none seen in training. Teacher: `{report['models']['teacher']}` "
-        f"with the prompt ({report['teacher_mode']} mode). Student: `{report['models']['student']}` without the prompt.",
+        f"{report['n_examples']} held-out inputs, none seen in training. Teacher: {md_code(report['models']['teacher'])} "
+        f"with the prompt ({report['teacher_mode']} mode). Student: {md_code(report['models']['student'])} without the prompt.",
         "",
         "| system | prompt | accuracy (gold) | agreement (teacher) | KL(teacher ‖ system) | parse rate | prompt tokens / request | median latency (ms) |",
         "|---|---|---|---|---|---|---|---|",
@@ -67,7 +87,7 @@ def report_markdown(report: dict) -> str:
         sentence = gap.strip("()")
         out.append(sentence[:1].upper() + sentence[1:] + ".")  # not capitalize(): it would lower "KL"
     if report.get("majority_label") is not None:
-        out.append(f"Always answering the teacher's most frequent label (`{report['majority_label']}`) would agree "
+        out.append(f"Always answering the teacher's most frequent label ({md_code(report['majority_label'])}) would agree "
                    f"{fmt(report['majority_agreement'], '.1%')} of the time.")
     out.append("")
     out += json_lines(report)
@@ -79,10 +99,10 @@ def report_markdown(report: dict) -> str:
         if not labels:
             continue
         cols = labels + [UNPARSED]
-        out += [f"## Confusion matrix: {name} (rows gold, columns predicted)", "", "| gold \\ pred | " + " | ".join(cols) + " |",
+        out += [f"## Confusion matrix: {name} (rows gold, columns predicted)", "", "| gold \\ pred | " + " | ".join(map(md_text, cols)) + " |",
                 "|---" * (len(cols) + 1) + "|"]
         for g in labels:
-            out.append(f"| **{g}** | " + " | ".join(str(m["confusion"][g][c]) or "" for c in cols) + " |")
+            out.append(f"| **{md_text(g)}** | " + " | ".join(str(m["confusion"][g][c]) or "" for c in cols) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -229,7 +249,7 @@ def agreement_report_lines(section: dict, title: str = "Agreement in context", m
            "|---|---|---|---|---|---|"]
     maj = floors.get("majority")
     if maj:
-        out.append(f"| floor: always `{_cell(maj['label'])}` | {fmt(maj['agreement']['rate'], '.1%')} | "
+        out.append(f"| floor: always {md_code(maj['label'])} | {fmt(maj['agreement']['rate'], '.1%')} | "
                    f"{_interval_text(maj['agreement'])} | {fmt(maj['macro_agreement'], '.1%')} | | |")
     surf = floors.get("surface")
     if surf is not None:
@@ -290,12 +310,12 @@ def _per_answer_lines(section: dict, max_answers: int) -> list[str]:
     out += [""]
     for n in names:
         m = systems[n]
-        worst = ", ".join(f"`{_cell(a)}` {fmt(m['per_answer'][a]['rate'], '.0%')} of {m['per_answer'][a]['n']}"
+        worst = ", ".join(f"{md_code(a)} {fmt(m['per_answer'][a]['rate'], '.0%')} of {m['per_answer'][a]['n']}"
                           for a in m["worst"])
         out.append(f"{n}: macro agreement {fmt(m['macro_agreement'], '.1%')}; worst answers: {worst or '-'}.")
     few = [a for a in answers if systems[names[0]]["per_answer"][a]["n"] < MIN_COUNT]
     if few:
-        out.append(f"Too few inputs to tell (under {MIN_COUNT}): " + ", ".join(f"`{_cell(a)}`" for a in few) + ". "
+        out.append(f"Too few inputs to tell (under {MIN_COUNT}): " + ", ".join(md_code(a) for a in few) + ". "
                    f"Rates whose 95% interval is wider than {fmt(100 * MAX_INTERVAL_WIDTH, '.0f')} points are marked in the note column.")
     return out + [""]
 
@@ -383,11 +403,11 @@ def json_agreement_report_lines(sections: dict[str, dict]) -> list[str]:
         cells.append(" / ".join(fmt(s["systems"][n]["macro_agreement"], ".1%") for n in names))
         out.append(f"| {_cell(f)} | " + " | ".join(cells) + " |")
         if surf is not None and surf.get("available") and surf.get("note"):
-            notes.append(f"{f}: {surf['note']}")
+            notes.append(f"{md_text(f)}: {surf['note']}")
         for n in names:
             c = s["systems"][n]["against"].get("surface")
             if c and c["n"]:
-                notes.append(f"{f}: the {n} " + _comparison_phrase("surface baseline", c) + ".")
+                notes.append(f"{md_text(f)}: the {n} " + _comparison_phrase("surface baseline", c) + ".")
     if notes:
         out += [""] + notes + [_P_VALUE_NOTE]
     return out + [""]
