@@ -22,7 +22,11 @@ run, such as RUN/merged, is fine), and an existing folder only when it is
 empty or was exported by promptdistill and left unchanged (`claim_folder`: a
 manifest of the files written, `MANIFEST`, every file with its size and
 sha256, is kept in it, and a folder holding anything not in it, a user's
-file or an edited README, is refused), unless `overwrite`. Files and folders get the umask's permissions, so
+file or an edited README, is refused), unless `overwrite`. Even then only the
+tool's files (those the old manifest lists) and files of the names it writes are
+replaced: a user's other files are moved into the new folder (`keep_foreign`),
+and the root, a mount point, the home or current folder, a symlink or a folder
+holding .git are refused outright. Files and folders get the umask's permissions, so
 other accounts (a serving user) can read them.
 """
 
@@ -117,6 +121,7 @@ def claim_folder(path, what: str, *, overwrite: bool = False) -> Path:
     if not p.is_dir():
         raise PromptDistillError(f"{what} exists and is a file, not a folder; choose another path", path=p)
     check_parent_writable(p, what)
+    _refuse_precious(p, what)
     if overwrite:
         return p
     foreign = foreign_entries(p)
@@ -125,6 +130,43 @@ def claim_folder(path, what: str, *, overwrite: bool = False) -> Path:
         raise PromptDistillError(f"{what} exists and holds what promptdistill did not write ({shown}); choose a new or "
                                  "empty folder, or pass --overwrite to replace it", path=p)
     return p
+
+
+def _refuse_precious(p: Path, what: str) -> None:
+    """Folders an export never replaces, even with --overwrite: the file system's
+    root, a mount point, the home folder, the current folder, a symlink, and a
+    folder holding .git (a repository's work is never one export away from loss)."""
+    real = Path(os.path.realpath(p))
+    reason = ("is a symlink" if p.is_symlink() else
+              "is the file system's root" if real == Path("/") else
+              "is a mount point" if os.path.ismount(real) else
+              "is the home folder" if real == Path(os.path.realpath(os.path.expanduser("~"))) else
+              "is the current folder" if real == Path(os.path.realpath(os.getcwd())) else
+              "holds .git (a repository)" if os.path.lexists(real / ".git") else None)
+    if reason:
+        raise PromptDistillError(f"{what} {reason}; an export is never written over it, even with --overwrite: "
+                                 "choose a new folder", path=p)
+
+
+def keep_foreign(folder: Path, new: Path) -> list[str]:
+    """With --overwrite, what `folder` holds that its manifest does not list (a
+    user's own files) is moved into `new`, the folder replacing it, rather than
+    deleted: --overwrite replaces the tool's files and files of the same name,
+    never anything else. Returns the kept names. Called after the new manifest
+    is written, so kept files stay foreign to the next export."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        listed = manifest["files"] if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        listed = {}
+    ours = {k.split("/")[0] for k in listed} | {MANIFEST}
+    kept = []
+    for entry in sorted(os.listdir(folder)):
+        if entry in ours or os.path.lexists(new / entry):
+            continue
+        os.rename(folder / entry, new / entry)
+        kept.append(entry)
+    return kept
 
 
 def check_export(run_dir, *, merged=None, adapter=None, device: str = "cpu", dtype: str | None = None,
@@ -192,6 +234,8 @@ def _write_merged(run: RunDir, cfg: Config, out_dir: Path, device: str, dtype: s
         tok.save_pretrained(tmp)
         atomic_write_text(tmp / "README.md", _merged_readme(cfg, adapter))
         write_manifest(tmp, "merged")
+        if out_dir.is_dir():
+            keep_foreign(out_dir, tmp)
     return out_dir
 
 
@@ -211,6 +255,8 @@ def _write_adapter(run: RunDir, cfg: Config, out_dir: Path) -> Path:
         atomic_write_text(config_path, json.dumps(adapter_cfg, indent=2) + "\n")
         atomic_write_text(tmp / "README.md", _adapter_readme(cfg, base_path, out_dir, adapter_cfg.get("r")))
         write_manifest(tmp, "adapter")
+        if out_dir.is_dir():
+            keep_foreign(out_dir, tmp)
     return out_dir
 
 

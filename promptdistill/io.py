@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -170,9 +171,11 @@ class JsonlAppender:
 
     def __init__(self, path):
         self.path = Path(path)
+        check_no_symlinks(self.path, "an appended file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         drop_torn_last_line(self.path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, default_mode()),
+                            "a", encoding="utf-8")
 
     def append(self, record: dict) -> None:
         self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -220,13 +223,24 @@ class DirectoryLock:
     def __enter__(self):
         import fcntl
 
+        check_no_symlinks(self.path, f"the lock file of {self.what}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")
+        # Never through a symlink, and only a regular file: a lock that links to
+        # a user's file would otherwise get that file truncated to a process id.
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), default_mode())
+        except OSError as e:
+            raise PromptDistillError(f"the lock file cannot be opened ({e.strerror}); it must be a regular file promptdistill "
+                                     "made: delete it if it is not", path=self.path) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise PromptDistillError("the lock file is not a regular file; delete it", path=self.path)
+        f = os.fdopen(fd, "r+", encoding="utf-8")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "?"
+            holder = f.read(32).strip() or "?"
             f.close()
             raise PromptDistillError(f"another promptdistill process (pid {holder}) is writing {self.what}; wait for it or stop it",
                                      path=self.path.parent) from None
@@ -245,6 +259,26 @@ class DirectoryLock:
 
 
 # -- relations between paths ---------------------------------------------------
+
+def check_no_symlinks(path, what: str, *, below=None) -> None:
+    """Refuse writing at `path` when it, or a folder between `below` and it, is a
+    symlink: a write must land where the path says, never where a link points
+    (a run's eval/ linked to a user's folder, a lock file linked to a user's
+    file). Without `below`, only `path` itself is checked (lstat)."""
+    p = Path(path)
+    chain = [p]
+    if below is not None:
+        base = Path(below)
+        try:
+            rel = p.relative_to(base)
+        except ValueError:
+            rel = None
+        if rel is not None:
+            chain = [base / Path(*rel.parts[:i]) for i in range(1, len(rel.parts) + 1)]
+    for q in chain:
+        if q.is_symlink():
+            raise PromptDistillError(f"{what}: {q} is a symlink; promptdistill never writes through one (delete the link)", path=q)
+
 
 def real_path(path) -> Path:
     """`path` with ~ expanded and every symlink resolved (what two paths are compared as)."""

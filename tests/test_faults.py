@@ -493,7 +493,9 @@ def test_export_replaces_its_own_folder_and_overwrite_replaces_a_users(world, tm
         assert (w / "run" / "exported" / "adapter_config.json").exists()
         forced = cli(["export", "--run-dir", "run", "--adapter", "mine", "--overwrite"], cwd=w)
         assert forced.returncode == 0, forced.stderr.decode()[-2000:]
-        assert not (w / "mine" / "notes.txt").exists() and (w / "mine" / "adapter_config.json").exists()
+        # --overwrite replaces what the tool writes; the user's own file is kept, and stays foreign to the manifest.
+        assert (w / "mine" / "notes.txt").read_text() == "the user's notes\n" and (w / "mine" / "adapter_config.json").exists()
+        assert "notes.txt" not in json.loads((w / "mine" / ".promptdistill-export.json").read_text())["files"]
     finally:
         os.umask(old_mask)
 
