@@ -368,6 +368,30 @@ def check_output_file(path, what: str) -> Path:
     return p
 
 
+def claim_side_file(path, what: str, *, ours: bool, marker: str) -> Path:
+    """A file written beside a command's output (a sidecar, rejects, a report, a
+    lock): never a symlink or a folder, and an existing non-empty one only when
+    it is the tool's own, which `ours` says from a marker the tool wrote
+    (`marker` names it in the refusal), never from the file's shape."""
+    p = Path(path)
+    check_no_symlinks(p, what)
+    if p.exists() and not p.is_file():
+        raise PromptDistillError(f"{what} exists and is not a regular file; choose another --out", path=p)
+    if p.is_file() and p.stat().st_size and not ours:
+        raise PromptDistillError(f"{what} exists and was not written by promptdistill ({marker}); it would be replaced: "
+                                 "move it or choose another --out", path=p)
+    return p
+
+
+def is_lock_file(path) -> bool:
+    """A lock file as DirectoryLock leaves it: empty or the process id it wrote."""
+    try:
+        data = Path(path).read_bytes()[:32]
+    except OSError:
+        return False
+    return data.strip() == b"" or (data.strip().isdigit() and len(data.strip()) <= 10)
+
+
 def check_parent_writable(p: Path, what: str) -> None:
     """The nearest existing folder above `p` is a folder this process may create `p` in."""
     anc = real_path(p).parent

@@ -50,8 +50,9 @@ from pathlib import Path
 
 from .config import Config
 from .errors import PromptDistillError
-from .io import (DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_file,
-                 check_file, check_paths, fingerprint, read_settings, resume_or_refuse)
+from .io import (DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_file,
+                 check_no_symlinks, check_output_file, check_paths, claim_side_file, fingerprint, is_lock_file, read_settings,
+                 resume_or_refuse)
 from .progress import progress_bar
 from .records import Example, iter_jsonl, read_inputs, read_labeled
 from .rundir import SYNTH, check_outside_runs
@@ -252,6 +253,7 @@ def claim_synthesis_output(out_path) -> tuple[Path, Path]:
     file exists but was not written by `synthesize` (its raw generations' sidecar
     is missing): it is replaced at the end, and may be someone's real inputs."""
     out_path = check_output_file(out_path, "--out")
+    check_no_symlinks(out_path, "--out")
     raw_path = out_path.with_name(out_path.stem + ".raw.jsonl")
     ours = raw_path.with_name(raw_path.name + ".meta.json").is_file()
     if out_path.exists() and out_path.stat().st_size and not ours:
@@ -270,6 +272,15 @@ def check_synthesis_outputs(out_path, *, reads: dict | None = None, own_entries:
     check_paths(reads or {}, writes)
     for name, path in writes.items():
         check_outside_runs(path, name, own_entries=own_entries)
+    # The raw generations' sidecar is the marker that the side files are ours, never their shape.
+    ours = raw.with_name(raw.name + ".meta.json").is_file()
+    marker = f"no {raw.name}.meta.json beside it"
+    for name, path in (("its raw generations", raw), ("the synthesis report", out.with_name(out.stem + ".synthesis.json")),
+                       ("the synthesis report", out.with_name(out.stem + ".synthesis.md"))):
+        claim_side_file(path, name, ours=ours, marker=marker)
+    lock = raw.with_name(raw.name + ".lock")
+    claim_side_file(lock, "the raw generations' lock file", ours=ours or is_lock_file(lock), marker="not a lock file it left")
+    check_no_symlinks(raw.with_name(raw.name + ".meta.json"), "the raw generations' sidecar")
     return out, raw
 
 
