@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     def training_flags(sp):
+        sp.add_argument("--force", action="store_true", help="redo what other settings made (run: changed stages; train: the run's training)")
         sp.add_argument("--loss", choices=["sft", "kd", "on-policy"], help="training loss (sets train.loss; default sft)")
         sp.add_argument("--kd-alpha", type=float, help="kd: weight of hard-label cross-entropy in the loss (sets train.kd_alpha)")
         group = sp.add_mutually_exclusive_group()
@@ -137,7 +138,6 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = command("run", cmd_run, "split, label, train, eval; skips completed stages", models=True, teacher_backend=True)
     sp.add_argument("--run-dir", help="default: runs/<task name>")
-    sp.add_argument("--force", action="store_true", help="redo stages whose settings changed")
     training_flags(sp)
 
     sp = command("predict", cmd_predict, "answer with a trained student, without the prompt", task=False)
@@ -243,7 +243,7 @@ def cmd_train(args):
     from .training.stage import train_run
 
     summary = train_run(load_task_config(args), args.labeled, args.run_dir, heldout=args.heldout, task_file=args.task,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, force=args.force)
     if launched_rank() == 0:  # under torchrun / accelerate launch every process runs this command; one prints
         _print_json(summary)
     end_process_group()

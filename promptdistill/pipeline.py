@@ -24,7 +24,7 @@ from .errors import PromptDistillError
 from pathlib import Path
 
 from .inputs import check_max_length, fit_context, fit_inputs, prepare_inputs, read_offtask
-from .io import atomic_write_json, check_file, check_paths, fingerprint
+from .io import atomic_write_json, changed_settings, check_file, check_paths, fingerprint
 from .records import check_gold_labels, read_inputs, read_labeled, write_examples
 from .rundir import RunDir, adapter_fingerprint, check_run_dir, claim_run_dir
 from .split import split_examples
@@ -179,6 +179,7 @@ def check_eval(cfg: Config, run_dir: "RunDir | str | Path", reads: dict | None =
     adapter, the off-task inputs) among what evaluation writes (eval/, the
     lock). Returns the run and the off-task inputs (None when unset)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(check_run_dir(run_dir))
+    check_same_models(cfg, run)
     reads = {**(reads or {}), "the run's adapter": run.adapter_dir}
     if cfg.eval.offtask_inputs:
         reads["eval.offtask_inputs"] = check_file(cfg.resolve_path(cfg.eval.offtask_inputs), "off-task input file (eval.offtask_inputs)")
@@ -186,6 +187,25 @@ def check_eval(cfg: Config, run_dir: "RunDir | str | Path", reads: dict | None =
     run.adapter()
     run.check_files()
     return run, read_offtask(cfg)
+
+
+def check_same_models(cfg: Config, run: RunDir) -> None:
+    """The task evaluated is the one the run's adapter was trained for: the same
+    student (the adapter's base), teacher and backend, and task settings (the
+    prompt, labels and reply format), as RUN/config.json records them; otherwise
+    one line naming the differing fields (an adapter scored on another base or
+    prompt says nothing)."""
+    stored = run.load_config()
+
+    def what_the_adapter_depends_on(c: Config) -> dict:
+        return {"models": {"student": c.models.student, "teacher": c.models.teacher, "teacher_backend": c.models.teacher_backend},
+                "task": {k: v for k, v in task_settings(c.task).items() if k != "name"}}  # a name is only a name
+
+    changed = changed_settings(what_the_adapter_depends_on(stored), what_the_adapter_depends_on(cfg))
+    if changed:
+        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        raise PromptDistillError(f"the task differs from the one this run was trained with ({shown}, see its config.json); "
+                                 "evaluate with that task file, or train a run for this one", path=run.path)
 
 
 def evaluate_file(cfg: Config, run_dir, inputs=None, *, task_file=None, progress: bool = True, log=print) -> dict:
