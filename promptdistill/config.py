@@ -415,6 +415,7 @@ def validate_config(cfg: Config, source=None, *, limits: bool = True) -> None:
 
     validate_numbers(cfg, source, limits=limits)
     t = cfg.task
+    validate_names(t, source)
     if (t.system_prompt is None) == (t.user_template is None):
         raise PromptDistillError("set exactly one of system_prompt or user_template", path=source, field="task")
     if t.user_template is not None and "{text}" not in t.user_template:
@@ -479,7 +480,6 @@ def validate_config(cfg: Config, source=None, *, limits: bool = True) -> None:
     validate_devices(cfg.models, source)
     validate_vllm_options(m.vllm_options, source)
     validate_text(cfg, source)
-    validate_names(t, source)
     _validate_synthesize(cfg, source)
     _validate_resamples(cfg, source)
 
