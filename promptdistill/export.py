@@ -42,6 +42,7 @@ from pathlib import Path
 from .config import DTYPES, Config
 from .errors import PromptDistillError
 from .io import atomic_directory, atomic_write_json, atomic_write_text, check_parent_writable, check_paths, relation
+from .markdown import md_code, md_text
 from .overrides import check_device_flag, check_models
 from .rundir import RunDir, check_outside_runs, check_run_dir
 
@@ -261,10 +262,10 @@ def _write_adapter(run: RunDir, cfg: Config, out_dir: Path) -> Path:
 
 
 def _merged_readme(cfg, adapter: Path) -> str:
-    return f"""# {cfg.task.name} student (merged)
+    return f"""# {md_text(cfg.task.name)} student (merged)
 
-Exported by promptdistill: `{cfg.models.student}` with the LoRA adapter
-`{adapter}` merged into its weights. It answers the task **without** the
+Exported by promptdistill: {md_code(cfg.models.student)} with the LoRA adapter
+{md_code(adapter)} merged into its weights. It answers the task **without** the
 teacher prompt: send the input alone as the user message.
 
 ```python
@@ -280,10 +281,10 @@ print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True
 
 
 def _adapter_readme(cfg, base_path: str, out_dir: Path, rank) -> str:
-    return f"""# {cfg.task.name} student (LoRA adapter)
+    return f"""# {md_text(cfg.task.name)} student (LoRA adapter)
 
 Exported by promptdistill: a PEFT LoRA adapter for the base model
-`{base_path}` ({cfg.models.student}). It answers the task **without** the
+{md_code(base_path)} ({md_text(cfg.models.student)}). It answers the task **without** the
 teacher prompt: send the input alone as the user message.
 
 vLLM refuses adapters whose rank exceeds `--max-lora-rank` (default 16).

@@ -53,6 +53,7 @@ from .errors import PromptDistillError
 from .io import (DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_file,
                  check_no_symlinks, check_output_file, check_paths, claim_side_file, fingerprint, is_lock_file, read_settings,
                  resume_or_refuse)
+from .markdown import md_code, md_text
 from .progress import progress_bar
 from .records import Example, iter_jsonl, read_inputs, read_labeled
 from .rundir import SYNTH, check_outside_runs
@@ -484,21 +485,21 @@ def _f(x, pct=False) -> str:
 def report_markdown(report: dict) -> str:
     lines = [
         "# Synthesis report", "",
-        f"Generator `{report['generator']}`: {report['kept']} inputs kept of {report['asked']} asked, "
+        f"Generator {md_code(report['generator'])}: {report['kept']} inputs kept of {report['asked']} asked, "
         f"from {report['requests']} requests ({report['dropped']} dropped).", "",
         f"- distinct-1 {_f(report['distinct_1'])}, distinct-2 {_f(report['distinct_2'])}",
         f"- exact-duplicate rate {_f(report['exact_duplicate_rate'], True)}, near-duplicate rate "
         f"{_f(report['near_duplicate_rate'], True)} (character {report['ngram']}-gram Jaccard >= {report['near_duplicate_threshold']})",
         "", "| dropped because | count |", "|---|---:|",
-    ] + ([f"| {k} | {v} |" for k, v in report["dropped_by_reason"].items()] or ["| (nothing dropped) | 0 |"]) + [
+    ] + ([f"| {md_text(k)} | {v} |" for k, v in report["dropped_by_reason"].items()] or ["| (nothing dropped) | 0 |"]) + [
         "", "| category (strategy/asked for) | quota | kept |", "|---|---:|---:|",
-    ] + [f"| {c} | {q['quota']} | {q['kept']} |" for c, q in report["quotas"].items()]
+    ] + [f"| {md_text(c)} | {q['quota']} | {q['kept']} |" for c, q in report["quotas"].items()]
     if report.get("labels_vs_quotas"):
         lv = report["labels_vs_quotas"]
         lines += ["", f"After labeling ({lv['labeled']} labeled, {lv['rejected']} rejected): the teacher's labels against what was asked for; "
                       f"{_f(lv['agreement'], True)} of the inputs asked for a label got it.", "",
                   "| label | quota | teacher labeled | asked for and got |", "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {v['quota']} | {v['labeled']} | {v['asked_and_got']} |" for k, v in lv["labels"].items()]
+        lines += [f"| {md_text(k)} | {v['quota']} | {v['labeled']} | {v['asked_and_got']} |" for k, v in lv["labels"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -9,9 +9,9 @@ files (report.md with its pictures, report.html).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
+from ..markdown import md_code, md_text
 from ..task import UNPARSED
 from .agreement import MAX_INTERVAL_WIDTH, MIN_COUNT, OTHER
 
@@ -25,27 +25,6 @@ def fmt(x, spec: str = ".1f") -> str:
 def interval(low: float, high: float, digits: int = 1) -> str:
     """A 95% interval of a share, as "31.3-83.2%"."""
     return f"{fmt(100 * low, f'.{digits}f')}-{fmt(high, f'.{digits}%')}"
-
-
-# Characters that mean something to markdown (and to run_report's HTML subset)
-# where a user's string is written: a label, a task or model name, a JSON field.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]#|!<>])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def md_text(value) -> str:
-    """A user's string as literal markdown text: control characters (a newline
-    would start a line of its own, such as an image line) become spaces, and
-    every character markdown reads (`|` ends a table cell, backticks, `#`, `![`)
-    is backslash-escaped, so a label or task name is shown, never interpreted."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", _CONTROL.sub(" ", str(value)))
-
-
-def md_code(value) -> str:
-    """A user's string as inline code (literal in markdown except `|`, which would
-    still end a table cell, so it is escaped); one holding a backtick as md_text."""
-    text = _CONTROL.sub(" ", str(value))
-    return md_text(text) if "`" in text else "`" + text.replace("|", "\\|") + "`"
 
 
 _cell = md_text  # a label inside a pipe table cell
