@@ -18,6 +18,7 @@ The eval stage's preflight lives here too, beside `evaluate_run`
 from __future__ import annotations
 
 import json
+import os
 
 from .config import Config, eval_settings, task_settings, training_settings
 from .errors import PromptDistillError
@@ -179,13 +180,13 @@ def check_eval(cfg: Config, run_dir: "RunDir | str | Path", reads: dict | None =
     adapter, the off-task inputs) among what evaluation writes (eval/, the
     lock). Returns the run and the off-task inputs (None when unset)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(check_run_dir(run_dir))
-    check_same_models(cfg, run)
     reads = {**(reads or {}), "the run's adapter": run.adapter_dir}
     if cfg.eval.offtask_inputs:
         reads["eval.offtask_inputs"] = check_file(cfg.resolve_path(cfg.eval.offtask_inputs), "off-task input file (eval.offtask_inputs)")
     check_paths(reads, {"the run's eval/ folder": run.eval_dir, "the run's lock file": run.lock_path})
     run.adapter()
     run.check_files()
+    check_same_models(cfg, run)
     return run, read_offtask(cfg)
 
 
@@ -198,7 +199,8 @@ def check_same_models(cfg: Config, run: RunDir) -> None:
     stored = run.load_config()
 
     def what_the_adapter_depends_on(c: Config) -> dict:
-        return {"models": {"student": c.models.student, "teacher": c.models.teacher, "teacher_backend": c.models.teacher_backend},
+        return {"models": {"student": _model_identity(c.models.student), "teacher": _model_identity(c.models.teacher),
+                           "teacher_backend": c.models.teacher_backend},
                 "task": {k: v for k, v in task_settings(c.task).items() if k != "name"}}  # a name is only a name
 
     changed = changed_settings(what_the_adapter_depends_on(stored), what_the_adapter_depends_on(cfg))
@@ -206,6 +208,16 @@ def check_same_models(cfg: Config, run: RunDir) -> None:
         shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
         raise PromptDistillError(f"the task differs from the one this run was trained with ({shown}, see its config.json); "
                                  "evaluate with that task file, or train a run for this one", path=run.path)
+
+
+def _model_identity(name: str) -> str:
+    """A model as the comparison sees it: a local folder by its config.json and
+    weight files (the same model moved or copied is the same model), else its name."""
+    folder = Path(os.path.expanduser(name))
+    if not (folder / "config.json").is_file():
+        return name
+    weights = sorted((f.name, f.stat().st_size) for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+    return "folder:" + fingerprint(weights, (folder / "config.json").read_bytes())
 
 
 def evaluate_file(cfg: Config, run_dir, inputs=None, *, task_file=None, progress: bool = True, log=print) -> dict:
