@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m promptdistill run examples/language_id/task.toml --run-dir runs/language_id
 
-# The layer contract: the CLI over the pipeline over the stages over the ground (.importlinter).
+# The layer contract (the CLI over the pipeline over the stages over the ground) and no import cycles (.importlinter).
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 

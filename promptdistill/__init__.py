@@ -71,6 +71,7 @@ _EXPORTS = {
     "export_merged": "export",
     "export_adapter": "export",
     "export_run": "export",
+    "export_gguf": "export",
     "split_examples": "split",
     "subsample": "split",
     "write_examples": "records",

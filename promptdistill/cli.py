@@ -7,7 +7,7 @@
     promptdistill eval    TASK --run-dir RUN [--inputs FILE] teacher vs base vs student
     promptdistill run     TASK [--run-dir RUN]               all stages, resumable
     promptdistill predict --run-dir RUN [TEXT ...]           answer with the student
-    promptdistill export  --run-dir RUN --merged DIR | --adapter DIR   the student as a model others load
+    promptdistill export  --run-dir RUN --merged DIR | --adapter DIR | --gguf DIR   the student as a model others load
     promptdistill synthesize   TASK --n N --out FILE         inputs written by a generator from the prompt
     promptdistill import-chats TASK --logs FILE --out FILE   labeled records from production chat logs
 
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         group = sp.add_mutually_exclusive_group()
         group.add_argument("--init-from", metavar="RUN", help="start from the adapter RUN trained (sets train.init_adapter)")
         group.add_argument("--init-adapter", metavar="FOLDER", help="start from this PEFT LoRA adapter (sets train.init_adapter)")
-        sp.add_argument("--report-to", choices=REPORT_TO, help="also log training metrics to a tracker (sets train.report_to)")
+        sp.add_argument("--report-to", choices=REPORT_TO, help="also log training and eval metrics to a tracker (sets train.report_to)")
 
     sp = command("init", cmd_init, "write a minimal task file from a prompt file (and a label list)", task=False)
     sp.add_argument("task", help="task TOML file to write (refused if it exists)")
@@ -150,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--run-dir", required=True, help="run directory holding train/adapter")
     sp.add_argument("--merged", metavar="DIR", help="standalone model folder (LoRA merged into the base)")
     sp.add_argument("--adapter", metavar="DIR", help="PEFT adapter folder (e.g. for vllm serve --enable-lora)")
+    sp.add_argument("--gguf", metavar="DIR", help="GGUF file + Ollama Modelfile folder (llama.cpp, Ollama, LM Studio)")
+    sp.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0", "f32"), help="GGUF weight type (default: f16)")
+    sp.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the exported folder to this Hugging Face model repo")
     sp.add_argument("--device", default="cpu", help="device used for merging (default: cpu)")
     sp.add_argument("--dtype", help="dtype of the merged weights (default: models.dtype of the run)")
     sp.add_argument("--overwrite", action="store_true",
@@ -269,19 +272,18 @@ def cmd_run(args):
 
 def cmd_predict(args):
     from .predict import predict_run, read_texts
+    from .task import UNPARSED
 
     texts, source = read_texts(args.texts, sys.stdin.buffer)
     answers = predict_run(args.run_dir, texts, device=args.device, source=source, log=_log)
     for label, reply in answers:
-        print(reply if args.raw else (label if label is not None else "??"))
+        print(reply if args.raw else (label if label is not None else UNPARSED))
 
 
 def cmd_export(args):
     from .export import export_run
-
-    written = export_run(args.run_dir, merged=args.merged, adapter=args.adapter, device=args.device, dtype=args.dtype,
-                         overwrite=args.overwrite)
-    for kind, folder in written.items():
+    kw = {k: getattr(args, k) for k in ("merged", "adapter", "gguf", "gguf_type", "device", "dtype", "overwrite", "push_to_hub")}
+    for kind, folder in export_run(args.run_dir, **kw).items():
         print(f"{'merged model' if kind == 'merged' else kind}: {folder}")
 
 

@@ -14,6 +14,13 @@ Two standard shapes are written from it:
   with `base_model_name_or_path` pointing at the base the adapter was trained
   on, for servers that apply adapters on top of a shared base, e.g.
   `vllm serve BASE --enable-lora --lora-modules student=DIR`.
+- **gguf** (`export_gguf`): the merged student as one GGUF file for llama.cpp,
+  Ollama and LM Studio (gguf_export.py), with an Ollama `Modelfile` beside it
+  whose template is the student's chat template and which sets no system
+  prompt (ollama.py).
+
+Every folder carries a model card, README.md (model_card.py): front matter
+for the Hub, the evaluation when the run has one, and how to run it.
 
 Both folders are written whole or not at all (temporary folder, then rename),
 and only where the tool may write (`check_export_target`): never onto or
@@ -43,6 +50,7 @@ from .config import DTYPES, Config
 from .errors import PromptDistillError
 from .io import atomic_directory, atomic_write_json, atomic_write_text, check_parent_writable, check_paths, relation
 from .markdown import md_code, md_text
+from .model_card import model_card
 from .overrides import check_device_flag, check_models
 from .rundir import RunDir, check_outside_runs, check_run_dir
 
@@ -170,13 +178,13 @@ def keep_foreign(folder: Path, new: Path) -> list[str]:
     return kept
 
 
-def check_export(run_dir, *, merged=None, adapter=None, device: str = "cpu", dtype: str | None = None,
-                 overwrite: bool = False) -> tuple[RunDir, Config]:
+def check_export(run_dir, *, merged=None, adapter=None, gguf=None, gguf_type: str = "f16", device: str = "cpu",
+                 dtype: str | None = None, overwrite: bool = False, push_to_hub: str | None = None) -> tuple[RunDir, Config]:
     """The export stage's preflight: the run is a run with a whole adapter, its models
     are there, `device` and `dtype` are valid, and both targets are checked
     (`check_export_target`, and apart from each other) before either is written."""
-    if not merged and not adapter:
-        raise PromptDistillError("nothing to export: pass --merged DIR and/or --adapter DIR")
+    if not merged and not adapter and not gguf:
+        raise PromptDistillError("nothing to export: pass --merged DIR, --adapter DIR and/or --gguf DIR")
     run = RunDir(check_run_dir(run_dir))
     check_device_flag(device, "--device")
     if dtype is not None and dtype not in DTYPES:
@@ -184,25 +192,43 @@ def check_export(run_dir, *, merged=None, adapter=None, device: str = "cpu", dty
     cfg = run.load_config()
     check_models(cfg.models)
     run.adapter()
-    check_paths({}, {"--merged": merged, "--adapter": adapter})
-    for flag, target in (("--merged", merged), ("--adapter", adapter)):
+    if gguf:
+        _check_gguf_student(cfg, gguf_type)
+    if push_to_hub:
+        from .hub import check_push
+
+        if sum(bool(t) for t in (merged, adapter, gguf)) != 1:
+            raise PromptDistillError("--push-to-hub pushes one export: pass exactly one of --merged, --adapter, --gguf",
+                                     field="--push-to-hub")
+        check_push(push_to_hub)
+    check_paths({}, {"--merged": merged, "--adapter": adapter, "--gguf": gguf})
+    for flag, target in (("--merged", merged), ("--adapter", adapter), ("--gguf", gguf)):
         if target:
             check_export_target(run, target, flag, overwrite=overwrite)
     return run, cfg
 
 
-def export_run(run_dir, *, merged=None, adapter=None, device: str = "cpu", dtype: str | None = None,
-               overwrite: bool = False) -> dict[str, Path]:
-    """Write the student of a run as a merged model folder (`merged`) and/or a PEFT
-    adapter folder (`adapter`), checked first (`check_export`), under the run's
-    lock; return the folders written by kind."""
-    run, cfg = check_export(run_dir, merged=merged, adapter=adapter, device=device, dtype=dtype, overwrite=overwrite)
+def export_run(run_dir, *, merged=None, adapter=None, gguf=None, gguf_type: str = "f16", device: str = "cpu",
+               dtype: str | None = None, overwrite: bool = False, push_to_hub: str | None = None) -> dict[str, Path]:
+    """Write the student of a run as a merged model folder (`merged`), a PEFT
+    adapter folder (`adapter`) and/or a GGUF folder (`gguf`), checked first
+    (`check_export`), under the run's lock; return the folders written by kind.
+    With `push_to_hub` (ORG/NAME), the one folder written is then uploaded there (hub.py)."""
+    run, cfg = check_export(run_dir, merged=merged, adapter=adapter, gguf=gguf, gguf_type=gguf_type, device=device,
+                            dtype=dtype, overwrite=overwrite, push_to_hub=push_to_hub)
     written = {}
     with run.lock():
         if merged:
             written["merged"] = _write_merged(run, cfg, Path(merged), device, dtype)
         if adapter:
             written["adapter"] = _write_adapter(run, cfg, Path(adapter))
+        if gguf:
+            written["gguf"] = _write_gguf(run, cfg, Path(gguf), gguf_type, device)
+    if push_to_hub:
+        from .hub import push_folder
+
+        (folder,) = written.values()
+        written["hub"] = push_folder(folder, push_to_hub)
     return written
 
 
@@ -214,6 +240,54 @@ def export_merged(run_dir, out_dir, *, device: str = "cpu", dtype: str | None = 
 def export_adapter(run_dir, out_dir, *, overwrite: bool = False) -> Path:
     """Write the student's PEFT adapter folder, pointing at its base model; return it."""
     return export_run(run_dir, adapter=out_dir, overwrite=overwrite)["adapter"]
+
+
+def export_gguf(run_dir, out_dir, *, gguf_type: str = "f16", device: str = "cpu", overwrite: bool = False) -> Path:
+    """Write the merged student as a GGUF file with an Ollama Modelfile into `out_dir`; return it."""
+    return export_run(run_dir, gguf=out_dir, gguf_type=gguf_type, device=device, overwrite=overwrite)["gguf"]
+
+
+def _check_gguf_student(cfg: Config, gguf_type: str) -> None:
+    """Before merging anything: the type is known, and the student's family, tokenizer and
+    chat template are ones the GGUF file and the Modelfile can carry faithfully."""
+    from transformers import AutoConfig
+
+    from .gguf_export import check_gguf_model, check_gguf_type
+    from .models import load_tokenizer, model_path
+    from .ollama import check_ollama_template
+
+    check_gguf_type(gguf_type)
+    tok = load_tokenizer(cfg.models.student)
+    check_gguf_model(AutoConfig.from_pretrained(model_path(cfg.models.student)), tok)
+    check_ollama_template(tok)
+
+
+def _write_gguf(run: RunDir, cfg: Config, out_dir: Path, gguf_type: str, device: str) -> Path:
+    from .gguf_export import write_gguf
+    from .ollama import check_ollama_template, modelfile
+    from .render import end_of_turn_ids
+
+    student = run.load_student(cfg, device=device, dtype="float32")  # merged in full precision, then converted
+    merged = student.model.merge_and_unload()
+    tok = student.tokenizer
+    name = f"{_file_stem(cfg.task.name)}-{gguf_type}.gguf"
+    stops = [tok.convert_ids_to_tokens(i) for i in sorted(end_of_turn_ids(tok))]
+    with atomic_directory(out_dir) as tmp:
+        tok.save_pretrained(tmp / "tokenizer")  # read back by gguf.SpecialVocab, removed below
+        write_gguf(merged, tok, tmp / "tokenizer", tmp / name, gguf_type, cfg.task.name)
+        shutil.rmtree(tmp / "tokenizer")
+        atomic_write_text(tmp / "Modelfile", modelfile(name, check_ollama_template(tok), stops, cfg.task.temperature,
+                                                       cfg.task.max_new_tokens))
+        atomic_write_text(tmp / "README.md", model_card(cfg, "gguf", _gguf_readme(cfg, name, gguf_type), run.report_path))
+        write_manifest(tmp, "gguf")
+        if out_dir.is_dir():
+            keep_foreign(out_dir, tmp)
+    return out_dir
+
+
+def _file_stem(name: str) -> str:
+    """A task name as a plain file name stem."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip(".-") or "student"
 
 
 def _write_merged(run: RunDir, cfg: Config, out_dir: Path, device: str, dtype: str | None) -> Path:
@@ -233,7 +307,7 @@ def _write_merged(run: RunDir, cfg: Config, out_dir: Path, device: str, dtype: s
     with atomic_directory(out_dir) as tmp:
         merged.save_pretrained(tmp)  # safetensors (transformers' default)
         tok.save_pretrained(tmp)
-        atomic_write_text(tmp / "README.md", _merged_readme(cfg, adapter))
+        atomic_write_text(tmp / "README.md", model_card(cfg, "merged", _merged_readme(cfg, adapter), run.report_path))
         write_manifest(tmp, "merged")
         if out_dir.is_dir():
             keep_foreign(out_dir, tmp)
@@ -254,7 +328,8 @@ def _write_adapter(run: RunDir, cfg: Config, out_dir: Path) -> Path:
         # converted cache folder rather than the short name only we know).
         adapter_cfg["base_model_name_or_path"] = base_path
         atomic_write_text(config_path, json.dumps(adapter_cfg, indent=2) + "\n")
-        atomic_write_text(tmp / "README.md", _adapter_readme(cfg, base_path, out_dir, adapter_cfg.get("r")))
+        atomic_write_text(tmp / "README.md", model_card(cfg, "adapter", _adapter_readme(cfg, base_path, out_dir, adapter_cfg.get("r")),
+                                                        run.report_path))
         write_manifest(tmp, "adapter")
         if out_dir.is_dir():
             keep_foreign(out_dir, tmp)
@@ -300,3 +375,20 @@ model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({json.dum
 ```
 """
 
+
+
+def _gguf_readme(cfg, name: str, gguf_type: str) -> str:
+    return f"""# {md_text(cfg.task.name)} student (GGUF, {gguf_type})
+
+Exported by promptdistill: {md_code(cfg.models.student)} with its LoRA adapter
+merged, as one GGUF file for llama.cpp, Ollama and LM Studio. It answers the
+task **without** the teacher prompt: send the input alone as the user message.
+The `Modelfile` beside it reproduces the chat template the student was
+trained with and sets no system prompt.
+
+```bash
+ollama create {_file_stem(cfg.task.name)} -f Modelfile
+ollama run {_file_stem(cfg.task.name)} "..."
+llama-cli -m {name} -cnv --temp 0
+```
+"""

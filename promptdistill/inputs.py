@@ -71,9 +71,9 @@ def fit_context(examples, task: Task, cfg: Config, path, log, roles=("teacher", 
     for role in roles:
         name = m.teacher if role == "teacher" else m.student
         if role == "teacher" and m.teacher_backend == "openai":
-            from .teachers import teacher_for
+            from .teachers import load_teacher
 
-            server = teacher_for(m)
+            server = load_teacher(m)
             context = server.served_context()
             tok = server.tokenizer if context is not None else None
         else:

@@ -39,7 +39,7 @@ from .rundir import STAGE_OUTPUTS, check_outside_runs
 from .task import OK, Task
 from .teachers import Teacher, load_teacher
 
-__all__ = ["check_label_outputs", "claim_labels_file", "label_file", "label_inputs", "load_teacher", "summarize_labels"]
+__all__ = ["check_label_outputs", "claim_labels_file", "label_file", "label_inputs", "summarize_labels"]
 
 
 def label_file(cfg: Config, inputs, out_path, rejects_path=None, *, limit: int = 0, task_file=None, log=print,

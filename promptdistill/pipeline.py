@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 
-from .config import Config, eval_settings, task_settings, training_settings
+from .config import Config, eval_settings, save_config, task_settings, training_settings
 from .errors import PromptDistillError
 from pathlib import Path
 
@@ -105,14 +105,15 @@ def run_pipeline(cfg: Config, run_dir=None, *, force: bool = False, progress: bo
 
 def _run_stages(cfg: Config, run: RunDir, offtask: list | None, *, force: bool, progress: bool, log) -> dict:
     from .evaluation.report import fmt, results_table
-    from .labeling import label_inputs, load_teacher
+    from .labeling import label_inputs
+    from .teachers import load_teacher
     from .training.recipe import train_folder
 
     task = Task(cfg.task)
     settings = stage_settings(cfg)
     todo = run.plan(settings, force)
     # Written only once the settings are accepted: predict reads the model and task from it.
-    run.save_config(cfg)
+    save_config(cfg, run.config_path)
 
     def stage_needed(stage: str) -> bool:
         if stage not in todo:
@@ -263,13 +264,19 @@ def _evaluate(cfg: Config, run: RunDir, examples, offtask: list | None, *, progr
     base_view = run.base_of(student)
     teacher = load_teacher(cfg, base=base_view)
     # An interrupted evaluation resumes only with the same settings, inputs and adapter.
-    inputs_print = fingerprint([cfg.to_dict(), [(e.id, e.text) for e in examples], [(e.id, e.text) for e in offtask or ()]],
-                               (adapter / "adapter_model.safetensors").read_bytes())
+    resume_settings = {**cfg.to_dict(), "heldout_inputs": fingerprint([(e.id, e.text) for e in examples]),
+                       "offtask_inputs": fingerprint([(e.id, e.text) for e in offtask or ()]),
+                       "adapter": adapter_fingerprint(adapter)}
     report = evaluate_systems(task, examples, run.eval_dir, Systems(teacher, student, base_view), cfg.eval, seed=cfg.data.seed,
-                              train_records=_train_records(run), offtask=offtask, fingerprint=inputs_print, progress=progress)
+                              train_records=_train_records(run), offtask=offtask, resume_settings=resume_settings,
+                              progress=progress)
     _record_heldout_source(run, examples)
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
     write_run_report(run.path)
+    if cfg.train.report_to != "none":
+        from .training.tracking import log_eval_metrics
+
+        log_eval_metrics(cfg.train.report_to, run.train_dir, cfg.train, report)
     return report
 
 

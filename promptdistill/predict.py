@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from .config import GENERATE_BATCH_SIZE
 from .errors import PromptDistillError
-from .evaluation.systems import EVAL_BATCH_SIZE, generate_answers
+from .evaluation.systems import generate_answers
 from .inputs import fit_context
 from .models import LoadedModel
 from .overrides import check_device_flag, check_models
 from .records import Example, check_encodable
 from .rundir import RunDir, check_run_dir
-from .task import Task
+from .task import UNPARSED, Task
 
 
 def read_texts(texts: list[str], stdin) -> tuple[list[str], str]:
@@ -44,7 +45,7 @@ def predict_run(run_dir, texts: list[str], *, device: str | None = None, source:
     fitted = {e.id: e.text for e in fit_context(examples, task, cfg, source, log, roles=("student",))}
     student = run.load_student(cfg, device=device)
     answers = dict(zip(fitted, predict_texts(task, student, list(fitted.values()))))
-    return [answers.get(e.id, (None, "??")) for e in examples]
+    return [answers.get(e.id, (None, UNPARSED)) for e in examples]
 
 
 def load_student(run_dir, device: str | None = None) -> tuple[Task, LoadedModel]:
@@ -60,8 +61,8 @@ def predict_texts(task: Task, student: LoadedModel, texts: list[str]) -> list[tu
     Texts are answered in batches decoded together (`generate_answers`, the
     evaluation's path), which gives each text the reply it gets alone."""
     out = []
-    for i in range(0, len(texts), EVAL_BATCH_SIZE):
-        batch = texts[i : i + EVAL_BATCH_SIZE]
+    for i in range(0, len(texts), GENERATE_BATCH_SIZE):
+        batch = texts[i : i + GENERATE_BATCH_SIZE]
         for reply, _ in generate_answers(task, student, [task.student_messages(t) for t in batch]):
             out.append((task.parse_answer(reply)[0], reply))
     return out

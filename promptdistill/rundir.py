@@ -129,9 +129,6 @@ class RunDir:
 
     # -- configuration ------------------------------------------------------
 
-    def save_config(self, cfg: Config) -> None:
-        atomic_write_json(self.config_path, cfg.to_dict())
-
     def load_config(self) -> Config:
         """The configuration this run was made with (config.json)."""
         if not self.config_path.exists():

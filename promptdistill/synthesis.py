@@ -59,7 +59,7 @@ from .records import Example, iter_jsonl, read_inputs, read_labeled
 from .rundir import SYNTH, check_outside_runs
 from .render import render_prompt
 from .task import Task
-from .teachers import CompletionRequest, Teacher, teacher_for
+from .teachers import CompletionRequest, Teacher, load_teacher
 from .teachers.records import sample_seed
 
 __all__ = ["synthesize", "plan_quotas", "near_duplicate", "quota_report", "shingles", "jaccard"]
@@ -322,7 +322,7 @@ def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = N
         seeds = read_inputs(cfg.resolve_path(source)) if source and "seeds" in sy.strategies else []
     if "seeds" in sy.strategies and not seeds:
         raise PromptDistillError("the seeds strategy needs real inputs: set synthesize.seed_inputs", field="synthesize.seed_inputs")
-    generator = teacher or teacher_for(replace(cfg.models, teacher=sy.generator or cfg.models.teacher))
+    generator = teacher or load_teacher(replace(cfg.models, teacher=sy.generator or cfg.models.teacher))
     quotas = plan_quotas(n, sy.strategies, task.labels if not task.json_reply else [], sy.edge_share, sy.label_quotas)
     seed = cfg.data.seed
     meta = {"generator": generator.name, **generator.meta(), "task_fingerprint": task.fingerprint(), "n": n, "seed": seed,

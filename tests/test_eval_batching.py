@@ -47,7 +47,7 @@ def test_metrics_from_batches_equal_metrics_from_single_requests(varied_model, t
     run = dict(systems=systems.Systems(LocalTeacher(varied_model), varied_model, varied_model),
                settings=EvalConfig(latency_requests=3, general_ability=False), progress=False)
     batched = systems.evaluate_systems(task, examples, tmp_path / "batched", **run)
-    monkeypatch.setattr(systems, "EVAL_BATCH_SIZE", 1)  # one input per batch: single requests
+    monkeypatch.setattr(systems, "GENERATE_BATCH_SIZE", 1)  # one input per batch: single requests
     single = systems.evaluate_systems(task, examples, tmp_path / "single", **run)
     for name in ("teacher", "base", "student"):
         a, b = batched["systems"][name], single["systems"][name]

@@ -24,7 +24,7 @@ def test_interrupted_eval_resumes(tmp_path, tiny, monkeypatch):
     calls = []
     real = evaluate_mod.generate_answers
     # Answers come in batches (of 2 here), each batch's predictions kept as it completes.
-    monkeypatch.setattr(evaluate_mod, "EVAL_BATCH_SIZE", 2)
+    monkeypatch.setattr(evaluate_mod, "GENERATE_BATCH_SIZE", 2)
 
     def counting(*args, **kwargs):
         calls.append(len(args[2]))
@@ -34,7 +34,7 @@ def test_interrupted_eval_resumes(tmp_path, tiny, monkeypatch):
 
     monkeypatch.setattr(evaluate_mod, "generate_answers", counting)
     models = evaluate_mod.Systems(LocalTeacher(tiny), tiny, tiny)
-    run = dict(progress=False, fingerprint="abc")
+    run = dict(progress=False, resume_settings={"run": "abc"})
     with pytest.raises(KeyboardInterrupt):
         evaluate_mod.evaluate_systems(task, examples, out, models, EvalConfig(general_ability=False), **run)
     partial = out / "predictions.partial.jsonl"
@@ -58,17 +58,31 @@ def test_interrupted_eval_resumes(tmp_path, tiny, monkeypatch):
     assert [p["id"] for p in final if p["latency_s"] is not None] == ["0", "1"] * 3
 
 
-def test_partial_predictions_of_other_settings_are_discarded(tmp_path, tiny):
+def test_partial_predictions_of_other_settings_are_discarded(tmp_path, tiny, capsys):
     task = _task()
     examples = [Example(id=str(i), text=f"text {i}") for i in range(3)]
     out = tmp_path / "eval"
     out.mkdir()
     bogus = {"id": "0", "system": "teacher", "label": "cy", "reply": "Final Answer: cy", "status": "ok", "prompt_tokens": 1, "latency_s": 9.0}
-    (out / "predictions.partial.jsonl").write_text(json.dumps({"fingerprint": "old"}) + "\n" + json.dumps(bogus) + "\n")
-    evaluate_mod.evaluate_systems(task, examples, out, evaluate_mod.Systems(LocalTeacher(tiny), tiny), progress=False, fingerprint="new")
+    (out / "predictions.partial.jsonl").write_text(json.dumps({"settings": {"run": "old"}}) + "\n" + json.dumps(bogus) + "\n")
+    evaluate_mod.evaluate_systems(task, examples, out, evaluate_mod.Systems(LocalTeacher(tiny), tiny), progress=False, resume_settings={"run": "new"})
     final = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     teacher0 = next(p for p in final if p["system"] == "teacher" and p["id"] == "0")
     assert teacher0["latency_s"] != 9.0
+    # the restart says which setting changed
+    assert "other settings (run); starting over" in capsys.readouterr().err
+
+
+def test_partial_predictions_without_recorded_settings_are_discarded(tmp_path, tiny):
+    task = _task()
+    examples = [Example(id=str(i), text=f"text {i}") for i in range(2)]
+    out = tmp_path / "eval"
+    out.mkdir()
+    bogus = {"id": "0", "system": "teacher", "label": "cy", "reply": "Final Answer: cy", "status": "ok", "prompt_tokens": 1, "latency_s": 9.0}
+    (out / "predictions.partial.jsonl").write_text(json.dumps({"fingerprint": "abc"}) + "\n" + json.dumps(bogus) + "\n")
+    evaluate_mod.evaluate_systems(task, examples, out, evaluate_mod.Systems(LocalTeacher(tiny), tiny), progress=False, resume_settings={"run": "abc"})
+    final = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert next(p for p in final if p["system"] == "teacher" and p["id"] == "0")["latency_s"] != 9.0
 
 
 def test_teacher_resamples_give_the_ceiling_and_resume(tmp_path, tiny):
@@ -89,7 +103,7 @@ def test_teacher_resamples_give_the_ceiling_and_resume(tmp_path, tiny):
         return real(exs, t, mode, seed, *args, **kwargs)
 
     teacher.label = counting
-    run = dict(systems=evaluate_mod.Systems(teacher, tiny), settings=EvalConfig(teacher_resamples=2), progress=False, fingerprint="abc")
+    run = dict(systems=evaluate_mod.Systems(teacher, tiny), settings=EvalConfig(teacher_resamples=2), progress=False, resume_settings={"run": "abc"})
     with pytest.raises(KeyboardInterrupt):
         evaluate_mod.evaluate_systems(task, examples, out, **run)
     asked.clear()
@@ -118,7 +132,7 @@ def test_interrupted_offtask_predictions_resume(tmp_path, tiny, monkeypatch):
     out = tmp_path / "eval"
     calls = []
     real = evaluate_mod.generate_answers
-    monkeypatch.setattr(evaluate_mod, "EVAL_BATCH_SIZE", 2)
+    monkeypatch.setattr(evaluate_mod, "GENERATE_BATCH_SIZE", 2)
 
     def counting(*args, **kwargs):
         calls.append([m[0]["content"] for m in args[2]])
@@ -127,7 +141,7 @@ def test_interrupted_offtask_predictions_resume(tmp_path, tiny, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluate_mod, "generate_answers", counting)
-    run = dict(systems=evaluate_mod.Systems(LocalTeacher(tiny), tiny, tiny), progress=False, fingerprint="abc", offtask=offtask,
+    run = dict(systems=evaluate_mod.Systems(LocalTeacher(tiny), tiny, tiny), progress=False, resume_settings={"run": "abc"}, offtask=offtask,
                settings=EvalConfig(offtask_inputs="offtask.jsonl", latency_requests=1, general_ability=False))
     with pytest.raises(KeyboardInterrupt):
         evaluate_mod.evaluate_systems(task, examples, out, **run)

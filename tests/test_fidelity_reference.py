@@ -84,15 +84,16 @@ def test_balance_and_resample_settings_are_validated(sections, field):
     assert field in str(e.value)
 
 
-def test_balance_and_resample_settings_accepted_and_hashed_only_when_set():
+def test_balance_and_resample_settings_accepted_and_hashed():
     from promptdistill.config import eval_settings, training_settings
 
     cfg = _cfg(task={"temperature": 0.7}, eval={"teacher_resamples": 3}, train={"balance": "answers"})
     assert cfg.eval.teacher_resamples == 3 and cfg.train.balance == "answers"
     assert training_settings(cfg.train)["balance"] == "answers" and eval_settings(cfg.eval)["teacher_resamples"] == 3
-    # at their defaults they are not in the fingerprints: finished run directories stay finished
+    # every setting is in the fingerprints: changing one from its default changes the stage's
     plain = _cfg()
-    assert "balance" not in training_settings(plain.train) and "teacher_resamples" not in eval_settings(plain.eval)
+    assert training_settings(plain.train)["balance"] == "none" and eval_settings(plain.eval)["teacher_resamples"] == 0
+    assert training_settings(plain.train) != training_settings(cfg.train) and eval_settings(plain.eval) != eval_settings(cfg.eval)
 
 
 # ---------------------------------------------------------------- ceiling from resamples

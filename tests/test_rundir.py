@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import write_task_file
-from promptdistill.config import load_config
+from promptdistill.config import load_config, save_config
 from promptdistill.errors import PromptDistillError
 from promptdistill.rundir import STAGES, RunDir
 
@@ -13,7 +13,7 @@ from promptdistill.rundir import STAGES, RunDir
 def test_config_round_trips(tmp_path):
     cfg = load_config(write_task_file(tmp_path, "/some/model", train=dict(max_steps=3)))
     run = RunDir(tmp_path / "run")
-    run.save_config(cfg)
+    save_config(cfg, run.config_path)
     back = run.load_config()
     assert back.to_dict() == cfg.to_dict()
 

@@ -24,7 +24,7 @@ import promptdistill.training.recipe as recipe
 from conftest import make_task, read_jsonl, script_records, write_jsonl, write_task_file
 from promptdistill.config import Config, DataConfig, ModelsConfig, TrainConfig
 from promptdistill.errors import PromptDistillError
-from promptdistill.training.data import training_fingerprint
+from promptdistill.training.checkpoint import checkpoint_settings
 
 
 def _config(model_dir: str, task=None, **train) -> Config:
@@ -139,17 +139,17 @@ def test_the_fingerprint_follows_the_adapters_weights_not_its_path(tmp_path, tin
     records = script_records(4)
     shutil.copytree(trained, tmp_path / "a")
     cfg = _config(tiny_model_dir, init_adapter=str(tmp_path / "a"))
-    before = training_fingerprint(records, cfg)
-    assert before != training_fingerprint(records, _config(tiny_model_dir))  # with an adapter or without
+    before = checkpoint_settings(records, cfg)
+    assert before != checkpoint_settings(records, _config(tiny_model_dir))  # with an adapter or without
     shutil.copytree(trained, tmp_path / "b")
-    assert training_fingerprint(records, replace(cfg, train=replace(cfg.train, init_adapter=str(tmp_path / "b")))) == before
+    assert checkpoint_settings(records, replace(cfg, train=replace(cfg.train, init_adapter=str(tmp_path / "b")))) == before
 
     weights = _adapter(tmp_path / "a")
     key = sorted(weights)[0]
     weights[key] = weights[key] + 1e-3
     save_file(weights, str(tmp_path / "a" / "adapter_model.safetensors"))
-    assert training_fingerprint(records, cfg) != before
-    assert training_fingerprint(records, replace(cfg, data=DataConfig(mix_general=0.2))) != training_fingerprint(records, cfg)
+    assert checkpoint_settings(records, cfg) != before
+    assert checkpoint_settings(records, replace(cfg, data=DataConfig(mix_general=0.2))) != checkpoint_settings(records, cfg)
 
 
 def test_checkpoints_of_another_start_are_not_resumed(tmp_path, tiny_model_dir, trained, capsys):

@@ -20,7 +20,8 @@ import promptdistill.training.recipe as recipe
 from conftest import make_task, read_jsonl, script_records, write_jsonl, write_task_file
 from promptdistill.config import Config, DataConfig, ModelsConfig, TrainConfig
 from promptdistill.general import general_checks, general_prompts
-from promptdistill.training.data import sampling_weights, training_fingerprint
+from promptdistill.training.checkpoint import checkpoint_settings
+from promptdistill.training.data import sampling_weights
 from promptdistill.training.general_mix import GeneralExample, drawn_prompts, general_count
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,11 +204,11 @@ def test_balance_draws_general_items_with_the_task_items(tmp_path, tiny_model_di
 def test_the_fingerprint_changes_with_mix_general_and_with_the_replies(tiny_model_dir):
     records = script_records(4)
     rows = [{"id": "p1", "reply": "yes", "stopped": True}]
-    plain = training_fingerprint(records, _config(tiny_model_dir, 0.0))
-    assert plain != training_fingerprint(records, _config(tiny_model_dir, 0.25), rows)
-    assert training_fingerprint(records, _config(tiny_model_dir, 0.25), rows) != training_fingerprint(records, _config(tiny_model_dir, 0.5), rows)
-    assert training_fingerprint(records, _config(tiny_model_dir, 0.25), rows) != \
-        training_fingerprint(records, _config(tiny_model_dir, 0.25), [{**rows[0], "reply": "no"}])
+    plain = checkpoint_settings(records, _config(tiny_model_dir, 0.0))
+    assert plain != checkpoint_settings(records, _config(tiny_model_dir, 0.25), rows)
+    assert checkpoint_settings(records, _config(tiny_model_dir, 0.25), rows) != checkpoint_settings(records, _config(tiny_model_dir, 0.5), rows)
+    assert checkpoint_settings(records, _config(tiny_model_dir, 0.25), rows) != \
+        checkpoint_settings(records, _config(tiny_model_dir, 0.25), [{**rows[0], "reply": "no"}])
 
 
 def test_cycling_through_the_pool_is_said_in_one_line(tmp_path, tiny_model_dir, short_replies, generations, capsys):

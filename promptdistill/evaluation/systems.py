@@ -36,14 +36,15 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..progress import progress_bar
 
 from .. import engine
-from ..config import EvalConfig
-from ..io import JsonlAppender, atomic_write_json, atomic_write_jsonl, drop_torn_last_line
+from ..config import GENERATE_BATCH_SIZE, EvalConfig
+from ..io import JsonlAppender, atomic_write_json, atomic_write_jsonl, drop_torn_last_line, resume_or_refuse
 from ..jsonreply import json_metrics
 from ..models import LoadedModel
 from ..records import Example
@@ -78,7 +79,6 @@ class Prediction:
 
 
 # Inputs per batch for the evaluation's answers (as in labeling).
-EVAL_BATCH_SIZE = 64
 
 
 def generate_answers(task: Task, loaded: LoadedModel, messages: list[list[dict]]) -> list[tuple[str, int]]:
@@ -162,7 +162,7 @@ def _predict_batches(examples: list[Example], system: str, answer, batch_size: i
     """`answer(batch)` over the examples not in `done` (predictions kept from an
     interrupted run, reused, not recomputed), in batches; predictions in input
     order, each new one passed to `sink` as its batch completes."""
-    done, batch_size = done or {}, batch_size or EVAL_BATCH_SIZE
+    done, batch_size = done or {}, batch_size or GENERATE_BATCH_SIZE
     todo = [e for e in examples if e.id not in done]
     new: dict[str, Prediction] = {}
     bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), desc=f"eval {system}", unit="input",
@@ -242,7 +242,7 @@ def predict_systems(task: Task, systems: Systems, examples: list[Example], *, in
 
 def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Systems, settings: EvalConfig | None = None, *,
                      seed: int = 0, train_records: list | None = None, offtask: list[Example] | None = None,
-                     fingerprint: str | None = None, progress: bool = True) -> dict:
+                     resume_settings: dict | None = None, progress: bool = True) -> dict:
     """Run teacher, base and student on `examples`; write and return the report.
 
     `settings` (default EvalConfig()) say what to measure: the base row, the
@@ -253,10 +253,12 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
     answered by all three (offtask.py); it and the general-ability check
     (general_ability.py) need `systems.base`.
 
-    With a `fingerprint` (a hash of the models, adapter and inputs),
-    predictions are also appended to `predictions.partial.jsonl` as they are
-    made, and a rerun with the same fingerprint after an interruption reuses
-    them. Latency is measured on the first `settings.latency_requests`
+    With `resume_settings` (what the predictions depend on: settings, models,
+    adapter, inputs), predictions are also appended to
+    `predictions.partial.jsonl` as they are made, and a rerun with the same
+    settings after an interruption reuses them; with other settings it starts
+    over and says which changed (io.resume_or_refuse, the rule every resumable
+    output follows). Latency is measured on the first `settings.latency_requests`
     examples, one generated answer per request for every row (latency.py),
     after the answers.
     """
@@ -264,11 +266,11 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
     out_dir = Path(out_dir)
     teacher, student, base = systems.teacher, systems.student, systems.base
     partial = out_dir / "predictions.partial.jsonl"
-    done = _partial_predictions(partial, fingerprint)
+    done = _partial_predictions(partial, resume_settings)
     with JsonlAppender(partial) as log:
-        if fingerprint is not None and partial.stat().st_size == 0:
-            log.append({"fingerprint": fingerprint})
-        sink = (lambda p: log.append(asdict(p))) if fingerprint is not None else None
+        if resume_settings is not None and partial.stat().st_size == 0:
+            log.append({"settings": resume_settings})
+        sink = (lambda p: log.append(asdict(p))) if resume_settings is not None else None
         run = dict(seed=seed, done=done, sink=sink, progress=progress)
         all_preds = predict_systems(task, systems, examples, include_base=settings.include_base, **run)
         resamples = (resample_teacher(task, teacher, examples, settings.teacher_resamples, seed, done=done, sink=sink,
@@ -400,22 +402,31 @@ def _fidelity_summary(task: Task, all_preds: dict, unavailable: str | None) -> d
     }
 
 
-def _partial_predictions(path: Path, fingerprint: str | None) -> dict[str, dict[str, Prediction]]:
-    """Predictions of an interrupted evaluation with the same fingerprint, by system and id."""
-    if fingerprint is None or not path.exists():
+def _partial_predictions(path: Path, settings: dict | None) -> dict[str, dict[str, Prediction]]:
+    """Predictions of an interrupted evaluation made with the same settings, by system
+    and id. Made with other settings, or unreadable, the file is discarded and the
+    evaluation starts over: its predictions are a cache, never the user's work."""
+    if settings is None or not path.exists():
         path.unlink(missing_ok=True)
         return {}
     drop_torn_last_line(path)  # a prediction cut by a kill is recomputed
     lines = [line for line in path.read_text(encoding="utf-8", errors="replace").split("\n") if line.strip()]
     try:
         header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
-        if header.get("fingerprint") != fingerprint:
-            raise ValueError("other settings")
+        stored = header.get("settings")
+        if not isinstance(stored, dict):
+            raise ValueError("no settings recorded")
+        changed = resume_or_refuse(stored, settings, force=True, what="an interrupted evaluation was made",
+                                   discards="its predictions", discard=path.unlink, path=path)
+        if changed:
+            print(f"[promptdistill] {path}: an interrupted evaluation made with other settings ({', '.join(changed[:8])}); "
+                  "starting over", file=sys.stderr)
+            return {}
         done: dict[str, dict[str, Prediction]] = {}
         for row in rows:
             done.setdefault(row["system"], {})[row["id"]] = Prediction(**row)
         return done
-    except (IndexError, ValueError, KeyError, TypeError):
-        # another evaluation's (or an unreadable) partial file: start over
-        path.unlink()
+    except (IndexError, ValueError, KeyError, TypeError, AttributeError):
+        # an unreadable partial file: start over
+        path.unlink(missing_ok=True)
         return {}

@@ -63,8 +63,6 @@ def load_teacher(settings: Config | ModelsConfig, *, base: LoadedModel | None = 
     return BACKENDS[models.teacher_backend](models, base)
 
 
-# The former name, for synthesis.py and pipeline.py until they call load_teacher; delete with them.
-teacher_for = load_teacher
 
 
 __all__ = ["BACKENDS", "Completion", "CompletionRequest", "Teacher", "load_teacher"]

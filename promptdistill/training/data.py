@@ -32,10 +32,8 @@ from collections import Counter
 
 import torch
 
-from ..config import Config, TrainConfig, training_settings
-from ..io import fingerprint
+from ..config import TrainConfig
 from ..records import LabeledExample
-from ..rundir import adapter_fingerprint
 from ..render import RenderedExample, render_example, render_prompt
 from ..task import OK, Task
 from .losses import kd_kind, label_kd_examples, token_kd_examples
@@ -71,20 +69,6 @@ def training_items(records: list[LabeledExample], task: Task, tokenizer, cfg: Tr
         sizes = [len(render_prompt(tokenizer, task.student_messages(r.text))) + task.config.max_new_tokens for r in usable]
     keep = [i for i, n in zip(items, sizes) if n <= cfg.max_length]
     return keep, [r.id for r, n in zip(usable, sizes) if n > cfg.max_length]
-
-
-def training_fingerprint(records: list[LabeledExample], cfg: Config, general_mix: list[dict] | None = None) -> str:
-    """Hash of what a checkpoint is only valid for: data, targets, settings, student,
-    the weights training started from (train.init_adapter) and the general items
-    mixed in (data.mix_general, `general_mix` the rows of general_mix.py's file).
-
-    The init adapter counts by its weights, not its path: retrained in place it
-    is another start; moved, the same one."""
-    settings = training_settings(cfg.train)
-    if cfg.train.init_adapter is not None:
-        settings["init_adapter"] = adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter))
-    general = {"mix_general": cfg.data.mix_general, "general_items": [[r["id"], r["reply"], r["stopped"]] for r in general_mix or []]}
-    return fingerprint([[r.id, r.status, r.messages] for r in records] + [settings, cfg.models.student, general])
 
 
 def step_groups(n: int, per_step: int, seed: int, weights: list[float] | None = None):

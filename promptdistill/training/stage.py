@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 
-from ..config import Config, task_settings
+from ..config import Config, save_config, task_settings
 from ..errors import PromptDistillError
 from ..inputs import check_max_length
 from ..io import changed_settings, check_file, check_paths, fingerprint
@@ -62,7 +62,7 @@ def train_run(cfg: Config, labeled, run_dir, *, heldout=None, task_file=None, pr
                 # A new adapter: the evaluation of the old one no longer describes this run.
                 for stage in ("train", "eval"):
                     run.marker(stage).unlink(missing_ok=True)
-            run.save_config(cfg)
+            save_config(cfg, run.config_path)
         summary = train_folder(cfg, records, run.train_dir, heldout=heldout_records, progress=progress)
         if main_process:
             run.mark_done("train", settings, summary)

@@ -1,0 +1,178 @@
+"""benchmarks/prompt_effect.py: each rule check passes and fails on hand-written
+replies, bad checks and conversation files are refused with one line naming
+file and check (or line) before any model loads, and batched left-padded
+decoding gives the same replies as one conversation at a time."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from promptdistill.errors import PromptDistillError
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("prompt_effect", ROOT / "benchmarks" / "prompt_effect.py")
+pe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pe)
+
+
+def write_checks(tmp_path, body: str) -> Path:
+    path = tmp_path / "checks.toml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def one_check(tmp_path, table: str):
+    (check,) = pe.load_checks(write_checks(tmp_path, "[[eval.checks]]\nname = \"c\"\n" + table))
+    return check
+
+
+@pytest.mark.parametrize(
+    "table, passing, failing",
+    [
+        ('kind = "max_words"\nmax = 3', "one two three", "one two three four"),
+        ('kind = "min_words"\nmin = 3', "one two three", "one two"),
+        ('kind = "max_sentences"\nmax = 2', "Hi there. How are you?", "Hi. Yes! Why?"),
+        ('kind = "regex"\npattern = "\\\\bcat\\\\b"', "a cat sat", "a category"),
+        ('kind = "regex"\npattern = "cat"\nignore_case = true', "CAT!", "dog"),
+        ('kind = "not_regex"\npattern = "(?m)^\\\\s*(\\\\d+[.)]|[-*])\\\\s"', "Just one line, 1. inline.", "Tips:\n1. Rest\n2. Drink"),
+        ('kind = "starts_with"\ntext = "Ahoy"', "Ahoy, matey!", "ahoy, matey!"),
+        ('kind = "starts_with"\ntext = "Ahoy"\nignore_case = true', "AHOY there", "Hello, ahoy"),
+        ('kind = "ends_with"\ntext = "Cheers!"', "Done. Cheers!", "Cheers! Done."),
+        ('kind = "ends_with"\ntext = "cheers!"\nignore_case = true', "Done. CHEERS!", "Done."),
+        ('kind = "ends_with_question"', "Anything else?", "Anything else? No."),
+        ('kind = "json"', '{"answer": 4}', "{answer: 4}"),
+    ],
+)
+def test_each_check_passes_and_fails(tmp_path, table, passing, failing):
+    check = one_check(tmp_path, table)
+    assert check(passing) is True
+    assert check(failing) is False
+
+
+def test_surrounding_whitespace_is_not_part_of_the_reply(tmp_path):
+    assert one_check(tmp_path, 'kind = "ends_with_question"')("Why?\n\n") is True
+    assert one_check(tmp_path, 'kind = "starts_with"\ntext = "Hi"')("  Hi") is True
+
+
+def test_word_and_sentence_counting_rules():
+    assert pe.count_words("  a\tb\nc  ") == 3
+    assert pe.count_sentences("Pi is 3.14 exactly. Yes!") == 2  # no split inside a number
+    assert pe.count_sentences("") == 0
+
+
+def test_example_checks_file_loads():
+    checks = pe.load_checks(ROOT / "examples" / "concise_chat" / "checks.toml")
+    assert [c.kind for c in checks] == ["max_words", "max_sentences", "not_regex"]
+    no_list = checks[2]
+    assert no_list("• first\n• second") is False
+    assert no_list("A plain sentence.") is True
+
+
+def test_invalid_regex_is_refused_with_file_and_check(tmp_path):
+    path = write_checks(tmp_path, '[[eval.checks]]\nname = "ok"\nkind = "max_words"\nmax = 5\n\n[[eval.checks]]\nname = "broken"\nkind = "regex"\npattern = "(unclosed"\n')
+    with pytest.raises(PromptDistillError) as info:
+        pe.load_checks(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message and "broken" in message and "invalid regex" in message
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ('name = "c"\nkind = "shout"', "unknown kind"),
+        ('name = "c"\nkind = "max_words"', "needs 'max'"),
+        ('name = "c"\nkind = "max_words"\nmax = "ten"', "'max' must be"),
+        ('name = "c"\nkind = "max_words"\nmax = -1', "'max' must be"),
+        ('name = "c"\nkind = "json"\npattern = "x"', "unknown key"),
+        ('kind = "json"', "'name'"),
+    ],
+)
+def test_bad_check_tables_are_refused(tmp_path, body, words):
+    with pytest.raises(PromptDistillError, match=words):
+        pe.load_checks(write_checks(tmp_path, "[[eval.checks]]\n" + body + "\n"))
+
+
+def test_checks_file_without_checks_is_refused(tmp_path):
+    with pytest.raises(PromptDistillError, match="eval.checks"):
+        pe.load_checks(write_checks(tmp_path, "[eval]\n"))
+
+
+def test_conversations_must_end_in_a_user_turn(tmp_path):
+    path = tmp_path / "inputs.jsonl"
+    rows = [
+        {"id": "a", "messages": [{"role": "user", "content": "hi"}]},
+        {"id": "b", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(PromptDistillError) as info:
+        pe.load_conversations(path)
+    assert f"{path}:2" in str(info.value) and "user turn" in str(info.value)
+
+
+def test_example_conversations_are_valid():
+    conversations = pe.load_conversations(ROOT / "examples" / "concise_chat" / "inputs.jsonl")
+    assert len(conversations) == 102
+    assert sum(len(c["messages"]) > 1 for c in conversations) == 22
+
+
+def test_bad_regex_stops_the_script_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import promptdistill.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("model loaded despite a bad checks file")
+
+    monkeypatch.setattr(promptdistill.models, "load_model", no_loading)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Be brief.")
+    checks = write_checks(tmp_path, '[[eval.checks]]\nname = "broken"\nkind = "not_regex"\npattern = "[a-"\n')
+    code = pe.main(["--prompt", str(prompt), "--inputs", str(ROOT / "examples" / "concise_chat" / "inputs.jsonl"), "--checks", str(checks)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "broken" in err and str(checks) in err
+
+
+def test_report_counts_passes_per_check_and_overall(tmp_path):
+    checks = pe.load_checks(write_checks(tmp_path, '[[eval.checks]]\nname = "short"\nkind = "max_words"\nmax = 2\n\n[[eval.checks]]\nname = "asks"\nkind = "ends_with_question"\n'))
+    conversations = [{"id": i, "messages": [{"role": "user", "content": "x"}]} for i in "abcd"]
+    with_replies = {"a": "Why?", "b": "Why not?", "c": "No.", "d": "Three words here?"}
+    without_replies = {"a": "Long reply with words.", "b": "Why?", "c": "Yes.", "d": "Nope."}
+    lines = pe.report_lines(checks, conversations, with_replies, without_replies)
+    short, asks, every = lines[1], lines[2], lines[3]
+    assert "3/4" in short and "+0.0" in short  # with: a b c; without: b c d
+    assert "3/4" in asks and "1/4" in asks and "+50.0" in asks
+    assert every.startswith("ALL CHECKS") and "2/4" in every and "1/4" in every and "+25.0" in every
+
+
+def test_batched_left_padded_replies_equal_single_replies(tiny):
+    conversations = [
+        {"id": "a", "messages": [{"role": "user", "content": "hi"}]},
+        {"id": "b", "messages": [{"role": "user", "content": "tell me something much longer about the sea and ships"}]},
+        {"id": "c", "messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}, {"role": "user", "content": "three?"}]},
+    ]
+    batched, _ = pe.generate_replies(tiny, "Be brief.", conversations, max_new_tokens=6, batch_size=3)
+    for conversation in conversations:
+        single, _ = pe.generate_replies(tiny, "Be brief.", [conversation], max_new_tokens=6, batch_size=1)
+        assert single[conversation["id"]] == batched[conversation["id"]]
+
+
+def test_each_reply_goes_to_its_own_conversation(tiny, monkeypatch):
+    """Batches run sorted by length; every reply must still land on its own id."""
+    from promptdistill import engine
+    from promptdistill.render import render_prompt
+
+    tok = tiny.tokenizer
+
+    def length_as_reply(model, prompts, **kwargs):
+        return [tok(str(len(p)), add_special_tokens=False)["input_ids"] for p in prompts]
+
+    monkeypatch.setattr(engine, "generate", length_as_reply)
+    conversations = [{"id": f"c{i}", "messages": [{"role": "user", "content": "word " * (7 - i)}]} for i in range(7)]
+    replies, _ = pe.generate_replies(tiny, "Be brief.", conversations, max_new_tokens=4, batch_size=3)
+    for c in conversations:
+        expected = len(render_prompt(tok, [{"role": "system", "content": "Be brief."}] + c["messages"]))
+        assert replies[c["id"]] == str(expected)
