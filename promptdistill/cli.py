@@ -175,8 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# Command-line flags that set a config key: argparse dest -> "section.key".
-# One table, so a flag and the setting it stands for cannot drift apart.
+# Command-line flags that set a config key: argparse dest -> "section.key"; one table, so they cannot drift apart.
 FLAG_SETTINGS = {
     "teacher": "models.teacher", "student": "models.student", "device": "models.device", "teacher_url": "models.teacher_url",
     "teacher_backend": "models.teacher_backend", "concurrency": "models.teacher_concurrency",
@@ -186,9 +185,8 @@ FLAG_SETTINGS = {
     "seeds": "synthesize.seed_inputs", "strategies": "synthesize.strategies", "generator": "synthesize.generator",
 }
 
-# How a flag's value becomes its setting's, where it is not taken as given. A
-# path on the command line is relative to the current folder, while a path in
-# the task file is relative to the file's folder: these become absolute.
+# How a flag's value becomes its setting's, where not taken as given. A path on the command line is relative
+# to the current folder, one in the task file to the file's folder: these become absolute.
 FLAG_CONVERSIONS = {
     "init_from": lambda run: os.path.abspath(finished_adapter(run, "--init-from")),
     "init_adapter": os.path.abspath,
