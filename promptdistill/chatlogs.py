@@ -13,18 +13,54 @@ Accepted layouts, one JSON object per line:
 - the OpenAI fine-tuning layout `{"messages": [system, user, assistant]}`,
   or `[user, assistant]` with the prompt inside the user turn for tasks
   with `user_template`;
-- a stored completion / logging-proxy layout: the request's messages under
-  `messages` or `request.messages`, and the reply under
-  `choices[0].message` or `response.choices[0].message`.
+- a logging-proxy layout: the request's messages under `messages`,
+  `request.messages`, `input` or `request.input`, and the reply under
+  `choices[0].message` or `response.choices[0].message`;
+- OpenAI's stored completions (chat completions created with `store=true`),
+  exported one per line: the `ChatCompletion` object that
+  `GET /v1/chat/completions/{completion_id}` returns (`id`, `model`,
+  `choices[].message`, `metadata`, ...) with the request's messages from
+  `GET /v1/chat/completions/{completion_id}/messages` beside it under
+  `messages` or `input`. Those stored messages
+  (`ChatCompletionStoreMessage`: `id`, `role`, `content`, `content_parts`)
+  may carry `content: null` and the text in `content_parts`, read the same
+  as a list `content` (OpenAI API reference, "Chat Completions": "Get chat
+  messages" and "Get chat completion");
+- Anthropic's Messages API layout: the system prompt beside the messages
+  (`{"system": "...", "messages": [...]}`, `system` a string or a list of
+  text blocks), the reply as the last message or as the API response under
+  `response` (`{"role": "assistant", "content": [blocks]}`).
+
+A message's `content` is a string or a list of parts: OpenAI's
+`{"type": "text", "text": ...}` (also `input_text` / `output_text`) and
+Anthropic's text blocks are joined with newlines (as vLLM's chat server
+renders text-only parts); a reply's reasoning (a `thinking` block, or a
+`reasoning_content` field beside `content`) is kept in the record's reply as
+a `<think>` block, which parsing drops (reasoning.py). The `developer` role
+(OpenAI's name for system instructions to reasoning models) counts as
+`system`.
 
 Every record's prompt must be the task's prompt, exactly (surrounding
 whitespace aside): a log usually mixes several prompts and prompt versions,
 and training one student on answers to another prompt would distil a
-mixture. Records with another prompt, or another shape of conversation
-(several turns, no reply), are counted by reason and written aside to
-`<out>.foreign.jsonl` with their line numbers, never mixed in. Lines that
-are not JSON objects with messages stop the import with file and line, as
-every reader here does.
+mixture. Records the student cannot learn from as one exchange are written
+aside to `<out>.foreign.jsonl` with their line number, the reason and (where
+it helps) a detail naming the message, and counted by reason, never mixed in:
+
+- `other_prompt`: another system prompt or user template than the task's;
+- `no_system_prompt`: the task has a system prompt and the log none;
+- `multi_turn`: more than one user turn (a conversation as input is not
+  supported: the student learns single exchanges);
+- `no_reply` / `no_input`: the conversation ends without an assistant
+  reply, or has no user turn;
+- `several_system_messages`: more than one system (or developer) message,
+  or one after the conversation started;
+- `tool_use`: tool or function messages, or a reply that calls a tool;
+- `non_text_content`: an image, audio, file or other non-text part;
+- `empty_input`: the input is empty once the prompt is taken off.
+
+Lines that are not JSON objects with messages stop the import with file and
+line, as every reader here does.
 """
 
 from __future__ import annotations
@@ -34,6 +70,7 @@ from pathlib import Path
 from .errors import PromptDistillError
 from .io import DirectoryLock, atomic_write_json, atomic_write_jsonl, check_file
 from .labeling import check_label_outputs
+from .reasoning import with_reasoning
 from .records import Example, _read_utf8, iter_jsonl
 from .task import OK, Task
 from .teachers.records import make_record
@@ -41,39 +78,131 @@ from .teachers.records import make_record
 __all__ = ["import_chats", "parse_chat"]
 
 
+# Part types that hold text: OpenAI chat (`text`), OpenAI Responses (`input_text`,
+# `output_text`), Anthropic (`text`).
+TEXT_PARTS = ("text", "input_text", "output_text")
+# Anthropic's reasoning blocks in a reply (`redacted_thinking` holds no readable text).
+THINKING_PARTS = {"thinking": "thinking", "redacted_thinking": None}
+CONVERSATION_ROLES = ("system", "user", "assistant")
+
+
+class SetAside(Exception):
+    """A log record that is well formed but not one exchange the student can learn."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def _dict(value) -> dict | None:
+    return value if isinstance(value, dict) else None
+
+
 def _messages(obj: dict, path, line: int) -> list[dict]:
-    """The conversation of one log record: request messages plus the reply, if separate."""
-    request = obj.get("request") if isinstance(obj.get("request"), dict) else obj
-    messages = request.get("messages")
+    """The conversation of one log record as [{"role", "content"}] with string
+    content: request messages (with a separate system prompt first) plus the
+    reply, if separate. Malformed records stop the import; unusable ones raise
+    SetAside."""
+    request = _dict(obj.get("request")) or obj
+    messages = request.get("messages", request.get("input"))
     if messages is None:
-        raise PromptDistillError("no conversation: expected 'messages' (or 'request.messages')", path=path, line=line,
-                                 field="messages")
+        raise PromptDistillError("no conversation: expected 'messages' (or 'request.messages', 'input')", path=path,
+                                 line=line, field="messages")
+    if isinstance(messages, str):  # the Responses API's plain-text input
+        messages = [{"role": "user", "content": messages}]
     if not isinstance(messages, list):
         raise PromptDistillError(f"expected a list, got {type(messages).__name__}", path=path, line=line, field="messages")
-    response = obj.get("response") if isinstance(obj.get("response"), dict) else obj
+    named = [(m, f"messages[{i}]") for i, m in enumerate(messages)]
+    if request.get("system") is not None:
+        named.insert(0, ({"role": "system", "content": request["system"]}, "system"))
+    response = _dict(obj.get("response")) or obj
     choices = response.get("choices")
-    messages = list(messages)
     if isinstance(choices, list) and choices and isinstance(choices[0], dict) and isinstance(choices[0].get("message"), dict):
-        messages.append(choices[0]["message"])
-    for i, m in enumerate(messages):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise PromptDistillError("each message needs string 'role' and 'content'", path=path, line=line, field=f"messages[{i}]")
-    return messages
+        named.append((choices[0]["message"], "choices[0].message"))
+    elif response is not obj and response.get("role") == "assistant" and "content" in response:  # Anthropic's reply
+        named.append((response, "response"))
+    return [_message(m, path, line, field) for m, field in named]
+
+
+def _message(m, path, line: int, field: str) -> dict:
+    if not (isinstance(m, dict) and isinstance(m.get("role"), str)):
+        raise PromptDistillError("each message needs string 'role' and 'content'", path=path, line=line, field=field)
+    role = "system" if m["role"] == "developer" else m["role"]
+    if role not in CONVERSATION_ROLES or m.get("tool_calls") or m.get("function_call"):
+        raise SetAside("tool_use", f"{field} is a {m['role']!r} message" if role not in CONVERSATION_ROLES
+                       else f"{field} calls a tool")
+    content = m.get("content")
+    if content is None and isinstance(m.get("content_parts"), list):  # OpenAI's stored messages
+        content = m["content_parts"]
+    if not isinstance(content, (str, list)):
+        raise PromptDistillError("each message needs string 'role' and 'content' (a string or a list of parts)", path=path,
+                                 line=line, field=field)
+    text, reasoning = _content_text(content, path, line, field)
+    if role == "assistant":
+        extra = m.get("reasoning_content")
+        reasoning = "\n".join(r for r in (extra if isinstance(extra, str) else "", reasoning) if r)
+        text = with_reasoning(text, reasoning)
+    return {"role": role, "content": text}
+
+
+def _content_text(content, path, line: int, field: str) -> tuple[str, str]:
+    """(text, reasoning) of a message's content: a string, or a list of parts
+    whose text parts are joined with newlines; any other part sets the record aside."""
+    if isinstance(content, str):
+        return content, ""
+    texts, thoughts = [], []
+    for j, part in enumerate(content):
+        where = f"{field}.content[{j}]"
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            raise PromptDistillError("each content part needs a string 'type'", path=path, line=line, field=where)
+        if kind in TEXT_PARTS:
+            if not isinstance(part.get("text"), str):
+                raise PromptDistillError(f"a {kind!r} part needs a string 'text'", path=path, line=line, field=where)
+            texts.append(part["text"])
+        elif kind in THINKING_PARTS:
+            key = THINKING_PARTS[kind]
+            if key and isinstance(part.get(key), str):
+                thoughts.append(part[key])
+        else:
+            reason = "tool_use" if kind in ("tool_use", "tool_result", "function_call") else "non_text_content"
+            raise SetAside(reason, f"{where} is a {kind!r} part")
+    return "\n".join(texts), "\n".join(thoughts)
+
+
+def _shape(task: Task, roles: list[str]) -> str:
+    """Why a conversation with these roles is not one exchange under the task's prompt ("" if it is)."""
+    if not roles or roles[-1] != "assistant":
+        return "no_reply"
+    turns = [r for r in roles if r != "system"]
+    if "user" not in turns:
+        return "no_input"
+    if turns != ["user", "assistant"]:
+        return "multi_turn"
+    if roles.count("system") > 1 or (roles.count("system") and roles[0] != "system"):
+        return "several_system_messages"
+    if task.config.system_prompt is not None and roles[0] != "system":
+        return "no_system_prompt"
+    if task.config.system_prompt is None and roles[0] == "system":
+        return "other_prompt"  # the task's prompt sits in the user turn; this log has another setup
+    return ""
 
 
 def parse_chat(task: Task, messages: list[dict]) -> tuple[str | None, str | None, str]:
     """(input text, teacher reply, "") for a single exchange under the task's prompt,
-    else (None, None, why it is set aside)."""
-    roles = [m["role"] for m in messages]
+    else (None, None, why it is set aside). `messages` are role/content pairs with
+    string content (what `_messages` makes of a log record)."""
+    why = _shape(task, [m["role"] for m in messages])
+    if why:
+        return None, None, why
     c = task.config
     if c.system_prompt is not None:
-        if roles != ["system", "user", "assistant"]:
-            return None, None, "not_single_exchange"
         if messages[0]["content"].strip() != c.system_prompt.strip():
             return None, None, "other_prompt"
         return messages[1]["content"].strip(), messages[2]["content"], ""
-    if roles != ["user", "assistant"]:
-        return None, None, "not_single_exchange"
     # The prompt is around the input in the user turn: the text is what sits where {text} does.
     before, _, after = c.user_template.partition("{text}")
     content = messages[0]["content"]
@@ -111,21 +240,26 @@ def _import(task: Task, logs_path: Path, out_path: Path, rejects_path: Path, for
     seen: set[str] = set()
     text = _read_utf8(logs_path)
     for n, obj in iter_jsonl(logs_path, text):
-        messages = _messages(obj, logs_path, n)
-        text_in, reply, why = parse_chat(task, messages)
+        detail = ""
+        try:
+            text_in, reply, why = parse_chat(task, _messages(obj, logs_path, n))
+        except SetAside as e:
+            why, detail = e.reason, e.detail
         if why == "" and not text_in:
             why = "empty_input"
         if why:
             set_aside[why] = set_aside.get(why, 0) + 1
-            aside.append({"line": n, "reason": why, "record": obj})
+            aside.append({"line": n, "reason": why, **({"detail": detail} if detail else {}), "record": obj})
             continue
         ident = obj.get("id")
         ident = str(ident) if isinstance(ident, (str, int)) and not isinstance(ident, bool) else f"chat-{n}"
         if ident in seen:  # logs repeat ids (retries); the line number keeps records apart
             ident = f"{ident}@{n}"
         seen.add(ident)
+        model = next((d["model"] for d in (obj, _dict(obj.get("response")), _dict(obj.get("request")))
+                      if d is not None and isinstance(d.get("model"), str)), None)
         meta = {"source": {"strategy": "import-chats", "file": str(logs_path), "line": n,
-                           **({"model": obj["model"]} if isinstance(obj.get("model"), str) else {})}}
+                           **({"model": model} if model else {})}}
         record = make_record(task, Example(id=ident, text=text_in, meta=meta, line=n), reply)
         (good if record.status == OK else bad).append(record.to_json())
     # The sidecar `label` writes, before any output: a later `label --out` on this file sees what made it,

@@ -83,6 +83,10 @@ class TaskConfig:
     # student and the base model get no prefill.
     reply_prefix: str = ""
     max_new_tokens: int = 32
+    # The teacher's reply limit when it differs from the student's
+    # max_new_tokens: a reasoning teacher thinks before it answers, and its
+    # thinking is never what the student learns (reasoning.py). Unset: the same.
+    teacher_max_new_tokens: int | None = None
     temperature: float = 0.0
     # Self-consistency (generate mode): draw this many answers per input and
     # keep the majority label; needs temperature > 0.
@@ -224,8 +228,13 @@ class EvalConfig:
 
 
 def task_settings(cfg: TaskConfig) -> dict:
-    """The task settings that decide the teacher's labels, as hashed into fingerprints."""
-    return dataclasses.asdict(cfg)
+    """The task settings that decide the teacher's labels, as hashed into fingerprints.
+    An unset teacher_max_new_tokens is hashed as the max_new_tokens it stands
+    for, so spelling the default out does not ask for new labels."""
+    settings = dataclasses.asdict(cfg)
+    if settings["teacher_max_new_tokens"] is None:
+        settings["teacher_max_new_tokens"] = cfg.max_new_tokens
+    return settings
 
 
 def training_settings(cfg: TrainConfig) -> dict:
@@ -552,6 +561,7 @@ DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
 # Bounds that relate two fields are validate_config's.
 _RANGES = {
     "task.max_new_tokens": (1, None, True, False),
+    "task.teacher_max_new_tokens": (1, None, True, False),
     "task.temperature": (0, None, True, False),
     "task.samples": (1, None, True, False),
     "task.min_confidence": (0, 1, True, True),

@@ -59,7 +59,8 @@ def fit_inputs(examples, task: Task, cfg: Config, path, log) -> list:
 
 
 def fit_context(examples, task: Task, cfg: Config, path, log, roles=("teacher", "student")) -> list:
-    """Report inputs whose prompt plus max_new_tokens exceed the teacher's (its
+    """Report inputs whose prompt plus reply limit (the teacher's own, see
+    Task.teacher_max_new_tokens) exceed the teacher's (its
     prompt included) or the student's context window, with their lines; skip
     or truncate them per data.too_long. A server's teacher (openai backend) is
     measured against the context the server reports for it (vLLM's
@@ -84,7 +85,8 @@ def fit_context(examples, task: Task, cfg: Config, path, log, roles=("teacher", 
         if context is None:
             continue
         messages, prefix = (task.teacher_messages, cfg.task.reply_prefix) if role == "teacher" else (task.student_messages, "")
-        examples = _fit(examples, tok, messages, prefix, context - cfg.task.max_new_tokens,
+        reply = task.teacher_max_new_tokens if role == "teacher" else cfg.task.max_new_tokens
+        examples = _fit(examples, tok, messages, prefix, context - reply,
                         f"the {role} {name}'s context of {context} tokens", cfg, path, log)
     return examples
 

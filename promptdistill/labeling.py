@@ -148,11 +148,12 @@ def _label(cfg: Config, examples: list[Example], teacher: Teacher, out_path: Pat
         "task_fingerprint": task.fingerprint(),
         "answer_mode": mode,
         "max_new_tokens": task.config.max_new_tokens,
+        "teacher_max_new_tokens": task.teacher_max_new_tokens,
         "temperature": task.config.temperature,
         "seed": seed,
         # The rejects file this sidecar vouches for (claim_side_file: a rejects file is ours when named here).
         "rejects": rejects_path.name,
-        # Backends add their name and where the model runs; the local one adds nothing.
+        # Every backend adds its name, and where its model runs.
         **teacher.meta(),
     }
     with DirectoryLock(out_path.with_name(out_path.name + ".lock"), str(out_path)):

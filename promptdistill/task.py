@@ -7,8 +7,12 @@ A task is pure text logic, independent of any model:
 - `student_messages(text)`: the same input without the prompt.
 - `parse_answer(reply)`: the label read from a reply with the task's regex
   (or, for `reply_format = "json"`, the canonical JSON object; see
-  jsonreply.py), plus a status saying why there is none.
-- `target_reply(...)`: what the student is trained to say.
+  jsonreply.py), plus a status saying why there is none. A reasoning
+  teacher's thinking is cut off first (reasoning.py), and the *last* match of
+  the regex counts: a reply that restates its answer, or corrects itself,
+  means what it says at the end.
+- `target_reply(...)`: what the student is trained to say, never the
+  teacher's reasoning.
 
 The input is substituted into the template literally (no `str.format`), so a
 text containing braces or `{text}` stays data and cannot change the prompt.
@@ -21,6 +25,7 @@ import re
 from .config import TaskConfig, task_settings
 from .io import fingerprint
 from .jsonreply import parse_json_reply
+from .reasoning import strip_reasoning
 
 # Parse statuses stored on every labeled record.
 OK = "ok"
@@ -64,11 +69,15 @@ class Task:
         return self.config.reply_format == "json"
 
     def parse_answer(self, reply: str) -> tuple[str | None, str]:
-        """Return (label, status); label is None unless status is OK."""
+        """Return (label, status); label is None unless status is OK. Read from the
+        reply without its reasoning, at the last match of the answer pattern."""
+        reply = strip_reasoning(reply)
         if self.json_reply:
             return parse_json_reply(reply, self.config.json_fields)
-        m = self.pattern.search(reply)
-        if not m:
+        m = None
+        for m in self.pattern.finditer(reply):
+            pass
+        if m is None:
             return None, NO_MATCH
         label = m.group(1)
         if self.closed and label not in self.labels:
@@ -83,10 +92,20 @@ class Task:
         return self.config.answer_template.replace("{label}", label)
 
     def target_reply(self, teacher_reply: str, label: str) -> str:
-        """What the student is trained to answer for this teacher output."""
+        """What the student is trained to answer for this teacher output: the
+        reply as the task writes `label`, or the teacher's own reply without
+        its reasoning (the student answers directly; see reasoning.py)."""
         if self.config.student_target == "teacher_reply":
-            return teacher_reply.strip()
+            return strip_reasoning(teacher_reply).strip()
         return self.label_reply(label)
+
+    @property
+    def teacher_max_new_tokens(self) -> int:
+        """The teacher's reply limit: `task.teacher_max_new_tokens`, else the
+        student's `max_new_tokens` (a reasoning teacher needs room to think
+        that the student, trained on the answer alone, does not)."""
+        c = self.config
+        return c.teacher_max_new_tokens if c.teacher_max_new_tokens is not None else c.max_new_tokens
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes the teacher's labels."""

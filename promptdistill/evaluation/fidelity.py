@@ -30,6 +30,7 @@ import torch
 
 from .. import engine
 from ..models import LoadedModel
+from ..reasoning import strip_reasoning
 from ..records import Example
 from ..render import render_prompt, reply_ids
 from ..task import Task
@@ -119,7 +120,8 @@ class FidelityScorer:
         if self.unavailable or loaded.tokenizer.get_vocab() != self.teacher.tokenizer.get_vocab():
             return None, None  # per-token KL needs the teacher's distributions over one vocabulary
         student_messages = self.task.student_messages(text)
-        reply = reply_ids(loaded.tokenizer, student_messages, teacher_reply)
+        # The student is scored on the teacher's answer, not on thinking it never learned to write.
+        reply = reply_ids(loaded.tokenizer, student_messages, strip_reasoning(teacher_reply))
         teacher_logp = self.teacher.continuation_logprobs(self.task, [text], [reply], full=True)[0]
         prompt = render_prompt(loaded.tokenizer, student_messages)
         model_logp = engine.continuation_logprobs(engine.PrefixCache(loaded.model, []), [prompt], [reply], full=True)[0]

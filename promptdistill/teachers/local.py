@@ -156,7 +156,7 @@ class LocalTeacher(Teacher):
         c = task.config
         n, k = c.samples, c.top_logprobs
         eot = end_of_turn_ids(tok)
-        settings = dict(max_new_tokens=c.max_new_tokens, eos_ids=eot, pad_id=tok.pad_token_id, temperature=c.temperature)
+        settings = dict(max_new_tokens=task.teacher_max_new_tokens, eos_ids=eot, pad_id=tok.pad_token_id, temperature=c.temperature)
         # Without a shared prefix, sampling (for its per-input seeds) and top-k
         # capture still go through our decoder, with an empty prefix; plain
         # greedy uses transformers' generate.

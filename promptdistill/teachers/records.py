@@ -25,6 +25,7 @@ import hashlib
 import math
 from collections import Counter
 
+from ..reasoning import has_reasoning
 from ..records import Example, LabeledExample
 from ..render import reply_ids
 from ..task import LOW_CONFIDENCE, OK, Task
@@ -123,8 +124,14 @@ def candidate_logps(candidates: list[list[int]], step_logps: dict) -> list[float
 def make_record(task: Task, e: Example, reply: str, *, label_probs=None, votes: dict | None = None, samples: int = 1,
                 teacher_logprobs: dict | None = None) -> LabeledExample:
     """The labeled record for one answer: parsed label, status (low confidence
-    included), confidence and entropy, and the student's conversation."""
+    included), confidence and entropy, and the student's conversation.
+    `teacher_reply` keeps the whole reply, a reasoning teacher's thinking
+    included; the label and the student's target come from the answer alone
+    (task.py). Such a reply's log-probabilities cover the thinking too, which
+    the student never writes, so they are not kept as a soft target."""
     label, status = task.parse_answer(reply)
+    if teacher_logprobs is not None and has_reasoning(reply):
+        teacher_logprobs = None
     confidence = entropy = None
     if label_probs is not None:
         confidence = max(label_probs.values())

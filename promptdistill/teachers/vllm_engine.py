@@ -126,7 +126,7 @@ class VllmTeacher(Teacher):
             for n in range(c.samples):
                 prompts.append(ids)
                 params.append(self.vllm.SamplingParams(
-                    max_tokens=c.max_new_tokens, temperature=c.temperature, seed=api_seed(seed, e.id, n),
+                    max_tokens=task.teacher_max_new_tokens, temperature=c.temperature, seed=api_seed(seed, e.id, n),
                     stop_token_ids=sorted(eot), logprobs=k or None, skip_special_tokens=True,
                 ))
         outputs = self._run(prompts, params)

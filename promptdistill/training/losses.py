@@ -310,6 +310,7 @@ def kd_kind(records) -> str:
     missing = next(r for r in records if not r.label_probs and not r.teacher_logprobs)
     raise PromptDistillError(
         f"loss 'kd' needs soft labels on every record, and record {missing.id!r} has none: label in choose mode "
-        "(task.answer_mode = \"choose\") for a distribution over labels, or in generate mode with task.top_logprobs > 0",
+        "(task.answer_mode = \"choose\") for a distribution over labels, or in generate mode with task.top_logprobs > 0 "
+        "(a reasoning teacher's replies carry none: their log-probabilities cover the thinking the student never writes)",
         field="train.loss",
     )
