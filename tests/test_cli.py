@@ -29,6 +29,7 @@ FLAG_VALUES = {
     "seeds": ("--seeds", "seeds.txt", lambda root: str(root / "seeds.txt")),
     "strategies": ("--strategies", "prompt, magpie", ["prompt", "magpie"]),
     "generator": ("--generator", "some/generator", "some/generator"),
+    "trust_remote_code": ("--trust-remote-code", None, True),  # a switch: only the flag grants it, never the task file
 }
 
 
@@ -50,7 +51,7 @@ def test_each_flag_sets_its_config_key(tmp_path, dest, monkeypatch):
         value = value(tmp_path)
     command = "run" if dest in ("loss", "kd_alpha", "report_to", "teacher_url", "teacher_backend", "concurrency", "init_from",
                                 "init_adapter") else "synthesize" if dest in ("seeds", "strategies", "generator") else "label"
-    argv = [command, str(task), flag, text] + (["--out", str(tmp_path / "o.jsonl")] if command != "run" else [])
+    argv = [command, str(task), flag] + ([text] if text is not None else []) + (["--out", str(tmp_path / "o.jsonl")] if command != "run" else [])
     argv += ["--n", "1"] if command == "synthesize" else []
     if dest in ("samples", "min_confidence"):
         argv += ["--temperature", "0.5"]  # samples > 1 needs sampling
