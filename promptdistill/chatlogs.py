@@ -261,14 +261,15 @@ def _import(task: Task, logs_path: Path, out_path: Path, rejects_path: Path, for
                            **({"model": model} if model else {})}}
         record = make_record(task, Example(id=ident, text=text_in, meta=meta, line=n), reply)
         (good if record.status == OK else bad).append(record.to_json())
+    # The sidecar `label` writes, before any output: a later `label --out` on this file sees what made it,
+    # and a rerun knows the three files as its own (it names the rejects and set-aside files).
+    atomic_write_json(out_path.with_name(out_path.name + ".meta.json"), {
+        "teacher": f"imported:{source_model or logs_path.name}", "task_fingerprint": task.fingerprint(),
+        "answer_mode": "imported", "source": str(logs_path), "rejects": rejects_path.name, "foreign": foreign_path.name,
+    })
     atomic_write_jsonl(out_path, good)
     atomic_write_jsonl(rejects_path, bad)
     atomic_write_jsonl(foreign_path, aside)
-    # The sidecar `label` writes, so a later `label --out` on this file sees what made it.
-    atomic_write_json(out_path.with_name(out_path.name + ".meta.json"), {
-        "teacher": f"imported:{source_model or logs_path.name}", "task_fingerprint": task.fingerprint(),
-        "answer_mode": "imported", "source": str(logs_path),
-    })
     by_status: dict[str, int] = {}
     for r in good + bad:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1

@@ -79,11 +79,13 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("task", help="task TOML file")
             sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                             help="override a setting of the task file (repeatable)")
+            sp.add_argument("--no-limits", action="store_true", help="lift the upper bounds on counts and concurrency (config.LIMITS)")
         if models:
             sp.add_argument("--teacher", help="teacher model (hub id, folder, or smollm2-135m-instruct)")
             sp.add_argument("--student", help="student model")
             sp.add_argument("--device", help="auto, cpu, cuda, cuda:N")
             sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+            sp.add_argument("--trust-remote-code", action="store_true", help="let the teacher's repository run its code (vLLM)")
         if teacher_backend:
             sp.add_argument("--teacher-backend", choices=TEACHER_BACKENDS, help="sets models.teacher_backend")
             sp.add_argument("--teacher-url", metavar="URL", help="sets models.teacher_url (with a chat or vllm-server backend)")
@@ -92,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     def training_flags(sp):
+        sp.add_argument("--force", action="store_true", help="redo what other settings made (run: changed stages; train: the run's training)")
         sp.add_argument("--loss", choices=["sft", "kd", "on-policy"], help="training loss (sets train.loss; default sft)")
         sp.add_argument("--kd-alpha", type=float, help="kd: weight of hard-label cross-entropy in the loss (sets train.kd_alpha)")
         group = sp.add_mutually_exclusive_group()
@@ -136,7 +139,6 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = command("run", cmd_run, "split, label, train, eval; skips completed stages", models=True, teacher_backend=True)
     sp.add_argument("--run-dir", help="default: runs/<task name>")
-    sp.add_argument("--force", action="store_true", help="redo stages whose settings changed")
     training_flags(sp)
 
     sp = command("predict", cmd_predict, "answer with a trained student, without the prompt", task=False)
@@ -174,21 +176,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# Command-line flags that set a config key: argparse dest -> "section.key".
-# One table, so a flag and the setting it stands for cannot drift apart.
+# Command-line flags that set a config key: argparse dest -> "section.key"; one table, so they cannot drift apart.
 FLAG_SETTINGS = {
     "teacher": "models.teacher", "student": "models.student", "device": "models.device", "teacher_url": "models.teacher_url",
-    "teacher_backend": "models.teacher_backend", "concurrency": "models.teacher_concurrency",
-    "allow_insecure_http": "models.teacher_allow_insecure_http", "init_adapter": "train.init_adapter",
+    "teacher_backend": "models.teacher_backend", "concurrency": "models.teacher_concurrency", "init_adapter": "train.init_adapter",
+    "allow_insecure_http": "models.teacher_allow_insecure_http", "trust_remote_code": "models.trust_remote_code",
     "samples": "task.samples", "temperature": "task.temperature", "min_confidence": "task.min_confidence",
     "loss": "train.loss", "kd_alpha": "train.kd_alpha", "report_to": "train.report_to", "init_from": "train.init_adapter",
     "seeds": "synthesize.seed_inputs", "strategies": "synthesize.strategies", "generator": "synthesize.generator",
 }
 
-
-# How a flag's value becomes its setting's, where it is not taken as given. A
-# path on the command line is relative to the current folder, while a path in
-# the task file is relative to the file's folder: these become absolute.
+# How a flag's value becomes its setting's, where not taken as given. A path on the command line is relative
+# to the current folder, one in the task file to the file's folder: these become absolute.
 FLAG_CONVERSIONS = {
     "init_from": lambda run: os.path.abspath(finished_adapter(run, "--init-from")),
     "init_adapter": os.path.abspath,
@@ -202,7 +201,8 @@ def load_task_config(args):
     from .overrides import flag_settings, load_task_config as load
 
     settings = flag_settings(vars(args), FLAG_SETTINGS, FLAG_CONVERSIONS)
-    return load(args.task, args.overrides, {**settings, **({"data.dedupe": True} if getattr(args, "dedupe", False) else {})})
+    return load(args.task, args.overrides, {**settings, **({"data.dedupe": True} if getattr(args, "dedupe", False) else {})},
+                limits=not args.no_limits)
 
 
 def _log(message: str) -> None:
@@ -245,7 +245,7 @@ def cmd_train(args):
     from .training.stage import train_run
 
     summary = train_run(load_task_config(args), args.labeled, args.run_dir, heldout=args.heldout, task_file=args.task,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, force=args.force)
     if launched_rank() == 0:  # under torchrun / accelerate launch every process runs this command; one prints
         _print_json(summary)
     end_process_group()

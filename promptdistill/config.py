@@ -164,8 +164,14 @@ class ModelsConfig:
     # HTTP backends: seconds one request may take, retries for 429/5xx/timeouts/malformed replies.
     teacher_timeout: float = 300.0
     teacher_max_retries: int = 6
-    # vllm backend: keyword arguments for vllm.LLM, e.g. {tensor_parallel_size = 4, max_model_len = 4096}.
+    # vllm backend: keyword arguments for vllm.LLM, e.g. {tensor_parallel_size = 4, max_model_len = 4096};
+    # only the engine options in VLLM_OPTIONS.
     vllm_options: dict = field(default_factory=dict)
+    # Let the teacher's hub repository run its own Python code (vLLM's
+    # trust_remote_code). Set only by the --trust-remote-code flag (or a Python
+    # caller's settings): a task file may come from someone else, and is refused
+    # when it sets this.
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -338,8 +344,8 @@ _SECTIONS = {"task": TaskConfig, "data": DataConfig, "models": ModelsConfig, "tr
              "synthesize": SynthesizeConfig}
 
 
-def load_config(path) -> Config:
-    """Read a task TOML file into a validated `Config`."""
+def load_config(path, *, limits: bool = True) -> Config:
+    """Read a task TOML file into a validated `Config` (`limits`: the upper bounds of LIMITS apply)."""
     from .io import check_file
 
     path = check_file(path, "task file")
@@ -354,7 +360,7 @@ def load_config(path) -> Config:
         raise PromptDistillError(f"invalid TOML: {getattr(e, 'msg', e)}", path=path, line=line) from None
     except RecursionError:
         raise PromptDistillError("invalid TOML: arrays or tables nested too deeply to read", path=path) from None
-    cfg = config_from_dict(raw, source=path)
+    cfg = config_from_dict(raw, source=path, limits=limits)
     cfg.base_dir = path.resolve().parent
     return cfg
 
@@ -367,9 +373,17 @@ def save_config(cfg: Config, path) -> None:
     atomic_write_json(path, cfg.to_dict())
 
 
-def config_from_dict(raw: dict, source=None) -> Config:
-    """A validated `Config` from a dict shaped like the task file (`source` names it in errors)."""
+def config_from_dict(raw: dict, source=None, *, limits: bool = True, remote_code: bool = False) -> Config:
+    """A validated `Config` from a dict shaped like the task file (`source` names it in errors).
+
+    A task file is trusted like a script, so two of its powers need the person
+    running the command: `models.trust_remote_code` is accepted only with
+    `remote_code` (the --trust-remote-code flag), and the counts of LIMITS are
+    capped unless `limits` is off (--no-limits)."""
     _check_keys(raw, _SECTIONS, source, prefix="")
+    models = raw.get("models")
+    if isinstance(models, dict) and models.get("trust_remote_code") is True and not remote_code:
+        raise PromptDistillError(_REMOTE_CODE, path=source, field="models.trust_remote_code")
     sections = {}
     for name, cls in _SECTIONS.items():
         values = raw.get(name, {})
@@ -377,7 +391,7 @@ def config_from_dict(raw: dict, source=None) -> Config:
             raise PromptDistillError(f"[{name}] must be a table", path=source, field=name)
         sections[name] = _build(cls, values, source, name)
     cfg = Config(**sections)
-    validate_config(cfg, source)
+    validate_config(cfg, source, limits=limits)
     return cfg
 
 
@@ -428,13 +442,15 @@ def _type_name(hint) -> str:
     return {str: "a string", int: "an integer", float: "a number", bool: "true/false", dict: "a table"}.get(hint, hint.__name__)
 
 
-def validate_config(cfg: Config, source=None) -> None:
-    """Every number within its range (validate_numbers), then the cross-field
-    checks that a type check alone cannot do."""
+def validate_config(cfg: Config, source=None, *, limits: bool = True) -> None:
+    """Every number within its range (validate_numbers, with the upper bounds of
+    LIMITS unless `limits` is off), then the cross-field checks that a type
+    check alone cannot do."""
     import re
 
-    validate_numbers(cfg, source)
+    validate_numbers(cfg, source, limits=limits)
     t = cfg.task
+    validate_names(t, source)
     if (t.system_prompt is None) == (t.user_template is None):
         raise PromptDistillError("set exactly one of system_prompt or user_template", path=source, field="task")
     if t.user_template is not None and "{text}" not in t.user_template:
@@ -506,6 +522,7 @@ def validate_config(cfg: Config, source=None) -> None:
         raise PromptDistillError("balance applies to label tasks (a JSON reply is nearly always its own answer)",
                                  path=source, field="train.balance")
     validate_devices(cfg.models, source)
+    validate_vllm_options(m.vllm_options, source)
     validate_text(cfg, source)
     _validate_synthesize(cfg, source)
     _validate_resamples(cfg, source)
@@ -625,14 +642,30 @@ _RANGES = {
     "synthesize.round_size": (1, None, True, False),
     "synthesize.max_requests_per_input": (1, None, True, False),
 }
+# Upper bounds on counts and concurrency that a task file from someone else
+# could otherwise set to exhaust the machine (100000 threads, a million samples
+# per input); --no-limits (limits=False) lifts them for a file you wrote.
+LIMITS = {
+    "task.samples": 64,
+    "task.max_new_tokens": 32768,
+    "task.top_logprobs": 20,
+    "models.teacher_concurrency": 256,
+    "eval.teacher_resamples": 64,
+    "eval.latency_requests": 10000,
+    "data.synthesize": 1_000_000,
+    "synthesize.max_new_tokens": 32768,
+    "synthesize.round_size": 100_000,
+    "synthesize.max_requests_per_input": 100,
+    "synthesize.feedback_examples": 1000,
+}
 # What a bound's edge means, added to its error.
 _RANGE_NOTES = {"train.max_grad_norm": "0 = no clipping", "eval.teacher_resamples": "0 = off"}
 
 
-def validate_numbers(cfg: Config, source=None) -> None:
+def validate_numbers(cfg: Config, source=None, *, limits: bool = True) -> None:
     """Every number of every section is finite (TOML reads nan and inf, and
     comparisons with nan are all false, so range checks alone let it through)
-    and within its range, with the field named."""
+    and within its range, with the field named; with `limits`, at most its LIMITS bound."""
     import math
 
     for section in _SECTIONS:
@@ -644,6 +677,9 @@ def validate_numbers(cfg: Config, source=None) -> None:
                 raise PromptDistillError(f"must be a finite number, got {value}", path=source, field=name)
             if name in _RANGES and isinstance(value, (int, float)):
                 _check_range(value, name, *_RANGES[name], source)
+            if limits and name in LIMITS and isinstance(value, (int, float)) and value > LIMITS[name]:
+                raise PromptDistillError(f"must be <= {LIMITS[name]} (a limit against task files that exhaust the machine; "
+                                         f"pass --no-limits to lift it), got {value}", path=source, field=name)
     if isinstance(cfg.train.target_modules, list) and not cfg.train.target_modules:
         raise PromptDistillError("must name at least one module (or \"all-linear\")", path=source, field="train.target_modules")
 
@@ -673,6 +709,50 @@ def check_device(device: str, source=None, field_name: str = "models.device") ->
 
     if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
         raise PromptDistillError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps", path=source, field=field_name)
+
+
+_REMOTE_CODE = ("trust_remote_code runs Python code from the model's repository and is never read from a task file "
+                "(which may come from someone else): pass --trust-remote-code on the command line")
+# The vllm.LLM engine options a task file may set (models.vllm_options): sizes,
+# memory, parallelism and scheduling. Anything else is refused: an option that
+# runs code (trust_remote_code: the flag), reads files or carries a secret
+# (hf_token: the HF_TOKEN environment variable) has no place in a shared file.
+VLLM_OPTIONS = ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "pipeline_parallel_size", "enforce_eager",
+                "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill", "swap_space",
+                "cpu_offload_gb", "kv_cache_dtype", "quantization", "block_size", "seed", "max_logprobs",
+                "max_seq_len_to_capture", "distributed_executor_backend")
+# Keys whose values are never echoed in an error (redacted), whatever table holds them.
+SECRET_KEY_WORDS = ("token", "key", "secret", "password", "auth", "credential")
+
+
+def redacted(options: dict) -> dict:
+    """`options` with the values of secret-looking keys (token, api_key, ...) replaced by "***"."""
+    return {k: "***" if any(w in str(k).lower() for w in SECRET_KEY_WORDS) else v for k, v in options.items()}
+
+
+def validate_vllm_options(options: dict, source=None) -> None:
+    """Only the engine options of VLLM_OPTIONS; trust_remote_code has its own flag."""
+    for key in options:
+        if key == "trust_remote_code":
+            raise PromptDistillError(_REMOTE_CODE, path=source, field="models.vllm_options.trust_remote_code")
+        if key not in VLLM_OPTIONS:
+            raise PromptDistillError(f"not an engine option promptdistill passes to vLLM; allowed: {', '.join(VLLM_OPTIONS)}",
+                                     path=source, field=f"models.vllm_options.{key}")
+
+
+_CONTROL_CHARACTERS = "".join(map(chr, [*range(32), 127]))
+
+
+def validate_names(t: TaskConfig, source=None) -> None:
+    """The task's name, labels and JSON fields are one line of plain text: they
+    are written into report headings, tables and file names, where a newline or
+    NUL would start a line of its own (an image line the HTML report would inline)."""
+    for name, values in (("task.name", [t.name]), ("task.labels", t.labels), ("task.json_fields", t.json_fields)):
+        for value in values:
+            bad = next((c for c in value if c in _CONTROL_CHARACTERS), None)
+            if bad is not None:
+                raise PromptDistillError(f"control character {bad!r} in {value!r}; names, labels and fields are one line of text",
+                                         path=source, field=name)
 
 
 def validate_text(cfg: Config, source=None) -> None:

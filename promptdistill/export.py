@@ -30,7 +30,11 @@ run, such as RUN/merged, is fine), and an existing folder only when it is
 empty or was exported by promptdistill and left unchanged (`claim_folder`: a
 manifest of the files written, `MANIFEST`, every file with its size and
 sha256, is kept in it, and a folder holding anything not in it, a user's
-file or an edited README, is refused), unless `overwrite`. Files and folders get the umask's permissions, so
+file or an edited README, is refused), unless `overwrite`. Even then only the
+tool's files (those the old manifest lists) and files of the names it writes are
+replaced: a user's other files are moved into the new folder (`keep_foreign`),
+and the root, a mount point, the home or current folder, a symlink or a folder
+holding .git are refused outright. Files and folders get the umask's permissions, so
 other accounts (a serving user) can read them.
 """
 
@@ -39,12 +43,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
 from .config import DTYPES, Config
 from .errors import PromptDistillError
 from .io import atomic_directory, atomic_write_json, atomic_write_text, check_parent_writable, check_paths, relation
+from .markdown import md_code, md_text
 from .model_card import model_card
 from .overrides import check_device_flag, check_models
 from .rundir import RunDir, check_outside_runs, check_run_dir
@@ -125,6 +131,7 @@ def claim_folder(path, what: str, *, overwrite: bool = False) -> Path:
     if not p.is_dir():
         raise PromptDistillError(f"{what} exists and is a file, not a folder; choose another path", path=p)
     check_parent_writable(p, what)
+    _refuse_precious(p, what)
     if overwrite:
         return p
     foreign = foreign_entries(p)
@@ -133,6 +140,43 @@ def claim_folder(path, what: str, *, overwrite: bool = False) -> Path:
         raise PromptDistillError(f"{what} exists and holds what promptdistill did not write ({shown}); choose a new or "
                                  "empty folder, or pass --overwrite to replace it", path=p)
     return p
+
+
+def _refuse_precious(p: Path, what: str) -> None:
+    """Folders an export never replaces, even with --overwrite: the file system's
+    root, a mount point, the home folder, the current folder, a symlink, and a
+    folder holding .git (a repository's work is never one export away from loss)."""
+    real = Path(os.path.realpath(p))
+    reason = ("is a symlink" if p.is_symlink() else
+              "is the file system's root" if real == Path("/") else
+              "is a mount point" if os.path.ismount(real) else
+              "is the home folder" if real == Path(os.path.realpath(os.path.expanduser("~"))) else
+              "is the current folder" if real == Path(os.path.realpath(os.getcwd())) else
+              "holds .git (a repository)" if os.path.lexists(real / ".git") else None)
+    if reason:
+        raise PromptDistillError(f"{what} {reason}; an export is never written over it, even with --overwrite: "
+                                 "choose a new folder", path=p)
+
+
+def keep_foreign(folder: Path, new: Path) -> list[str]:
+    """With --overwrite, what `folder` holds that its manifest does not list (a
+    user's own files) is moved into `new`, the folder replacing it, rather than
+    deleted: --overwrite replaces the tool's files and files of the same name,
+    never anything else. Returns the kept names. Called after the new manifest
+    is written, so kept files stay foreign to the next export."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        listed = manifest["files"] if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        listed = {}
+    ours = {k.split("/")[0] for k in listed} | {MANIFEST}
+    kept = []
+    for entry in sorted(os.listdir(folder)):
+        if entry in ours or os.path.lexists(new / entry):
+            continue
+        os.rename(folder / entry, new / entry)
+        kept.append(entry)
+    return kept
 
 
 def check_export(run_dir, *, merged=None, adapter=None, gguf=None, gguf_type: str = "f16", device: str = "cpu",
@@ -237,6 +281,8 @@ def _write_gguf(run: RunDir, cfg: Config, out_dir: Path, gguf_type: str, device:
                                                        cfg.task.max_new_tokens))
         atomic_write_text(tmp / "README.md", model_card(cfg, "gguf", _gguf_readme(cfg, name, gguf_type), run.report_path))
         write_manifest(tmp, "gguf")
+        if out_dir.is_dir():
+            keep_foreign(out_dir, tmp)
     return out_dir
 
 
@@ -264,6 +310,8 @@ def _write_merged(run: RunDir, cfg: Config, out_dir: Path, device: str, dtype: s
         tok.save_pretrained(tmp)
         atomic_write_text(tmp / "README.md", model_card(cfg, "merged", _merged_readme(cfg, adapter), run.report_path))
         write_manifest(tmp, "merged")
+        if out_dir.is_dir():
+            keep_foreign(out_dir, tmp)
     return out_dir
 
 
@@ -295,14 +343,16 @@ def _write_adapter(run: RunDir, cfg: Config, out_dir: Path) -> Path:
         atomic_write_text(tmp / "README.md", model_card(cfg, "adapter", _adapter_readme(cfg, base_path, out_dir, adapter_cfg.get("r")),
                                                         run.report_path))
         write_manifest(tmp, "adapter")
+        if out_dir.is_dir():
+            keep_foreign(out_dir, tmp)
     return out_dir
 
 
 def _merged_readme(cfg, adapter: Path) -> str:
-    return f"""# {cfg.task.name} student (merged)
+    return f"""# {md_text(cfg.task.name)} student (merged)
 
-Exported by promptdistill: `{cfg.models.student}` with the LoRA adapter
-`{adapter}` merged into its weights. It answers the task **without** the
+Exported by promptdistill: {md_code(cfg.models.student)} with the LoRA adapter
+{md_code(adapter)} merged into its weights. It answers the task **without** the
 teacher prompt: send the input alone as the user message.
 
 ```python
@@ -331,31 +381,31 @@ def _adapter_readme(cfg, base_path: str, out_dir: Path, rank) -> str:
     from .models import BUILTIN_SMOLLM2
 
     note = _BUILTIN_BASE_NOTE if base_path == BUILTIN_SMOLLM2 else ""
-    return f"""# {cfg.task.name} student (LoRA adapter)
+    return f"""# {md_text(cfg.task.name)} student (LoRA adapter)
 
 Exported by promptdistill: a PEFT LoRA adapter for the base model
-`{base_path}` ({cfg.models.student}). It answers the task **without** the
+{md_code(base_path)} ({md_text(cfg.models.student)}). It answers the task **without** the
 teacher prompt: send the input alone as the user message.
 {note}
 vLLM refuses adapters whose rank exceeds `--max-lora-rank` (default 16).
 
 ```bash
-vllm serve {base_path} --enable-lora --lora-modules {cfg.task.name}={out_dir} --max-lora-rank {max(16, rank or 16)}
+vllm serve {shlex.quote(base_path)} --enable-lora --lora-modules {shlex.quote(f"{cfg.task.name}={out_dir}")} --max-lora-rank {max(16, rank or 16)}
 ```
 
 ```python
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base_path}"), "THIS_FOLDER")
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({json.dumps(base_path)}), "THIS_FOLDER")
 ```
 """
 
 
 
 def _gguf_readme(cfg, name: str, gguf_type: str) -> str:
-    return f"""# {cfg.task.name} student (GGUF, {gguf_type})
+    return f"""# {md_text(cfg.task.name)} student (GGUF, {gguf_type})
 
-Exported by promptdistill: `{cfg.models.student}` with its LoRA adapter
+Exported by promptdistill: {md_code(cfg.models.student)} with its LoRA adapter
 merged, as one GGUF file for llama.cpp, Ollama and LM Studio. It answers the
 task **without** the teacher prompt: send the input alone as the user message.
 The `Modelfile` beside it reproduces the chat template the student was

@@ -44,6 +44,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -271,9 +272,11 @@ class JsonlAppender:
 
     def __init__(self, path):
         self.path = Path(path)
+        check_no_symlinks(self.path, "an appended file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         drop_torn_last_line(self.path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, default_mode()),
+                            "a", encoding="utf-8")
 
     def append(self, record: dict) -> None:
         self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -337,13 +340,24 @@ class DirectoryLock:
     def __enter__(self):
         import fcntl
 
+        check_no_symlinks(self.path, f"the lock file of {self.what}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")
+        # Never through a symlink, and only a regular file: a lock that links to
+        # a user's file would otherwise get that file truncated to a process id.
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), default_mode())
+        except OSError as e:
+            raise PromptDistillError(f"the lock file cannot be opened ({e.strerror}); it must be a regular file promptdistill "
+                                     "made: delete it if it is not", path=self.path) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise PromptDistillError("the lock file is not a regular file; delete it", path=self.path)
+        f = os.fdopen(fd, "r+", encoding="utf-8")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "?"
+            holder = f.read(32).strip() or "?"
             f.close()
             raise PromptDistillError(f"another promptdistill process (pid {holder}) is writing {self.what}; wait for it or stop it",
                                      path=self.path.parent) from None
@@ -369,6 +383,26 @@ class DirectoryLock:
 
 
 # -- relations between paths ---------------------------------------------------
+
+def check_no_symlinks(path, what: str, *, below=None) -> None:
+    """Refuse writing at `path` when it, or a folder between `below` and it, is a
+    symlink: a write must land where the path says, never where a link points
+    (a run's eval/ linked to a user's folder, a lock file linked to a user's
+    file). Without `below`, only `path` itself is checked (lstat)."""
+    p = Path(path)
+    chain = [p]
+    if below is not None:
+        base = Path(below)
+        try:
+            rel = p.relative_to(base)
+        except ValueError:
+            rel = None
+        if rel is not None:
+            chain = [base / Path(*rel.parts[:i]) for i in range(1, len(rel.parts) + 1)]
+    for q in chain:
+        if q.is_symlink():
+            raise PromptDistillError(f"{what}: {q} is a symlink; promptdistill never writes through one (delete the link)", path=q)
+
 
 def real_path(path) -> Path:
     """`path` with ~ expanded and every symlink resolved (what two paths are compared as)."""
@@ -456,6 +490,30 @@ def check_output_file(path, what: str) -> Path:
     if p.exists() and not os.access(p, os.W_OK):
         raise PromptDistillError(f"{what} cannot be written (permission denied)", path=p)
     return p
+
+
+def claim_side_file(path, what: str, *, ours: bool, marker: str) -> Path:
+    """A file written beside a command's output (a sidecar, rejects, a report, a
+    lock): never a symlink or a folder, and an existing non-empty one only when
+    it is the tool's own, which `ours` says from a marker the tool wrote
+    (`marker` names it in the refusal), never from the file's shape."""
+    p = Path(path)
+    check_no_symlinks(p, what)
+    if p.exists() and not p.is_file():
+        raise PromptDistillError(f"{what} exists and is not a regular file; choose another --out", path=p)
+    if p.is_file() and p.stat().st_size and not ours:
+        raise PromptDistillError(f"{what} exists and was not written by promptdistill ({marker}); it would be replaced: "
+                                 "move it or choose another --out", path=p)
+    return p
+
+
+def is_lock_file(path) -> bool:
+    """A lock file as DirectoryLock leaves it: empty or the process id it wrote."""
+    try:
+        data = Path(path).read_bytes()[:32]
+    except OSError:
+        return False
+    return data.strip() == b"" or (data.strip().isdigit() and len(data.strip()) <= 10)
 
 
 def check_parent_writable(p: Path, what: str) -> None:

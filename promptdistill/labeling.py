@@ -32,8 +32,8 @@ from pathlib import Path
 from .config import Config
 from .errors import PromptDistillError
 from .inputs import prepare_inputs
-from .io import (DirectoryLock, JsonlAppender, atomic_write_json, check_file, check_output_file, check_paths, read_settings,
-                 resume_or_refuse, torn_tail_length)
+from .io import (DirectoryLock, JsonlAppender, atomic_write_json, check_file, check_no_symlinks, check_output_file, check_paths,
+                 claim_side_file, is_lock_file, read_settings, resume_or_refuse, torn_tail_length)
 from .progress import progress_bar
 from .records import Example, iter_jsonl, iter_lines
 from .rundir import STAGE_OUTPUTS, check_outside_runs
@@ -78,7 +78,27 @@ def check_label_outputs(out_path, rejects_path=None, *, reads: dict | None = Non
         check_outside_runs(path, name, own_entries=own_entries)
     claim_labels_file(out, "--out")
     claim_labels_file(rejects, "--rejects", sidecars=False)
+    # Who wrote each side file is what --out's sidecar records (its own name in
+    # the sidecar's "rejects", "foreign"), never what the lines look like.
+    sidecar = read_sidecar(out)
+    claim_side_file(rejects, "--rejects", ours=sidecar.get("rejects") == rejects.name,
+                    marker=f"{out.name}.meta.json does not name it as --out's rejects")
+    named = {v for v in sidecar.values() if isinstance(v, str)}
+    for name, path in (more_writes or {}).items():
+        claim_side_file(path, name, ours=Path(path).name in named, marker=f"{out.name}.meta.json does not name it")
+    lock = out.with_name(out.name + ".lock")
+    claim_side_file(lock, "--out's lock file", ours=bool(sidecar) or is_lock_file(lock), marker="not a lock file it left")
     return out, rejects
+
+
+def read_sidecar(out: Path) -> dict:
+    """--out's sidecar (<out>.meta.json) as a dict; {} when there is none."""
+    meta = out.with_name(out.name + ".meta.json")
+    try:
+        obj = json.loads(meta.read_bytes().decode("utf-8")) if meta.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        obj = {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def label_inputs(
@@ -136,6 +156,8 @@ def _label(cfg: Config, examples: list[Example], teacher: Teacher, out_path: Pat
         "teacher_max_new_tokens": task.teacher_max_new_tokens,
         "temperature": task.config.temperature,
         "seed": seed,
+        # The rejects file this sidecar vouches for (claim_side_file: a rejects file is ours when named here).
+        "rejects": rejects_path.name,
         # Every backend adds its name, and where its model runs.
         **teacher.meta(),
     }
@@ -202,17 +224,23 @@ def claim_labels_file(path, what: str, *, sidecars: bool = True) -> Path:
     `sidecars`, its sidecar (<file>.meta.json) and lock (<file>.lock) must
     not be folders, and the sidecar must be readable JSON."""
     p = check_output_file(path, what)
+    check_no_symlinks(p, what)
     meta = p.with_name(p.name + ".meta.json")
     if sidecars:
         check_output_file(meta, f"{what}'s sidecar")
         check_output_file(p.with_name(p.name + ".lock"), f"{what}'s lock file")
+    if sidecars:
+        check_no_symlinks(meta, f"{what}'s sidecar")
     if sidecars and meta.exists():
         try:
-            ok = isinstance(json.loads(meta.read_bytes().decode("utf-8")), dict)
+            obj = json.loads(meta.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            ok = False
-        if not ok:
+            obj = None
+        if not isinstance(obj, dict):
             raise PromptDistillError("corrupt labels sidecar; delete it and rerun with --force to relabel", path=meta)
+        if "task_fingerprint" not in obj:
+            raise PromptDistillError(f"{what}'s sidecar exists and was not written by promptdistill (no task_fingerprint); "
+                                     "move it or choose another --out", path=meta)
     if not p.exists() or p.stat().st_size == 0:
         return p
     with open(p, "rb") as f:  # text after the last newline: a record cut by a kill, cut on resume
@@ -237,6 +265,10 @@ def claim_labels_file(path, what: str, *, sidecars: bool = True) -> Path:
     if torn.strip() and not (torn.startswith(b'{"') and (records or meta.exists())):
         raise PromptDistillError(f"{what} exists and is not a labeled JSONL file written by `label` (its last line); "
                                  "choose another file", path=p)
+    if sidecars and not meta.is_file():
+        # Labels are ours by the sidecar `label` writes before its first record, not by their lines' shape.
+        raise PromptDistillError(f"{what} exists and was not written by promptdistill (no {meta.name} beside it); "
+                                 "choose another file (--force does not replace it)", path=p)
     return p
 
 

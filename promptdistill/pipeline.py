@@ -18,13 +18,14 @@ The eval stage's preflight lives here too, beside `evaluate_run`
 from __future__ import annotations
 
 import json
+import os
 
 from .config import Config, eval_settings, save_config, task_settings, training_settings
 from .errors import PromptDistillError
 from pathlib import Path
 
 from .inputs import check_max_length, fit_context, fit_inputs, prepare_inputs, read_offtask
-from .io import atomic_write_json, check_file, check_paths, fingerprint
+from .io import atomic_write_json, changed_settings, check_file, check_paths, fingerprint
 from .records import check_gold_labels, read_inputs, read_labeled, write_examples
 from .rundir import RunDir, adapter_fingerprint, check_run_dir, claim_run_dir
 from .split import split_examples
@@ -186,7 +187,38 @@ def check_eval(cfg: Config, run_dir: "RunDir | str | Path", reads: dict | None =
     check_paths(reads, {"the run's eval/ folder": run.eval_dir, "the run's lock file": run.lock_path})
     run.adapter()
     run.check_files()
+    check_same_models(cfg, run)
     return run, read_offtask(cfg)
+
+
+def check_same_models(cfg: Config, run: RunDir) -> None:
+    """The task evaluated is the one the run's adapter was trained for: the same
+    student (the adapter's base), teacher and backend, and task settings (the
+    prompt, labels and reply format), as RUN/config.json records them; otherwise
+    one line naming the differing fields (an adapter scored on another base or
+    prompt says nothing)."""
+    stored = run.load_config()
+
+    def what_the_adapter_depends_on(c: Config) -> dict:
+        return {"models": {"student": _model_identity(c.models.student), "teacher": _model_identity(c.models.teacher),
+                           "teacher_backend": c.models.teacher_backend},
+                "task": {k: v for k, v in task_settings(c.task).items() if k != "name"}}  # a name is only a name
+
+    changed = changed_settings(what_the_adapter_depends_on(stored), what_the_adapter_depends_on(cfg))
+    if changed:
+        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        raise PromptDistillError(f"the task differs from the one this run was trained with ({shown}, see its config.json); "
+                                 "evaluate with that task file, or train a run for this one", path=run.path)
+
+
+def _model_identity(name: str) -> str:
+    """A model as the comparison sees it: a local folder by its config.json and
+    weight files (the same model moved or copied is the same model), else its name."""
+    folder = Path(os.path.expanduser(name))
+    if not (folder / "config.json").is_file():
+        return name
+    weights = sorted((f.name, f.stat().st_size) for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+    return "folder:" + fingerprint(weights, (folder / "config.json").read_bytes())
 
 
 def evaluate_file(cfg: Config, run_dir, inputs=None, *, task_file=None, progress: bool = True, log=print) -> dict:

@@ -40,8 +40,8 @@ from pathlib import Path
 
 from .config import Config, config_from_dict
 from .errors import PromptDistillError
-from .io import (DirectoryLock, atomic_write_json, check_parent_writable, changed_settings, fingerprint, read_settings,
-                 real_path, resume_or_refuse)
+from .io import (DirectoryLock, atomic_write_json, check_no_symlinks, check_parent_writable, changed_settings, fingerprint,
+                 read_settings, real_path, resume_or_refuse)
 
 STAGES = ("split", "label", "train", "eval")
 # The folder each stage writes, under the run directory.
@@ -112,6 +112,17 @@ class RunDir:
     def report_md(self) -> Path:
         return self.eval_dir / "report.md"
 
+    def check_no_links(self) -> None:
+        """No entry of the run (RUN_ENTRIES), nor anything directly inside one, is a
+        symlink: commands write there, and a run folder from someone else could
+        link eval/ or labels/train.jsonl to a user's files to have them overwritten."""
+        for name in RUN_ENTRIES:
+            entry = self.path / name
+            check_no_symlinks(entry, f"the run's {name}")
+            if entry.is_dir():
+                for inner in entry.iterdir():
+                    check_no_symlinks(inner, f"the run's {name}/{inner.name}")
+
     def lock(self) -> DirectoryLock:
         """Held while a command works on this run: a second command on it fails at once."""
         return DirectoryLock(self.lock_path, "this run directory")
@@ -128,7 +139,13 @@ class RunDir:
             raise PromptDistillError(f"corrupt run configuration ({e}); rerun the command that made this run", path=self.config_path) from None
         if not isinstance(raw, dict):
             raise PromptDistillError("corrupt run configuration (not a JSON object)", path=self.config_path)
-        return config_from_dict(raw, source=self.config_path)
+        # The run's own record: made under --no-limits perhaps, so read without
+        # the limits; it never grants trust_remote_code (only the flag does).
+        models = raw.get("models")
+        trusted = isinstance(models, dict) and models.get("trust_remote_code") is True
+        cfg = config_from_dict(raw, source=self.config_path, limits=False, remote_code=trusted)
+        cfg.models.trust_remote_code = False
+        return cfg
 
     # -- models -------------------------------------------------------------
 
@@ -256,6 +273,7 @@ def check_run_dir(path, what: str = "run directory") -> Path:
         raise PromptDistillError(f"{what} cannot be read (permission denied)", path=p)
     if not (p / CONFIG).exists():
         raise PromptDistillError("not a run directory (no config.json); pass the folder `run` or `train` wrote", path=p)
+    RunDir(p).check_no_links()
     return p
 
 
@@ -292,6 +310,7 @@ def claim_run_dir(path, what: str = "--run-dir") -> Path:
         raise PromptDistillError(f"{what} is a file, expected a run directory (a folder)", path=p)
     if not os.access(p, os.W_OK | os.X_OK):
         raise PromptDistillError(f"{what} cannot be written (permission denied)", path=p)
+    RunDir(p).check_no_links()
     config = p / CONFIG
     if config.exists():
         if config.is_file() and is_run_config(config):

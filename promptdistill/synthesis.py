@@ -50,8 +50,10 @@ from pathlib import Path
 
 from .config import Config
 from .errors import PromptDistillError
-from .io import (DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_output_file,
-                 check_file, check_paths, fingerprint, read_settings, resume_or_refuse)
+from .io import (DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_file,
+                 check_no_symlinks, check_output_file, check_paths, claim_side_file, fingerprint, is_lock_file, read_settings,
+                 resume_or_refuse)
+from .markdown import md_code, md_text
 from .progress import progress_bar
 from .records import Example, iter_jsonl, read_inputs, read_labeled
 from .rundir import SYNTH, check_outside_runs
@@ -252,6 +254,7 @@ def claim_synthesis_output(out_path) -> tuple[Path, Path]:
     file exists but was not written by `synthesize` (its raw generations' sidecar
     is missing): it is replaced at the end, and may be someone's real inputs."""
     out_path = check_output_file(out_path, "--out")
+    check_no_symlinks(out_path, "--out")
     raw_path = out_path.with_name(out_path.stem + ".raw.jsonl")
     ours = raw_path.with_name(raw_path.name + ".meta.json").is_file()
     if out_path.exists() and out_path.stat().st_size and not ours:
@@ -270,6 +273,15 @@ def check_synthesis_outputs(out_path, *, reads: dict | None = None, own_entries:
     check_paths(reads or {}, writes)
     for name, path in writes.items():
         check_outside_runs(path, name, own_entries=own_entries)
+    # The raw generations' sidecar is the marker that the side files are ours, never their shape.
+    ours = raw.with_name(raw.name + ".meta.json").is_file()
+    marker = f"no {raw.name}.meta.json beside it"
+    for name, path in (("its raw generations", raw), ("the synthesis report", out.with_name(out.stem + ".synthesis.json")),
+                       ("the synthesis report", out.with_name(out.stem + ".synthesis.md"))):
+        claim_side_file(path, name, ours=ours, marker=marker)
+    lock = raw.with_name(raw.name + ".lock")
+    claim_side_file(lock, "the raw generations' lock file", ours=ours or is_lock_file(lock), marker="not a lock file it left")
+    check_no_symlinks(raw.with_name(raw.name + ".meta.json"), "the raw generations' sidecar")
     return out, raw
 
 
@@ -476,21 +488,21 @@ def _f(x, pct=False) -> str:
 def report_markdown(report: dict) -> str:
     lines = [
         "# Synthesis report", "",
-        f"Generator `{report['generator']}`: {report['kept']} inputs kept of {report['asked']} asked, "
+        f"Generator {md_code(report['generator'])}: {report['kept']} inputs kept of {report['asked']} asked, "
         f"from {report['requests']} requests ({report['dropped']} dropped).", "",
         f"- distinct-1 {_f(report['distinct_1'])}, distinct-2 {_f(report['distinct_2'])}",
         f"- exact-duplicate rate {_f(report['exact_duplicate_rate'], True)}, near-duplicate rate "
         f"{_f(report['near_duplicate_rate'], True)} (character {report['ngram']}-gram Jaccard >= {report['near_duplicate_threshold']})",
         "", "| dropped because | count |", "|---|---:|",
-    ] + ([f"| {k} | {v} |" for k, v in report["dropped_by_reason"].items()] or ["| (nothing dropped) | 0 |"]) + [
+    ] + ([f"| {md_text(k)} | {v} |" for k, v in report["dropped_by_reason"].items()] or ["| (nothing dropped) | 0 |"]) + [
         "", "| category (strategy/asked for) | quota | kept |", "|---|---:|---:|",
-    ] + [f"| {c} | {q['quota']} | {q['kept']} |" for c, q in report["quotas"].items()]
+    ] + [f"| {md_text(c)} | {q['quota']} | {q['kept']} |" for c, q in report["quotas"].items()]
     if report.get("labels_vs_quotas"):
         lv = report["labels_vs_quotas"]
         lines += ["", f"After labeling ({lv['labeled']} labeled, {lv['rejected']} rejected): the teacher's labels against what was asked for; "
                       f"{_f(lv['agreement'], True)} of the inputs asked for a label got it.", "",
                   "| label | quota | teacher labeled | asked for and got |", "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {v['quota']} | {v['labeled']} | {v['asked_and_got']} |" for k, v in lv["labels"].items()]
+        lines += [f"| {md_text(k)} | {v['quota']} | {v['labeled']} | {v['asked_and_got']} |" for k, v in lv["labels"].items()]
     return "\n".join(lines) + "\n"
 
 

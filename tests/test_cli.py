@@ -30,6 +30,7 @@ FLAG_VALUES = {
     "seeds": ("--seeds", "seeds.txt", lambda root: str(root / "seeds.txt")),
     "strategies": ("--strategies", "prompt, magpie", ["prompt", "magpie"]),
     "generator": ("--generator", "some/generator", "some/generator"),
+    "trust_remote_code": ("--trust-remote-code", None, True),  # a switch: only the flag grants it, never the task file
 }
 
 

@@ -31,3 +31,20 @@ def test_merged_readme_snippet_runs_and_prints_the_students_answer(run_dir, tmp_
     [(_, reply)] = predict_texts(task, student, [TEXT])
     assert reply.strip()
     assert done.stdout.strip() == reply.strip()
+
+
+def test_adapter_readme_quotes_its_command_for_the_shell(tmp_path):
+    """The `vllm serve` line is copied into a shell: a task name or folder with
+    spaces or `;` stays one argument (shlex.quote), and the name stays one heading."""
+    import shlex
+
+    from promptdistill.config import config_from_dict
+    from promptdistill.export import _adapter_readme
+
+    cfg = config_from_dict({"task": {"name": "x; touch pwned #", "user_template": "{text}"}})
+    out = tmp_path / "my adapter"
+    readme = _adapter_readme(cfg, "/models/base dir", out, 8)
+    (line,) = [ln for ln in readme.splitlines() if ln.startswith("vllm serve")]
+    assert shlex.split(line) == ["vllm", "serve", "/models/base dir", "--enable-lora", "--lora-modules",
+                                 f"x; touch pwned #={out}", "--max-lora-rank", "16"]
+    assert readme.splitlines()[0] == "# x; touch pwned \\# student (LoRA adapter)"

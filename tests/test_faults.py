@@ -19,6 +19,7 @@ reported by line, exports readable by others) follow the table.
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import os
 import shutil
@@ -113,6 +114,25 @@ def _sidecar_dir(w: Path):
 def _labels_with_bad_sidecar(w: Path):
     shutil.copy(w / "run" / "labels" / "train.jsonl", w / "out.jsonl")
     _corrupt(w / "out.jsonl.meta.json")
+
+
+def _link(link: Path, target: Path):
+    """`link` made a symlink to `target` (a user's file or folder), replacing what was there."""
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    elif link.exists() or link.is_symlink():
+        link.unlink()
+    link.symlink_to(target)
+
+
+def _user_file(path: Path, text: str = "the user's own lines\n"):
+    path.write_text(text, encoding="utf-8")
+
+
+def _chat_logs(w: Path):
+    write_jsonl(w / "logs.jsonl", [{"messages": [{"role": "user", "content": "Which language is this?\nHello\nAnswer with Final Answer: xx."},
+                                                 {"role": "assistant", "content": "Final Answer: en"}]}])
+    _user_file(w / "chats.foreign.jsonl")
 
 
 L = ["label", "task.toml", "--no-progress"]
@@ -272,6 +292,73 @@ CASES = {
                                  ["label.json", "corrupt stage marker"]),
     "render --labeled missing": (None, ["render", "task.toml", "--labeled", "nope.jsonl"], None, ["labeled file not found"]),
     "render --labeled is a folder": (None, ["render", "task.toml", "--labeled", "emptydir"], None, ["is a folder"]),
+    # -- a task file is trusted like code: what it may not do without the person running the command
+    "task.name with a newline and an image line": (None, L + ["--out", "o.jsonl", "--set", "task.name=\"demo\\n![x](mine/notes.txt)\""],
+                                                   None, ["task.name", "control character"]),
+    "a label with a NUL": (None, L + ["--out", "o.jsonl", "--set", "task.labels=[\"en\", \"f\\u0000r\", \"de\"]"], None,
+                           ["task.labels", "control character"]),
+    "trust_remote_code in the task file": (lambda w: (w / "task2.toml").write_text(
+                                               (w / "task.toml").read_text().replace("[models]\n", "[models]\ntrust_remote_code = true\n")),
+                                           ["label", "task2.toml", "--out", "o.jsonl"], None,
+                                           ["task2.toml", "models.trust_remote_code", "--trust-remote-code"]),
+    "trust_remote_code by --set": (None, L + ["--out", "o.jsonl", "--set", "models.trust_remote_code=true"], None,
+                                   ["models.trust_remote_code", "--trust-remote-code"]),
+    "trust_remote_code in vllm_options": (None, L + ["--out", "o.jsonl", "--set", "models.vllm_options={trust_remote_code=true}"], None,
+                                          ["models.vllm_options.trust_remote_code", "--trust-remote-code"]),
+    "vllm_options an unknown engine option": (None, L + ["--out", "o.jsonl", "--set", "models.vllm_options={hf_token='hf_secret123'}"],
+                                              None, ["models.vllm_options.hf_token", "allowed: max_model_len"]),
+    "100000 concurrent requests": (None, L + ["--out", "o.jsonl", "--concurrency", "100000"], None,
+                                   ["models.teacher_concurrency", "<= 256", "--no-limits"]),
+    "a million samples per input": (None, L + ["--out", "o.jsonl", "--set", "task.samples=1000000", "--temperature", "1"], None,
+                                    ["task.samples", "--no-limits"]),
+    "latency_requests over the limit": (None, E + ["--run-dir", "run", "--set", "eval.latency_requests=1000000"], None,
+                                        ["eval.latency_requests", "--no-limits"]),
+    # -- symlinks: never written through
+    "the run's lock links to a user's file": (lambda w: _link(w / "run/.lock", w / "mine/notes.txt"), E + ["--run-dir", "run"], None,
+                                              [".lock", "symlink"]),
+    "the run's eval/ links to a user's folder": (lambda w: _link(w / "run/eval", w / "mine"), E + ["--run-dir", "run"], None,
+                                                 ["eval", "symlink"]),
+    "the run's split/ links elsewhere (run)": (lambda w: _link(w / "run/split", w / "mine"), ["run", "task.toml", "--run-dir", "run"],
+                                               None, ["split", "symlink"]),
+    "the run's labels file links to a user's file": (lambda w: _link(w / "run/labels/train.jsonl", w / "mine/notes.txt"),
+                                                     ["run", "task.toml", "--run-dir", "run"], None, ["labels/train.jsonl", "symlink"]),
+    "label --out's lock links to a user's file": (lambda w: _link(w / "o.jsonl.lock", w / "mine/notes.txt"), L + ["--out", "o.jsonl"],
+                                                  None, ["o.jsonl.lock", "symlink"]),
+    "label --out links to a user's file": (lambda w: _link(w / "o.jsonl", w / "mine/notes.txt"), L + ["--out", "o.jsonl"], None,
+                                           ["symlink"]),
+    "synthesize --out links to a user's file": (lambda w: _link(w / "s.jsonl", w / "mine/notes.txt"),
+                                                ["synthesize", "task.toml", "--n", "2", "--out", "s.jsonl"], None, ["symlink"]),
+    # -- side files: claimed like --out, ours only by a marker the tool wrote
+    "label --out shaped like labels but no sidecar (--force)": (lambda w: _user_file(w / "o.jsonl", '{"id": "1", "status": "ok"}\n'),
+                                                                L + ["--out", "o.jsonl", "--force"], None,
+                                                                ["not written by promptdistill", "o.jsonl.meta.json"]),
+    "label --rejects' default is a user's file": (lambda w: _user_file(w / "o.rejects.jsonl", '{"id": "1", "status": "unparsed"}\n'),
+                                                  L + ["--out", "o.jsonl"], None,
+                                                  ["--rejects", "o.rejects.jsonl", "not written by promptdistill"]),
+    "label --out's lock is a user's file": (lambda w: _user_file(w / "o.jsonl.lock"), L + ["--out", "o.jsonl"], None,
+                                            ["lock file", "not written by promptdistill"]),
+    "label --out's sidecar is a user's JSON": (lambda w: _user_file(w / "o.jsonl.meta.json", '{"mine": 1}'), L + ["--out", "o.jsonl"],
+                                               None, ["sidecar", "not written by promptdistill"]),
+    "import-chats over a user's .foreign.jsonl": (_chat_logs, ["import-chats", "task.toml", "--logs", "logs.jsonl", "--out", "chats.jsonl"],
+                                                  None, ["chats.foreign.jsonl", "not written by promptdistill"]),
+    "synthesize over a user's .raw.jsonl": (lambda w: _user_file(w / "s.raw.jsonl"),
+                                            ["synthesize", "task.toml", "--n", "2", "--out", "s.jsonl"], None,
+                                            ["s.raw.jsonl", "not written by promptdistill"]),
+    "synthesize over a user's .synthesis.md": (lambda w: _user_file(w / "s.synthesis.md", "# my notes\n"),
+                                               ["synthesize", "task.toml", "--n", "2", "--out", "s.jsonl"], None,
+                                               ["s.synthesis.md", "not written by promptdistill"]),
+    # -- export --overwrite: never over a repository, a symlink, or the folder it runs in
+    "export --overwrite onto a folder holding .git": (lambda w: (w / "mine" / ".git").mkdir(),
+                                                      ["export", "--run-dir", "run", "--adapter", "mine", "--overwrite"], None,
+                                                      ["holds .git", "even with --overwrite"]),
+    "export --overwrite onto a symlinked folder": (lambda w: _link(w / "elsewhere", w / "mine"),
+                                                   ["export", "--run-dir", "run", "--adapter", "elsewhere", "--overwrite"], None,
+                                                   ["is a symlink"]),
+    # -- one run, one set of settings
+    "train over a run trained with other data": (None, T + ["--labeled", "run/labels/heldout.jsonl", "--run-dir", "run"], None,
+                                                 ["already trained", "records", "--force"]),
+    "eval a task that differs from the run's": (None, E + ["--run-dir", "run", "--set", "task.answer_template='Final Answer:  {label}'"],
+                                                None, ["differs from the one this run was trained with", "task.answer_template"]),
 }
 
 
@@ -493,7 +580,9 @@ def test_export_replaces_its_own_folder_and_overwrite_replaces_a_users(world, tm
         assert (w / "run" / "exported" / "adapter_config.json").exists()
         forced = cli(["export", "--run-dir", "run", "--adapter", "mine", "--overwrite"], cwd=w)
         assert forced.returncode == 0, forced.stderr.decode()[-2000:]
-        assert not (w / "mine" / "notes.txt").exists() and (w / "mine" / "adapter_config.json").exists()
+        # --overwrite replaces what the tool writes; the user's own file is kept, and stays foreign to the manifest.
+        assert (w / "mine" / "notes.txt").read_text() == "the user's notes\n" and (w / "mine" / "adapter_config.json").exists()
+        assert "notes.txt" not in json.loads((w / "mine" / ".promptdistill-export.json").read_text())["files"]
     finally:
         os.umask(old_mask)
 
@@ -551,3 +640,88 @@ def test_inputs_over_the_models_context_are_reported_by_line(tmp_path, tiny_mode
     kept = prepare_inputs(cfg, Task(cfg.task), tmp_path / "in.jsonl", logged.append)
     assert [e.text for e in kept] == ["short", "also short"]
     assert len(logged) == 1 and f"the {short_one}" in logged[0] and "context of 2048 tokens" in logged[0] and "lines 2" in logged[0]
+
+
+# -- trust boundaries beyond the table: what needs a second process, a success, or a look inside a file ------------
+
+
+@pytest.mark.parametrize("argv", [T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "run", "--force"],
+                                  E + ["--run-dir", "run"]], ids=["train", "eval"])
+def test_a_second_command_on_a_run_refuses_at_once_and_writes_nothing(argv, world, tmp_path):
+    """One lock per run (RUN/.lock), taken before anything is written: while another
+    command holds it (a train, here held by this process), train and eval refuse
+    at once, before train's --force discards anything or writes config.json."""
+    from promptdistill.io import DirectoryLock
+
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    task = w / "task.toml"
+    task.write_text(task.read_text(encoding="utf-8").replace(str(world), str(w)), encoding="utf-8")
+    with DirectoryLock(w / "run" / ".lock", "the run (held by another train)"):
+        before = tree(w)
+        done = cli(argv, cwd=w, timeout=120)
+        after = tree(w)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "another promptdistill process" in err and err.count("\n") == 1, err
+    assert after == before
+
+
+def test_train_force_over_a_run_trained_otherwise_clears_its_evaluation(world, tmp_path):
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    task = w / "task.toml"
+    task.write_text(task.read_text(encoding="utf-8").replace(str(world), str(w)), encoding="utf-8")
+    assert (w / "run/stages/eval.json").exists() and (w / "run/eval/report.json").exists()
+    done = cli(T + ["--labeled", "run/labels/heldout.jsonl", "--run-dir", "run", "--force"], cwd=w)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    # The old evaluation described another adapter: gone with its marker; the new training is recorded.
+    assert not (w / "run/stages/eval.json").exists() and not (w / "run/eval").exists()
+    assert json.loads((w / "run/stages/train.json").read_text())["settings"]["heldout"]
+    again = cli(T + ["--labeled", "run/labels/heldout.jsonl", "--run-dir", "run"], cwd=w)  # the same training: no --force needed
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+
+
+def test_secret_engine_option_is_not_echoed(world, tmp_path):
+    done = cli(L + ["--out", "o.jsonl", "--set", "models.vllm_options={hf_token='hf_secret123'}"], cwd=world)
+    assert done.returncode == 2 and b"hf_secret123" not in done.stderr + done.stdout
+
+
+def test_hostile_names_are_neither_inlined_nor_interpreted_in_the_report(tmp_path):
+    """A report.json whose task name, models and labels carry markdown (written by a
+    run made before names were checked, or edited): report.md shows them as text,
+    and report.html inlines only the pictures the evaluation drew, never a file an
+    image line names, nor one of its own pictures replaced by a symlink."""
+    from promptdistill.evaluation.run_report import write_run_report
+
+    secret = tmp_path / "id_rsa"
+    secret.write_bytes(b"PRIVATE-KEY-MATERIAL")
+    label = "a|b ![y](" + str(secret) + ")"
+    confusion = {g: {p: 1 for p in ("x", label, "??")} for g in ("x", label)}
+    sys_row = {"uses_prompt": False, "n": 2, "accuracy": 0.5, "agreement": 0.5, "parse_rate": 1.0, "mean_prompt_tokens": 3.0,
+               "median_latency_ms": 1.0, "confusion": confusion, "json": None}
+    from promptdistill.evaluation.agreement import reference_points
+
+    report = {"task": f"demo\n![x]({secret})\n# heading", "n_examples": 2, "reference_points": reference_points([], {}), "teacher_mode": "choose", "majority_label": label,
+              "majority_agreement": 0.5, "models": {"teacher": "t`x", "student": "s|"},
+              "systems": {"teacher": sys_row, "base": sys_row, "student": sys_row}}
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "report.json").write_text(json.dumps(report))
+    pictures = write_run_report(run)
+    html = (run / "eval" / "report.html").read_text()
+    md = (run / "eval" / "report.md").read_text()
+    import base64
+
+    assert base64.b64encode(b"PRIVATE-KEY-MATERIAL").decode() not in html
+    assert html.count("<img") == len(pictures) > 0  # only the evaluation's own pictures
+    assert not any(line.startswith(("![x]", "![y]", "# heading")) for line in md.splitlines())
+    rows = [line for line in md.splitlines() if line.startswith("| **a\\|b")]  # the label's confusion rows
+    header = next(line for line in md.splitlines() if line.startswith("| gold \\ pred"))
+    assert rows and all(len(re.split(r"(?<!\\)\|", r)) == len(re.split(r"(?<!\\)\|", header)) for r in rows)
+    # A picture of its own replaced by a symlink to the secret is not inlined either.
+    name = next(iter(pictures.values()))
+    from promptdistill.evaluation.run_report import markdown_to_html
+
+    (run / "eval" / name).unlink()
+    (run / "eval" / name).symlink_to(secret)
+    assert base64.b64encode(b"PRIVATE-KEY-MATERIAL").decode() not in markdown_to_html(md, run / "eval", "t", set(pictures.values()))

@@ -72,7 +72,8 @@ def test_choose_mode_records_summary_and_sidecar(tiny, tmp_path):
     assert summary["teacher_accuracy"] == pytest.approx(sum(r["label"] == r["gold_label"] for r in records) / 4)
     meta = json.loads((tmp_path / "labeled.jsonl.meta.json").read_text())
     assert meta == {"teacher": tiny.name, "task_fingerprint": Task(cfg.task).fingerprint(), "answer_mode": "choose",
-                    "max_new_tokens": 6, "teacher_max_new_tokens": 6, "temperature": 0.0, "seed": 0, "backend": "transformers"}
+                    "max_new_tokens": 6, "teacher_max_new_tokens": 6, "temperature": 0.0, "seed": 0, "backend": "transformers",
+                    "rejects": "labeled.rejects.jsonl"}
 
 
 def test_generate_mode_rejects_garbage(tiny, tmp_path):

@@ -34,6 +34,10 @@ def test_relation_sees_through_symlinks_and_hard_links(tmp_path):
 def test_labels_file_with_a_torn_last_record_is_ours_a_text_file_is_not(tmp_path):
     out = tmp_path / "labels.jsonl"
     out.write_text('{"id": "1", "status": "ok"}\n{"id": "2", "sta')
+    # Shaped like labels but without the sidecar `label` writes first: not ours (--force would have deleted it).
+    with pytest.raises(PromptDistillError, match="not written by promptdistill"):
+        claim_labels_file(out, "--out")
+    (tmp_path / "labels.jsonl.meta.json").write_text('{"task_fingerprint": "x"}')
     claim_labels_file(out, "--out")  # a record cut by a kill: resumable
     out.write_text("just some words")
     with pytest.raises(PromptDistillError, match="not a labeled JSONL file"):

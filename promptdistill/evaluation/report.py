@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..markdown import md_code, md_text
 from ..task import UNPARSED
 from .agreement import MAX_INTERVAL_WIDTH, MIN_COUNT, OTHER
 
@@ -26,9 +27,7 @@ def interval(low: float, high: float, digits: int = 1) -> str:
     return f"{fmt(100 * low, f'.{digits}f')}-{fmt(high, f'.{digits}%')}"
 
 
-def _cell(label) -> str:
-    """A label inside a pipe table cell."""
-    return str(label).replace("|", "\\|").replace("\n", " ")
+_cell = md_text  # a label inside a pipe table cell
 
 
 # ---------------------------------------------------------------- the whole report
@@ -37,10 +36,10 @@ def report_markdown(report: dict) -> str:
     """report.md without its pictures: the summary table, then every section the report holds."""
     s = report["systems"]
     out = [
-        f"# Evaluation: {report['task']}",
+        f"# Evaluation: {md_text(report['task'])}",
         "",
-        f"{report['n_examples']} held-out inputs, none seen in training. Teacher: `{report['models']['teacher']}` "
-        f"with the prompt ({report['teacher_mode']} mode). Student: `{report['models']['student']}` without the prompt.",
+        f"{report['n_examples']} held-out inputs, none seen in training. Teacher: {md_code(report['models']['teacher'])} "
+        f"with the prompt ({report['teacher_mode']} mode). Student: {md_code(report['models']['student'])} without the prompt.",
         "",
         "| system | prompt | accuracy (gold) | agreement (teacher) | KL(teacher ‖ system) | parse rate | prompt tokens / request | median latency (ms) |",
         "|---|---|---|---|---|---|---|---|",
@@ -72,7 +71,7 @@ def report_markdown(report: dict) -> str:
         sentence = gap.strip("()")
         out.append(sentence[:1].upper() + sentence[1:] + ".")  # not capitalize(): it would lower "KL"
     if report.get("majority_label") is not None:
-        out.append(f"Always answering the teacher's most frequent label (`{report['majority_label']}`) would agree "
+        out.append(f"Always answering the teacher's most frequent label ({md_code(report['majority_label'])}) would agree "
                    f"{fmt(report['majority_agreement'], '.1%')} of the time.")
     out.append("")
     out += json_lines(report)
@@ -84,10 +83,10 @@ def report_markdown(report: dict) -> str:
         if not labels:
             continue
         cols = labels + [UNPARSED]
-        out += [f"## Confusion matrix: {name} (rows gold, columns predicted)", "", "| gold \\ pred | " + " | ".join(cols) + " |",
+        out += [f"## Confusion matrix: {name} (rows gold, columns predicted)", "", "| gold \\ pred | " + " | ".join(map(md_text, cols)) + " |",
                 "|---" * (len(cols) + 1) + "|"]
         for g in labels:
-            out.append(f"| **{g}** | " + " | ".join(str(m["confusion"][g][c]) or "" for c in cols) + " |")
+            out.append(f"| **{md_text(g)}** | " + " | ".join(str(m["confusion"][g][c]) or "" for c in cols) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -234,7 +233,7 @@ def agreement_report_lines(section: dict, title: str = "Agreement in context", m
            "|---|---|---|---|---|---|"]
     maj = floors.get("majority")
     if maj:
-        out.append(f"| floor: always `{_cell(maj['label'])}` | {fmt(maj['agreement']['rate'], '.1%')} | "
+        out.append(f"| floor: always {md_code(maj['label'])} | {fmt(maj['agreement']['rate'], '.1%')} | "
                    f"{_interval_text(maj['agreement'])} | {fmt(maj['macro_agreement'], '.1%')} | | |")
     surf = floors.get("surface")
     if surf is not None:
@@ -295,12 +294,12 @@ def _per_answer_lines(section: dict, max_answers: int) -> list[str]:
     out += [""]
     for n in names:
         m = systems[n]
-        worst = ", ".join(f"`{_cell(a)}` {fmt(m['per_answer'][a]['rate'], '.0%')} of {m['per_answer'][a]['n']}"
+        worst = ", ".join(f"{md_code(a)} {fmt(m['per_answer'][a]['rate'], '.0%')} of {m['per_answer'][a]['n']}"
                           for a in m["worst"])
         out.append(f"{n}: macro agreement {fmt(m['macro_agreement'], '.1%')}; worst answers: {worst or '-'}.")
     few = [a for a in answers if systems[names[0]]["per_answer"][a]["n"] < MIN_COUNT]
     if few:
-        out.append(f"Too few inputs to tell (under {MIN_COUNT}): " + ", ".join(f"`{_cell(a)}`" for a in few) + ". "
+        out.append(f"Too few inputs to tell (under {MIN_COUNT}): " + ", ".join(md_code(a) for a in few) + ". "
                    f"Rates whose 95% interval is wider than {fmt(100 * MAX_INTERVAL_WIDTH, '.0f')} points are marked in the note column.")
     return out + [""]
 
@@ -388,11 +387,11 @@ def json_agreement_report_lines(sections: dict[str, dict]) -> list[str]:
         cells.append(" / ".join(fmt(s["systems"][n]["macro_agreement"], ".1%") for n in names))
         out.append(f"| {_cell(f)} | " + " | ".join(cells) + " |")
         if surf is not None and surf.get("available") and surf.get("note"):
-            notes.append(f"{f}: {surf['note']}")
+            notes.append(f"{md_text(f)}: {surf['note']}")
         for n in names:
             c = s["systems"][n]["against"].get("surface")
             if c and c["n"]:
-                notes.append(f"{f}: the {n} " + _comparison_phrase("surface baseline", c) + ".")
+                notes.append(f"{md_text(f)}: the {n} " + _comparison_phrase("surface baseline", c) + ".")
     if notes:
         out += [""] + notes + [_P_VALUE_NOTE]
     return out + [""]

@@ -17,7 +17,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 from ..io import atomic_write_text
@@ -44,31 +46,60 @@ def write_run_report(run_dir) -> dict[str, str]:
     head, sep, tail = report_markdown(report).partition("\n## ")
     markdown = head.rstrip("\n") + "\n\n" + pictures_markdown(pictures) + (sep + tail if sep else "")
     atomic_write_text(run.report_md, markdown)
-    atomic_write_text(eval_dir / "report.html", markdown_to_html(markdown, eval_dir, title=f"promptdistill: {report['task']}"))
+    atomic_write_text(eval_dir / "report.html", markdown_to_html(markdown, eval_dir, title=f"promptdistill: {report['task']}",
+                                                                 pictures=set(pictures.values())))
     return pictures
 
 
 def _inline(text: str) -> str:
+    # A backslash-escaped character (report.md_text: a user's string) is literal
+    # text: set aside before code and bold are read, put back escaped.
+    escaped: list[str] = []
+
+    def keep(m):
+        escaped.append(m.group(1))
+        return f"\x00{len(escaped) - 1}\x00"
+
+    text = re.sub(r"\\([\\`*\[\]#|!<>])", keep, text.replace("\x00", ""))
     text = html.escape(text, quote=False)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    return re.sub("\x00([0-9]+)\x00", lambda m: html.escape(escaped[int(m.group(1))]), text)
 
 
-def _image(alt: str, name: str, image_dir: Path) -> str:
-    data = base64.b64encode((image_dir / name).read_bytes()).decode("ascii")
+def _image(alt: str, name: str, image_dir: Path, pictures: set[str]) -> str | None:
+    """An inlined picture, only one the evaluation drew itself (`pictures`, names
+    write_pictures returned) and only a regular file there, never through a
+    symlink: a task name or label could otherwise smuggle an image line naming
+    any file (~/.ssh/id_rsa) into the report people attach to tickets. Anything
+    else is None (the line is shown as text)."""
+    if name not in pictures or "/" in name or name.startswith("."):
+        return None
+    path = image_dir / name
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        data = base64.b64encode(f.read()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _table(rows: list[str]) -> str:
-    cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+    # Cells split at pipes that are not escaped (a label's own | is \\|).
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", r.strip()[1:-1] if r.strip().endswith("|") else r.strip()[1:])]
+             for r in rows]
     head, body = cells[0], [r for r in cells[2:]]  # cells[1] is the |---| rule
     out = ["<table>", "<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"]
     out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body]
     return "\n".join(out + ["</table>"])
 
 
-def markdown_to_html(markdown: str, image_dir, title: str) -> str:
-    """A standalone HTML page for our report markdown, images inlined from `image_dir`."""
+def markdown_to_html(markdown: str, image_dir, title: str, pictures=frozenset()) -> str:
+    """A standalone HTML page for our report markdown; of its image lines only
+    the `pictures` (file names in `image_dir` the evaluation drew) are inlined."""
     image_dir = Path(image_dir)
     body: list[str] = []
     lines = markdown.split("\n")
@@ -87,8 +118,8 @@ def markdown_to_html(markdown: str, image_dir, title: str) -> str:
         if heading:
             level = len(heading.group(1))
             body.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif image:
-            body.append(_image(image.group(1), image.group(2), image_dir))
+        elif image and (tag := _image(image.group(1), image.group(2), image_dir, set(pictures))) is not None:
+            body.append(tag)
         elif line.strip():
             body.append(f"<p>{_inline(line)}</p>")
         i += 1

@@ -38,7 +38,7 @@ def _transformers(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
 def _vllm(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
     from .vllm_engine import VllmTeacher
 
-    return VllmTeacher(models.teacher, dtype=models.dtype, options=models.vllm_options)
+    return VllmTeacher(models.teacher, dtype=models.dtype, options=models.vllm_options, trust_remote_code=models.trust_remote_code)
 
 
 def _vllm_server(models: ModelsConfig, base: LoadedModel | None) -> Teacher:

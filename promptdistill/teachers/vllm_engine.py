@@ -71,7 +71,7 @@ class VllmTeacher(Teacher):
 
     backend = "vllm"
 
-    def __init__(self, name: str, *, dtype: str = "auto", options: dict | None = None):
+    def __init__(self, name: str, *, dtype: str = "auto", options: dict | None = None, trust_remote_code: bool = False):
         vllm = import_vllm()
         from ..models import allow_pickle_weights, load_tokenizer, model_path, split_revision
 
@@ -84,9 +84,11 @@ class VllmTeacher(Teacher):
         weights = {} if allow_pickle_weights() else {"load_format": "safetensors"}
         settings = {"enable_prefix_caching": True, "dtype": _vllm_dtype(dtype), **pinned, **weights, **(options or {})}
         try:
-            self.llm = vllm.LLM(model=path, tokenizer=path, **settings)
-        except TypeError as e:  # an unknown key in models.vllm_options
-            raise PromptDistillError(f"vllm.LLM refused the settings {settings}: {e}", field="models.vllm_options") from None
+            self.llm = vllm.LLM(model=path, tokenizer=path, trust_remote_code=trust_remote_code, **settings)
+        except TypeError as e:  # an option this vLLM release does not take
+            from ..config import redacted
+
+            raise PromptDistillError(f"vllm.LLM refused the settings {redacted(settings)}: {e}", field="models.vllm_options") from None
         self.vllm = vllm
 
     @property

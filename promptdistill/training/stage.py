@@ -12,21 +12,25 @@ Only then is the run locked and its config.json written, in the layout
 from __future__ import annotations
 
 import contextlib
+import shutil
 
-from ..config import Config, save_config
+from ..config import Config, save_config, task_settings
 from ..errors import PromptDistillError
 from ..inputs import check_max_length
-from ..io import check_file, check_paths
+from ..io import changed_settings, check_file, check_paths, fingerprint
 from ..records import read_labeled
-from ..rundir import RunDir, claim_run_dir
+from ..rundir import STAGE_OUTPUTS, RunDir, claim_run_dir
+from .checkpoint import checkpoint_settings
 from .distributed import launched_rank
 from .init_adapter import init_adapter_folder
 from .recipe import train_folder
 
 
-def train_run(cfg: Config, labeled, run_dir, *, heldout=None, task_file=None, progress: bool = True) -> dict:
+def train_run(cfg: Config, labeled, run_dir, *, heldout=None, task_file=None, progress: bool = True, force: bool = False) -> dict:
     """Train the student of run directory `run_dir` on the labeled file `labeled`
     (held-out loss on `heldout`, a labeled file, if given); return the summary.
+    A run already trained with other data or settings is refused, naming them,
+    unless `force`, which discards its training and evaluation first.
     Under torchrun every process calls this; the first one writes."""
     labeled = check_file(labeled, "labeled file")
     heldout = check_file(heldout, "held-out file") if heldout else None
@@ -39,8 +43,35 @@ def train_run(cfg: Config, labeled, run_dir, *, heldout=None, task_file=None, pr
         raise PromptDistillError("no labeled records", path=labeled)
     heldout_records = read_labeled(heldout) if heldout else None
     check_max_length(cfg)
+    settings = train_settings(cfg, records, heldout_records)
+    stored = run.stored_settings("train")
+    if stored is None and (run.adapter_dir / "adapter_config.json").exists():
+        stored = {}  # a finished adapter nobody recorded the settings of: not known to be this training
+    changed = changed_settings(stored, settings) if stored is not None else []
+    if changed and not force:
+        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        raise PromptDistillError(f"this run was already trained with other data or settings ({shown}); --force discards its "
+                                 "training and evaluation (train/, eval/), or choose another --run-dir", path=run.path)
     main_process = launched_rank() == 0
     with run.lock() if main_process else contextlib.nullcontext():
         if main_process:
+            if changed:
+                for stage in ("train", "eval"):
+                    shutil.rmtree(run.path / STAGE_OUTPUTS[stage], ignore_errors=True)
+            if stored is None or changed:
+                # A new adapter: the evaluation of the old one no longer describes this run.
+                for stage in ("train", "eval"):
+                    run.marker(stage).unlink(missing_ok=True)
             save_config(cfg, run.config_path)
-        return train_folder(cfg, records, run.train_dir, heldout=heldout_records, progress=progress)
+        summary = train_folder(cfg, records, run.train_dir, heldout=heldout_records, progress=progress)
+        if main_process:
+            run.mark_done("train", settings, summary)
+        return summary
+
+
+def train_settings(cfg: Config, records, heldout) -> dict:
+    """What a run's training is only valid for (its stage marker): the checkpoints'
+    settings (records, train settings, student, start weights), the held-out
+    records and the task (what the targets and the prompt are)."""
+    return {**checkpoint_settings(records, cfg), "task": task_settings(cfg.task),
+            "heldout": fingerprint([[r.id, r.messages] for r in heldout or ()])}
