@@ -171,7 +171,7 @@ class ScriptedChatServer:
     alternatives are `alternatives`, or the input itself with log-prob -0.1).
     `script` lists per input the faults to play before answering: an HTTP status (429
     comes with Retry-After: `retry_after`), "truncated", "nonjson", "list", "nochoices",
-    "notutf8", "nologprobs" (an answer without logprobs), "hang" (`hang` seconds, then
+    "notutf8", "nologprobs" (an answer without logprobs), "reasoning" (reasoning_content beside the answer), "hang" (`hang` seconds, then
     nothing), or ("redirect", url). `calls` holds (input, time, Authorization, body).
     """
 
@@ -222,6 +222,8 @@ class ScriptedChatServer:
                     "logprobs": None}],
                     "usage": {"prompt_tokens": len(text), "completion_tokens": 3, "total_tokens": len(text) + 3,
                               "prompt_tokens_details": {"cached_tokens": 2}}}
+                if fault == "reasoning":  # a reasoning model: its thinking in its own field, naming another answer
+                    reply["choices"][0]["message"]["reasoning_content"] = "Is it Final Answer: zz? No."
                 if body.get("logprobs") and fault != "nologprobs":
                     alts = alternatives or {" " + text: -0.1}
                     top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in alts.items()]

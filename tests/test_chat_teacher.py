@@ -78,6 +78,16 @@ def test_generate_in_input_order_with_votes_seeds_and_usage(tmp_path, monkeypatc
     assert summary["teacher_cost"] == pytest.approx((30 * 2.0 + 45 * 10.0) / 1e6)
 
 
+def test_an_apis_reasoning_field_is_kept_but_never_parsed(tmp_path):
+    with ScriptedChatServer(always="reasoning") as server:
+        label_inputs(_cfg(), _examples(2), _teacher(server), tmp_path / "out.jsonl", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    # the answer after the thinking is the label (the thinking names zz), the record keeps both
+    assert [r["label"] for r in records] == ["w0", "w1"]
+    assert all(r["teacher_reply"].startswith("<think>\nIs it Final Answer: zz? No.\n</think>") for r in records)
+    assert all("zz" not in json.dumps(r["messages"]) for r in records)
+
+
 def test_choose_mode_reads_the_answer_tokens_alternatives(tmp_path):
     cfg = _cfg(labels=["yes", "no", "maybe"], answer_mode="choose", answer_pattern=r"Final Answer:\s*(\w+)")
     alternatives = {" yes": -0.5, " no": -1.5, "no": -1.7, " perhaps": -2.0}

@@ -46,6 +46,7 @@ from collections.abc import Iterator
 
 from ..api_access import api_key, check_key_transport, redact
 from ..errors import PromptDistillError
+from ..reasoning import with_reasoning
 from ..records import Example, LabeledExample
 from ..task import Task
 from .base import Teacher
@@ -231,6 +232,11 @@ def _read_reply(reply) -> tuple[str, list | None, dict]:
     choice = reply.choices[0]
     message = getattr(choice, "message", None)
     text = getattr(message, "content", None)
+    # A reasoning model's thinking comes in its own field (vLLM, DeepSeek, ...): kept in the
+    # reply as a <think> block, which parsing drops (reasoning.py); cut by the limit, no answer.
+    reasoning = getattr(message, "reasoning_content", None)
+    if isinstance(reasoning, str) and reasoning:
+        text = with_reasoning(text if isinstance(text, str) else "", reasoning)
     if not isinstance(text, str):
         raise MalformedChatReply("the reply's first choice has no text")
     tokens = None

@@ -17,7 +17,7 @@ import shutil
 from ..config import Config, save_config, task_settings
 from ..errors import PromptDistillError
 from ..inputs import check_max_length
-from ..io import changed_settings, check_file, check_paths, fingerprint
+from ..io import check_file, check_paths, fingerprint, resume_or_refuse
 from ..records import read_labeled
 from ..rundir import STAGE_OUTPUTS, RunDir, claim_run_dir
 from .checkpoint import checkpoint_settings
@@ -47,11 +47,10 @@ def train_run(cfg: Config, labeled, run_dir, *, heldout=None, task_file=None, pr
     stored = run.stored_settings("train")
     if stored is None and (run.adapter_dir / "adapter_config.json").exists():
         stored = {}  # a finished adapter nobody recorded the settings of: not known to be this training
-    changed = changed_settings(stored, settings) if stored is not None else []
-    if changed and not force:
-        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
-        raise PromptDistillError(f"this run was already trained with other data or settings ({shown}); --force discards its "
-                                 "training and evaluation (train/, eval/), or choose another --run-dir", path=run.path)
+    # The rule every resumable output follows (io.resume_or_refuse); what --force discards is removed under the lock below.
+    changed = resume_or_refuse(stored, settings, force=force, what="this run was already trained",
+                               discards="its training and evaluation (train/, eval/), or choose another --run-dir",
+                               discard=lambda: None, path=run.path)
     main_process = launched_rank() == 0
     with run.lock() if main_process else contextlib.nullcontext():
         if main_process:
