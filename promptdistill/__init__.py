@@ -84,10 +84,21 @@ _EXPORTS = {
     "PromptDistillError": "errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("promptdistill")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "(not installed)"
 
 
 def __getattr__(name):
+    if name == "__version__":  # read from the installed metadata on first use: pyproject.toml holds the one version
+        return _installed_version()
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'promptdistill' has no attribute {name!r}")

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 
+from . import __version__
 from .errors import PromptDistillError
 from .overrides import count
 from .rundir import finished_adapter
@@ -55,20 +56,11 @@ def main(argv=None) -> int:
         return 130
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("promptdistill")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "(not installed)"
-
-
 def _parser() -> argparse.ArgumentParser:
     from .config import REPORT_TO, TEACHER_BACKENDS
 
     p = argparse.ArgumentParser(prog="promptdistill", description="Bake a long prompt into a model's weights.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--verbose", action="store_true", help="show tracebacks for input errors")
     sub = p.add_subparsers(dest="command", required=True)
 
