@@ -182,6 +182,7 @@ def write_big_labels(path: Path, mb: int, torn: bool = True) -> int:
     base = script_records(1)[0].to_json()
     payload = json.dumps({"token_ids": list(range(200)), "top": top})
     n = 0
+    path.with_name(path.name + ".meta.json").write_text('{"task_fingerprint": "x"}')  # labels are ours by their sidecar
     with open(path, "w", encoding="utf-8") as f:
         while f.tell() < mb * 2**20:
             line = json.dumps(dict(base, id=str(n)))
