@@ -38,41 +38,32 @@ the records are yielded in input order: labels files stay resumable.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 
-from ..api_access import api_key, check_key_transport, redact
+from ..api_access import redact
 from ..errors import PromptDistillError
 from ..reasoning import with_reasoning
 from ..records import Example, LabeledExample
 from ..task import Task
-from .base import Teacher
 from .records import api_seed, choose_record, make_record, normalize_scores, vote
-from .server import MAX_REPLY_BYTES, ordered_map
+from .server import MAX_REPLY_BYTES, HttpTeacher, ordered_map
 
 # How many alternatives choose mode asks for at each token (OpenAI's maximum is 20).
 TOP_ALTERNATIVES = 20
 
 
-class ChatTeacher(Teacher):
+class ChatTeacher(HttpTeacher):
     """A teacher model behind a chat-completions API: messages in, text out."""
 
     backend = "chat"
 
     def __init__(self, url: str, model: str, *, concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0,
                  rpm: int = 0, tpm: int = 0, models=None, log=None, backoff: float = 1.0):
-        self.url = url.rstrip("/")
-        self.name = model
-        self.concurrency = concurrency
-        self.max_retries = max_retries
-        self.timeout = timeout
-        self.backoff = backoff
-        self.api_key = api_key(models)
-        check_key_transport(self.url, self.api_key, bool(getattr(models, "teacher_allow_insecure_http", False)))
-        self._log = log or (lambda line: print(line, file=sys.stderr))
+        super().__init__(url, model, concurrency=concurrency, max_retries=max_retries, timeout=timeout, backoff=backoff,
+                         models=models, log=log)
         self._announced = threading.Lock()
         self._spent_lock = threading.Lock()
         self._announce = bool(self.api_key)

@@ -87,24 +87,35 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 LOOKAHEAD = 4
 
 
-class ServerTeacher(Teacher):
-    """A teacher model behind an OpenAI-compatible HTTP API that takes token-id prompts."""
+class HttpTeacher(Teacher):
+    """What both HTTP backends (this one and chat.py's) share: the URL, the
+    request budget, and the key with its transport checked before any request
+    (api_access.py), so the two cannot drift apart on the key's rules."""
 
-    backend = "vllm-server"
-
-    def __init__(self, url: str, model: str, *, concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0,
-                 backoff: float = 1.0, tokenizer=None, models=None, log=None):
+    def __init__(self, url: str, model: str, *, concurrency: int, max_retries: int, timeout: float, backoff: float,
+                 models=None, log=None):
         self.url = url.rstrip("/")
         self.name = model
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.timeout = timeout
         self.backoff = backoff
-        self._tokenizer = tokenizer
-        self._served_checked = False
         self.api_key = api_key(models)
         check_key_transport(self.url, self.api_key, bool(getattr(models, "teacher_allow_insecure_http", False)))
         self._log = log or (lambda line: print(line, file=sys.stderr))
+
+
+class ServerTeacher(HttpTeacher):
+    """A teacher model behind an OpenAI-compatible HTTP API that takes token-id prompts."""
+
+    backend = "vllm-server"
+
+    def __init__(self, url: str, model: str, *, concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0,
+                 backoff: float = 1.0, tokenizer=None, models=None, log=None):
+        super().__init__(url, model, concurrency=concurrency, max_retries=max_retries, timeout=timeout, backoff=backoff,
+                         models=models, log=log)
+        self._tokenizer = tokenizer
+        self._served_checked = False
         self._announced = False
         self._opener = urllib.request.build_opener(_RefuseRedirects)
 
