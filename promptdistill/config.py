@@ -34,19 +34,22 @@ ANSWER_MODES = ("generate", "choose")
 # read, without importing any stage.
 #   continuation_logprobs: score given token sequences after the prompt, with
 #   the full log-distribution per token (on-policy training, per-token fidelity KL)
-#   complete: continue raw token-id prompts with sampling (synthesis: generator
-#   conversations and Magpie's cut-open templates); the server backend sends
-#   token ids to /completions, so it needs a server that takes them (vLLM does)
+#   complete: sampled replies to a generator conversation (synthesis)
+#   raw_prompts: continue raw token-id prompts (synthesis's magpie strategy
+#   continues the task's template cut open in the user turn); the server
+#   backend sends token ids to /completions (vLLM takes them); a chat API cannot
 TEACHER_CAPABILITIES = {
-    "transformers": {"continuation_logprobs": True, "complete": True},
-    "vllm": {"continuation_logprobs": False, "complete": True},
-    "vllm-server": {"continuation_logprobs": False, "complete": True},
-    # a chat API (teachers/chat.py): messages in, text out; no token ids, so no raw completions
-    "chat": {"continuation_logprobs": False, "complete": False},
+    "transformers": {"continuation_logprobs": True, "complete": True, "raw_prompts": True},
+    "vllm": {"continuation_logprobs": False, "complete": True, "raw_prompts": True},
+    "vllm-server": {"continuation_logprobs": False, "complete": True, "raw_prompts": True},
+    # a chat API (teachers/chat.py): messages in, text out; no token ids, so no raw template (Magpie)
+    "chat": {"continuation_logprobs": False, "complete": True, "raw_prompts": False},
 }
 # The backends that send requests over HTTP (teacher_url, the API key rules of teachers/api.py).
 HTTP_BACKENDS = ("vllm-server", "chat")
 TEACHER_BACKENDS = tuple(TEACHER_CAPABILITIES)
+MAGPIE_NEEDS_RAW_PROMPTS = ("the magpie strategy continues the task's raw chat template, which teacher backend {backend!r} cannot "
+                            "send (a chat API takes messages only); set synthesize.strategies to \"prompt\" and/or \"seeds\"")
 STUDENT_TARGETS = ("normalized", "teacher_reply")
 REPLY_FORMATS = ("label", "json")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow", "trackio")  # trackers, see tracking.py
@@ -539,9 +542,9 @@ def _validate_synthesize(cfg: Config, source) -> None:
     if "seeds" in sy.strategies and not (sy.seed_inputs or cfg.data.inputs):
         raise PromptDistillError("the seeds strategy needs real inputs: set synthesize.seed_inputs (or data.inputs)",
                                  path=source, field="synthesize.seed_inputs")
-    if cfg.data.synthesize and not TEACHER_CAPABILITIES[cfg.models.teacher_backend]["complete"]:
-        raise PromptDistillError(f"synthesis needs a backend that completes raw prompts, which {cfg.models.teacher_backend!r} "
-                                 "cannot", path=source, field="models.teacher_backend")
+    if cfg.data.synthesize and "magpie" in sy.strategies and not TEACHER_CAPABILITIES[cfg.models.teacher_backend]["raw_prompts"]:
+        raise PromptDistillError(MAGPIE_NEEDS_RAW_PROMPTS.format(backend=cfg.models.teacher_backend), path=source,
+                                 field="synthesize.strategies")
     if not sy.personas or not sy.difficulties:
         raise PromptDistillError("needs at least one entry", path=source,
                                  field="synthesize.personas" if not sy.personas else "synthesize.difficulties")

@@ -19,8 +19,10 @@ inputs are shared evenly between the ones listed in `synthesize.strategies`:
 - `magpie` (Xu et al. 2024, "Magpie"): the task's own conversation template
   cut open inside the user turn (the prompt as system message and an empty
   user turn, or a user template's text before `{text}`); an aligned model
-  continues it with the kind of message it expects there. Every backend
-  sends token ids, the server one through `/completions`, so all three can;
+  continues it with the kind of message it expects there. Backends that send
+  token ids can (the vllm-server one through `/completions`); a chat API
+  takes messages only, so the chat backend refuses this strategy (the other
+  two go to it as messages: the server applies its own chat template);
 - `seeds`: paraphrases and minimal edits of a few real inputs.
 
 Durable and resumable as labeling is: every generation (kept or not) is
@@ -48,7 +50,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config
+from .config import MAGPIE_NEEDS_RAW_PROMPTS, Config
 from .errors import PromptDistillError
 from .io import (DirectoryLock, JsonlAppender, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_file,
                  check_no_symlinks, check_output_file, check_paths, claim_side_file, fingerprint, is_lock_file, read_settings,
@@ -324,8 +326,10 @@ def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = N
         raise PromptDistillError("the seeds strategy needs real inputs: set synthesize.seed_inputs", field="synthesize.seed_inputs")
     generator = teacher or load_teacher(replace(cfg.models, teacher=sy.generator or cfg.models.teacher))
     if not generator.can("complete"):
-        raise PromptDistillError(f"synthesis needs a backend that completes raw prompts, which {generator.backend!r} cannot",
+        raise PromptDistillError(f"synthesis needs a backend that completes prompts, which {generator.backend!r} cannot",
                                  field="models.teacher_backend")
+    if "magpie" in sy.strategies and not generator.can("raw_prompts"):
+        raise PromptDistillError(MAGPIE_NEEDS_RAW_PROMPTS.format(backend=generator.backend), field="synthesize.strategies")
     quotas = plan_quotas(n, sy.strategies, task.labels if not task.json_reply else [], sy.edge_share, sy.label_quotas)
     seed = cfg.data.seed
     meta = {"generator": generator.name, **generator.meta(), "task_fingerprint": task.fingerprint(), "n": n, "seed": seed,
@@ -363,7 +367,10 @@ def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = N
                 for k, (plan, completion) in enumerate(zip(plans, generator.complete(requests))):
                     if k < written:
                         continue
-                    plan["text"] = clean(generator.tokenizer.decode(completion.token_ids, skip_special_tokens=True))
+                    text = completion.text
+                    if text is None:
+                        text = generator.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+                    plan["text"] = clean(text)
                     plan["stopped"] = completion.stopped
                     appender.append(plan)
                     raws.append(plan)
@@ -385,7 +392,8 @@ def _plan_round(task: Task, cfg: Config, state: _State, seeds: list[Example], ge
                 seed: int) -> list[dict]:
     sy = cfg.synthesize
     slots = _round_slots(state.deficits())
-    tok = generator.tokenizer
+    # Backends that render prompts here get the conversation as token ids too; a chat API its messages only.
+    tok = generator.tokenizer if generator.can("raw_prompts") else None
     magpie = magpie_prefix(task, tok) if "magpie" in sy.strategies else None
     horizon = max(1, int(sum(state.quotas.values())) - 1)
     plans = []
@@ -403,17 +411,18 @@ def _plan_round(task: Task, cfg: Config, state: _State, seeds: list[Example], ge
                 "temperature": temperature}
         if strategy == "prompt":
             shown = [r["text"] for r in state.kept[category][-sy.feedback_examples:]] if sy.feedback_examples else []
-            prompt = render_prompt(tok, _prompt_messages(task, target, persona, difficulty, shown))
+            messages = _prompt_messages(task, target, persona, difficulty, shown)
             plan.update(persona=persona, difficulty=difficulty)
         elif strategy == "seeds":
             source = rng.choice(seeds)
             operation = rng.choice(["paraphrase", "minimal_edit"])
-            prompt = render_prompt(tok, _seed_messages(source.text, operation, persona))
+            messages = _seed_messages(source.text, operation, persona)
             plan.update(persona=persona if operation == "paraphrase" else None, seed_input=source.id, operation=operation)
         else:
-            prompt = magpie
+            messages = None
+        prompt = magpie if messages is None else render_prompt(tok, messages) if tok is not None else None
         plan["_request"] = CompletionRequest(prompt=prompt, seed=request_seed, temperature=temperature,
-                                             max_new_tokens=sy.max_new_tokens)
+                                             max_new_tokens=sy.max_new_tokens, messages=messages)
         plans.append(plan)
     return plans
 

@@ -166,7 +166,7 @@ def make_server(model_dir: str, name: str, port: int = 0) -> ThreadingHTTPServer
 
 class ScriptedChatServer:
     """A chat-completions API in a thread, no model: each request's last user message is
-    its input; it answers `Final Answer: <input>` (usage: the input's length in prompt
+    its input; it answers `Final Answer: <input>`, or `answer(input, request body)` (usage: the input's length in prompt
     tokens, 3 completion tokens, 2 cached; top_logprobs when asked: the answer token's
     alternatives are `alternatives`, or the input itself with log-prob -0.1).
     `script` lists per input the faults to play before answering: an HTTP status (429
@@ -176,7 +176,8 @@ class ScriptedChatServer:
     """
 
     def __init__(self, script: dict | None = None, *, host: str = "127.0.0.1", alternatives: dict[str, float] | None = None,
-                 retry_after: str = "1", hang: float = 30.0, always: str | None = None, served: str = "remote-teacher"):
+                 retry_after: str = "1", hang: float = 30.0, always: str | None = None, served: str = "remote-teacher",
+                 answer=None):
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.calls: list[tuple[str, float, str | None, dict]] = []
         self.lock = threading.Lock()
@@ -218,7 +219,7 @@ class ScriptedChatServer:
                     self.close_connection = True
                     return
                 reply = {"id": "x", "object": "chat.completion", "created": 0, "model": served, "choices": [{
-                    "index": 0, "message": {"role": "assistant", "content": f"Final Answer: {text}"}, "finish_reason": "stop",
+                    "index": 0, "message": {"role": "assistant", "content": answer(text, body) if answer else f"Final Answer: {text}"}, "finish_reason": "stop",
                     "logprobs": None}],
                     "usage": {"prompt_tokens": len(text), "completion_tokens": 3, "total_tokens": len(text) + 3,
                               "prompt_tokens_details": {"cached_tokens": 2}}}

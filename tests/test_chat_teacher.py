@@ -261,13 +261,69 @@ def test_max_cost_stops_labeling_and_a_higher_limit_resumes(tmp_path):
     assert _labels(out) == [f"w{i}" for i in range(6)] and json.loads(out_text)["teacher_cost"] == pytest.approx(0.03)
 
 
-def test_synthesis_and_kd_are_refused_for_the_chat_backend(tmp_path):
+WORDS = "apple river quiet stone purple engine winter ladder cotton mirror orbit velvet harbor candle thunder maple".split()
+
+
+def _written_input(text, body) -> str:
+    """A generator that writes an input: words drawn by the request's seed (distinct per request)."""
+    import random
+
+    return "Input: " + " ".join(random.Random(body["seed"]).sample(WORDS, 7))
+
+
+def test_synthesize_sends_the_generator_conversation_as_messages(tmp_path, monkeypatch):
+    """The chat backend writes inputs: each request is the generator conversation as messages
+    (the task's prompt inside), with its own seed and the synthesis length; the inputs are
+    the API's text, cleaned; no tokenizer exists here."""
     from conftest import write_task_file
 
-    task = write_task_file(tmp_path, data=dict(synthesize=10),
+    from promptdistill import models
+    from promptdistill.cli import main
+
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: pytest.fail("a tokenizer was loaded for the chat backend"))
+    task = write_task_file(tmp_path, task=dict(system_prompt="Say which fruit the input names.", labels=["a", "b"]),
+                           models=dict(teacher="remote-teacher"), synthesize=dict(max_new_tokens=40, round_size=4))
+    out = tmp_path / "synth" / "inputs.jsonl"
+    with ScriptedChatServer(answer=_written_input) as server:
+        code = main(["synthesize", str(task), "--n", "6", "--out", str(out), "--teacher-backend", "chat", "--teacher-url", server.url,
+                     "--no-progress"])
+        bodies = [c[3] for c in server.calls]
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and all(r["text"].split()[0] in WORDS and len(r["text"].split()) == 7 for r in rows)
+    assert {r["meta"]["source"]["generator"] for r in rows} == {"remote-teacher"}
+    assert all(b["messages"][-1]["role"] == "user" and "Say which fruit the input names." in b["messages"][-1]["content"]
+               and b["max_tokens"] == 40 for b in bodies)
+    assert len({b["seed"] for b in bodies}) == len(bodies) >= 6
+    # Quotas per label: the requests ask for inputs whose answer is each label.
+    assert any("Final Answer: a" in b["messages"][-1]["content"] for b in bodies)
+    assert any("Final Answer: b" in b["messages"][-1]["content"] for b in bodies)
+
+
+def test_magpie_over_a_chat_api_is_refused_in_one_line_before_writing(tmp_path):
+    from conftest import write_task_file
+
+    from promptdistill.synthesis import synthesize
+
+    task = write_task_file(tmp_path, data=dict(synthesize=10), synthesize=dict(strategies=["prompt", "magpie"]),
                            models=dict(teacher="remote", teacher_backend="chat", teacher_url="http://127.0.0.1:9/v1"))
-    with pytest.raises(PromptDistillError, match="completes raw prompts"):
+    with pytest.raises(PromptDistillError) as err:
         load_config(task)
+    assert err.value.field == "synthesize.strategies" and '"prompt"' in err.value.message and "\n" not in err.value.message
+    # The synthesize command reads [synthesize] whatever data.synthesize says: refused there too, nothing written.
+    cfg = load_config(write_task_file(tmp_path, synthesize=dict(strategies=["magpie"]),
+                                      models=dict(teacher="remote", teacher_backend="chat", teacher_url="http://127.0.0.1:9/v1")))
+    with ScriptedChatServer() as server, pytest.raises(PromptDistillError) as err:
+        synthesize(cfg, 3, tmp_path / "out" / "inputs.jsonl", teacher=_teacher(server), progress=False)
+    assert err.value.field == "synthesize.strategies" and not server.calls and not (tmp_path / "out").exists()
+    # Without magpie, synthesis through a chat API is accepted.
+    assert load_config(write_task_file(tmp_path, data=dict(synthesize=10), models=dict(
+        teacher="remote", teacher_backend="chat", teacher_url="http://127.0.0.1:9/v1"))).data.synthesize == 10
+
+
+def test_kd_is_refused_for_the_chat_backend(tmp_path):
+    from conftest import write_task_file
+
     task = write_task_file(tmp_path, train=dict(loss="kd"),
                            models=dict(teacher="remote", teacher_backend="chat", teacher_url="http://127.0.0.1:9/v1"))
     with pytest.raises(PromptDistillError, match="top_logprobs"):

@@ -21,12 +21,13 @@ The interface is kept small on purpose:
   log-probabilities (or whole log-distributions) of given continuations
   after the prompt, which on-policy training and free-form fidelity need.
   Only backends with the `continuation_logprobs` capability implement it.
-- `complete(requests)`: continue given token-id prompts with sampling, one
-  `CompletionRequest` each (its own seed, temperature and length), yielding
-  the generated tokens in request order. Synthesis (synthesis.py) writes
-  inputs through it: a generator conversation rendered here, or a raw
-  template cut open inside the user turn (Magpie). Every backend already
-  sends token ids, so all three implement it (capability `complete`).
+- `complete(requests)`: sampled replies, one `CompletionRequest` each (its
+  own seed, temperature and length), yielded in request order. Synthesis
+  (synthesis.py) writes inputs through it: a generator conversation (its
+  `messages`, rendered here by the backends that render prompts, sent as
+  messages by the chat backend), or a raw template cut open inside the user
+  turn (Magpie), which only backends that take token-id prompts can continue
+  (capability `raw_prompts`; every backend has `complete`).
 """
 
 from __future__ import annotations
@@ -44,20 +45,25 @@ from .records import label_candidates
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """One sampled continuation of a token-id prompt (stops at the tokenizer's end-of-turn tokens)."""
+    """One sampled continuation of a token-id prompt (stops at the tokenizer's end-of-turn
+    tokens). `messages` is the conversation the prompt renders, where there is one: a chat
+    API takes it instead of token ids; a raw template (Magpie) has none."""
 
-    prompt: list[int]
+    prompt: list[int] | None
     seed: int
     temperature: float
     max_new_tokens: int
+    messages: list[dict] | None = None
 
 
 @dataclass(frozen=True)
 class Completion:
-    """The generated tokens (end-of-turn not included) and whether the model stopped on its own."""
+    """The generated tokens (end-of-turn not included) and whether the model stopped on its own;
+    `text` where the backend answers in text (a chat API: no token ids, nothing to decode here)."""
 
     token_ids: list[int]
     stopped: bool
+    text: str | None = None
 
 
 class Teacher(ABC):

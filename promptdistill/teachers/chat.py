@@ -23,8 +23,10 @@ What a chat API cannot give, this backend does without, and says so:
   backends compute. A server that returns no `top_logprobs` is refused at
   the first input with one line (use `answer_mode = "generate"`, or
   `samples` for a vote);
-- synthesis continues raw token-id prompts, which a chat API cannot
-  (config.py refuses `synthesize` with this backend).
+- synthesis's generator conversations go as messages (`complete`), but
+  its magpie strategy continues a raw template cut open inside the user
+  turn, which a chat API cannot take: refused in one line naming
+  `synthesize.strategies`.
 
 Every request's usage (prompt, completion and cached prompt tokens where
 reported) goes into the record's `meta.teacher_usage`; labeling sums it and
@@ -44,10 +46,12 @@ from collections import deque
 from collections.abc import Iterator
 
 from ..api_access import redact
+from ..config import MAGPIE_NEEDS_RAW_PROMPTS
 from ..errors import PromptDistillError
-from ..reasoning import with_reasoning
+from ..reasoning import strip_reasoning, with_reasoning
 from ..records import Example, LabeledExample
 from ..task import Task
+from .base import Completion, CompletionRequest
 from .records import api_seed, choose_record, make_record, normalize_scores, vote
 from .server import MAX_REPLY_BYTES, HttpTeacher, ordered_map
 
@@ -145,17 +149,39 @@ class ChatTeacher(HttpTeacher):
 
         return answer
 
+    # -- synthesis ----------------------------------------------------------
+
+    def complete(self, requests: list[CompletionRequest], batch_size: int | None = None) -> Iterator[Completion]:
+        """The generator conversation of each request as messages, up to `concurrency` in
+        flight, answers (text) in request order; a raw token-id prompt (Magpie) is refused."""
+        if any(r.messages is None for r in requests):
+            raise PromptDistillError(MAGPIE_NEEDS_RAW_PROMPTS.format(backend=self.backend), field="synthesize.strategies")
+
+        def answer(r: CompletionRequest) -> Completion:
+            kwargs = dict(model=self.name, messages=r.messages, max_tokens=r.max_new_tokens, temperature=r.temperature,
+                          seed=r.seed % 2**31)
+            text, _, finish = self._create(kwargs, "a synthesis request", Usage())
+            # A reasoning generator's thinking is not part of the input it writes.
+            return Completion([], finish == "stop", text=strip_reasoning(text))
+
+        yield from ordered_map(answer, requests, self.concurrency)
+
     # -- HTTP ---------------------------------------------------------------
 
     def _chat(self, e: Example, task: Task, usage: Usage, *, temperature: float, seed: int,
               top_logprobs: int = 0) -> tuple[str, list | None]:
         """One chat completion: its text and (with `top_logprobs`) its tokens' alternatives; usage added to `usage`."""
-        import openai
-
         kwargs = dict(model=self.name, messages=task.teacher_messages(e.text), max_tokens=task.teacher_max_new_tokens,
                       temperature=temperature, seed=seed)
         if top_logprobs:
             kwargs.update(logprobs=True, top_logprobs=top_logprobs)
+        text, tokens, _ = self._create(kwargs, f"input {e.id!r}", usage)
+        return text, tokens
+
+    def _create(self, kwargs: dict, what: str, usage: Usage) -> tuple[str, list | None, str | None]:
+        """One chat completion with retries: text, per-token alternatives, finish reason; usage added to `usage`."""
+        import openai
+
         last = ""
         for attempt in range(self.max_retries + 1):
             self._pace.wait()
@@ -163,15 +189,16 @@ class ChatTeacher(HttpTeacher):
             try:
                 reply = self.client.chat.completions.create(**kwargs)
                 text, tokens, used = _read_reply(reply)
+                finish = getattr(reply.choices[0], "finish_reason", None)
             except openai.APIStatusError as err:
                 status = err.status_code
                 if 300 <= status < 400:
-                    raise PromptDistillError(f"the chat API at {self.url} redirected the request for input {e.id!r}; redirects are "
+                    raise PromptDistillError(f"the chat API at {self.url} redirected the request for {what}; redirects are "
                                              "not followed (the key would go with them): set models.teacher_url to the final URL") from None
-                raise PromptDistillError(f"the chat API at {self.url} failed for input {e.id!r}: HTTP {status}: "
+                raise PromptDistillError(f"the chat API at {self.url} failed for {what}: HTTP {status}: "
                                          f"{redact(_message(err), self.api_key)}; rerun the same command to continue from what was saved") from None
             except openai.APIConnectionError as err:  # the client's own retries are spent (timeouts included)
-                raise PromptDistillError(f"the chat API at {self.url} failed for input {e.id!r} after {self.max_retries + 1} attempts "
+                raise PromptDistillError(f"the chat API at {self.url} failed for {what} after {self.max_retries + 1} attempts "
                                          f"({type(err).__name__}: {redact(str(err), self.api_key)}); rerun the same command to continue "
                                          "from what was saved") from None
             except (MalformedChatReply, openai.APIResponseValidationError, ValueError, TypeError, AttributeError) as err:
@@ -183,8 +210,8 @@ class ChatTeacher(HttpTeacher):
             with self._spent_lock:
                 self.spent.add(used)
             self._pace.used(used.get("prompt_tokens", 0) + used.get("completion_tokens", 0))
-            return text, tokens
-        raise PromptDistillError(f"the chat API at {self.url} sent malformed replies for input {e.id!r} "
+            return text, tokens, finish
+        raise PromptDistillError(f"the chat API at {self.url} sent malformed replies for {what} "
                                  f"{self.max_retries + 1} times (last: {last}); rerun the same command to continue from what was saved")
 
     def api_cost(self) -> dict | None:
