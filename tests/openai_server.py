@@ -172,7 +172,8 @@ class ScriptedChatServer:
     `script` lists per input the faults to play before answering: an HTTP status (429
     comes with Retry-After: `retry_after`), "truncated", "nonjson", "list", "nochoices",
     "notutf8", "nologprobs" (an answer without logprobs), "reasoning" (reasoning_content beside the answer), "hang" (`hang` seconds, then
-    nothing), or ("redirect", url). `calls` holds (input, time, Authorization, body).
+    nothing), "trickle" (the answer one blank at a time over `hang` seconds), "huge" (the answer behind 200 kB of blanks,
+    no length declared), or ("redirect", url). `calls` holds (input, time, Authorization, body).
     """
 
     def __init__(self, script: dict | None = None, *, host: str = "127.0.0.1", alternatives: dict[str, float] | None = None,
@@ -218,6 +219,8 @@ class ScriptedChatServer:
                     __import__("time").sleep(hang)
                     self.close_connection = True
                     return
+                if fault in ("trickle", "huge"):
+                    return self._slow_or_huge(fault, text)
                 reply = {"id": "x", "object": "chat.completion", "created": 0, "model": served, "choices": [{
                     "index": 0, "message": {"role": "assistant", "content": answer(text, body) if answer else f"Final Answer: {text}"}, "finish_reason": "stop",
                     "logprobs": None}],
@@ -244,6 +247,33 @@ class ScriptedChatServer:
                 if fault == "notutf8":
                     return self._raw(200, b'{"choices": "\xff\xfe"}')
                 self._raw(200, data)
+
+            def _slow_or_huge(self, fault, text):
+                """A valid answer behind leading blanks (valid JSON): trickled one byte per 0.2 s
+                for `hang` seconds under a declared length, or 200 kB of them with no length declared."""
+                import time
+
+                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": served, "choices": [{
+                    "index": 0, "message": {"role": "assistant", "content": f"Final Answer: {text}"}, "finish_reason": "stop"}]}).encode()
+                blanks = int(hang / 0.2) if fault == "trickle" else 200_000
+                self.close_connection = True
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    if fault == "trickle":
+                        self.send_header("Content-Length", str(blanks + len(data)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    if fault == "huge":
+                        self.wfile.write(b" " * blanks + data)
+                        return
+                    for _ in range(blanks):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                    self.wfile.write(data)
+                except OSError:  # the client gave up
+                    pass
 
         self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True

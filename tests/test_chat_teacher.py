@@ -137,6 +137,40 @@ def test_a_hung_request_ends_at_the_deadline(tmp_path):
     assert "input '0'" in err.value.message and server.url in err.value.message
 
 
+def test_a_trickled_reply_ends_at_the_requests_deadline(tmp_path):
+    """A server that sends a byte every 0.2 s never trips a per-socket timeout; the request's
+    overall deadline (1 s) ends each attempt, and after the client's retry one error names the input."""
+    with ScriptedChatServer({"w0": ["trickle", "trickle"]}, hang=30) as server:
+        t0 = time.monotonic()
+        with pytest.raises(PromptDistillError) as err:
+            label_inputs(_cfg(), _examples(1), _teacher(server, timeout=1.0, max_retries=1), tmp_path / "out.jsonl", progress=False)
+        elapsed = time.monotonic() - t0
+    assert elapsed < 8, elapsed
+    assert len(server.calls) == 2 and "input '0'" in err.value.message and server.url in err.value.message
+    assert "Timeout" in err.value.message
+
+
+def test_a_reply_over_the_size_limit_is_retried_then_named(tmp_path, monkeypatch):
+    """A body bigger than the limit, with no length declared (so only counting the bytes read
+    catches it): retried, and a good reply after it is used; always too big: one error."""
+    from promptdistill.teachers import chat
+
+    monkeypatch.setattr(chat, "MAX_REPLY_BYTES", 50_000)
+    with ScriptedChatServer({"w1": ["huge"]}) as server:
+        label_inputs(_cfg(), _examples(2), _teacher(server), tmp_path / "out.jsonl", progress=False)
+        assert server.inputs().count("w1") == 2
+    assert _labels(tmp_path / "out.jsonl") == ["w0", "w1"]
+    with ScriptedChatServer(always="huge") as server, pytest.raises(PromptDistillError) as err:
+        label_inputs(_cfg(), _examples(1), _teacher(server, max_retries=2), tmp_path / "other.jsonl", progress=False)
+    assert "input '0'" in err.value.message and "larger than 50000 bytes" in err.value.message and len(server.calls) == 3
+    # Unlimited, the same reply is a valid answer: the limit is what refused it.
+    monkeypatch.setattr(chat, "MAX_REPLY_BYTES", 10**9)
+    with ScriptedChatServer({"w0": ["huge"]}) as server:
+        label_inputs(_cfg(), _examples(1), _teacher(server), tmp_path / "third.jsonl", progress=False)
+        assert len(server.calls) == 1
+    assert _labels(tmp_path / "third.jsonl") == ["w0"]
+
+
 @pytest.mark.parametrize("backend", ["chat", "vllm-server"])
 def test_a_redirect_to_another_host_gets_no_key(tmp_path, monkeypatch, backend, tokenizer):
     monkeypatch.setenv("PROMPTDISTILL_API_KEY", KEY)

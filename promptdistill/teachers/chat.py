@@ -40,6 +40,8 @@ the records are yielded in input order: labels files stay resumable.
 
 from __future__ import annotations
 
+import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -99,7 +101,8 @@ class ChatTeacher(HttpTeacher):
             except ImportError:
                 raise PromptDistillError("the chat teacher backend needs the openai client: pip install 'promptdistill[chat]'",
                                          field="models.teacher_backend") from None
-            http = openai.DefaultHttpxClient(follow_redirects=False, event_hooks={"response": [_refuse_huge]})
+            bounds = ReplyBounds(self.timeout, MAX_REPLY_BYTES, _httpx_of(openai))
+            http = openai.DefaultHttpxClient(follow_redirects=False, event_hooks={"request": [bounds.start], "response": [bounds.wrap]})
             # The key is passed explicitly (a placeholder without one): the client would otherwise read $OPENAI_API_KEY.
             self._client = openai.OpenAI(base_url=self.url, api_key=self.api_key or "none", max_retries=self.max_retries,
                                          timeout=self.timeout, http_client=http)
@@ -236,11 +239,92 @@ class MalformedChatReply(ValueError):
     """A reply without the shape the chat API promises (retried)."""
 
 
-def _refuse_huge(response) -> None:
-    length = response.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_REPLY_BYTES:
-        response.close()
-        raise MalformedChatReply(f"reply larger than {MAX_REPLY_BYTES} bytes")
+class ReplyBounds:
+    """An overall deadline and a size limit for each HTTP request the openai client sends.
+
+    httpx's timeouts are per socket operation: a server that trickles a byte
+    now and then never trips them, and a reply body is read whole into
+    memory. The client's event hooks close both gaps: the request hook starts
+    the request's clock, and the response hook (called once the headers are
+    in, before the body is read) refuses a declared length over the limit and
+    wraps the body stream, which counts the bytes read and, at the deadline,
+    shuts the connection's socket down so a read blocked in it returns at
+    once. A body over the limit is a malformed reply (retried by ChatTeacher,
+    then one error); a passed deadline is a timeout (the client retries it,
+    then ChatTeacher's one error). The headers themselves come within the
+    per-socket timeouts (and h11's 16 KiB header limit). Each attempt has its
+    own deadline: retries are the client's, after it.
+    """
+
+    KEY = "promptdistill_deadline"
+
+    def __init__(self, timeout: float, max_bytes: int, httpx):
+        self.timeout, self.max_bytes = timeout, max_bytes
+        self.body = _bounded_body_class(httpx)  # a subclass of that httpx's SyncByteStream, as the client requires
+
+    def start(self, request) -> None:
+        request.extensions[self.KEY] = time.monotonic() + self.timeout
+
+    def wrap(self, response) -> None:
+        length = response.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_bytes:
+            response.close()
+            raise MalformedChatReply(f"reply larger than {self.max_bytes} bytes")
+        deadline = response.request.extensions.get(self.KEY, time.monotonic() + self.timeout)
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        response.stream = self.body(response.stream, response.request, deadline, self.max_bytes, sock)
+
+
+def _bounded_body_class(httpx):
+    class BoundedBody(httpx.SyncByteStream):
+        """A response body read against a deadline and a size limit (ReplyBounds)."""
+
+        def __init__(self, stream, request, deadline: float, max_bytes: int, sock):
+            self.stream, self.request, self.deadline, self.max_bytes, self.sock = stream, request, deadline, max_bytes, sock
+            self.cut = False
+
+        def _cut(self) -> None:
+            self.cut = True
+            if self.sock is not None:
+                try:  # the plain socket's shutdown (also under TLS): wakes a read blocked in another thread
+                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        def __iter__(self):
+            timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._cut)
+            timer.daemon = True
+            timer.start()
+            size = 0
+            try:
+                for chunk in self.stream:
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise MalformedChatReply(f"reply larger than {self.max_bytes} bytes")
+                    if self.cut or time.monotonic() > self.deadline:
+                        raise httpx.ReadTimeout("the request's deadline passed while reading the reply", request=self.request)
+                    yield chunk
+            except httpx.TransportError as err:
+                if self.cut:
+                    raise httpx.ReadTimeout("the request's deadline passed while reading the reply", request=self.request) from err
+                raise
+            finally:
+                timer.cancel()
+
+        def close(self) -> None:
+            self.stream.close()
+
+    return BoundedBody
+
+
+def _httpx_of(openai):
+    """The httpx module the openai client is built on (httpx, or httpx2 in newer releases)."""
+    for cls in openai.DefaultHttpxClient.__mro__:
+        if cls.__name__ == "Client":
+            return sys.modules[cls.__module__.split(".")[0]]
+    raise PromptDistillError("the openai client is not built on httpx; this version of it is not supported",
+                             field="models.teacher_backend")
 
 
 def _read_reply(reply) -> tuple[str, list | None, dict]:
