@@ -9,7 +9,7 @@ http.server, speaking the subset of vLLM's API the backend uses:
 - `POST /v1/completions` with token-id prompts (one list of ids, or a list
   of them: one choice each), `max_tokens`, `temperature` (0 = greedy),
   `seed`, `stop_token_ids` (the stop token is kept in `token_ids`, as vLLM
-  does), `allowed_token_ids`, `logprobs` (k: the top-k of the raw
+  does), `usage` (prompt and generated tokens, summed over the prompts), `allowed_token_ids`, `logprobs` (k: the top-k of the raw
   distribution, before the allowed-token mask, plus the chosen token, as
   vLLM's default `raw_logprobs` mode reports), `return_tokens_as_token_ids`
   and `return_token_ids`;
@@ -137,8 +137,13 @@ def make_server(model_dir: str, name: str, port: int = 0) -> ThreadingHTTPServer
             if not all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompts):
                 return self._send(400, {"error": {"message": "this test server takes token-id prompts only"}})
             with lock:
-                choices = [completion_choice(model, tokenizer, p, body, i) for i, p in enumerate(prompts)]
-            self._send(200, {"object": "text_completion", "model": name, "choices": choices})
+                choices = [completion_choice(model, tokenizer, p, {**body, "return_token_ids": True}, i) for i, p in enumerate(prompts)]
+            # As vLLM counts: every prompt's tokens, every generated token (the stop token included).
+            usage = {"prompt_tokens": sum(map(len, prompts)), "completion_tokens": sum(len(c["token_ids"]) for c in choices)}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            for c in choices if not body.get("return_token_ids") else ():
+                del c["token_ids"]
+            self._send(200, {"object": "text_completion", "model": name, "choices": choices, "usage": usage})
 
         def _chat(self, body: dict):
             if body.get("model") != name:

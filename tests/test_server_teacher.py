@@ -27,10 +27,11 @@ class FakeServer:
     """Answers /models and /completions (token-id prompts, decoded here to find the
     input); `script` lists the HTTP statuses to send first (per input text), then
     it answers 200 with the text 'Final Answer: <text>' (no token ids: the
-    client keeps the server's text)."""
+    client keeps the server's text), with `usage` when asked (the prompt's
+    tokens, 3 completion tokens, 2 of the prompt's cached)."""
 
     def __init__(self, tokenizer, script: dict[str, list[int]] | None = None, delays: dict[str, float] | None = None,
-                 served: str = "teacher-model", max_model_len: int | None = None):
+                 served: str = "teacher-model", max_model_len: int | None = None, usage: bool = False):
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.delays = delays or {}
         self.calls: list[tuple[str, float]] = []
@@ -65,7 +66,11 @@ class FakeServer:
                 if pending:
                     status = pending.pop(0)
                     return self._send(status, {"error": "try later"}, headers=[("Retry-After", "0")] if status == 429 else ())
-                self._send(200, {"choices": [{"index": 0, "text": f"Final Answer: {text}", "finish_reason": "stop"}]})
+                reply = {"choices": [{"index": 0, "text": f"Final Answer: {text}", "finish_reason": "stop"}]}
+                if usage:  # as vLLM reports it (cached prompt tokens with --enable-prompt-tokens-details)
+                    reply["usage"] = {"prompt_tokens": len(body["prompt"]), "completion_tokens": 3,
+                                      "prompt_tokens_details": {"cached_tokens": 2}}
+                self._send(200, reply)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -146,6 +151,43 @@ def test_unknown_model_name_is_refused_with_the_served_ones(cfg, tokenizer, tmp_
             label_inputs(cfg, _examples(1), ServerTeacher(server.url, "other", tokenizer=tokenizer), tmp_path / "out.jsonl", progress=False)
     finally:
         server.close()
+
+
+def test_usage_is_recorded_and_priced_as_the_chat_backends_is(tokenizer, tmp_path):
+    """The server's reported usage per request goes into each record, the labels summary
+    (tokens and cost at models.teacher_price_in/out) and the teacher's total (the report's
+    cost section); a server that reports none leaves records and summary without usage."""
+    from dataclasses import replace
+
+    from promptdistill.render import render_prompt
+    from promptdistill.task import Task
+
+    cfg = Config(task=TaskConfig(system_prompt="Repeat the input.", answer_pattern=r"Final Answer:\s*(\w+)", top_logprobs=0))
+    cfg = replace(cfg, models=replace(cfg.models, teacher_price_in=2.0, teacher_price_out=10.0))
+    server = FakeServer(tokenizer, usage=True)
+    try:
+        teacher = ServerTeacher(server.url, "teacher-model", tokenizer=tokenizer, models=cfg.models)
+        summary = label_inputs(cfg, _examples(3), teacher, tmp_path / "out.jsonl", progress=False)
+    finally:
+        server.close()
+    lengths = [len(render_prompt(tokenizer, Task(cfg.task).teacher_messages(f"w{i}"), cfg.task.reply_prefix)) for i in range(3)]
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["meta"]["teacher_usage"] for r in records] == [
+        {"requests": 1, "prompt_tokens": n, "completion_tokens": 3, "cached_tokens": 2} for n in lengths]
+    want = {"requests": 3, "prompt_tokens": sum(lengths), "completion_tokens": 9, "cached_tokens": 6}
+    assert summary["teacher_usage"] == want
+    assert summary["teacher_cost"] == pytest.approx((sum(lengths) * 2.0 + 9 * 10.0) / 1e6)
+    api = teacher.api_cost()
+    assert api["teacher_usage"] == want and api["teacher_cost_per_request"] == pytest.approx(summary["teacher_cost"] / 3)
+
+    server = FakeServer(tokenizer)  # no usage in its replies
+    try:
+        teacher = ServerTeacher(server.url, "teacher-model", tokenizer=tokenizer, models=cfg.models)
+        summary = label_inputs(cfg, _examples(2), teacher, tmp_path / "plain.jsonl", progress=False)
+    finally:
+        server.close()
+    assert "teacher_usage" not in summary and teacher.api_cost() is None
+    assert all("teacher_usage" not in (json.loads(line).get("meta") or {}) for line in (tmp_path / "plain.jsonl").read_text().splitlines())
 
 
 def test_concurrent_answers_are_written_in_input_order(cfg, tokenizer, tmp_path):
@@ -301,3 +343,29 @@ def test_sigterm_with_requests_in_flight_stops_at_once_and_resumes(tmp_path, tok
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["label"] for line in out.read_text().splitlines()] == [f"w{i}" for i in range(8)]
     assert sorted(text for text, _ in server.calls) == [f"w{i}" for i in range(3, 8)]
+
+
+def test_choose_mode_usage_counts_every_scoring_prompt(tmp_path, tokenizer, tiny_model_dir):
+    """Against a real model behind /completions: choose mode sends each input's scoring
+    prompts (context + the candidate's tokens before the one scored) in lists; each prompt
+    is one request to the server, and the usage is the server's count of their tokens."""
+    from openai_server import serve
+
+    from promptdistill.render import render_prompt
+    from promptdistill.task import Task
+    from promptdistill.teachers.records import scoring_steps
+
+    cfg = Config(task=TaskConfig(system_prompt="Name the language.", labels=["la", "cy", "zh"], answer_mode="choose", top_logprobs=0))
+    task = Task(cfg.task)
+    with serve(tiny_model_dir, "teacher-model") as url:
+        teacher = ServerTeacher(url, "teacher-model", tokenizer=tokenizer)
+        summary = label_inputs(cfg, _examples(2), teacher, tmp_path / "out.jsonl", mode="choose", progress=False)
+    steps = scoring_steps(teacher.candidates(task))
+    want = {"requests": 0, "prompt_tokens": 0}
+    for e in _examples(2):
+        context = len(render_prompt(tokenizer, task.teacher_messages(e.text)))
+        want["requests"] += len(steps)
+        want["prompt_tokens"] += sum(context + len(before) for before, _ in steps)
+    assert {k: summary["teacher_usage"][k] for k in want} == want
+    assert summary["teacher_usage"]["completion_tokens"] == want["requests"]  # one scored token per prompt
+    assert teacher.api_cost()["teacher_prompt_tokens_per_request"] == want["prompt_tokens"] / want["requests"]

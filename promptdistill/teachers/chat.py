@@ -55,7 +55,7 @@ from ..records import Example, LabeledExample
 from ..task import Task
 from .base import Completion, CompletionRequest
 from .records import api_seed, choose_record, make_record, normalize_scores, vote
-from .server import MAX_REPLY_BYTES, HttpTeacher, ordered_map
+from .server import MAX_REPLY_BYTES, HttpTeacher, Usage, ordered_map
 
 # How many alternatives choose mode asks for at each token (OpenAI's maximum is 20).
 TOP_ALTERNATIVES = 20
@@ -71,12 +71,9 @@ class ChatTeacher(HttpTeacher):
         super().__init__(url, model, concurrency=concurrency, max_retries=max_retries, timeout=timeout, backoff=backoff,
                          models=models, log=log)
         self._announced = threading.Lock()
-        self._spent_lock = threading.Lock()
         self._announce = bool(self.api_key)
         self._pace = Pacer(rpm, tpm)
         self._client = None
-        self.prices = (getattr(models, "teacher_price_in", 0.0), getattr(models, "teacher_price_out", 0.0))
-        self.spent = Usage()  # every request this teacher sent (the evaluation's cost section)
 
     @classmethod
     def from_models(cls, models) -> ChatTeacher:
@@ -122,7 +119,7 @@ class ChatTeacher(HttpTeacher):
         c = task.config
 
         def answer(e: Example) -> LabeledExample:
-            replies, usage = [], Usage()
+            replies, usage = [], Usage(always=True)
             for n in range(c.samples):
                 text, _ = self._chat(e, task, usage, temperature=c.temperature, seed=api_seed(seed, e.id, n))
                 replies.append(with_prefix(text, c.reply_prefix))
@@ -139,7 +136,7 @@ class ChatTeacher(HttpTeacher):
         rests = {label: _after_prefix(task.label_reply(label), opening).strip() for label in task.labels}
 
         def answer(e: Example) -> LabeledExample:
-            usage = Usage()
+            usage = Usage(always=True)
             text, tokens = self._chat(e, task, usage, temperature=0.0, seed=api_seed(0, e.id, 0), top_logprobs=TOP_ALTERNATIVES)
             if tokens is None:
                 raise PromptDistillError(f"the chat API at {self.url} returned no top_logprobs, which answer_mode = \"choose\" needs; "
@@ -209,26 +206,11 @@ class ChatTeacher(HttpTeacher):
                 if attempt < self.max_retries:
                     time.sleep(min(30.0, self.backoff * 2 ** attempt))
                 continue
-            usage.add(used)
-            with self._spent_lock:
-                self.spent.add(used)
+            self.spend(usage, used)
             self._pace.used(used.get("prompt_tokens", 0) + used.get("completion_tokens", 0))
             return text, tokens, finish
         raise PromptDistillError(f"the chat API at {self.url} sent malformed replies for {what} "
                                  f"{self.max_retries + 1} times (last: {last}); rerun the same command to continue from what was saved")
-
-    def api_cost(self) -> dict | None:
-        """What the requests sent so far used and cost, per request, beside the student's
-        API cost (none: it runs locally); None before any request."""
-        totals = dict(self.spent.totals)
-        n = totals.get("requests", 0)
-        if not n:
-            return None
-        cost = (totals.get("prompt_tokens", 0) * self.prices[0] + totals.get("completion_tokens", 0) * self.prices[1]) / 1e6
-        priced = any(self.prices)
-        return {"teacher_usage": totals, "teacher_prompt_tokens_per_request": totals.get("prompt_tokens", 0) / n,
-                "teacher_cost": cost if priced else None, "teacher_cost_per_request": cost / n if priced else None,
-                "student_api_cost_per_request": 0.0}
 
     def _say_where_the_key_goes(self) -> None:
         if self._announce and self._announced.acquire(blocking=False):
@@ -398,22 +380,6 @@ def _label_logp(rest: str, alternatives) -> float:
         if piece and rest.startswith(piece):
             best = max(best, logp)
     return best
-
-
-class Usage:
-    """Token usage summed over an input's requests, attached to its record's meta."""
-
-    def __init__(self):
-        self.totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
-
-    def add(self, used: dict) -> None:
-        self.totals["requests"] += 1
-        for k, v in used.items():
-            self.totals[k] = self.totals.get(k, 0) + v
-
-    def attach(self, record: LabeledExample) -> LabeledExample:
-        record.meta = {**(record.meta or {}), "teacher_usage": dict(self.totals)}
-        return record
 
 
 class Pacer:

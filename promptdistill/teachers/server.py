@@ -103,6 +103,28 @@ class HttpTeacher(Teacher):
         self.api_key = api_key(models)
         check_key_transport(self.url, self.api_key, bool(getattr(models, "teacher_allow_insecure_http", False)))
         self._log = log or (lambda line: print(line, file=sys.stderr))
+        self.prices = (getattr(models, "teacher_price_in", 0.0), getattr(models, "teacher_price_out", 0.0))
+        self.spent = Usage()  # every request this teacher sent (the evaluation's cost section)
+        self._spent_lock = threading.Lock()
+
+    def spend(self, usage: Usage, used: dict, requests: int = 1) -> None:
+        """Count one request's reported token usage in an input's `usage` and in the teacher's total."""
+        usage.add(used, requests)
+        with self._spent_lock:
+            self.spent.add(used, requests)
+
+    def api_cost(self) -> dict | None:
+        """What the requests sent so far used and cost, per request, beside the student's
+        API cost (none: it runs locally); None before any request that reported usage."""
+        totals = dict(self.spent.totals)
+        n = totals.get("requests", 0)
+        if not n or not self.spent.reported:
+            return None
+        cost = (totals.get("prompt_tokens", 0) * self.prices[0] + totals.get("completion_tokens", 0) * self.prices[1]) / 1e6
+        priced = any(self.prices)
+        return {"teacher_usage": totals, "teacher_prompt_tokens_per_request": totals.get("prompt_tokens", 0) / n,
+                "teacher_cost": cost if priced else None, "teacher_cost_per_request": cost / n if priced else None,
+                "student_api_cost_per_request": 0.0}
 
 
 class ServerTeacher(HttpTeacher):
@@ -176,7 +198,9 @@ class ServerTeacher(HttpTeacher):
         def answer(r: CompletionRequest) -> Completion:
             body = {"model": self.name, "prompt": r.prompt, "max_tokens": r.max_new_tokens, "temperature": r.temperature,
                     "seed": r.seed % 2**31, "stop_token_ids": eot, "return_token_ids": True}
-            choice = self._request("POST", "/completions", body, what="a synthesis request")["choices"][0]
+            reply = self._request("POST", "/completions", body, what="a synthesis request")
+            self.spend(Usage(), reply_usage(reply))
+            choice = reply["choices"][0]
             ids = choice.get("token_ids")
             if ids is None:  # a server that returns text only: its text, re-encoded
                 ids = self.tokenizer(choice.get("text") or "", add_special_tokens=False)["input_ids"]
@@ -196,7 +220,7 @@ class ServerTeacher(HttpTeacher):
 
         def answer(e: Example) -> LabeledExample:
             prompt = render_prompt(tok, task.teacher_messages(e.text), c.reply_prefix)
-            replies, logprobs = [], []
+            replies, logprobs, usage = [], [], Usage()
             for n in range(c.samples):
                 body = {
                     "model": self.name,
@@ -209,7 +233,9 @@ class ServerTeacher(HttpTeacher):
                 }
                 if k:
                     body.update(logprobs=k, return_tokens_as_token_ids=True)
-                choice = self._request("POST", "/completions", body, what=f"input {e.id!r}")["choices"][0]
+                reply = self._request("POST", "/completions", body, what=f"input {e.id!r}")
+                self.spend(usage, reply_usage(reply))
+                choice = reply["choices"][0]
                 token_ids, steps = _completion_logprobs(choice, self.url) if k else (None, None)
                 token_ids = choice.get("token_ids") or token_ids
                 if token_ids is not None:
@@ -217,7 +243,7 @@ class ServerTeacher(HttpTeacher):
                 else:  # a server that returns text only: its own decoding
                     replies.append(c.reply_prefix + (choice.get("text") or ""))
                 logprobs.append(top_logprobs_record(token_ids, steps, k) if k else None)
-            return vote(task, e, replies, logprobs)
+            return usage.attach(vote(task, e, replies, logprobs))
 
         return answer
 
@@ -232,7 +258,7 @@ class ServerTeacher(HttpTeacher):
 
         def answer(e: Example) -> LabeledExample:
             context = render_prompt(tok, task.teacher_messages(e.text))
-            step_logps = {}
+            step_logps, usage = {}, Usage()
             for token, befores in by_token.items():
                 body = {
                     "model": self.name,
@@ -242,14 +268,17 @@ class ServerTeacher(HttpTeacher):
                     "logprobs": 0,
                     "allowed_token_ids": [token],
                 }
-                choices = self._request("POST", "/completions", body, what=f"input {e.id!r}")["choices"]
+                reply = self._request("POST", "/completions", body, what=f"input {e.id!r}")
+                # The prompts of a list are one request each to the server (and in its usage).
+                self.spend(usage, reply_usage(reply), len(befores))
+                choices = reply["choices"]
                 for choice in choices:
                     lp = (choice.get("logprobs") or {}).get("token_logprobs") or [None]
                     if lp[0] is None or len(choices) != len(befores):
                         raise PromptDistillError(f"the server at {self.url} returned no log-probabilities for input {e.id!r}; "
                                                  "choose mode through a server needs vLLM's completions API")
                     step_logps[befores[choice_index(choice, len(befores), self.url)], token] = lp[0]
-            return choose_record(task, e, normalize_scores(task, candidate_logps(candidates, step_logps)))
+            return usage.attach(choose_record(task, e, normalize_scores(task, candidate_logps(candidates, step_logps))))
 
         return answer
 
@@ -348,6 +377,44 @@ def ordered_map(fn, items, workers: int):
             future.cancel()
         for _ in threads:
             jobs.put(None)
+
+
+class Usage:
+    """Token usage summed over an input's requests, attached to its record's meta
+    (labeling sums and prices it) when the server reported any, or always with
+    `always` (a chat teacher has no tokenizer to count its prompt tokens otherwise)."""
+
+    def __init__(self, always: bool = False):
+        self.totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.reported = always
+
+    def add(self, used: dict, requests: int = 1) -> None:
+        self.totals["requests"] += requests
+        self.reported = self.reported or bool(used)
+        for k, v in used.items():
+            self.totals[k] = self.totals.get(k, 0) + v
+
+    def attach(self, record: LabeledExample) -> LabeledExample:
+        if self.reported:
+            record.meta = {**(record.meta or {}), "teacher_usage": dict(self.totals)}
+        return record
+
+
+def reply_usage(body: dict) -> dict:
+    """The token counts a `/completions` reply reports (`usage`, cached prompt tokens where
+    given); {} when it reports none. A count that is not a whole number >= 0 is not used."""
+    u = body.get("usage")
+    if not isinstance(u, dict):
+        return {}
+    used = {k: u[k] for k in ("prompt_tokens", "completion_tokens") if _count(u.get(k))}
+    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") if isinstance(u.get("prompt_tokens_details"), dict) else None
+    if _count(cached):
+        used["cached_tokens"] = cached
+    return used if "prompt_tokens" in used else {}
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class MalformedReply(ValueError):
