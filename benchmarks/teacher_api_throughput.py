@@ -18,9 +18,9 @@ other, their order swapped every round), so a shared machine's changes of
 speed hit both alike; a warm-up pass labels a few inputs through each first,
 so the server's prefix cache holds the prompt before anything is timed. It
 prints, per concurrency, labels per second for each backend and the ratio
-chat / vllm-server, then how often the two gave the same label and the prompt
-tokens per request each reported (the server's chat template against the
-rendering here).
+chat / vllm-server, then how often the two gave the same greedy reply and
+the prompt tokens per request each reported (the server's chat template
+against the rendering here).
 
 The server is started here as the `vllm`-marked tests start theirs
 (tests/vllm_server.py: vLLM's OpenAI-compatible server on the packaged
@@ -130,9 +130,10 @@ def main() -> None:
     for c in levels:
         rate = {b: len(examples) * len(seconds[b, c]) / sum(seconds[b, c]) for b in BACKENDS}
         print(f"{c:>11} | {rate['vllm-server']:>20.2f} | {rate['chat']:>13.2f} | {rate['chat'] / rate['vllm-server']:.2f}x")
-    same = sum(records["chat"][i].get("label") == records["vllm-server"][i].get("label") for i in records["chat"])
+    ids = sorted(records["chat"])
+    same_reply = sum(records["chat"][i]["teacher_reply"].strip() == records["vllm-server"][i]["teacher_reply"].strip() for i in ids)
     parsed = {b: sum(x.get("label") is not None for x in records[b].values()) for b in BACKENDS}
-    print(f"same label from both backends: {same}/{len(records['chat'])}; parsed: "
+    print(f"same greedy reply from both backends: {same_reply}/{len(ids)}; replies that parse: "
           + ", ".join(f"{b} {parsed[b]}/{len(records[b])}" for b in BACKENDS))
     print("prompt tokens per request (the server's usage): "
           + ", ".join(f"{b} {statistics.mean(prompt_tokens[b]):.0f}" if prompt_tokens[b] else f"{b} not reported" for b in BACKENDS))

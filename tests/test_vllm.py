@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 N_INPUTS = 8
 PROB_TOL = 1e-4
 LOGP_TOL = 1e-3
+REMOTE = "remote-teacher"
 # Small KV cache: the 135M model at 2048 tokens needs far less than vLLM's CPU default.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -107,7 +108,8 @@ def vllm_server(tmp_path_factory):
     from promptdistill.models import model_path
 
     log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
-    args = ["--served-model-name", "smollm2-135m-instruct", "--max-model-len", "2048", "--enable-prefix-caching"]
+    # Also served as "remote-teacher": a name with no tokenizer here, for the chat backend's tests.
+    args = ["--served-model-name", "smollm2-135m-instruct", REMOTE, "--max-model-len", "2048", "--enable-prefix-caching"]
     with serve_vllm(model_path("smollm2-135m-instruct"), args, log) as url:
         yield url
 
@@ -226,12 +228,17 @@ def test_server_choose_distribution_matches_transformers(tmp_path, task_and_inpu
 # --------------------------------------------------------------------------
 
 
-def _no_tokenizer_here(monkeypatch):
-    """Any tokenizer load in this process fails: the chat backend must not need one."""
+def _no_tokenizer_here(monkeypatch, teacher: str | None = None):
+    """Any tokenizer load in this process fails (with `teacher`: any load of that model's):
+    the chat backend must not need one."""
     from promptdistill import models
 
+    load = models.load_tokenizer
+
     def refuse(name, *args, **kwargs):
-        raise AssertionError(f"the chat backend loaded a tokenizer ({name})")
+        if teacher is None or str(name) == teacher:
+            raise AssertionError(f"the chat backend loaded a tokenizer ({name})")
+        return load(name, *args, **kwargs)
 
     monkeypatch.setattr(models, "load_tokenizer", refuse)
 
@@ -271,3 +278,38 @@ def test_chat_backend_choose_reads_vllms_top_logprobs(tmp_path, task_and_inputs,
     assert with_distribution, [r["teacher_reply"] for r in records]
     for r in with_distribution:
         assert sum(r["label_probs"].values()) == pytest.approx(1.0) and r["label"] == max(r["label_probs"], key=r["label_probs"].get)
+
+
+def test_chat_backend_synthesize_run_and_eval_without_a_teacher_tokenizer(tmp_path, task_and_inputs, vllm_server, monkeypatch):
+    """The whole pipeline with the teacher behind vLLM's /chat/completions under a name that
+    has no tokenizer here: `synthesize` (generator conversations as messages), then `run`
+    (label in choose mode from top_logprobs, train the student, evaluate with the teacher
+    row through the API): the teacher's tokenizer is never loaded, the student's is."""
+    from promptdistill.cli import main
+
+    _no_tokenizer_here(monkeypatch, REMOTE)
+    cfg, examples = task_and_inputs
+    task = _write_task(tmp_path, examples[:8], cfg)
+    text = task.read_text(encoding="utf-8").replace("limit = 400", "limit = 0").replace('offtask_inputs = "offtask.jsonl"', "")
+    task.write_text(text + "general_ability = false\ninclude_base = false\nlatency_requests = 1\n", encoding="utf-8")
+    remote = ["--teacher-backend", "chat", "--teacher-url", vllm_server, "--teacher", REMOTE, "--no-progress"]
+    synth = tmp_path / "synth" / "inputs.jsonl"
+    t0 = time.perf_counter()
+    assert main(["synthesize", str(task), "--n", "4", "--out", str(synth), *remote]) == 0
+    print(f"[vllm] chat synthesize: {time.perf_counter() - t0:.0f} s", flush=True)
+    report = json.loads(synth.with_name("inputs.synthesis.json").read_text())
+    raws = [json.loads(line) for line in synth.with_name("inputs.raw.jsonl").read_text().splitlines()]
+    assert raws and all(isinstance(r["text"], str) for r in raws) and any(r["text"] for r in raws)
+    kept = [json.loads(line) for line in synth.read_text().splitlines()]
+    assert report["kept"] == len(kept) and all(r["meta"]["source"]["generator"] == REMOTE for r in kept)
+
+    t0 = time.perf_counter()
+    code = main(["run", str(task), "--run-dir", str(tmp_path / "run"), "--set", "train.max_steps=1", "--set", "train.batch_size=2",
+                 "--set", "data.heldout_fraction=0.5", *remote])
+    print(f"[vllm] chat run: {time.perf_counter() - t0:.0f} s", flush=True)
+    assert code == 0
+    labeled = [json.loads(line) for p in (tmp_path / "run" / "labels").glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert len(labeled) == 8 and all(r["meta"]["teacher_usage"]["prompt_tokens"] > 0 for r in labeled)
+    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    assert report["models"]["teacher"] == REMOTE and report["api_cost"]["teacher_prompt_tokens_per_request"] > 0
+    assert report["systems"]["teacher"]["mean_prompt_tokens"] > 0  # the API's count: no tokenizer here
