@@ -32,8 +32,10 @@ Every request's usage (prompt, completion and cached prompt tokens where
 reported) goes into the record's `meta.teacher_usage`; labeling sums it and
 prices it (`models.teacher_price_in/out`). `models.teacher_rpm` and
 `teacher_tpm` pace the requests beside `teacher_concurrency`. Replies of the
-wrong shape (not JSON, no choices, no text) are retried, then one error names
-the input id and the URL, never the key (api_access.py has the key rules).
+wrong shape (not JSON, no choices, no text, a body over MAX_REPLY_BYTES) are
+retried, then one error names the input id and the URL, never the key
+(api_access.py has the key rules). `teacher_timeout` is an overall deadline
+per attempt, not only per socket operation (ReplyBounds).
 Requests run on ordered_map's daemon threads, so Ctrl-C stops at once and
 the records are yielded in input order: labels files stay resumable.
 """

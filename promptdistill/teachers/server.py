@@ -46,6 +46,11 @@ name, an unsupported parameter) fail at once. Each request has an overall
 deadline (`timeout`), not only a per-socket one. Redirects are refused (a key
 must not follow one to another host); the key rules are api_access.py's.
 
+Each reply's `usage` (prompt, completion, cached prompt tokens where vLLM
+reports them) is recorded per input and in the teacher's total as the chat
+backend records it (`Usage`, `HttpTeacher.api_cost`): the labels summary and
+the report's cost section read it the same way for both.
+
 Requests run on daemon threads (`ordered_map`): Ctrl-C or SIGTERM stops the
 run at once with every record before it written, without waiting for the
 requests in flight (a rerun resumes).
