@@ -443,3 +443,18 @@ def test_cli_refuses_plain_http_with_a_key_before_writing_anything(tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--allow-insecure-http" in err and KEY not in err
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_eval_kl_is_none_where_a_chat_teacher_gave_no_distribution():
+    """Choose mode over a chat API: where the answer token's alternatives name no label the
+    record is the reply as given, without a distribution, so the evaluation's KL from the
+    teacher is undefined for that input (None, left out of the means), not an error."""
+    from promptdistill.evaluation.fidelity import FidelityScorer, distribution_kl
+
+    cfg = _cfg(labels=["a", "b"], answer_mode="choose", answer_template="Final Answer: {label}")
+    with ScriptedChatServer(alternatives={" zz": -0.1}) as server:
+        no_label = FidelityScorer(Task(cfg.task), _teacher(server)).teacher_label_probs("0", "zz")
+    with ScriptedChatServer(alternatives={" a": -0.1, " b": -2.0}) as server:
+        labeled = FidelityScorer(Task(cfg.task), _teacher(server)).teacher_label_probs("1", "a")
+    assert no_label is None and distribution_kl(no_label, {"a": 0.5, "b": 0.5}) is None
+    assert labeled["a"] > labeled["b"] and distribution_kl(labeled, {"a": 0.5, "b": 0.5}) > 0

@@ -290,8 +290,11 @@ def test_chat_backend_synthesize_run_and_eval_without_a_teacher_tokenizer(tmp_pa
     _no_tokenizer_here(monkeypatch, REMOTE)
     cfg, examples = task_and_inputs
     task = _write_task(tmp_path, examples[:8], cfg)
-    text = task.read_text(encoding="utf-8").replace("limit = 400", "limit = 0").replace('offtask_inputs = "offtask.jsonl"', "")
-    task.write_text(text + "general_ability = false\ninclude_base = false\nlatency_requests = 1\n", encoding="utf-8")
+    text = task.read_text(encoding="utf-8")
+    for old, new in (("limit = 400", "limit = 0"), ('offtask_inputs = "offtask.jsonl"', ""), ("include_base = true", "include_base = false")):
+        assert old in text
+        text = text.replace(old, new)
+    task.write_text(text + "general_ability = false\nlatency_requests = 1\n", encoding="utf-8")
     remote = ["--teacher-backend", "chat", "--teacher-url", vllm_server, "--teacher", REMOTE, "--no-progress"]
     synth = tmp_path / "synth" / "inputs.jsonl"
     t0 = time.perf_counter()

@@ -39,8 +39,11 @@ from ..teachers.local import label_distribution
 from ..teachers.records import label_candidates, normalize_scores
 
 
-def distribution_kl(p: dict[str, float], q: dict[str, float]) -> float:
-    """KL(p || q) in nats for two distributions over the same labels."""
+def distribution_kl(p: dict[str, float] | None, q: dict[str, float]) -> float | None:
+    """KL(p || q) in nats for two distributions over the same labels; None without p (a
+    chat API's teacher whose answer token's alternatives named no label gave none)."""
+    if p is None:
+        return None
     return sum(pk * (math.log(pk) - math.log(max(q[k], 1e-300))) for k, pk in p.items() if pk > 0)
 
 
@@ -73,8 +76,9 @@ class FidelityScorer:
         self._teacher_probs: dict[str, dict[str, float]] = {}
         self._candidates = None
 
-    def teacher_label_probs(self, example_id: str, text: str) -> dict[str, float]:
-        """The teacher's distribution over labels for one input: its choose-mode record (computed once)."""
+    def teacher_label_probs(self, example_id: str, text: str) -> dict[str, float] | None:
+        """The teacher's distribution over labels for one input: its choose-mode record (computed
+        once); None where the record has none (the chat backend's reply taken as given)."""
         if example_id not in self._teacher_probs:
             (record,) = self.teacher.label([Example(id=example_id, text=text)], self.task, "choose", self.seed)
             self._teacher_probs[example_id] = record.label_probs
