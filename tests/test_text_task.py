@@ -90,6 +90,30 @@ def test_run_labels_trains_and_evaluates_a_text_task_with_conversations(text_run
     assert (w / "run/eval/report.md").exists()
 
 
+def test_text_sections_get_every_systems_reply_per_example(text_run, monkeypatch):
+    """The evaluation hands the text task's sections each system's reply, per held-out input, in order."""
+    from promptdistill.config import load_config
+    from promptdistill.evaluation import systems
+    from promptdistill.pipeline import evaluate_run
+    from promptdistill.records import read_inputs
+
+    seen = {}
+
+    def sections(task, examples, replies, models, settings, **kw):
+        seen.update(ids=[e.id for e in examples], replies=replies)
+        return {"text_checks": {"n": len(examples)}}
+
+    monkeypatch.setattr(systems, "text_sections", sections)
+    heldout = read_inputs(text_run / "run/split/heldout.jsonl")
+    report = evaluate_run(load_config(text_run / "task.toml"), text_run / "run", heldout, progress=False)
+    assert report["text_checks"] == {"n": len(heldout)} and seen["ids"] == [e.id for e in heldout]
+    preds = read_jsonl(text_run / "run/eval/predictions.jsonl")
+    for system in ("teacher", "base", "student"):
+        by_id = {p["id"]: p for p in preds if p["system"] == system}
+        assert seen["replies"][system] == [by_id[i]["label"] or "" for i in seen["ids"]]
+        assert all(isinstance(r, str) for r in seen["replies"][system])
+
+
 def test_predict_takes_a_conversation_as_json_on_stdin(text_run):
     convo = {"messages": [user("Hi there."), assistant("Hello! How can I help?"), user("Tell me a joke.")]}
     lines = (json.dumps(convo) + "\n" + json.dumps({"text": "What is tea?"}) + "\n").encode()
@@ -202,3 +226,29 @@ def test_every_backend_labels_a_conversation_alike(tmp_path, tokenizer):
     assert "truncated" in statuses  # at least one reply ran into the limit: the flag travels from every backend
     convo = next(json.loads(m) for i, _, _, m in records["chat"] if i.startswith("c"))
     assert [m["role"] for m in convo][:3] == ["user", "assistant", "user"]
+
+
+def test_python_api_runs_a_label_task_on_conversations(tmp_path, tiny_model_dir):
+    """A multi-turn label task through run_pipeline: choose mode scores the label set after each
+    conversation (teacher with its prompt, student without), agreement and KL as for single texts."""
+    from promptdistill.config import load_config
+    from promptdistill.pipeline import run_pipeline
+
+    rows = []
+    for i in range(10):
+        lang, text = [("en", "Good night"), ("fr", "Bonne nuit")][i % 2]
+        rows.append({"id": f"c{i}", "label": lang, "messages": [user(f"Translate item {i}, please."), assistant("Sure, send it."),
+                                                              user(f"{text} {i}")]})
+    write_jsonl(tmp_path / "inputs.jsonl", rows)
+    task = write_task_file(tmp_path, tiny_model_dir, task=dict(labels=["en", "fr"], answer_mode="choose", max_new_tokens=6),
+                           data=dict(inputs="inputs.jsonl", heldout_fraction=0.3),
+                           train=dict(max_steps=1, batch_size=2, lora_rank=2, lora_alpha=4),
+                           eval=dict(include_base=True, general_ability=False, latency_requests=1))
+    report = run_pipeline(load_config(task), tmp_path / "run", progress=False, log=lambda *_: None)
+    labeled = read_jsonl(tmp_path / "run/labels/train.jsonl")
+    assert labeled and all(r["messages"][:3] == next(x["messages"] for x in rows if x["id"] == r["id"]) for r in labeled)
+    assert all(r["messages"][-1]["content"] == f"Final Answer: {r['label']}" for r in labeled)
+    student = report["systems"]["student"]
+    assert student["agreement"] is not None and student["kl_to_teacher"] is not None and report["reference_points"]
+    # The user template wraps the last user turn only: the teacher's prompt token count covers the history too.
+    assert report["systems"]["teacher"]["mean_prompt_tokens"] > student["mean_prompt_tokens"]

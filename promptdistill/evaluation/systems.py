@@ -316,9 +316,10 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
         **(reference_sections(task, examples, all_preds, train_records, resamples) if not task.text_reply else {}),
     }
     if task.text_reply:
-        # Each system's whole reply per held-out example, in example order: what the
-        # checks, the prompt effect and the judge score.
-        replies = {name: [p.reply for p in preds] for name, preds in all_preds.items()}
+        # Each system's whole reply per held-out example, in example order, as the task reads
+        # it (a reasoning teacher's thinking cut off; "" when empty): what the checks, the
+        # prompt effect and the judge score.
+        replies = {name: [p.label or "" for p in preds] for name, preds in all_preds.items()}
         report.update(text_sections(task, examples, replies, systems, settings, seed=seed, out_dir=out_dir, progress=progress))
     # A teacher behind a paid API: what its requests cost here, against the student's nothing.
     if (api_cost := getattr(teacher, "api_cost", None)) is not None and (section := api_cost()) is not None:
