@@ -324,6 +324,10 @@ class SynthesizeConfig:
     round_size: int = 32
     # Give up after this many requests per kept input asked for.
     max_requests_per_input: float = 4.0
+    # User turns per synthetic input: above 1 each kept input opens a conversation that
+    # the teacher answers turn by turn and the generator continues (Magpie-style) until
+    # it has this many user turns; the inputs are then `messages` conversations.
+    turns: int = 1
 
 
 @dataclass
@@ -667,6 +671,7 @@ _RANGES = {
     "eval.teacher_resamples": (0, None, True, False),
     "eval.general_max_drop": (0, 1, True, True),
     "synthesize.max_new_tokens": (1, None, True, False),
+    "synthesize.turns": (1, None, True, False),
     "synthesize.feedback_examples": (0, None, True, False),
     "synthesize.edge_share": (0, 1, True, False),
     "synthesize.near_duplicate_threshold": (0, 1, False, True),
@@ -687,6 +692,7 @@ LIMITS = {
     "eval.latency_requests": 10000,
     "data.synthesize": 1_000_000,
     "synthesize.max_new_tokens": 32768,
+    "synthesize.turns": 64,
     "synthesize.round_size": 100_000,
     "synthesize.max_requests_per_input": 100,
     "synthesize.feedback_examples": 1000,
