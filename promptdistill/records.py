@@ -392,14 +392,15 @@ def _example_from_fields(obj: dict, path, line: int) -> Example:
 
 
 def _conversation_from_fields(obj: dict, path, line: int) -> Example:
-    """A JSONL input holding `messages`; a `text` beside it must be its last user turn."""
+    """A JSONL input holding `messages`; a `text` beside it must be its last user turn.
+    A conversation of one user turn is a single-turn input like any text."""
     messages = check_conversation(obj["messages"], path, line)
     text = obj.get("text")
     if text is not None and (not isinstance(text, str) or text.strip() != messages[-1]["content"].strip()):
         raise PromptDistillError("with messages, text (if given) is the last user turn; leave it out", path=path, line=line, field="text")
     fields = {k: v for k, v in obj.items() if k not in ("messages", "text")}
     example = _example_from_fields({**fields, "text": messages[-1]["content"]}, path, line)
-    return replace(example, messages=messages)
+    return replace(example, messages=messages) if len(messages) > 1 else example
 
 
 def _check_nesting(value, path, line: int) -> None:

@@ -405,7 +405,9 @@ def test_a_text_beside_messages_must_be_the_last_user_turn(tmp_path):
     with pytest.raises(PromptDistillError) as info:
         read_inputs(write_text(tmp_path, "in.jsonl", jsonl({"text": "other", "messages": [U("Hi")]})))
     assert info.value.field == "text"
-    assert read_inputs(write_text(tmp_path, "ok.jsonl", jsonl({"text": "Hi", "messages": [U("Hi")]})))[0].text == "Hi"
+    (one,) = read_inputs(write_text(tmp_path, "ok.jsonl", jsonl({"text": "Hi", "messages": [U(" Hi ")]})))
+    # One user turn is a single-turn input, the same as {"text": "Hi"}.
+    assert (one.text, one.messages, one.conversation()) == ("Hi", None, [U("Hi")])
 
 
 def test_csv_and_text_inputs_stay_single_turn(tmp_path):
