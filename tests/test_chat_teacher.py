@@ -350,6 +350,12 @@ def test_magpie_over_a_chat_api_is_refused_in_one_line_before_writing(tmp_path):
     with ScriptedChatServer() as server, pytest.raises(PromptDistillError) as err:
         synthesize(cfg, 3, tmp_path / "out" / "inputs.jsonl", teacher=_teacher(server), progress=False)
     assert err.value.field == "synthesize.strategies" and not server.calls and not (tmp_path / "out").exists()
+    # Conversations (synthesize.turns > 1) continue the raw template too: refused the same way.
+    cfg = load_config(write_task_file(tmp_path, synthesize=dict(turns=2),
+                                      models=dict(teacher="remote", teacher_backend="chat", teacher_url="http://127.0.0.1:9/v1")))
+    with ScriptedChatServer() as server, pytest.raises(PromptDistillError) as err:
+        synthesize(cfg, 3, tmp_path / "out" / "inputs.jsonl", teacher=_teacher(server), progress=False)
+    assert err.value.field == "synthesize.turns" and not server.calls and not (tmp_path / "out").exists()
     # Without magpie, synthesis through a chat API is accepted.
     assert load_config(write_task_file(tmp_path, data=dict(synthesize=10), models=dict(
         teacher="remote", teacher_backend="chat", teacher_url="http://127.0.0.1:9/v1"))).data.synthesize == 10

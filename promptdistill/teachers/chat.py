@@ -121,11 +121,12 @@ class ChatTeacher(HttpTeacher):
         c = task.config
 
         def answer(e: Example) -> LabeledExample:
-            replies, usage = [], Usage(always=True)
+            replies, truncated, usage = [], [], Usage(always=True)
             for n in range(c.samples):
-                text, _ = self._chat(e, task, usage, temperature=c.temperature, seed=api_seed(seed, e.id, n))
+                text, _, cut = self._chat(e, task, usage, temperature=c.temperature, seed=api_seed(seed, e.id, n))
                 replies.append(with_prefix(text, c.reply_prefix))
-            return usage.attach(vote(task, e, replies))
+                truncated.append(cut)
+            return usage.attach(vote(task, e, replies, truncated=truncated))
 
         return answer
 
@@ -139,7 +140,7 @@ class ChatTeacher(HttpTeacher):
 
         def answer(e: Example) -> LabeledExample:
             usage = Usage(always=True)
-            text, tokens = self._chat(e, task, usage, temperature=0.0, seed=api_seed(0, e.id, 0), top_logprobs=TOP_ALTERNATIVES)
+            text, tokens, _ = self._chat(e, task, usage, temperature=0.0, seed=api_seed(0, e.id, 0), top_logprobs=TOP_ALTERNATIVES)
             if tokens is None:
                 raise PromptDistillError(f"the chat API at {self.url} returned no top_logprobs, which answer_mode = \"choose\" needs; "
                                          "use answer_mode = \"generate\" (or samples > 1 for a vote)", field="task.answer_mode")
@@ -171,14 +172,16 @@ class ChatTeacher(HttpTeacher):
     # -- HTTP ---------------------------------------------------------------
 
     def _chat(self, e: Example, task: Task, usage: Usage, *, temperature: float, seed: int,
-              top_logprobs: int = 0) -> tuple[str, list | None]:
-        """One chat completion: its text and (with `top_logprobs`) its tokens' alternatives; usage added to `usage`."""
-        kwargs = dict(model=self.name, messages=task.teacher_messages(e.text), max_tokens=task.teacher_max_new_tokens,
+              top_logprobs: int = 0) -> tuple[str, list | None, bool]:
+        """One chat completion: its text, (with `top_logprobs`) its tokens' alternatives, and whether the API cut
+        it at max_tokens (finish_reason "length"); usage added to `usage`. A conversation input goes as its
+        turns, after the system prompt."""
+        kwargs = dict(model=self.name, messages=task.teacher_messages(e.conversation()), max_tokens=task.teacher_max_new_tokens,
                       temperature=temperature, seed=seed)
         if top_logprobs:
             kwargs.update(logprobs=True, top_logprobs=top_logprobs)
-        text, tokens, _ = self._create(kwargs, f"input {e.id!r}", usage)
-        return text, tokens
+        text, tokens, finish = self._create(kwargs, f"input {e.id!r}", usage)
+        return text, tokens, finish == "length"
 
     def _create(self, kwargs: dict, what: str, usage: Usage) -> tuple[str, list | None, str | None]:
         """One chat completion with retries: text, per-token alternatives, finish reason; usage added to `usage`."""

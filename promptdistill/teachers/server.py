@@ -224,8 +224,8 @@ class ServerTeacher(HttpTeacher):
         eot = end_of_turn_ids(tok)
 
         def answer(e: Example) -> LabeledExample:
-            prompt = render_prompt(tok, task.teacher_messages(e.text), c.reply_prefix)
-            replies, logprobs, usage = [], [], Usage()
+            prompt = render_prompt(tok, task.teacher_messages(e.conversation()), c.reply_prefix)
+            replies, logprobs, truncated, usage = [], [], [], Usage()
             for n in range(c.samples):
                 body = {
                     "model": self.name,
@@ -248,7 +248,8 @@ class ServerTeacher(HttpTeacher):
                 else:  # a server that returns text only: its own decoding
                     replies.append(c.reply_prefix + (choice.get("text") or ""))
                 logprobs.append(top_logprobs_record(token_ids, steps, k) if k else None)
-            return usage.attach(vote(task, e, replies, logprobs))
+                truncated.append(choice.get("finish_reason") == "length")
+            return usage.attach(vote(task, e, replies, logprobs, truncated))
 
         return answer
 
@@ -262,7 +263,7 @@ class ServerTeacher(HttpTeacher):
             by_token.setdefault(token, []).append(before)
 
         def answer(e: Example) -> LabeledExample:
-            context = render_prompt(tok, task.teacher_messages(e.text))
+            context = render_prompt(tok, task.teacher_messages(e.conversation()))
             step_logps, usage = {}, Usage()
             for token, befores in by_token.items():
                 body = {
