@@ -22,7 +22,7 @@ is the baseline the prompt has to beat.
 Conversations file: one JSON object per line, `{"id": ..., "messages": [{"role":
 ..., "content": ...}, ...]}`, the last message a user turn. Checks file: TOML
 with `[[eval.checks]]` tables, each a `name`, a `kind` and that kind's
-parameters (see CHECKS below). Every file is validated before the model loads.
+parameters (promptdistill/replychecks.py; docs/evaluation.md). Every file is validated before the model loads.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -42,94 +41,15 @@ sys.path.insert(0, str(ROOT))
 
 from promptdistill.errors import PromptDistillError  # noqa: E402
 from promptdistill.evaluation.agreement import wilson_interval  # noqa: E402
+from promptdistill.replychecks import Check, count_words, parse_checks  # noqa: E402
 
 # ---------------------------------------------------------------- checks
-# Words are whitespace-separated tokens and sentences end at . ! or ? followed
-# by whitespace: crude, but deterministic and easy to state, which matters more
-# for a with/without comparison than linguistic accuracy.
-
-
-def count_words(reply: str) -> int:
-    return len(reply.split())
-
-
-def count_sentences(reply: str) -> int:
-    return len([s for s in re.split(r"(?<=[.!?])\s+", reply.strip()) if s])
-
-
-def check_max_words(reply: str, max: int) -> bool:
-    return count_words(reply) <= max
-
-
-def check_min_words(reply: str, min: int) -> bool:
-    return count_words(reply) >= min
-
-
-def check_max_sentences(reply: str, max: int) -> bool:
-    return count_sentences(reply) <= max
-
-
-def check_regex(reply: str, pattern: re.Pattern) -> bool:
-    return pattern.search(reply) is not None
-
-
-def check_not_regex(reply: str, pattern: re.Pattern) -> bool:
-    return pattern.search(reply) is None
-
-
-def check_starts_with(reply: str, text: str, ignore_case: bool = False) -> bool:
-    if ignore_case:
-        return reply.casefold().startswith(text.casefold())
-    return reply.startswith(text)
-
-
-def check_ends_with(reply: str, text: str, ignore_case: bool = False) -> bool:
-    if ignore_case:
-        return reply.casefold().endswith(text.casefold())
-    return reply.endswith(text)
-
-
-def check_ends_with_question(reply: str) -> bool:
-    return reply.endswith("?")
-
-
-def check_json(reply: str) -> bool:
-    try:
-        json.loads(reply)
-    except ValueError:
-        return False
-    return True
-
-
-# kind -> (function, {parameter: type}, optional parameters). `pattern` is
-# compiled once at load time, so a bad regex is refused before any decoding.
-CHECKS = {
-    "max_words": (check_max_words, {"max": int}, set()),
-    "min_words": (check_min_words, {"min": int}, set()),
-    "max_sentences": (check_max_sentences, {"max": int}, set()),
-    "regex": (check_regex, {"pattern": str, "ignore_case": bool}, {"ignore_case"}),
-    "not_regex": (check_not_regex, {"pattern": str, "ignore_case": bool}, {"ignore_case"}),
-    "starts_with": (check_starts_with, {"text": str, "ignore_case": bool}, {"ignore_case"}),
-    "ends_with": (check_ends_with, {"text": str, "ignore_case": bool}, {"ignore_case"}),
-    "ends_with_question": (check_ends_with_question, {}, set()),
-    "json": (check_json, {}, set()),
-}
-
-
-class Check:
-    """One named check with its parameters bound; called on a reply."""
-
-    def __init__(self, name: str, kind: str, params: dict):
-        self.name, self.kind, self.params = name, kind, params
-        self.function = CHECKS[kind][0]
-
-    def __call__(self, reply: str) -> bool:
-        # Leading/trailing whitespace is decoding noise, not the model's answer.
-        return self.function(reply.strip(), **self.params)
+# The rules and their validation are the package's (replychecks.py), the same
+# a task file's [[eval.checks]] get in `promptdistill eval`.
 
 
 def load_checks(path: str | Path) -> list[Check]:
-    """Read and validate `[[eval.checks]]`; any fault is one line naming file and check."""
+    """Read and validate `[[eval.checks]]`; any fault is one line naming file, line and field."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -140,40 +60,7 @@ def load_checks(path: str | Path) -> list[Check]:
     tables = data.get("eval", {}).get("checks") if isinstance(data.get("eval"), dict) else None
     if not isinstance(tables, list) or not tables:
         raise PromptDistillError("needs at least one [[eval.checks]] table", path=path, field="eval.checks")
-    checks, names = [], set()
-    for i, table in enumerate(tables):
-        name = table.get("name")
-        label = f"eval.checks[{i}]" if not isinstance(name, str) or not name else f"eval.checks '{name}'"
-        if not isinstance(name, str) or not name:
-            raise PromptDistillError("needs a non-empty string 'name'", path=path, field=label)
-        if name in names:
-            raise PromptDistillError("duplicate check name", path=path, field=label)
-        names.add(name)
-        kind = table.get("kind")
-        if kind not in CHECKS:
-            raise PromptDistillError(f"unknown kind {kind!r}; one of {', '.join(sorted(CHECKS))}", path=path, field=label)
-        _, types, optional = CHECKS[kind]
-        extra = set(table) - set(types) - {"name", "kind"}
-        if extra:
-            raise PromptDistillError(f"unknown key(s) for kind {kind!r}: {', '.join(sorted(extra))}", path=path, field=label)
-        params = {}
-        for key, typ in types.items():
-            if key not in table:
-                if key in optional:
-                    continue
-                raise PromptDistillError(f"kind {kind!r} needs '{key}'", path=path, field=label)
-            value = table[key]
-            if not isinstance(value, typ) or (typ is int and (isinstance(value, bool) or value < 0)):
-                raise PromptDistillError(f"'{key}' must be a {'non-negative integer' if typ is int else typ.__name__}", path=path, field=label)
-            params[key] = value
-        if "pattern" in params:
-            flags = re.IGNORECASE if params.pop("ignore_case", False) else 0
-            try:
-                params["pattern"] = re.compile(params["pattern"], flags)
-            except re.error as e:
-                raise PromptDistillError(f"invalid regex in 'pattern': {e}", path=path, field=label) from None
-        checks.append(Check(name, kind, params))
-    return checks
+    return parse_checks(tables, path)
 
 
 # ---------------------------------------------------------------- inputs
