@@ -17,6 +17,7 @@ The eval stage's preflight lives here too, beside `evaluate_run`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -267,7 +268,9 @@ def _evaluate(cfg: Config, run: RunDir, examples, offtask: list | None, *, progr
     resume_settings = {**cfg.to_dict(), "heldout_inputs": fingerprint([(e.id, e.text) for e in examples]),
                        "offtask_inputs": fingerprint([(e.id, e.text) for e in offtask or ()]),
                        "adapter": adapter_fingerprint(adapter)}
-    report = evaluate_systems(task, examples, run.eval_dir, Systems(teacher, student, base_view), cfg.eval, seed=cfg.data.seed,
+    # eval.judge_model: another model judges free-text replies, through the teacher's backend and settings.
+    judge = load_teacher(dataclasses.replace(cfg.models, teacher=cfg.eval.judge_model)) if cfg.eval.judge_model else None
+    report = evaluate_systems(task, examples, run.eval_dir, Systems(teacher, student, base_view, judge), cfg.eval, seed=cfg.data.seed,
                               train_records=_train_records(run), offtask=offtask, resume_settings=resume_settings,
                               progress=progress)
     _record_heldout_source(run, examples)

@@ -92,3 +92,43 @@ def test_text_sections_from_replies(tmp_path):
     assert effect["checks"]["asks"]["recovered"] == pytest.approx(3 / 5)
     no_base = text_sections(task, settings, [], {k: replies[k] for k in ("teacher", "student")}, None, tmp_path)
     assert "base row" in no_base["prompt_effect"]["unavailable"]
+
+
+def test_evaluate_systems_reports_checks_effect_and_judge(tmp_path, tiny, monkeypatch):
+    """A text task through evaluate_systems: report.json gets the checks, the prompt effect
+    and the judge (a scripted one, both orders asked), and report.md and the terminal table show them."""
+    import json
+
+    from promptdistill.evaluation.report import report_markdown, results_table
+    from promptdistill.evaluation.systems import Systems, evaluate_systems
+    from promptdistill.records import Example
+    from promptdistill.teachers.local import LocalTeacher
+    from dataclasses import replace
+
+    import promptdistill.evaluation.systems as systems_mod
+    from test_judge import ScriptedJudge, shorter
+
+    # a random tiny model writes the same blank reply with or without the prompt; the
+    # student here says something else, so its replies differ from the teacher's and get judged
+    student = replace(tiny, name="student")
+    real = systems_mod.generate_answers
+    monkeypatch.setattr(systems_mod, "generate_answers", lambda task, loaded, messages: (
+        [("Short reply 1.", 3)] * len(messages) if loaded is student else real(task, loaded, messages)))
+
+    task = Task(TaskConfig(system_prompt="Be brief.", reply_format="text", max_new_tokens=5))
+    examples = [Example(id=str(i), text=f"tell me about thing {i}") for i in range(3)]
+    judge = ScriptedJudge(shorter)
+    settings = EvalConfig(general_ability=False, latency_requests=1, judge="teacher",
+                          checks=[{"name": "short", "kind": "max_words", "max": 3}, {"name": "no_digits", "kind": "not_regex", "pattern": r"\d"}])
+    report = evaluate_systems(task, examples, tmp_path / "eval", Systems(LocalTeacher(tiny), student, tiny, judge), settings, progress=False)
+    names = [row["name"] for row in report["checks"]["checks"]]
+    assert names == ["short", "no_digits", "all checks"]
+    assert set(report["prompt_effect"]["checks"]) == {"short", "no_digits"} and "overall" in report["prompt_effect"]
+    assert set(report["judge"]["systems"]) == {"base", "student"}
+    stored = [json.loads(line) for line in (tmp_path / "eval" / "judge.jsonl").read_text().splitlines()]
+    assert judge.asked and len(stored) - 1 == len(judge.asked) and {r["order"] for r in stored[1:]} <= {"ab", "ba"}
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["judge"] == report["judge"]
+    markdown, table = report_markdown(report), results_table(report)
+    assert "## Prompt effect and reply checks" in markdown and "| no_digits | not_regex |" in markdown
+    assert "## Judge" in markdown and "judge reliability" in markdown
+    assert "prompt effect recovered (all checks)" in table and "judge, student vs teacher" in table
