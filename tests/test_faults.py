@@ -73,6 +73,10 @@ def tree(root: Path) -> dict:
     return out
 
 
+def _append(path: Path, text: str) -> None:
+    path.write_text(path.read_text(encoding="utf-8") + "\n" + text, encoding="utf-8")
+
+
 def _corrupt(path: Path, data: bytes = b"{not json\n"):
     path.write_bytes(data)
 
@@ -285,6 +289,11 @@ CASES = {
                                                    (w / "task.toml").read_text().replace('"inputs.jsonl"', '"../../inputs.jsonl"')),
                                                ["run", "run/eval/task.toml", "--run-dir", "run"], None,
                                                ["the task file", "is inside the run's eval"]),
+    "eval check with an invalid regex": (lambda w: _append(w / "task.toml", '[[eval.checks]]\nname = "no_lists"\nkind = "not_regex"\npattern = "[-*"\n'),
+                                         E + ["--run-dir", "run"], None, ["task.toml:", "eval.checks[0].pattern", "invalid regex"]),
+    "eval check with an invalid JSON schema": (lambda w: _append(w / "task.toml", '[[eval.checks]]\nname = "obj"\nkind = "json_schema"\n'
+                                                                 'schema = { type = "objekt" }\n'),
+                                               E + ["--run-dir", "run"], None, ["eval.checks[0].schema", "invalid JSON schema"]),
     "run task name leaves runs/": (None, ["run", "task.toml", "--set", "task.name='../../x'"], None, ["task.name", "--run-dir"]),
     "run corrupt config.json": (lambda w: _corrupt(w / "run/config.json"), ["run", "task.toml", "--run-dir", "run"], None,
                                 ["config.json", "delete config.json"]),

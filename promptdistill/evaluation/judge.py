@@ -36,6 +36,7 @@ from pathlib import Path
 from ..config import TaskConfig
 from ..errors import PromptDistillError
 from ..io import JsonlAppender, drop_torn_last_line, fingerprint, resume_or_refuse
+from ..reasoning import strip_reasoning
 from ..records import Example
 from ..task import Task
 from ..teachers import Teacher
@@ -130,8 +131,10 @@ def judge_section(task: Task, judge: Teacher, examples: list[Example], replies: 
     asks, pairs, pending = [], {s: [] for s in compared}, {}
     for system in compared:
         for e, mine, theirs in zip(examples, replies[system], replies["teacher"]):
+            # the answers are judged, not a reasoning teacher's thinking (reasoning.py)
+            mine, theirs = strip_reasoning(mine).strip(), strip_reasoning(theirs).strip()
             conversation = conversation_of(e)
-            pair = {"id": e.id, "identical": mine.strip() == theirs.strip()}
+            pair = {"id": e.id, "identical": mine == theirs}
             for order in ORDERS:
                 a, b = (mine, theirs) if order == "ab" else (theirs, mine)
                 text = comparison_text(conversation, a, b)
