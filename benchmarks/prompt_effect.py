@@ -154,6 +154,8 @@ def generate_replies(loaded, system: str | None, conversations: list[dict], max_
 
 
 def rate(passed: int, n: int) -> str:
+    if n == 0:
+        return "  -/0"
     low, high = wilson_interval(passed, n)
     return f"{passed:3d}/{n} {100 * passed / n:5.1f}% [{100 * low:4.1f}-{100 * high:5.1f}]"
 
@@ -182,6 +184,29 @@ def report_lines(checks: list[Check], conversations: list[dict], with_replies: d
     return lines
 
 
+def judge_lines(loaded, system: str, conversations: list[dict], with_replies: dict, without_replies: dict, folder) -> str:
+    """The model itself, with the prompt, judging "without" against "with" (the base-vs-teacher floor of an evaluation)."""
+    from promptdistill.config import TaskConfig
+    from promptdistill.evaluation.judge import judge_section
+    from promptdistill.records import Example
+    from promptdistill.task import Task
+    from promptdistill.teachers.local import LocalTeacher
+
+    task = Task(TaskConfig(name="prompt_effect", system_prompt=system))
+    examples = [Example(id=str(c["id"]), text=c["messages"][-1]["content"]) for c in conversations]
+    for e, c in zip(examples, conversations):
+        e.messages = c["messages"]  # judge.conversation_of shows the whole conversation
+    ids = [c["id"] for c in conversations]
+    t0 = time.perf_counter()
+    section = judge_section(task, LocalTeacher(loaded), examples, {"teacher": [with_replies[i] for i in ids],
+                            "without": [without_replies[i] for i in ids]}, folder, progress=False)
+    j = section["systems"]["without"]
+    return (f"judge ({loaded.name} with the prompt), without vs with, n={j['n']} ({j['identical']} identical): "
+            f"win {rate(j['win']['successes'], j['n'])}, tie {rate(j['tie']['successes'], j['n'])}, "
+            f"loss {rate(j['loss']['successes'], j['n'])}; reliability {rate(j['reliability']['successes'], j['reliability']['n'])}; "
+            f"unreadable verdicts {j['unreadable_verdicts']}; {time.perf_counter() - t0:.1f}s")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", required=True, help="system prompt file")
@@ -195,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--replies", help="also write every reply pair to this JSONL file")
+    ap.add_argument("--judge", metavar="FOLDER", help="also let the model judge, with the prompt, each reply without it against "
+                    "the one with it, in both orders (evaluation/judge.py; verdicts stored in FOLDER/judge.jsonl), and "
+                    "print win/tie/loss and the judge's reliability")
     args = ap.parse_args(argv)
     try:
         for flag in ("limit", "threads"):
@@ -206,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         system = load_prompt(args.prompt)
         checks = load_checks(args.checks)
         conversations = spread_subset(load_conversations(args.inputs), args.limit)
+        if args.judge and Path(args.judge).exists() and not Path(args.judge).is_dir():
+            raise PromptDistillError("is a file; --judge names a folder for judge.jsonl", path=args.judge)
         if args.replies and Path(args.replies).exists():
             raise PromptDistillError("already exists; not overwriting a file this run did not write", path=args.replies)
 
@@ -236,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, stats in (("with", with_stats), ("without", without_stats)):
         print(f"decode {label}: {stats['new_tokens']} new tokens in {stats['seconds']:.1f}s")
     print(f"wall {wall:.1f}s")
+    if args.judge:
+        print(judge_lines(loaded, system, conversations, with_replies, without_replies, args.judge))
     if args.replies:
         with open(args.replies, "x", encoding="utf-8") as f:
             for c in conversations:

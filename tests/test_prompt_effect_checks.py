@@ -138,3 +138,17 @@ def test_each_reply_goes_to_its_own_conversation(tiny, monkeypatch):
     for c in conversations:
         expected = len(render_prompt(tok, [{"role": "system", "content": "Be brief."}] + c["messages"]))
         assert replies[c["id"]] == str(expected)
+
+
+def test_judge_line_asks_both_orders_and_resumes(tiny, tmp_path):
+    conversations = [
+        {"id": "a", "messages": [{"role": "user", "content": "hi"}]},
+        {"id": "b", "messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}, {"role": "user", "content": "three?"}]},
+    ]
+    with_replies, without_replies = {"a": "Hello.", "b": "Four."}, {"a": "Hello! How can I help you today?", "b": "Four."}
+    line = pe.judge_lines(tiny, "Be brief.", conversations, with_replies, without_replies, tmp_path)
+    assert "n=2 (1 identical)" in line and "reliability" in line
+    stored = (tmp_path / "judge.jsonl").read_text().splitlines()
+    assert len(stored) == 1 + 2  # the settings, then one pair in both orders
+    assert pe.judge_lines(tiny, "Be brief.", conversations, with_replies, without_replies, tmp_path).split(";")[:3] == line.split(";")[:3]
+    assert len((tmp_path / "judge.jsonl").read_text().splitlines()) == 3  # nothing asked again
