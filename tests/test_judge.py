@@ -151,3 +151,11 @@ def test_the_judge_question_runs_on_a_local_teacher(tiny_model_dir, tmp_path):
     rows = read_jsonl(tmp_path / J.FILE)[1:]
     assert len(rows) == 8 and all(r["reply"].startswith("Verdict:") for r in rows)
     assert section["systems"]["student"]["n"] == 2
+
+
+def test_a_reply_base_and_student_share_is_judged_once(tmp_path):
+    same = {**REPLIES, "base": REPLIES["student"]}
+    judge = ScriptedJudge(shorter)
+    section = J.judge_section(TASK, judge, EXAMPLES, same, tmp_path, progress=False)
+    assert len(judge.asked) == 2 * 3  # the student's three differing pairs, both orders, once
+    assert section["systems"]["base"] == section["systems"]["student"]

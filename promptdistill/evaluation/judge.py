@@ -128,7 +128,7 @@ def judge_section(task: Task, judge: Teacher, examples: list[Example], replies: 
     settings = judge_settings(judge, task, seed)
     stored = _stored_verdicts(path, settings, force)
     compared = [s for s in replies if s != "teacher"]
-    asks, pairs, pending = [], {s: [] for s in compared}, {}
+    asks, asked, pairs, pending = [], set(), {s: [] for s in compared}, {}
     for system in compared:
         for e, mine, theirs in zip(examples, replies[system], replies["teacher"]):
             # the answers are judged, not a reasoning teacher's thinking (reasoning.py)
@@ -138,14 +138,17 @@ def judge_section(task: Task, judge: Teacher, examples: list[Example], replies: 
             for order in ORDERS:
                 a, b = (mine, theirs) if order == "ab" else (theirs, mine)
                 text = comparison_text(conversation, a, b)
-                key = fingerprint([system, order, text], ensure_ascii=False)
+                # Keyed by what the judge reads alone: a base and a student with the same reply share one verdict.
+                key = fingerprint(text, ensure_ascii=False)
                 if pair["identical"]:
                     pair[order] = "tie"
                 elif key in stored:
                     pair[order] = stored[key]
                 else:
                     pair[order], pending[id(pair), order] = None, key
-                    asks.append((key, system, e.id, order, text))
+                    if key not in asked:
+                        asked.add(key)
+                        asks.append((key, system, e.id, order, text))
             pairs[system].append(pair)
     answers = _ask(question, judge, asks, path, settings, seed, batch_size, progress)
     section = {"judge": judge.name, "orders": list(ORDERS), "file": FILE, "systems": {}}
