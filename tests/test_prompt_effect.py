@@ -27,7 +27,7 @@ def test_the_fraction_by_hand():
 def test_no_effect_is_undefined_not_a_division_by_almost_nothing():
     same = [1, 0, 1, 0] * 5
     e = prompt_effect(same, same, [1] * 20)
-    assert e["recovered"] is None and e["low"] is None and "nothing to recover" in e["undefined"]
+    assert e["recovered"] is None and e["low"] is None and "no measurable effect" in e["undefined"]
     # 2 points apart, under MIN_GAP (5 points)
     teacher, base = [1] * 2 + [0] * 98, [0] * 100
     assert 0.02 < MIN_GAP and prompt_effect(teacher, base, base)["recovered"] is None

@@ -64,7 +64,8 @@ def prompt_effect(teacher: list[float], base: list[float], student: list[float],
     t, b, s = scores.mean(axis=1)
     out.update(teacher=float(t), base=float(b), student=float(s), recovered=recovered(t, b, s, min_gap))
     if out["recovered"] is None:
-        out["undefined"] = f"the prompt's effect is below {min_gap:g} (teacher {t:.3g}, base {b:.3g}): nothing to recover"
+        out["undefined"] = (f"teacher {t:.3g} and base {b:.3g} differ by less than {min_gap:g}: the prompt has no measurable "
+                            "effect to recover")
         return out
     means = _bootstrap_means(scores, resamples, np.random.default_rng(seed))
     gap = means[0] - means[1]

@@ -177,9 +177,10 @@ def text_reply_lines(report: dict) -> list[str]:
         out += ["## Prompt effect and reply checks", ""]
         if effect.get("overall") is not None:
             e = effect["overall"]
+            how = (f" = ({fmt(e['student'], '.1%')} - {fmt(e['base'], '.1%')}) / ({fmt(e['teacher'], '.1%')} - {fmt(e['base'], '.1%')})"
+                   if e["recovered"] is not None else "")
             out += [f"**Prompt effect recovered: {effect_text(e)}**, on replies that pass every check: (student - base) / "
-                    f"(teacher - base) = ({fmt(e['student'], '.1%')} - {fmt(e['base'], '.1%')}) / ({fmt(e['teacher'], '.1%')} - "
-                    f"{fmt(e['base'], '.1%')}). 0 is no better than the base without the prompt, 100% the teacher with it; the "
+                    f"(teacher - base){how}. 0 is no better than the base without the prompt, 100% the teacher with it; the "
                     f"interval is a paired bootstrap over the held-out inputs ({effect['resamples']} resamples).", ""]
         elif effect.get("unavailable"):
             out += [f"Prompt effect recovered: not measured ({effect['unavailable']}).", ""]
@@ -207,7 +208,7 @@ def text_reply_lines(report: dict) -> list[str]:
             out.append(f"| {name} | " + " | ".join(_with_interval(j[k]) for k in ("win", "tie", "loss", "win_or_tie", "reliability")) + " |")
         out.append("")
         if (low := [n for n, j in judge["systems"].items() if j["reliability"]["rate"] is not None and j["reliability"]["rate"] < 0.5]):
-            out += [f"**The judge is unreliable** ({', '.join(low)}): most of its verdicts change when the replies swap places, "
+            out += [f"**The judge is unreliable** ({', '.join(low)}): most of its verdicts change when the replies swap places or cannot be read, "
                     "so its preferences say little; set eval.judge_model to a stronger judge.", ""]
     return out
 
