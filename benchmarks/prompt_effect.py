@@ -193,9 +193,7 @@ def judge_lines(loaded, system: str, conversations: list[dict], with_replies: di
     from promptdistill.teachers.local import LocalTeacher
 
     task = Task(TaskConfig(name="prompt_effect", system_prompt=system))
-    examples = [Example(id=str(c["id"]), text=c["messages"][-1]["content"]) for c in conversations]
-    for e, c in zip(examples, conversations):
-        e.messages = c["messages"]  # judge.conversation_of shows the whole conversation
+    examples = [Example(id=str(c["id"]), text=c["messages"][-1]["content"], messages=c["messages"]) for c in conversations]
     ids = [c["id"] for c in conversations]
     t0 = time.perf_counter()
     section = judge_section(task, LocalTeacher(loaded), examples, {"teacher": [with_replies[i] for i in ids],

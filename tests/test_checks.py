@@ -110,6 +110,17 @@ def test_judge_settings_are_checked(tmp_path):
     assert info.value.field == "eval.judge_model"
 
 
+def test_the_judge_is_on_by_default_for_text_tasks_only(tmp_path):
+    from promptdistill.config import judge_enabled
+
+    text = load_config(write_task(tmp_path, "", 'reply_format = "text"'))
+    assert judge_enabled(text.eval, "text") and not judge_enabled(load_config(write_task(tmp_path, "")).eval, "label")
+    off = load_config(write_task(tmp_path, "", 'reply_format = "text"\n[eval]\njudge = "off"'))
+    assert not judge_enabled(off.eval, "text")
+    other = load_config(write_task(tmp_path, "", 'reply_format = "text"\n[eval]\njudge_model = "another"'))
+    assert other.eval.judge_model == "another"
+
+
 def test_valid_checks_load_and_keep_their_tables(tmp_path):
     cfg = load_config(write_task(tmp_path, '[[eval.checks]]\nname = "short"\nkind = "max_words"\nmax = 25\n'))
     assert cfg.eval.checks == [{"name": "short", "kind": "max_words", "max": 25}]

@@ -79,12 +79,6 @@ def judge_task(task: Task) -> Task:
         temperature=0.0, samples=1, min_confidence=0.0, top_logprobs=0))
 
 
-def conversation_of(example: Example) -> list[dict]:
-    """The held-out conversation (a multi-turn input's messages, else its one user turn)."""
-    messages = getattr(example, "messages", None)
-    return messages if messages else [{"role": "user", "content": example.text}]
-
-
 def comparison_text(conversation: list[dict], reply_a: str, reply_b: str) -> str:
     turns = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in conversation)
     return f"[The conversation]\n{turns}\n\n[Reply A]\n{reply_a}\n\n[Reply B]\n{reply_b}\n\nWhich reply follows the system prompt better?"
@@ -133,7 +127,7 @@ def judge_section(task: Task, judge: Teacher, examples: list[Example], replies: 
         for e, mine, theirs in zip(examples, replies[system], replies["teacher"]):
             # the answers are judged, not a reasoning teacher's thinking (reasoning.py)
             mine, theirs = strip_reasoning(mine).strip(), strip_reasoning(theirs).strip()
-            conversation = conversation_of(e)
+            conversation = e.conversation()
             pair = {"id": e.id, "identical": mine == theirs}
             for order in ORDERS:
                 a, b = (mine, theirs) if order == "ab" else (theirs, mine)
