@@ -725,3 +725,178 @@ def test_hostile_names_are_neither_inlined_nor_interpreted_in_the_report(tmp_pat
     (run / "eval" / name).unlink()
     (run / "eval" / name).symlink_to(secret)
     assert base64.b64encode(b"PRIVATE-KEY-MATERIAL").decode() not in markdown_to_html(md, run / "eval", "t", set(pictures.values()))
+
+
+# -- one marker shape: `train` and `run` read each other's training ---------------------------
+
+
+def _world_copy(world: Path, tmp_path: Path, *, own_model: bool = True) -> Path:
+    """A copy of the world; its task file names the copy's model, or (`own_model` False)
+    still the world's, the model the copied run was trained with, as it names it."""
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    task = w / "task.toml"
+    if own_model:
+        task.write_text(task.read_text(encoding="utf-8").replace(str(world), str(w)), encoding="utf-8")
+    return w
+
+
+def _marker(w: Path, stage: str) -> dict | None:
+    path = w / "run" / "stages" / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def test_train_over_a_run_made_by_run_needs_force_only_for_other_settings(world, tmp_path):
+    """`run` and `train` write one train marker (the records trained on, by their hash, and the
+    settings): `train` with the run's labels and settings continues that training without
+    --force and keeps its evaluation; other settings are refused naming the keys, nothing
+    written; --force then clears the later stage (eval/ and its marker) and keeps split and
+    labels; and `run` in turn names what `train` changed."""
+    w = _world_copy(world, tmp_path)
+    shutil.rmtree(w / "run")  # made here, so every path it records is this copy's
+    made = cli(["run", "task.toml", "--run-dir", "run", "--no-progress"], cwd=w)
+    assert made.returncode == 0, made.stderr.decode()[-2000:]
+    same = T + ["--labeled", "run/labels/train.jsonl", "--heldout", "run/labels/heldout.jsonl", "--run-dir", "run"]
+    made_by_run = {s: _marker(w, s) for s in ("split", "label", "train", "eval")}
+    assert all(made_by_run.values())
+    done = cli(same, cwd=w)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert _marker(w, "train")["fingerprint"] == made_by_run["train"]["fingerprint"]
+    assert _marker(w, "eval") == made_by_run["eval"] and (w / "run/eval/report.json").exists()
+    rerun = cli(["run", "task.toml", "--run-dir", "run", "--no-progress"], cwd=w)
+    said = (rerun.stdout + rerun.stderr).decode()
+    assert rerun.returncode == 0, said[-2000:]
+    assert all(f"{s}: already complete, skipping" in said for s in ("split", "label", "train", "eval")), said[-2000:]
+
+    other = same + ["--set", "train.learning_rate=0.05"]
+    before = tree(w)
+    refused = cli(other, cwd=w)
+    err = refused.stderr.decode()
+    assert refused.returncode == 2 and err.count("\n") == 1, err
+    assert "already trained" in err and "train.learning_rate" in err and "--force" in err
+    assert tree(w) == before
+
+    forced = cli(other + ["--force"], cwd=w)
+    assert forced.returncode == 0, forced.stderr.decode()[-2000:]
+    assert _marker(w, "eval") is None and not (w / "run/eval").exists()
+    assert _marker(w, "split") == made_by_run["split"] and _marker(w, "label") == made_by_run["label"]
+    assert _marker(w, "train")["settings"]["train"]["learning_rate"] == 0.05
+    again = cli(["run", "task.toml", "--run-dir", "run", "--no-progress"], cwd=w)
+    err = again.stderr.decode()
+    assert again.returncode == 2 and "stage 'train' already ran here" in err and "train.learning_rate" in err, err
+
+
+# -- two commands on one run at the same time: one lock, RUN/.lock -----------------------------
+
+
+def _start(args, cwd) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "promptdistill", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_lock(proc: subprocess.Popen, lock: Path, timeout: float = 240) -> None:
+    """Until `proc` holds the run's lock (the lock file holds its pid once flock succeeded)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the first command ended (exit {proc.returncode}) before it was seen holding the lock: "
+                                 + err.decode()[-2000:])
+        try:
+            if lock.read_text().strip() == str(proc.pid):
+                return
+        except OSError:
+            pass
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError("the first command never took the run's lock")
+
+
+_FIRST = {"train": T + ["--labeled", "run/labels/train.jsonl", "--heldout", "run/labels/heldout.jsonl", "--run-dir", "run"],
+          "eval": E + ["--run-dir", "run"]}
+_SECOND = {"train": T + ["--labeled", "run/labels/heldout.jsonl", "--run-dir", "run", "--force"],
+           "eval": E + ["--run-dir", "run"]}
+
+
+@pytest.mark.parametrize("first, second", [("train", "train"), ("train", "eval"), ("eval", "train")])
+def test_two_commands_on_one_run_at_once_one_refuses_and_writes_nothing(first, second, world, tmp_path):
+    """Two real commands on one run: while the first holds RUN/.lock (frozen with SIGSTOP
+    once its pid is in the lock file, so the tree stands still), the second refuses at
+    once with one line and changes nothing (a train --force discards nothing); the
+    first, resumed, finishes."""
+    import signal
+
+    w = _world_copy(world, tmp_path, own_model=False)  # the model the run's markers name
+    proc = _start(_FIRST[first], w)
+    try:
+        _wait_for_lock(proc, w / "run" / ".lock")
+        os.kill(proc.pid, signal.SIGSTOP)
+        before = tree(w)
+        done = cli(_SECOND[second], cwd=w, timeout=240)
+        after = tree(w)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, err_first = proc.communicate(timeout=600)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"another promptdistill process (pid {proc.pid}) is writing this run directory" in err, err
+    assert after == before, {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert proc.returncode == 0, err_first.decode()[-2000:]
+    assert not (w / "run" / "train" / ".lock").exists()  # one lock per run: training takes no second one
+
+
+# -- export --overwrite never replaces a folder it cannot own ----------------------------------
+
+
+def _mount_point() -> Path:
+    """A mount point whose parent this process may write (so the mount check, not a permission, refuses)."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        where = Path(line.split()[1].replace("\\040", " "))
+        if where != Path("/") and os.path.ismount(where) and os.access(where.parent, os.W_OK | os.X_OK) and where.is_dir():
+            return where
+    pytest.skip("no mount point with a writable parent on this machine (the mount check cannot be reached by the CLI)")
+
+
+@pytest.mark.parametrize("target", ["home", "root", "mount point", "git", "current folder", "current folder as ."])
+def test_export_overwrite_refuses_folders_it_never_replaces(target, world, tmp_path):
+    """`export --overwrite` through the real CLI, HOME pointed at a folder of the test: the
+    home folder, the file system's root, a mount point, a folder holding .git and the
+    current folder are refused with one line, and nothing changes (the world and the
+    home folder hash the same; nothing named like an export temporary appears beside a mount)."""
+    w = _world_copy(world, tmp_path)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_text("PRIVATE\n")
+    (w / "repo" / ".git").mkdir(parents=True)
+    (w / "repo" / "work.py").write_text("print('mine')\n")
+    cwd, run = w, "run"
+    folder, words = {
+        "home": (str(home), ["is the home folder"]),
+        "root": ("/", ["--adapter"]),  # every run lies inside /: refused as containing the run, or as the root
+        "mount point": (None, ["is a mount point"]),
+        "git": ("repo", ["holds .git"]),
+        "current folder": (str(w / "mine"), ["is the current folder"]),
+        "current folder as .": (".", ["is the current folder"]),
+    }[target]
+    if target.startswith("current folder"):
+        cwd, run = w / "mine", "../run"
+    if target == "mount point":
+        mount = _mount_point()
+        folder, beside = str(mount), set(os.listdir(mount.parent))
+    env_home = {"HOME": str(home)}
+    before = (tree(w), tree(home))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env_home}
+    done = subprocess.run([sys.executable, "-m", "promptdistill", "export", "--run-dir", run, "--adapter", folder, "--overwrite"],
+                          cwd=cwd, env=env, capture_output=True, timeout=300)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    assert (tree(w), tree(home)) == before
+    if target == "mount point":
+        assert not [n for n in set(os.listdir(Path(folder).parent)) - beside if "promptdistill" in n]
