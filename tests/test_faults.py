@@ -354,6 +354,27 @@ CASES = {
     "export --overwrite onto a symlinked folder": (lambda w: _link(w / "elsewhere", w / "mine"),
                                                    ["export", "--run-dir", "run", "--adapter", "elsewhere", "--overwrite"], None,
                                                    ["is a symlink"]),
+    # -- hostile files and values: one line with the file, line and field, never a traceback
+    "an input line nested 100000 deep": (lambda w: (w / "deep.jsonl").write_text(
+                                             '{"text": "fine"}\n{"text": "x", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n"),
+                                         L + ["--inputs", "deep.jsonl", "--out", "o.jsonl"], None, ["deep.jsonl:2", "nested too deeply"]),
+    "a labels line nested 50000 deep": (lambda w: (w / "deep.jsonl").write_text(
+                                            '{"id": "1", "status": "ok", "x": ' + '{"a": ' * 50_000 + "1" + "}" * 50_001 + "\n"),
+                                        T + ["--labeled", "deep.jsonl", "--run-dir", "new"], None, ["deep.jsonl:1", "nested too deeply"]),
+    "a task file nested 100000 deep": (lambda w: (w / "deep.toml").write_text(
+                                           "[task]\nname = 'x'\nlabels = " + "[" * 100_000 + "]" * 100_000 + "\n"),
+                                       ["label", "deep.toml", "--out", "o.jsonl"], None, ["deep.toml", "nested too deeply"]),
+    "a CSV quote never closed": (lambda w: (w / "q.csv").write_text('text,label\nfirst,en\n"never closed,fr\nb,de\nc,de\n'),
+                                 L + ["--inputs", "q.csv", "--out", "o.jsonl"], None, ["q.csv:3"]),
+    "a CSV quote that would merge lines": (lambda w: (w / "q.csv").write_text('text,label\nfirst,en\n"merged,fr\nb,de\nc",de\n'),
+                                           L + ["--inputs", "q.csv", "--out", "o.jsonl"], None, ["q.csv:3"]),
+    "max_new_tokens over the limit": (None, L + ["--out", "o.jsonl", "--set", "task.max_new_tokens=1000000"], None,
+                                      ["task.max_new_tokens", "--no-limits"]),
+    "teacher_resamples over the limit": (None, E + ["--run-dir", "run", "--set", "eval.teacher_resamples=100000"], None,
+                                         ["eval.teacher_resamples", "--no-limits"]),
+    "credentials in teacher_url": (None, L + ["--out", "o.jsonl", "--teacher-backend", "chat",
+                                              "--set", "models.teacher_url='https://user:hunter2@api.example.com/v1'"], None,
+                                   ["models.teacher_url"]),
     # -- one run, one set of settings
     "train over a run trained with other data": (None, T + ["--labeled", "run/labels/heldout.jsonl", "--run-dir", "run"], None,
                                                  ["already trained", "records", "--force"]),
@@ -900,3 +921,34 @@ def test_export_overwrite_refuses_folders_it_never_replaces(target, world, tmp_p
     assert (tree(w), tree(home)) == before
     if target == "mount point":
         assert not [n for n in set(os.listdir(Path(folder).parent)) - beside if "promptdistill" in n]
+
+
+@pytest.mark.parametrize("flag, value", [("--batch-size", "-1"), ("--limit", "-3"), ("--concurrency", "0")])
+def test_integer_flags_below_their_minimum_are_refused_by_the_cli(flag, value, world, tmp_path):
+    """`label --batch-size -1` once labeled nothing and exited 0, `--limit -3` dropped the last
+    three inputs: the parser refuses them (its usage line and one error), nothing written."""
+    w = _world_copy(world, tmp_path)
+    before = tree(w)
+    done = cli(L + ["--out", "o.jsonl", flag, value], cwd=w)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "Traceback" not in err, err
+    assert f"argument {flag}: expected an integer of at least" in err.splitlines()[-1], err
+    assert tree(w) == before
+
+
+def test_a_hostile_task_name_in_a_report_made_by_the_cli(world, tmp_path):
+    """A task name (no control characters, so accepted) carrying an image line, a table
+    pipe and a heading: `eval` through the real CLI writes a report.md that shows it as
+    text and a report.html that inlines no file it names."""
+    import base64
+
+    w = _world_copy(world, tmp_path, own_model=False)
+    (w / "mine" / "id_rsa").write_bytes(b"PRIVATE-KEY-MATERIAL")
+    name = f"x ![k]({w / 'mine' / 'id_rsa'}) | # heading"
+    done = cli(E + ["--run-dir", "run", "--set", f"task.name={json.dumps(name)}"], cwd=w)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    html = (w / "run" / "eval" / "report.html").read_text()
+    md = (w / "run" / "eval" / "report.md").read_text()
+    assert base64.b64encode(b"PRIVATE-KEY-MATERIAL").decode() not in html and "PRIVATE-KEY-MATERIAL" not in html
+    assert "id_rsa" in md  # shown, as text
+    assert not any(line.lstrip().startswith("![") and "id_rsa" in line or line.startswith("# heading") for line in md.splitlines())
