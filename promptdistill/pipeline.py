@@ -1,7 +1,9 @@
 """`run`: split -> label -> train -> eval, into one run directory.
 
 Each stage writes its outputs, then a marker holding the settings it
-depended on (`stage_settings`). Rerunning skips every stage whose marker
+depended on (`stage_settings`; the train stage's is the one `train` writes,
+`training.stage.train_settings`, so either command continues the other's
+training). Rerunning skips every stage whose marker
 matches; a stage whose settings changed is refused, naming the changed keys,
 unless `force`, in which case it and every later stage run again. The directory's layout is
 `rundir.RunDir`'s.

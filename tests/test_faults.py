@@ -952,3 +952,58 @@ def test_a_hostile_task_name_in_a_report_made_by_the_cli(world, tmp_path):
     assert base64.b64encode(b"PRIVATE-KEY-MATERIAL").decode() not in html and "PRIVATE-KEY-MATERIAL" not in html
     assert "id_rsa" in md  # shown, as text
     assert not any(line.lstrip().startswith("![") and "id_rsa" in line or line.startswith("# heading") for line in md.splitlines())
+
+
+_PEAK_OF_CHILD = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True)
+sys.stderr.buffer.write(done.stderr)
+print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def _cli_peak_kib(args, cwd) -> tuple[int, int, str]:
+    """Exit status, peak resident memory (KiB) and stderr of one CLI command, measured by a
+    fresh parent whose only child it is."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", _PEAK_OF_CHILD, sys.executable, "-m", "promptdistill", *map(str, args)],
+                          cwd=cwd, env=env, capture_output=True, timeout=3600)
+    status, peak = done.stdout.decode().split()
+    return int(status), int(peak), done.stderr.decode()
+
+
+@pytest.mark.slow
+def test_a_2gb_labels_file_resumes_through_the_cli_in_memory_far_below_its_size(world, tmp_path):
+    """`label` resumed over a 2 GiB labels file (records carrying the teacher's top-20
+    logprobs, ~60 KB each, and a torn last line, as a kill leaves it): the real command
+    claims the file, cuts the torn tail, finds every input done and summarizes, with a peak
+    resident memory over a resume of a 6-record file of far less than the file's size
+    (the readers stream; nothing reads it whole)."""
+    w = _world_copy(world, tmp_path)
+    args = L + ["--inputs", "inputs.jsonl", "--out", "o.jsonl"]
+    first = cli(args, cwd=w)
+    assert first.returncode == 0, first.stderr.decode()[-2000:]
+    status, small_kib, err = _cli_peak_kib(args, w)
+    assert status == 0, err[-2000:]
+
+    record = json.loads((w / "o.jsonl").read_text().splitlines()[0])
+    payload = json.dumps({"token_ids": list(range(200)), "top": [[[t, -0.5 - t / 100] for t in range(20)] for _ in range(200)]})
+    n = 0
+    with open(w / "o.jsonl", "a", encoding="utf-8") as labels, open(w / "inputs.jsonl", "a", encoding="utf-8") as inputs:
+        while labels.tell() < 2 * 2**30:
+            text = f"{record['text']} {n}"
+            line = json.dumps({**record, "id": f"big-{n}", "text": text})
+            labels.write(line[:-1] + ', "teacher_logprobs": ' + payload + "}\n")
+            inputs.write(json.dumps({"id": f"big-{n}", "text": text}) + "\n")
+            n += 1
+        whole = labels.tell()
+        labels.write('{"messages": [{"role": "user", "cont')
+    size_kib = whole // 1024
+
+    status, big_kib, err = _cli_peak_kib(args, w)
+    assert status == 0, err[-2000:]
+    assert (w / "o.jsonl").stat().st_size == whole  # the torn tail was cut, nothing else changed
+    grown = big_kib - small_kib
+    print(f"labels {size_kib // 1024} MiB ({n} records): peak {big_kib // 1024} MiB vs {small_kib // 1024} MiB for 6 records")
+    assert grown < size_kib / 20, (grown, size_kib)

@@ -162,6 +162,13 @@ class DistillationRecipe:
         self.dist = Distributed(cpu=resolve_device(cfg.models.device) == "cpu")
         self._metrics = self._tracker = None
 
+    def lock(self):
+        """The lock of the folder it writes (`training_lock`), held by the main process for all
+        of them; for a recipe driven step by step (train_folder's callers hold it already)."""
+        if not self.dist.is_main:
+            return contextlib.nullcontext()
+        return training_lock(self.run_dir)
+
     # ---- setup ---------------------------------------------------------------
 
     def setup(self, records: list[LabeledExample], heldout: list[LabeledExample]) -> None:
