@@ -1007,3 +1007,26 @@ def test_a_2gb_labels_file_resumes_through_the_cli_in_memory_far_below_its_size(
     grown = big_kib - small_kib
     print(f"labels {size_kib // 1024} MiB ({n} records): peak {big_kib // 1024} MiB vs {small_kib // 1024} MiB for 6 records")
     assert grown < size_kib / 20, (grown, size_kib)
+
+
+def test_credentials_in_teacher_url_are_refused_and_never_echoed(world, tmp_path):
+    w = _world_copy(world, tmp_path)
+    before = tree(w)
+    done = cli(L + ["--out", "o.jsonl", "--teacher-backend", "chat", "--set",
+                    "models.teacher_url='https://user:hunter2@api.example.com/v1?key=abc123'"], cwd=w)
+    said = (done.stdout + done.stderr).decode()
+    assert done.returncode == 2 and "models.teacher_url" in said
+    assert "hunter2" not in said and "abc123" not in said
+    assert tree(w) == before
+
+
+def test_no_limits_lifts_the_bounds_for_the_person_running_the_command(world, tmp_path):
+    """The bounds are a default, not a wall: `--no-limits` accepts a value over one."""
+    w = _world_copy(world, tmp_path)
+    over = ["--set", "eval.latency_requests=20000", "--limit", "1"]
+    refused = cli(L + ["--out", "o.jsonl", *over], cwd=w)
+    assert refused.returncode == 2 and "--no-limits" in refused.stderr.decode()
+    done = cli(L + ["--out", "o.jsonl", *over, "--no-limits"], cwd=w)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    labeled = [line for f in ("o.jsonl", "o.rejects.jsonl") if (w / f).exists() for line in (w / f).read_text().splitlines()]
+    assert len(labeled) == 1
