@@ -1,7 +1,9 @@
 """`run`: split -> label -> train -> eval, into one run directory.
 
 Each stage writes its outputs, then a marker holding the settings it
-depended on (`stage_settings`). Rerunning skips every stage whose marker
+depended on (`stage_settings`; the train stage's is the one `train` writes,
+`training.stage.train_settings`, so either command continues the other's
+training). Rerunning skips every stage whose marker
 matches; a stage whose settings changed is refused, naming the changed keys,
 unless `force`, in which case it and every later stage run again. The directory's layout is
 `rundir.RunDir`'s.
@@ -109,10 +111,17 @@ def _run_stages(cfg: Config, run: RunDir, offtask: list | None, *, force: bool, 
     from .labeling import label_inputs
     from .teachers import load_teacher
     from .training.recipe import train_folder
+    from .training.stage import train_settings
 
     task = Task(cfg.task)
     settings = stage_settings(cfg)
-    todo = run.plan(settings, force)
+    training_data = _cached(lambda: _split_records(run))
+    # The train stage's marker is the one `train` writes (training.stage.train_settings: the
+    # records trained on, by their hash), so `train` and `run` on one run agree on what it was
+    # trained with; the evaluation is valid for that training.
+    markers = {**settings, "train": _cached(lambda: train_settings(cfg, *training_data())),
+               "eval": lambda: {**settings["eval"], "training": fingerprint(markers["train"]())}}
+    todo = run.plan(markers, force)
     # Written only once the settings are accepted: predict reads the model and task from it.
     save_config(cfg, run.config_path)
 
@@ -156,19 +165,15 @@ def _run_stages(cfg: Config, run: RunDir, offtask: list | None, *, force: bool, 
         del teacher
 
     if stage_needed("train"):
-        # Only records of the current split, whatever else a labels file holds.
-        train_ids, heldout_ids = {e.id for e in train_inputs}, {e.id for e in heldout_inputs}
-        summary = train_folder(
-            cfg, [r for r in read_labeled(run.labels_file("train")) if r.id in train_ids], run.train_dir,
-            heldout=[r for r in read_labeled(run.labels_file("heldout")) if r.id in heldout_ids], progress=progress,
-        )
-        run.mark_done("train", settings["train"], summary)
+        records, heldout_records = training_data()
+        summary = train_folder(cfg, records, run.train_dir, heldout=heldout_records, progress=progress)
+        run.mark_done("train", markers["train"](), summary)
         log(f"[promptdistill] train: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
             f"held-out loss {summary['final_heldout_loss'] if summary['final_heldout_loss'] is not None else '-'}")
 
     if stage_needed("eval"):
         report = _evaluate(cfg, run, heldout_inputs, offtask, progress=progress)
-        run.mark_done("eval", settings["eval"], {name: {k: v for k, v in m.items() if k != "confusion"} for name, m in report["systems"].items()})
+        run.mark_done("eval", markers["eval"](), {name: {k: v for k, v in m.items() if k != "confusion"} for name, m in report["systems"].items()})
     report = json.loads(run.report_path.read_text(encoding="utf-8"))
     log("")
     log(results_table(report))
@@ -290,6 +295,31 @@ def _train_records(run: RunDir) -> list | None:
         return None
     train_ids = {e.id for e in read_inputs(run.split_file("train"))}
     return [r for r in read_labeled(path) if r.id in train_ids]
+
+
+def _split_records(run: RunDir) -> tuple[list, list]:
+    """The labeled records of the run's current split, training and held-out side
+    (whatever else a labels file holds); empty before the split or the labels exist."""
+    sides = []
+    for side in ("train", "heldout"):
+        split, labels = run.split_file(side), run.labels_file(side)
+        if not split.exists() or not labels.exists():
+            sides.append([])
+            continue
+        ids = {e.id for e in read_inputs(split)}
+        sides.append([r for r in read_labeled(labels) if r.id in ids])
+    return sides[0], sides[1]
+
+
+def _cached(compute):
+    """`compute`, called at most once (the stage settings that read the labels)."""
+    box = []
+
+    def value():
+        if not box:
+            box.append(compute())
+        return box[0]
+    return value
 
 
 # -- synthetic inputs ------------------------------------------------------

@@ -82,6 +82,16 @@ def test_example_conversations_are_valid():
     assert sum(len(c["messages"]) > 1 for c in conversations) == 22
 
 
+def test_example_training_conversations_are_valid_and_apart_from_the_held_out_ones():
+    train = pe.load_conversations(ROOT / "examples" / "concise_chat" / "train.jsonl")
+    held = pe.load_conversations(ROOT / "examples" / "concise_chat" / "inputs.jsonl")
+    assert len(train) == 295 and sum(len(c["messages"]) > 1 for c in train) == 77
+    last = [c["messages"][-1]["content"].strip().casefold() for c in train]
+    assert len(set(last)) == len(last)  # no question twice
+    assert not set(last) & {c["messages"][-1]["content"].strip().casefold() for c in held}
+    assert not {c["id"] for c in train} & {c["id"] for c in held}
+
+
 def test_bad_regex_stops_the_script_before_the_model_loads(tmp_path, capsys, monkeypatch):
     import promptdistill.models
 
