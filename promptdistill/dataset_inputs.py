@@ -35,11 +35,12 @@ def is_hub_dataset(source) -> bool:
 
 def is_dataset_source(source) -> bool:
     """A source this module reads (rather than the JSONL/CSV/text readers): a hub
-    dataset, a .parquet or .arrow file, or a folder `save_to_disk` wrote."""
+    dataset, a .parquet or .arrow file, or a folder (only one `save_to_disk` wrote
+    is read: check_input_source says so of any other)."""
     if is_hub_dataset(source):
         return True
     p = Path(source)
-    return p.suffix.lower() in FILE_SUFFIXES or _is_saved_dataset(p)
+    return p.suffix.lower() in FILE_SUFFIXES or p.is_dir()
 
 
 def _is_saved_dataset(p: Path) -> bool:

@@ -249,7 +249,7 @@ def evaluate_file(cfg: Config, run_dir, inputs=None, *, task_file=None, progress
 EVAL_MARKER = ".promptdistill-eval.json"
 
 
-def check_student_eval(cfg: Config, student: str, inputs, out, reads: dict | None = None):
+def check_student_eval(cfg: Config, student: str, inputs, out, reads: dict | None = None, log=print):
     """`eval --student`'s preflight, before anything is written or loaded: the student
     (a PEFT adapter folder, a model folder or a hub id) and its base, the inputs
     (any format read_inputs takes, or a list of Examples) read and fitted, the
@@ -291,7 +291,7 @@ def check_student_eval(cfg: Config, student: str, inputs, out, reads: dict | Non
     check_outside_runs(out, "--out")
     claim_report_folder(out, "--out")
     check_gold_labels(examples, cfg.task.labels, where)
-    examples = fit_context(examples, Task(cfg.task), cfg, where, print)
+    examples = fit_context(examples, Task(cfg.task), cfg, where, log)
     if not examples:
         raise PromptDistillError("no inputs left to evaluate (all too long, see above)", path=where)
     return cfg, adapter, examples, offtask, out
@@ -308,7 +308,7 @@ def evaluate_student(cfg: Config, student: str, inputs, out, *, reads: dict | No
     folder is locked; an interrupted evaluation resumes like a run's."""
     from .evaluation.run_report import write_report_files
 
-    cfg, adapter, examples, offtask, out = check_student_eval(cfg, student, inputs, out, reads)
+    cfg, adapter, examples, offtask, out = check_student_eval(cfg, student, inputs, out, reads, log)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / EVAL_MARKER
     if not marker.exists():
