@@ -273,7 +273,10 @@ def check_student_eval(cfg: Config, student: str, inputs, out, reads: dict | Non
     if adapter is not None:
         cfg.models.student = _adapter_base(adapter, cfg)
     else:
+        from .models import load_tokenizer
+
         check_model_folder(student, "--student")
+        load_tokenizer(student)  # a hub id neither cached nor reachable fails here, before anything is written
     check_models(cfg.models)
     reads = {**(reads or {}), "--student": student if os.path.exists(student) else None}
     if isinstance(inputs, list) and all(isinstance(e, Example) for e in inputs):
