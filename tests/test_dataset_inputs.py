@@ -164,3 +164,21 @@ def test_label_and_run_read_a_parquet_task_input(tmp_path, tiny_model_dir, capsy
     out2 = tmp_path / "labels2.jsonl"
     assert main(["label", str(task), "--out", str(out2), "--set", "data.text_column=question"]) == 2
     assert "data.text_column" in capsys.readouterr().err and not out2.exists()
+
+
+def test_run_splits_a_save_to_disk_folder(tmp_path, tiny_model_dir):
+    """data.inputs = a datasets folder through `run`'s preflight and split (a folder is refused as an input file otherwise)."""
+    from conftest import write_task_file
+
+    from promptdistill.cli import main
+
+    rows = [{"sentence": f"text number {i}", "g": "ab"[i % 2]} for i in range(8)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "inputs"))
+    task = write_task_file(tmp_path, tiny_model_dir, task={"labels": ["a", "b"], "answer_mode": "choose", "max_new_tokens": 8},
+                           data={"inputs": "inputs", "text_column": "sentence", "label_column": "g", "heldout_fraction": 0.25},
+                           train={"max_steps": 1, "batch_size": 2, "lora_rank": 4, "lora_alpha": 8},
+                           eval={"max_examples": 2, "general_ability": False})
+    assert main(["run", str(task), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    split = [json.loads(line) for side in ("train", "heldout")
+             for line in (tmp_path / "run" / "split" / f"{side}.jsonl").read_text().splitlines()]
+    assert sorted((r["id"], r["text"], r["label"]) for r in split) == sorted((str(i + 1), r["sentence"], r["g"]) for i, r in enumerate(rows))

@@ -142,3 +142,22 @@ def test_refused_before_anything_is_written(problem, pipeline_run, student_eval,
     err = capsys.readouterr().err
     assert expect in err and err.count("\n") == 1, err
     assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
+
+
+def test_eval_run_dir_reads_parquet_inputs_with_their_columns(pipeline_run, student_eval, tmp_path):  # noqa: F811
+    """eval --run-dir --inputs takes the dataset formats and the task's column settings too (last: it rewrites RUN/eval)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from promptdistill.cli import main
+
+    run = pipeline_run["run"]
+    before = json.loads((run / "eval" / "report.json").read_text())
+    rows = read_jsonl(run / "split" / "heldout.jsonl")
+    pq.write_table(pa.Table.from_pylist([{"body": r["text"], "key": r["id"], "gold": r["label"]} for r in rows]), tmp_path / "h.parquet")
+    argv = ["eval", student_eval["task"], "--run-dir", str(run), "--inputs", str(tmp_path / "h.parquet"), "--no-progress",
+            "--set", "data.text_column=body", "--set", "data.id_column=key", "--set", "data.label_column=gold"]
+    assert main(argv) == 0
+    after = json.loads((run / "eval" / "report.json").read_text())
+    for key in ("agreement", "accuracy", "kl_to_teacher"):
+        assert after["systems"]["student"][key] == pytest.approx(before["systems"]["student"][key]), key
