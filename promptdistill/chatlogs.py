@@ -49,10 +49,11 @@ it helps) a detail naming the message, and counted by reason, never mixed in:
 
 - `other_prompt`: another system prompt or user template than the task's;
 - `no_system_prompt`: the task has a system prompt and the log none;
-- `multi_turn`: more than one user turn (a conversation as input is not
-  supported: the student learns single exchanges);
 - `no_reply` / `no_input`: the conversation ends without an assistant
   reply, or has no user turn;
+- `reply_not_after_user`: the last reply does not answer a user turn (two
+  assistant turns in a row at the end);
+- `empty_turn`: an earlier turn of a multi-turn conversation is empty;
 - `several_system_messages`: more than one system (or developer) message,
   or one after the conversation started;
 - `tool_use`: tool or function messages, or a reply that calls a tool;
@@ -72,7 +73,7 @@ from .io import DirectoryLock, atomic_write_json, atomic_write_jsonl, check_file
 from .labeling import check_label_outputs
 from .reasoning import with_reasoning
 from .records import Example, iter_jsonl
-from .task import OK, Task
+from .task import Task
 from .teachers.records import make_record
 
 __all__ = ["import_chats", "parse_chat"]
@@ -174,14 +175,16 @@ def _content_text(content, path, line: int, field: str) -> tuple[str, str]:
 
 
 def _shape(task: Task, roles: list[str]) -> str:
-    """Why a conversation with these roles is not one exchange under the task's prompt ("" if it is)."""
+    """Why a conversation with these roles is not an input plus its reply under the
+    task's prompt ("" if it is): at most one system message, first; user and
+    assistant turns after it, ending in the reply to a user turn."""
     if not roles or roles[-1] != "assistant":
         return "no_reply"
     turns = [r for r in roles if r != "system"]
     if "user" not in turns:
         return "no_input"
-    if turns != ["user", "assistant"]:
-        return "multi_turn"
+    if turns[-2:] != ["user", "assistant"]:
+        return "reply_not_after_user"
     if roles.count("system") > 1 or (roles.count("system") and roles[0] != "system"):
         return "several_system_messages"
     if task.config.system_prompt is not None and roles[0] != "system":
@@ -191,30 +194,35 @@ def _shape(task: Task, roles: list[str]) -> str:
     return ""
 
 
-def parse_chat(task: Task, messages: list[dict]) -> tuple[str | None, str | None, str]:
-    """(input text, teacher reply, "") for a single exchange under the task's prompt,
-    else (None, None, why it is set aside). `messages` are role/content pairs with
+def parse_chat(task: Task, messages: list[dict]) -> tuple[str | None, str | None, str, list[dict] | None]:
+    """(input text, teacher reply, "", earlier turns) for an exchange under the task's
+    prompt, else (None, None, why it is set aside, None). The input text is the last
+    user turn (with a user template, what sits where {text} does in it); the
+    earlier turns are the history before it ([] for a single exchange), which
+    becomes the input's conversation. `messages` are role/content pairs with
     string content (what `_messages` makes of a log record)."""
     why = _shape(task, [m["role"] for m in messages])
     if why:
-        return None, None, why
+        return None, None, why, None
     c = task.config
+    turns = [m for m in messages if m["role"] != "system"]
+    history, content, reply = turns[:-2], turns[-2]["content"], turns[-1]["content"]
+    if any(not m["content"].strip() for m in history):
+        return None, None, "empty_turn", None
     if c.system_prompt is not None:
         if messages[0]["content"].strip() != c.system_prompt.strip():
-            return None, None, "other_prompt"
-        return messages[1]["content"].strip(), messages[2]["content"], ""
-    # The prompt is around the input in the user turn: the text is what sits where {text} does.
+            return None, None, "other_prompt", None
+        return content.strip(), reply, "", history
+    # The prompt is around the input in the last user turn: the text is what sits where {text} does.
     before, _, after = c.user_template.partition("{text}")
-    content = messages[0]["content"]
     if not (content.startswith(before) and content.endswith(after)) or len(content) < len(before) + len(after):
         # Whitespace at the template's ends is often trimmed by whoever logged it.
         if not (content.strip().startswith(before.strip()) and content.strip().endswith(after.strip())):
-            return None, None, "other_prompt"
+            return None, None, "other_prompt", None
         content, before, after = content.strip(), before.strip(), after.strip()
         if len(content) < len(before) + len(after):
-            return None, None, "other_prompt"
-    text = content[len(before): len(content) - len(after)].strip()
-    return text, messages[1]["content"], ""
+            return None, None, "other_prompt", None
+    return content[len(before): len(content) - len(after)].strip(), reply, "", history
 
 
 def import_chats(task: Task, logs_path, out_path, rejects_path=None, *, source_model: str | None = None,
@@ -241,7 +249,7 @@ def _import(task: Task, logs_path: Path, out_path: Path, rejects_path: Path, for
     for n, obj in iter_jsonl(logs_path):
         detail = ""
         try:
-            text_in, reply, why = parse_chat(task, _messages(obj, logs_path, n))
+            text_in, reply, why, history = parse_chat(task, _messages(obj, logs_path, n))
         except SetAside as e:
             why, detail = e.reason, e.detail
         if why == "" and not text_in:
@@ -259,8 +267,9 @@ def _import(task: Task, logs_path: Path, out_path: Path, rejects_path: Path, for
                       if d is not None and isinstance(d.get("model"), str)), None)
         meta = {"source": {"strategy": "import-chats", "file": str(logs_path), "line": n,
                            **({"model": model} if model else {})}}
-        record = make_record(task, Example(id=ident, text=text_in, meta=meta, line=n), reply)
-        (good if record.status == OK else bad).append(record.to_json())
+        conversation = history + [{"role": "user", "content": text_in}] if history else None
+        record = make_record(task, Example(id=ident, text=text_in, meta=meta, line=n, messages=conversation), reply)
+        (good if record.trainable else bad).append(record.to_json())
     # The sidecar `label` writes, before any output: a later `label --out` on this file sees what made it,
     # and a rerun knows the three files as its own (it names the rejects and set-aside files).
     atomic_write_json(out_path.with_name(out_path.name + ".meta.json"), {

@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--run-dir", required=True)
     sp.add_argument("texts", nargs="*", help="texts to classify (default: one per line from stdin)")
     sp.add_argument("--raw", action="store_true", help="print the whole reply, not just the label")
+    sp.add_argument("--json", action="store_true", help='stdin holds JSON lines, {"text": ...} or {"messages": [...]}; prints one JSON line each')
     sp.add_argument("--device")
 
     sp = command("export", cmd_export, "write the student as a merged transformers folder and/or a PEFT adapter folder", task=False)
@@ -270,10 +271,11 @@ def cmd_predict(args):
     from .predict import predict_run, read_texts
     from .task import UNPARSED
 
-    texts, source = read_texts(args.texts, sys.stdin.buffer)
+    texts, source = read_texts(args.texts, sys.stdin.buffer, json_lines=args.json)
     answers = predict_run(args.run_dir, texts, device=args.device, source=source, log=_log)
     for label, reply in answers:
-        print(reply if args.raw else (label if label is not None else UNPARSED))
+        print(json.dumps({"label": label, "reply": reply}, ensure_ascii=False) if args.json
+              else reply if args.raw else (label if label is not None else UNPARSED))
 
 
 def cmd_export(args):

@@ -48,7 +48,8 @@ TEACHER_CAPABILITIES = {
 HTTP_BACKENDS = ("vllm-server", "chat")
 TEACHER_BACKENDS = tuple(TEACHER_CAPABILITIES)
 STUDENT_TARGETS = ("normalized", "teacher_reply")
-REPLY_FORMATS = ("label", "json")
+REPLY_FORMATS = ("label", "json", "text")
+TRUNCATED_REPLIES = ("reject", "keep")  # task.truncated_replies, for reply_format = "text"
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow", "trackio")  # trackers, see tracking.py
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("sft", "kd", "on-policy")
@@ -80,8 +81,14 @@ class TaskConfig:
     # "label": the answer is one label read with answer_pattern. "json": the
     # answer is a JSON object that must have every field of json_fields; its
     # canonical form plays the label's role (see jsonreply.py).
+    # "text": the teacher's whole reply (reasoning cut off) is the answer and
+    # the student's target: an assistant prompt (persona, style, policies).
     reply_format: str = "label"
     json_fields: list[str] = field(default_factory=list)
+    # reply_format = "text": a reply cut off at the teacher's reply limit is
+    # set aside ("reject", status "truncated" in the rejects file) or trained
+    # as it stands ("keep"); counted in the labels summary either way.
+    truncated_replies: str = "reject"
     # Text the teacher's reply is made to start with (assistant prefill, e.g.
     # '{"category": "'): the teacher continues it, and the recorded reply is
     # prefix + continuation. Steers a small teacher into the format; the
@@ -324,6 +331,10 @@ class SynthesizeConfig:
     round_size: int = 32
     # Give up after this many requests per kept input asked for.
     max_requests_per_input: float = 4.0
+    # User turns per synthetic input: above 1 each kept input opens a conversation that
+    # the teacher answers turn by turn and the generator continues (Magpie-style) until
+    # it has this many user turns; the inputs are then `messages` conversations.
+    turns: int = 1
 
 
 @dataclass
@@ -471,8 +482,11 @@ def validate_config(cfg: Config, source=None, *, limits: bool = True) -> None:
     _one_of(t.answer_mode, ANSWER_MODES, source, "task.answer_mode")
     _one_of(t.student_target, STUDENT_TARGETS, source, "task.student_target")
     _one_of(t.reply_format, REPLY_FORMATS, source, "task.reply_format")
+    _one_of(t.truncated_replies, TRUNCATED_REPLIES, source, "task.truncated_replies")
     if t.reply_format == "json":
         _validate_json_task(t, source)
+    elif t.reply_format == "text":
+        _validate_text_task(t, source)
     elif t.json_fields:
         raise PromptDistillError("json_fields applies to reply_format = \"json\"", path=source, field="task.json_fields")
     if t.reply_prefix and t.answer_mode != "generate":
@@ -483,6 +497,9 @@ def validate_config(cfg: Config, source=None, *, limits: bool = True) -> None:
         raise PromptDistillError("labels must be unique", path=source, field="task.labels")
     if "{label}" not in t.answer_template:
         raise PromptDistillError("answer_template must contain {label}", path=source, field="task.answer_template")
+    if t.truncated_replies != "reject" and t.reply_format != "text":
+        raise PromptDistillError("truncated_replies applies to reply_format = \"text\" (a label or JSON reply cut off has no answer)",
+                                 path=source, field="task.truncated_replies")
     for label in t.labels if t.reply_format == "label" else ():
         if not _reads_back(pattern, t.answer_template, label):
             raise PromptDistillError(
@@ -525,8 +542,8 @@ def validate_config(cfg: Config, source=None, *, limits: bool = True) -> None:
             f"{m.teacher_backend!r} cannot; use teacher_backend = \"transformers\" (or another loss)", path=source, field="train.loss")
     _one_of(tr.report_to, REPORT_TO, source, "train.report_to")
     _one_of(tr.balance, BALANCE, source, "train.balance")
-    if tr.balance != "none" and t.reply_format == "json":
-        raise PromptDistillError("balance applies to label tasks (a JSON reply is nearly always its own answer)",
+    if tr.balance != "none" and t.reply_format in ("json", "text"):
+        raise PromptDistillError(f"balance applies to label tasks (a {t.reply_format} reply is nearly always its own answer)",
                                  path=source, field="train.balance")
     validate_devices(cfg.models, source)
     validate_vllm_options(m.vllm_options, source)
@@ -581,6 +598,26 @@ def _validate_json_task(t: TaskConfig, source) -> None:
         raise PromptDistillError("reply_format = \"json\" needs answer_mode = \"generate\"", path=source, field="task.answer_mode")
     if t.labels:
         raise PromptDistillError("reply_format = \"json\" has no label set; remove task.labels", path=source, field="task.labels")
+
+
+def _validate_text_task(t: TaskConfig, source) -> None:
+    """A text reply is the answer as a whole: no label set, no pattern to read one
+    with, nothing to choose among; the student learns the reply itself."""
+    defaults = TaskConfig()
+    if t.labels:
+        raise PromptDistillError("reply_format = \"text\" has no label set; remove task.labels", path=source, field="task.labels")
+    if t.answer_mode != "generate":
+        raise PromptDistillError("reply_format = \"text\" needs answer_mode = \"generate\"", path=source, field="task.answer_mode")
+    for name in ("answer_pattern", "answer_template"):
+        if getattr(t, name) != getattr(defaults, name):
+            raise PromptDistillError(f"reply_format = \"text\" reads no answer out of the reply; remove task.{name}",
+                                     path=source, field=f"task.{name}")
+    if t.samples > 1:
+        raise PromptDistillError("samples > 1 votes among labels; a text reply has none (set samples = 1)",
+                                 path=source, field="task.samples")
+    if t.min_confidence:
+        raise PromptDistillError("min_confidence needs a label vote or distribution; a text reply has none",
+                                 path=source, field="task.min_confidence")
 
 
 def _reads_back(pattern, template: str, label: str) -> bool:
@@ -641,6 +678,7 @@ _RANGES = {
     "eval.teacher_resamples": (0, None, True, False),
     "eval.general_max_drop": (0, 1, True, True),
     "synthesize.max_new_tokens": (1, None, True, False),
+    "synthesize.turns": (1, None, True, False),
     "synthesize.feedback_examples": (0, None, True, False),
     "synthesize.edge_share": (0, 1, True, False),
     "synthesize.near_duplicate_threshold": (0, 1, False, True),
@@ -661,6 +699,7 @@ LIMITS = {
     "eval.latency_requests": 10000,
     "data.synthesize": 1_000_000,
     "synthesize.max_new_tokens": 32768,
+    "synthesize.turns": 64,
     "synthesize.round_size": 100_000,
     "synthesize.max_requests_per_input": 100,
     "synthesize.feedback_examples": 1000,

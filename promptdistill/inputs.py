@@ -15,6 +15,7 @@ from .config import Config
 from .dataset_inputs import columns_of
 from .errors import PromptDistillError
 from .records import check_gold_labels, read_inputs, report_duplicates
+from .render import render_prompt
 from .split import subsample
 from .task import Task
 
@@ -134,27 +135,48 @@ def model_context(name: str, tokenizer) -> int | None:
 
 
 def _fit(examples, tok, messages, reply_prefix: str, budget: int, what: str, cfg: Config, path, log) -> list:
-    from .render import render_prompt
-
     # The prompt's tokens around an empty text, plus the text's own: exact up to a
     # few tokens where they meet, so inputs near the budget are rendered whole.
+    # A conversation is always rendered whole: its earlier turns count too, and
+    # a turn the model's chat template cannot render is refused here, by line.
     around = len(render_prompt(tok, messages(""), reply_prefix))
     kept, too_long = [], []
     for e in examples:
         ids = tok(e.text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         size = around + len(ids)
-        if size > budget - 16:
-            size = len(render_prompt(tok, messages(e.text), reply_prefix))
+        if e.messages is not None or size > budget - 16:
+            size = len(_render_input(tok, messages, e, reply_prefix, path))
         extra = size - budget
         if extra <= 0:
             kept.append(e)
             continue
         too_long.append(e)
         if cfg.data.too_long == "truncate" and extra < len(ids):
-            kept.append(replace(e, text=tok.decode(ids[: len(ids) - extra]).strip()))
+            kept.append(_shortened(e, tok.decode(ids[: len(ids) - extra]).strip()))
     if too_long:
         lines = ", ".join(str(e.line or e.id) for e in too_long[:20]) + (" ..." if len(too_long) > 20 else "")
         action = "truncated to fit" if cfg.data.too_long == "truncate" else "skipped (data.too_long = \"truncate\" keeps them shortened)"
         log(f"[promptdistill] {path}: {len(too_long)} inputs too long for {what} "
             f"with room for {cfg.task.max_new_tokens} reply tokens, {action}: lines {lines}")
     return kept
+
+
+def _render_input(tok, messages, e, reply_prefix: str, path) -> list[int]:
+    """The prompt's token ids for input `e`; a chat template that refuses the
+    conversation (roles it cannot render, turns out of the order it wants)
+    is one error naming the input's line."""
+    try:
+        return render_prompt(tok, messages(e.conversation()), reply_prefix)
+    except PromptDistillError:
+        raise
+    except Exception as err:  # jinja's TemplateError (raise_exception in the template) and friends
+        raise PromptDistillError(f"the chat template of {tok.name_or_path} cannot render this conversation "
+                                 f"({type(err).__name__}: {str(err)[:200]})", path=path, line=e.line,
+                                 field="messages" if e.messages is not None else "text") from None
+
+
+def _shortened(e, text: str):
+    """`e` with its text (a conversation's last user turn) cut to `text`."""
+    if e.messages is None:
+        return replace(e, text=text)
+    return replace(e, text=text, messages=e.messages[:-1] + [{**e.messages[-1], "content": text}])

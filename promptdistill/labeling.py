@@ -38,7 +38,7 @@ from .io import (DirectoryLock, JsonlAppender, atomic_write_json, check_no_symli
 from .progress import progress_bar
 from .records import Example, iter_jsonl, iter_lines
 from .rundir import STAGE_OUTPUTS, check_outside_runs
-from .task import OK, Task
+from .task import TRUNCATED, Task
 from .teachers import Teacher, load_teacher
 
 __all__ = ["check_label_outputs", "claim_labels_file", "label_file", "label_inputs", "summarize_labels"]
@@ -186,8 +186,8 @@ def _label(cfg: Config, examples: list[Example], teacher: Teacher, out_path: Pat
             _check_budget(usage_cost(tally.usage, cfg.models), limit)
             for record in teacher.label(todo, task, mode, seed, batch_size, reuse_prefix=reuse_prefix):
                 obj = record.to_json()
-                (good if record.status == OK else bad).append(obj)
-                tally.add(obj, rejected=record.status != OK)
+                (good if record.trainable else bad).append(obj)
+                tally.add(obj, rejected=not record.trainable)
                 bar.update(1)
                 _check_budget(usage_cost(tally.usage, cfg.models), limit)
         bar.close()
@@ -341,6 +341,8 @@ class LabelTally:
             "labeled": self.labeled,
             "rejected": self.rejected,
             "by_status": self.by_status,
+            # Text replies cut at the reply limit, kept (task.truncated_replies = "keep") or rejected.
+            "truncated": self.by_status.get(TRUNCATED, 0),
             "teacher_accuracy": self.correct / self.gold if self.gold else None,
             "gold_count": self.gold,
             "mean_label_entropy": self.entropy_sum / self.entropy_count if self.entropy_count else None,

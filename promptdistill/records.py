@@ -10,8 +10,11 @@ schema every fine-tuning tool reads:
      "label": ..., "status": "ok", "label_probs": {...}}
 
 Inputs come as plain text (one per line), JSONL (`text`, optional `label`,
-optional `id`) or CSV with the same columns. Every problem is reported with
-the file, line and field.
+optional `id`) or CSV with the same columns. A JSONL input may instead hold a
+conversation, `messages`: a history of user and assistant turns ending in the
+user turn to answer (`check_conversation` says what is refused and why); its
+`text` is then that last user turn. Every problem is reported with the file,
+line and field.
 
 Files are read one line at a time (`iter_lines`), never whole: a labels file
 with the teacher's top logprobs runs to gigabytes, and it is read again at
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import PromptDistillError
@@ -39,18 +42,41 @@ MAX_LINE_BYTES = 64 * 2**20
 MAX_INPUT_NESTING = 64
 
 
+# The roles an input conversation may hold. A system turn is refused: the
+# system prompt is the task's, and the student must never see one.
+INPUT_ROLES = ("user", "assistant")
+
+
 @dataclass
 class Example:
     id: str
+    # The input; for a conversation, the content of its last user turn (ids,
+    # duplicates and display use it).
     text: str
     gold_label: str | None = None
     # Extra columns of the input (e.g. a category), carried along untouched.
     meta: dict = field(default_factory=dict)
     # Line in the file it was read from, for error messages; not serialised.
     line: int | None = field(default=None, compare=False)
+    # A multi-turn input: user and assistant turns ending in a user turn; None
+    # for a single-turn input (the conversation is then `text` alone).
+    messages: list[dict] | None = None
+
+    def conversation(self) -> list[dict]:
+        """The turns the model answers (without any system prompt)."""
+        return self.messages if self.messages is not None else [{"role": "user", "content": self.text}]
+
+    @property
+    def key(self) -> str:
+        """What makes two inputs the same input: the text of a single-turn input,
+        the whole history of a conversation (two conversations that end in the
+        same "thanks!" are different inputs)."""
+        return self.text if self.messages is None else json.dumps(self.messages, ensure_ascii=False, sort_keys=True)
 
     def to_json(self) -> dict:
         d = {"id": self.id, "text": self.text, "label": self.gold_label}
+        if self.messages is not None:
+            d["messages"] = self.messages
         if self.meta:
             d["meta"] = self.meta
         return d
@@ -82,6 +108,21 @@ class LabeledExample:
     # task.top_logprobs > 0; None otherwise.
     #   {"token_ids": [int, ...], "top": [[[int, float], ...], ...]}
     teacher_logprobs: dict | None = None
+
+    def conversation(self) -> list[dict]:
+        """The student's input: the messages up to and including the last user
+        turn (without the target reply, if the record has one)."""
+        last = max((i for i, m in enumerate(self.messages) if m["role"] == "user"), default=None)
+        if last is None:
+            return [{"role": "user", "content": self.text}]
+        return self.messages[: last + 1]
+
+    @property
+    def trainable(self) -> bool:
+        """Whether the student learns from this record: an answer the task accepts
+        ("ok", or a text reply cut at max_new_tokens that task.truncated_replies =
+        "keep" kept), which then ends in the target assistant turn."""
+        return self.status in ("ok", "truncated") and bool(self.messages) and self.messages[-1]["role"] == "assistant"
 
     def to_json(self) -> dict:
         d = {
@@ -140,7 +181,7 @@ def read_inputs(path, columns: dict[str, str] | None = None) -> list[Example]:
 
     if not isinstance(path, (str, Path)) or is_dataset_source(path):
         where = check_input_source(path) if isinstance(path, (str, Path)) else source_name(path)
-        examples = [_example_from_fields(obj, where, n) for n, obj in dataset_rows(path, columns)]
+        examples = [input_from_json(obj, where, n) for n, obj in dataset_rows(path, columns)]
         if not examples:
             raise PromptDistillError("no inputs found", path=where)
         _check_unique_ids(examples, where)
@@ -148,7 +189,7 @@ def read_inputs(path, columns: dict[str, str] | None = None) -> list[Example]:
     path = check_file(path, "input file")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        examples = [_example_from_fields(rename_fields(obj, columns or {}), path, n) for n, obj in iter_jsonl(path)]
+        examples = [input_from_json(rename_fields(obj, columns or {}), path, n) for n, obj in iter_jsonl(path)]
     elif suffix == ".csv":
         examples = _read_csv_inputs(path)
     else:
@@ -300,6 +341,47 @@ def _check_csv_row(row: dict, path, line: int, columns: int) -> None:
                                          path=path, line=line, field=name)
 
 
+def check_conversation(messages, path=None, line=None, field_name: str = "messages") -> list[dict]:
+    """A conversation input, checked: a non-empty list of {"role", "content"}
+    objects, roles user or assistant only (a system turn is refused: the
+    prompt is the task's), no empty turn, ending in the user turn to answer.
+    Returns the turns with only their role and content."""
+    if not isinstance(messages, list):
+        raise PromptDistillError(f"expected a list of messages, got {type(messages).__name__}", path=path, line=line, field=field_name)
+    if not messages:
+        raise PromptDistillError("empty conversation", path=path, line=line, field=field_name)
+    turns = []
+    for i, m in enumerate(messages):
+        where = f"{field_name}[{i}]"
+        if not isinstance(m, dict):
+            raise PromptDistillError(f"expected an object with 'role' and 'content', got {type(m).__name__}", path=path, line=line, field=where)
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str):
+            raise PromptDistillError("missing or non-string 'role'", path=path, line=line, field=f"{where}.role")
+        if role == "system":
+            raise PromptDistillError("a system turn is not an input: the system prompt is the task's (task.system_prompt)",
+                                     path=path, line=line, field=f"{where}.role")
+        if role not in INPUT_ROLES:
+            raise PromptDistillError(f"role must be one of {', '.join(INPUT_ROLES)}; got {role!r}", path=path, line=line, field=f"{where}.role")
+        if not isinstance(content, str):
+            raise PromptDistillError("missing or non-string 'content'", path=path, line=line, field=f"{where}.content")
+        if not content.strip():
+            raise PromptDistillError("empty turn", path=path, line=line, field=f"{where}.content")
+        turns.append({"role": role, "content": content})
+    if turns[-1]["role"] != "user":
+        raise PromptDistillError("the conversation ends in an assistant turn; an input ends in the user turn to answer",
+                                 path=path, line=line, field=f"{field_name}[{len(turns) - 1}].role")
+    return turns
+
+
+def input_from_json(obj: dict, path, line: int) -> Example:
+    """A JSONL line as an input: a conversation when it holds `messages`, else a text.
+    (CSV and text files hold single-turn inputs only.)"""
+    if "messages" in obj:
+        return _conversation_from_fields(obj, path, line)
+    return _example_from_fields(obj, path, line)
+
+
 def _example_from_fields(obj: dict, path, line: int) -> Example:
     text = obj.get("text")
     if text is None:
@@ -319,6 +401,18 @@ def _example_from_fields(obj: dict, path, line: int) -> Example:
     if isinstance(obj.get("meta"), dict):
         meta = {**{k: v for k, v in meta.items() if k != "meta"}, **obj["meta"]}
     return Example(id=str(ident), text=text.strip(), gold_label=label, meta=meta, line=line)
+
+
+def _conversation_from_fields(obj: dict, path, line: int) -> Example:
+    """A JSONL input holding `messages`; a `text` beside it must be its last user turn.
+    A conversation of one user turn is a single-turn input like any text."""
+    messages = check_conversation(obj["messages"], path, line)
+    text = obj.get("text")
+    if text is not None and (not isinstance(text, str) or text.strip() != messages[-1]["content"].strip()):
+        raise PromptDistillError("with messages, text (if given) is the last user turn; leave it out", path=path, line=line, field="text")
+    fields = {k: v for k, v in obj.items() if k not in ("messages", "text")}
+    example = _example_from_fields({**fields, "text": messages[-1]["content"]}, path, line)
+    return replace(example, messages=messages) if len(messages) > 1 else example
 
 
 def _check_nesting(value, path, line: int) -> None:
@@ -359,7 +453,7 @@ def find_duplicates(examples: list[Example]) -> list[list[Example]]:
     """Groups of two or more inputs with the same text, in input order."""
     groups: dict[str, list[Example]] = {}
     for e in examples:
-        groups.setdefault(e.text, []).append(e)
+        groups.setdefault(e.key, []).append(e)
     return [g for g in groups.values() if len(g) > 1]
 
 
@@ -370,12 +464,12 @@ def describe_duplicates(groups: list[list[Example]], path) -> str:
 
 
 def drop_duplicates(examples: list[Example]) -> list[Example]:
-    """Keep the first input of each text."""
+    """Keep the first input of each text (of each whole conversation, for conversations)."""
     seen: set[str] = set()
     kept = []
     for e in examples:
-        if e.text not in seen:
-            seen.add(e.text)
+        if e.key not in seen:
+            seen.add(e.key)
             kept.append(e)
     return kept
 

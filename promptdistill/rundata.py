@@ -19,13 +19,12 @@ from .errors import PromptDistillError
 
 
 def token_counts(records, tokenizer, max_length: int | None = None) -> list[dict]:
-    """{id, tokens, trained_tokens, too_long} for every usable (status ok) labeled record."""
+    """{id, tokens, trained_tokens, too_long} for every trained labeled record."""
     from .render import render_example
-    from .task import OK
 
     rows = []
     for r in records:
-        if r.status != OK:
+        if not r.trainable:
             continue
         ex = render_example(tokenizer, r.messages)
         rows.append({"id": r.id, "tokens": ex.num_tokens, "trained_tokens": ex.num_trained,

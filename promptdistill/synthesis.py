@@ -33,6 +33,15 @@ uninterrupted run's. The kept
 inputs (`<out>`), the quality gates' numbers and the report
 (`<out>.synthesis.json` / `.md`) are recomputed from the raw file at the end.
 
+With `synthesize.turns` > 1 the kept inputs become conversations: the
+teacher (with its prompt) answers the last user turn, and the generator
+writes the next one, Magpie-style (the conversation so far with a new user
+turn cut open), until each has `turns` user turns. A follow-up that fails
+the format gates, repeats an earlier turn of its conversation, or follows
+a reply that was cut off or empty ends the conversation at its last good
+user turn. Every step is appended to `<out>.turns.jsonl` as it is made, so a
+rerun asks only for what is missing.
+
 Quality gates, each counted by reason: truncated generations, length limits,
 replies that state an answer ("Final Answer:") or copy the prompt, exact and near
 duplicates (character n-gram Jaccard against every kept input and every seed
@@ -57,6 +66,7 @@ from .markdown import md_code, md_text
 from .progress import progress_bar
 from .records import Example, iter_jsonl, read_inputs, read_labeled
 from .rundir import SYNTH, check_outside_runs
+from .reasoning import strip_reasoning
 from .render import render_prompt
 from .task import Task
 from .teachers import CompletionRequest, Teacher, load_teacher
@@ -172,15 +182,17 @@ def _seed_messages(seed_text: str, operation: str, persona: str) -> list[dict]:
                                         "Reply with the new input text only: no quotes, no explanation."}]
 
 
-def magpie_prefix(task: Task, tokenizer) -> list[int]:
+def magpie_prefix(task: Task, tokenizer, conversation: list[dict] | None = None) -> list[int]:
     """Token ids of the task's conversation up to where the user's message starts:
     the prompt as system message and an empty user turn, or for a user template its
-    text before `{text}` (Magpie). The model continues with a user's message."""
+    text before `{text}` (Magpie). The model continues with a user's message. With
+    `conversation` (earlier user and assistant turns), the new user turn follows them."""
     c = task.config
+    turns = list(conversation or [])
     if c.system_prompt is not None:
-        messages = [{"role": "system", "content": c.system_prompt}, {"role": "user", "content": _MARK}]
+        messages = [{"role": "system", "content": c.system_prompt}] + turns + [{"role": "user", "content": _MARK}]
     else:
-        messages = [{"role": "user", "content": c.user_template.partition("{text}")[0] + _MARK}]
+        messages = turns + [{"role": "user", "content": c.user_template.partition("{text}")[0] + _MARK}]
     if tokenizer.chat_template is None:
         raise PromptDistillError(f"tokenizer {tokenizer.name_or_path!r} has no chat template; the magpie strategy needs one",
                                  field="synthesize.strategies")
@@ -207,10 +219,10 @@ class _State:
         self.answer_marker = marker if len(marker) >= 3 and not task.json_reply else ""
         self.generated = 0
 
-    def gate(self, raw: dict) -> str:
-        """"kept" or why the generation is dropped."""
+    def format_gate(self, raw: dict) -> str:
+        """Why a generation is not an input by itself ("" if it is one): cut off, too
+        short or long, stating an answer, copying the prompt."""
         sy, text = self.sy, raw["text"]
-        self.generated += 1
         if not raw["stopped"] and sy.drop_truncated:
             return "truncated"
         if len(text) < sy.min_chars:
@@ -222,6 +234,15 @@ class _State:
         norm = normalize(text)
         if len(norm) >= 20 and (norm in self.prompt or self.prompt[:80] in norm):
             return "copies_prompt"
+        return ""
+
+    def gate(self, raw: dict) -> str:
+        """"kept" or why the generation is dropped."""
+        sy, text = self.sy, raw["text"]
+        self.generated += 1
+        if why := self.format_gate(raw):
+            return why
+        norm = normalize(text)
         if norm in self.exact:
             return "exact_duplicate"
         s = shingles(text, sy.ngram)
@@ -269,7 +290,7 @@ def check_synthesis_outputs(out_path, *, reads: dict | None = None, own_entries:
     (`reads`) and outside any run directory (but for a run's `own_entries`)."""
     out, raw = claim_synthesis_output(out_path)
     writes = {"--out": out, "its raw generations": raw, "their sidecar": raw.with_name(raw.name + ".meta.json"),
-              "the synthesis report": out.with_name(out.stem + ".synthesis.json")}
+              "the synthesis report": out.with_name(out.stem + ".synthesis.json"), "its conversation turns": turns_file(out)}
     check_paths(reads or {}, writes)
     for name, path in writes.items():
         check_outside_runs(path, name, own_entries=own_entries)
@@ -277,7 +298,8 @@ def check_synthesis_outputs(out_path, *, reads: dict | None = None, own_entries:
     ours = raw.with_name(raw.name + ".meta.json").is_file()
     marker = f"no {raw.name}.meta.json beside it"
     for name, path in (("its raw generations", raw), ("the synthesis report", out.with_name(out.stem + ".synthesis.json")),
-                       ("the synthesis report", out.with_name(out.stem + ".synthesis.md"))):
+                       ("the synthesis report", out.with_name(out.stem + ".synthesis.md")),
+                       ("its conversation turns", turns_file(out))):
         claim_side_file(path, name, ours=ours, marker=marker)
     lock = raw.with_name(raw.name + ".lock")
     claim_side_file(lock, "the raw generations' lock file", ours=ours or is_lock_file(lock), marker="not a lock file it left")
@@ -372,8 +394,16 @@ def synthesize(cfg: Config, n: int, out_path, *, seeds: list[Example] | None = N
     for r in raws:
         state.add(r)
     kept = sorted((r for rs in state.kept.values() for r in rs), key=lambda r: r["request"])
-    atomic_write_jsonl(out_path, [_input_record(r, generator.name) for r in kept])
+    conversations, turn_report = {}, None
+    if sy.turns > 1:
+        replier = teacher or (load_teacher(cfg.models) if sy.generator else generator)
+        with DirectoryLock(raw_path.with_name(raw_path.name + ".lock"), str(out_path)):
+            conversations, turn_report = _extend_conversations(task, cfg, kept, generator, replier, turns_file(out_path), seed,
+                                                               progress)
+    atomic_write_jsonl(out_path, [_input_record(r, generator.name, conversations.get(r["id"])) for r in kept])
     report = _report(state, quotas, raws, kept, n, out_path, generator.name, max_requests)
+    if turn_report is not None:
+        report["turns"] = turn_report
     _write_report(out_path, report)
     if report["kept"] < n:
         log(f"[promptdistill] synthesize: kept {report['kept']} of {n} after {len(raws)} requests "
@@ -418,7 +448,78 @@ def _plan_round(task: Task, cfg: Config, state: _State, seeds: list[Example], ge
     return plans
 
 
-def _input_record(raw: dict, generator: str) -> dict:
+def turns_file(out_path: Path) -> Path:
+    """Where the conversation steps of `out_path`'s inputs are appended (synthesize.turns > 1)."""
+    return out_path.with_name(out_path.stem + ".turns.jsonl")
+
+
+def _extend_conversations(task: Task, cfg: Config, kept: list[dict], generator: Teacher, replier: Teacher, path: Path, seed: int,
+                          progress: bool) -> tuple[dict[str, list[dict]], dict]:
+    """Each kept input as the first user turn of a conversation, continued turn by turn:
+    `replier` (the teacher) answers with the task's prompt, `generator` writes the next
+    user turn Magpie-style. Steps are appended to `path` as they are made ((id, turn,
+    step) each, with its own seed) and reused on a rerun. Returns the conversations by
+    input id (those that reached a second user turn) and the report's `turns` section."""
+    sy, c = cfg.synthesize, task.config
+    conversations = {r["id"]: [{"role": "user", "content": r["text"]}] for r in kept}
+    open_ids = [r["id"] for r in kept]
+    stopped_by: dict[str, int] = {}
+    format_gate = _State(task, cfg, {}, [])
+    bar = progress_bar(total=(sy.turns - 1) * len(kept), unit="turn", desc="synthesize turns", disable=not progress)
+    with JsonlAppender(path) as appender:  # opened first: it cuts a torn last line, which is then asked again
+        done = {(r["id"], r["turn"], r["step"]): r for _, r in iter_jsonl(path)}
+        for turn in range(2, sy.turns + 1):
+            replies = _steps(replier, open_ids, turn, "reply", done, appender, seed, lambda i: CompletionRequest(
+                prompt=render_prompt(replier.tokenizer, task.teacher_messages(conversations[i])), seed=0,
+                temperature=c.temperature, max_new_tokens=task.teacher_max_new_tokens), replier.tokenizer)
+            answered = []
+            for i in open_ids:
+                text = strip_reasoning(replies[i]["text"]).strip()
+                why = "reply_truncated" if not replies[i]["stopped"] else "reply_empty" if not text else ""
+                if why:
+                    stopped_by[why] = stopped_by.get(why, 0) + 1
+                    continue
+                conversations[i].append({"role": "assistant", "content": text})
+                answered.append(i)
+            users = _steps(generator, answered, turn, "user", done, appender, seed, lambda i: CompletionRequest(
+                prompt=magpie_prefix(task, generator.tokenizer, conversations[i]), seed=0,
+                temperature=sy.temperature_max, max_new_tokens=sy.max_new_tokens), generator.tokenizer)
+            open_ids = []
+            for i in answered:
+                raw = {"text": clean(users[i]["text"]), "stopped": users[i]["stopped"], "category": None}
+                earlier = [m["content"] for m in conversations[i] if m["role"] == "user"]
+                why = format_gate.format_gate(raw)
+                if not why and near_duplicate(raw["text"], [shingles(t, sy.ngram) for t in earlier], sy.ngram,
+                                              sy.near_duplicate_threshold):
+                    why = "repeats_an_earlier_turn"
+                if why:
+                    conversations[i].pop()  # the reply to a turn that will not be asked
+                    stopped_by[why] = stopped_by.get(why, 0) + 1
+                    continue
+                conversations[i].append({"role": "user", "content": raw["text"]})
+                open_ids.append(i)
+            bar.update(len(kept))
+    bar.close()
+    counts = [sum(m["role"] == "user" for m in conv) for conv in conversations.values()]
+    report = {"asked": sy.turns, "mean_user_turns": sum(counts) / len(counts) if counts else None,
+              "reached_all_turns": sum(n == sy.turns for n in counts), "stopped_by_reason": dict(sorted(stopped_by.items()))}
+    return {i: conv for i, conv in conversations.items() if len(conv) > 1}, report
+
+
+def _steps(model: Teacher, ids: list[str], turn: int, step: str, done: dict, appender, seed: int, request, tokenizer) -> dict:
+    """One conversation step for each of `ids`: reused from `done`, else asked of `model`
+    (one request each, seeded per (id, turn, step)) and appended as it comes."""
+    todo = [i for i in ids if (i, turn, step) not in done]
+    requests = [replace(request(i), seed=sample_seed(seed, f"{i}:{turn}:{step}", 0)) for i in todo]
+    for i, completion in zip(todo, model.complete(requests) if requests else ()):
+        record = {"id": i, "turn": turn, "step": step, "text": tokenizer.decode(completion.token_ids, skip_special_tokens=True),
+                  "stopped": completion.stopped}
+        appender.append(record)
+        done[i, turn, step] = record
+    return {i: done[i, turn, step] for i in ids}
+
+
+def _input_record(raw: dict, generator: str, conversation: list[dict] | None = None) -> dict:
     source = {"strategy": raw["strategy"], "generator": generator, "seed": raw["seed"], "request": raw["request"],
               "temperature": raw["temperature"]}
     for key in ("persona", "difficulty", "seed_input", "operation"):
@@ -426,6 +527,8 @@ def _input_record(raw: dict, generator: str) -> dict:
             source[key] = raw[key]
     if raw["target"] != ANY:
         source["asked_for"] = raw["target"]
+    if conversation is not None:
+        return {"id": raw["id"], "messages": conversation, "label": None, "meta": {"source": source, "synthetic": True}}
     return {"id": raw["id"], "text": raw["text"], "label": None, "meta": {"source": source, "synthetic": True}}
 
 
@@ -446,8 +549,16 @@ def _check_or_write_meta(raw_path: Path, meta: dict, force: bool) -> None:
     stored = read_settings(meta_path, corrupt="corrupt synthesis sidecar; delete it and rerun with --force")
     if stored is None and force:
         raw_path.unlink(missing_ok=True)
+    turns = raw_path.with_name(raw_path.name.removesuffix(".raw.jsonl") + ".turns.jsonl")
+
+    def discard():
+        raw_path.unlink(missing_ok=True)
+        turns.unlink(missing_ok=True)
+
+    if stored is None and force:
+        turns.unlink(missing_ok=True)
     resume_or_refuse(stored, meta, force=force, what="existing generations were made", path=raw_path,
-                     discards="them, or write to another file", discard=lambda: raw_path.unlink(missing_ok=True))
+                     discards="them, or write to another file", discard=discard)
     atomic_write_json(meta_path, meta)
 
 

@@ -364,3 +364,51 @@ def test_settings_hash_every_key():
     assert training_settings(TrainConfig(balance="answers")) != training_settings(TrainConfig())
     assert eval_settings(EvalConfig(teacher_resamples=2)) != eval_settings(EvalConfig())
     assert task_settings(TaskConfig(reply_prefix="x")) != task_settings(TaskConfig())
+
+
+# ------------------------------------------------------------------ text tasks
+
+
+def test_text_task_loads_and_reads_the_whole_reply(tmp_path):
+    cfg = load_config(write(tmp_path, task_toml(system_prompt='"Be terse."', reply_format='"text"', truncated_replies='"keep"')))
+    t = Task(cfg.task)
+    assert t.text_reply and t.keeps_truncated()
+    assert t.parse_answer("<think>plan</think>  Hello there.\n") == ("Hello there.", OK)
+    assert t.parse_answer("  \n") == (None, "empty_reply")
+    # The student learns the whole reply, whatever student_target says (it names a label's form).
+    assert t.target_reply("<think>plan</think> Hello there.", "Hello there.") == "Hello there."
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    (dict(labels='["a", "b"]'), "task.labels", "no label set"),
+    (dict(answer_mode='"choose"'), "task.answer_mode", 'needs answer_mode = "generate"'),
+    (dict(answer_pattern="'Reply: (.*)'"), "task.answer_pattern", "reads no answer"),
+    (dict(answer_template='"Reply: {label}"'), "task.answer_template", "reads no answer"),
+    (dict(samples=3, temperature=0.7), "task.samples", "text reply has none"),
+    (dict(min_confidence=0.5), "task.min_confidence", "text reply has none"),
+    (dict(truncated_replies='"sometimes"'), "task.truncated_replies", "reject, keep"),
+])
+def test_text_task_refuses_label_settings_in_one_line(tmp_path, fields, field, words):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', reply_format='"text"', **fields))
+    assert err.field == field and words in err.message and "\n" not in str(err)
+
+
+def test_truncated_replies_applies_to_text_tasks_only(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', truncated_replies='"keep"'))
+    assert err.field == "task.truncated_replies" and "reply_format" in err.message
+
+
+def test_balance_is_refused_for_a_text_task(tmp_path):
+    err = load_error(tmp_path, task_toml(system_prompt='"p"', reply_format='"text"') + '[train]\nbalance = "answers"\n')
+    assert err.field == "train.balance"
+
+
+def test_conversation_messages_for_teacher_and_student():
+    convo = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+    t = closed_task(system_prompt="Be kind.")
+    assert t.teacher_messages(convo) == [{"role": "system", "content": "Be kind."}] + convo
+    assert t.student_messages(convo) == convo and t.student_messages(convo) is not convo
+    # With a user template, the prompt wraps the turn to answer; the history stays as it was.
+    t = closed_task(system_prompt=None, user_template="Classify:\n{text}\nNow.")
+    assert t.teacher_messages(convo) == convo[:2] + [{"role": "user", "content": "Classify:\nBye\nNow."}]
+    assert t.teacher_messages("Bye") == t.teacher_messages([{"role": "user", "content": "Bye"}])

@@ -135,12 +135,73 @@ def _chat_logs(w: Path):
     _user_file(w / "chats.foreign.jsonl")
 
 
+def _conversation(w: Path, *messages):
+    """conv.jsonl: one good text, then one conversation input made of `messages` (line 2)."""
+    write_jsonl(w / "conv.jsonl", [{"text": "Hello there"}, {"id": "c", "messages": list(messages)}])
+
+
+def _user(text):
+    return {"role": "user", "content": text}
+
+
+def _assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+# Mistral-7B-Instruct-v0.1's chat template: user and assistant turns must alternate.
+ALTERNATING_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+                        "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+                        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% endif %}{% endfor %}")
+
+
+def _alternating_model(w: Path):
+    """A copy of the model whose chat template renders only alternating turns, and two user turns in a row."""
+    shutil.copytree(w / "model", w / "altmodel")
+    config = w / "altmodel" / "tokenizer_config.json"
+    data = json.loads(config.read_text(encoding="utf-8"))
+    data["chat_template"] = ALTERNATING_TEMPLATE
+    config.write_text(json.dumps(data), encoding="utf-8")
+    (w / "altmodel" / "chat_template.jinja").unlink(missing_ok=True)
+    _conversation(w, _user("Hi."), _user("Are you there?"))
+
+
 L = ["label", "task.toml", "--no-progress"]
 T = ["train", "task.toml", "--no-progress"]
 E = ["eval", "task.toml", "--no-progress"]
 
 # id: (setup(world) or None, argv, stdin, words the one line must contain)
 CASES = {
+    # -- conversation inputs (messages) and text tasks: refused by line and field before anything is written
+    "label a conversation that is not a list": (lambda w: write_jsonl(w / "conv.jsonl", [{"text": "Hello there"}, {"messages": "Hi"}]), L + ["--inputs", "conv.jsonl", "--out", "o.jsonl"],
+                                                None, ["conv.jsonl:2", "'messages'", "list of messages"]),
+    "label a turn without a role": (lambda w: _conversation(w, {"content": "Hi"}), L + ["--inputs", "conv.jsonl", "--out", "o.jsonl"],
+                                    None, ["conv.jsonl:2", "'messages[0].role'"]),
+    "label a conversation ending in an assistant turn": (lambda w: _conversation(w, _user("Hi."), _assistant("Hello!")),
+                                                         L + ["--inputs", "conv.jsonl", "--out", "o.jsonl"], None,
+                                                         ["conv.jsonl:2", "'messages[1].role'", "ends in an assistant turn"]),
+    "label a conversation with an empty turn": (lambda w: _conversation(w, _user("Hi."), _assistant(" "), _user("Well?")),
+                                                L + ["--inputs", "conv.jsonl", "--out", "o.jsonl"], None,
+                                                ["conv.jsonl:2", "'messages[1].content'", "empty turn"]),
+    "label a system turn inside an input": (lambda w: _conversation(w, {"role": "system", "content": "Obey me."}, _user("Hi.")),
+                                            L + ["--inputs", "conv.jsonl", "--out", "o.jsonl"], None,
+                                            ["conv.jsonl:2", "'messages[0].role'", "system prompt is the task's"]),
+    "label a tool turn inside an input": (lambda w: _conversation(w, {"role": "tool", "content": "42"}, _user("Hi.")),
+                                          L + ["--inputs", "conv.jsonl", "--out", "o.jsonl"], None,
+                                          ["conv.jsonl:2", "'messages[0].role'", "user, assistant"]),
+    "label turns the chat template cannot render": (_alternating_model, L + ["--inputs", "conv.jsonl", "--out", "o.jsonl", "--teacher",
+                                                                             "altmodel", "--student", "altmodel"], None,
+                                                    ["conv.jsonl:2", "'messages'", "cannot render", "must alternate"]),
+    "predict --json a conversation ending in an assistant turn": (None, ["predict", "--run-dir", "run", "--json"],
+                                                                  json.dumps({"messages": [_user("Hi."), _assistant("Yo")]}).encode(),
+                                                                  ["<stdin>:1", "ends in an assistant turn"]),
+    "predict --json a line that is not JSON": (None, ["predict", "--run-dir", "run", "--json"], b"Hello there\n",
+                                               ["<stdin>:1", "invalid JSON"]),
+    "predict --json with texts as arguments": (None, ["predict", "--run-dir", "run", "--json", "hello"], None, ["--json", "stdin"]),
+    "a text task with a label set": (None, L + ["--out", "o.jsonl", "--set", "task.reply_format='text'"], None,
+                                     ["task.labels", "reply_format = \"text\" has no label set"]),
+    "truncated_replies on a label task": (None, L + ["--out", "o.jsonl", "--set", "task.truncated_replies='keep'"], None,
+                                          ["task.truncated_replies", "reply_format"]),
     # -- label: its outputs against its inputs, and outputs that are not its own
     "label --out is the input file": (None, L + ["--inputs", "inputs.jsonl", "--out", "inputs.jsonl"], None,
                                       ["--inputs", "is the same path as --out"]),
@@ -356,6 +417,9 @@ CASES = {
     "synthesize over a user's .raw.jsonl": (lambda w: _user_file(w / "s.raw.jsonl"),
                                             ["synthesize", "task.toml", "--n", "2", "--out", "s.jsonl"], None,
                                             ["s.raw.jsonl", "not written by promptdistill"]),
+    "synthesize over a user's .turns.jsonl": (lambda w: _user_file(w / "s.turns.jsonl"),
+                                              ["synthesize", "task.toml", "--n", "2", "--out", "s.jsonl"], None,
+                                              ["s.turns.jsonl", "not written by promptdistill"]),
     "synthesize over a user's .synthesis.md": (lambda w: _user_file(w / "s.synthesis.md", "# my notes\n"),
                                                ["synthesize", "task.toml", "--n", "2", "--out", "s.jsonl"], None,
                                                ["s.synthesis.md", "not written by promptdistill"]),
@@ -524,6 +588,10 @@ API_CASES = {
     "export_adapter of a folder that is not a run": (None, lambda w: _export("adapter", "mine", "a"), ["not a run directory"]),
     "synthesize over the input file": (None, lambda w: _synthesize(w, "inputs.jsonl"), ["not written by `synthesize`"]),
     "synthesize into a run's eval/": (None, lambda w: _synthesize(w, "run/eval/s.jsonl"), ["inside the run directory"]),
+    "label_file with a conversation ending in an assistant turn": (
+        lambda w: _conversation(w, _user("Hi."), _assistant("Hello!")),
+        lambda w: __import__("promptdistill.labeling", fromlist=["label_file"]).label_file(_api_cfg(w), w / "conv.jsonl", w / "o.jsonl"),
+        ["conv.jsonl:2", "ends in an assistant turn"]),
     "import_chats into the logs": (None, lambda w: _import_chats(w, "inputs.jsonl", "inputs.jsonl"),
                                    ["the chat logs", "is the same path as --out"]),
 }

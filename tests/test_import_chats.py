@@ -170,7 +170,7 @@ def test_openai_stored_completions_export(tmp_path):
     assert [(f["line"], f["reason"], f["detail"]) for f in foreign] == [(3, "tool_use", "choices[0].message calls a tool")]
 
 
-def test_multi_turn_and_other_shapes_are_set_aside_with_explicit_reasons(tmp_path):
+def test_multi_turn_logs_are_kept_as_conversations_and_other_shapes_set_aside(tmp_path):
     u, a = (lambda t: {"role": "user", "content": t}), (lambda t: {"role": "assistant", "content": t})  # noqa: E731
     sys = {"role": "system", "content": SYSTEM}
     s, records, foreign = _import(tmp_path, [
@@ -181,11 +181,17 @@ def test_multi_turn_and_other_shapes_are_set_aside_with_explicit_reasons(tmp_pat
         {"messages": [sys, u("Hello"), {"role": "tool", "content": "42", "tool_call_id": "c"}, a("Final Answer: en")]},
         {"messages": [sys, u("   "), a("Final Answer: en")]},
         {"messages": [sys, u("Hello"), a("Final Answer: en")]},
+        {"messages": [sys, u("Hello"), a("Final Answer: en"), a("Final Answer: fr")]},
+        {"messages": [sys, u("Hello"), a(" "), u("Again"), a("Final Answer: fr")]},
     ])
-    assert [r.text for r in records] == ["Hello"]
+    assert [r.text for r in records] == ["And this?", "Hello"]
+    # The multi-turn log is one input: its history, then the reply to its last user turn, trained alone.
+    assert records[0].messages == [u("Hello"), a("Final Answer: en"), u("And this?"), a("Final Answer: fr")]
+    assert records[0].conversation() == records[0].messages[:3] and records[0].label == "fr"
+    assert records[1].messages == [u("Hello"), a("Final Answer: en")]
     assert [(f["line"], f["reason"]) for f in foreign] == [
-        (1, "multi_turn"), (2, "no_reply"), (3, "no_input"), (4, "several_system_messages"), (5, "tool_use"),
-        (6, "empty_input")]
+        (2, "no_reply"), (3, "no_input"), (4, "several_system_messages"), (5, "tool_use"),
+        (6, "empty_input"), (8, "reply_not_after_user"), (9, "empty_turn")]
 
 
 @pytest.mark.parametrize("message, error", [

@@ -363,3 +363,77 @@ def test_subsample_respects_limit():
     assert _ids(subsample(ex, 100, seed=2)) == _ids(ex)
     assert _ids(subsample(ex, len(ex), seed=2)) == _ids(ex)
     assert len({tuple(_ids(subsample(ex, 7, seed=s))) for s in range(5)}) > 1
+
+
+# ------------------------------------------------------------- conversation inputs
+
+U, A = (lambda t: {"role": "user", "content": t}), (lambda t: {"role": "assistant", "content": t})  # noqa: E731
+
+
+def test_read_jsonl_conversations_beside_texts(tmp_path):
+    p = write_text(tmp_path, "in.jsonl", jsonl({"id": "a", "messages": [U("Hi"), A("Hello!"), U(" And you? ")], "topic": "x"},
+                                              {"id": "b", "text": "Plain"}))
+    a, b = read_inputs(p)
+    assert a.text == "And you?" and a.messages == [U("Hi"), A("Hello!"), U(" And you? ")] and a.meta == {"topic": "x"}
+    assert a.conversation() == a.messages and b.messages is None and b.conversation() == [U("Plain")]
+    # A split file keeps the conversation: written and read back the same.
+    from promptdistill.records import write_examples
+
+    write_examples(tmp_path / "back.jsonl", [a, b])
+    assert read_inputs(tmp_path / "back.jsonl") == [a, b]
+
+
+@pytest.mark.parametrize("messages, field, words", [
+    ("Hi", "messages", "expected a list of messages"),
+    ([], "messages", "empty conversation"),
+    (["Hi"], "messages[0]", "expected an object"),
+    ([{"content": "Hi"}], "messages[0].role", "'role'"),
+    ([U("Hi"), A("Hello")], "messages[1].role", "ends in an assistant turn"),
+    ([U("Hi"), A("  "), U("Well?")], "messages[1].content", "empty turn"),
+    ([{"role": "system", "content": "Be evil."}, U("Hi")], "messages[0].role", "system prompt is the task's"),
+    ([{"role": "tool", "content": "42"}, U("Hi")], "messages[0].role", "one of user, assistant"),
+    ([U(7)], "messages[0].content", "'content'"),
+])
+def test_malformed_conversations_name_line_and_field(tmp_path, messages, field, words):
+    p = write_text(tmp_path, "in.jsonl", jsonl({"text": "fine"}, {"messages": messages}))
+    with pytest.raises(PromptDistillError) as info:
+        read_inputs(p)
+    assert (info.value.line, info.value.field) == (2, field) and words in info.value.message
+
+
+def test_a_text_beside_messages_must_be_the_last_user_turn(tmp_path):
+    with pytest.raises(PromptDistillError) as info:
+        read_inputs(write_text(tmp_path, "in.jsonl", jsonl({"text": "other", "messages": [U("Hi")]})))
+    assert info.value.field == "text"
+    (one,) = read_inputs(write_text(tmp_path, "ok.jsonl", jsonl({"text": "Hi", "messages": [U(" Hi ")]})))
+    # One user turn is a single-turn input, the same as {"text": "Hi"}.
+    assert (one.text, one.messages, one.conversation()) == ("Hi", None, [U("Hi")])
+
+
+def test_csv_and_text_inputs_stay_single_turn(tmp_path):
+    (e,) = read_inputs(write_text(tmp_path, "in.csv", 'text,messages\nhello,"[1]"\n'))
+    assert e.messages is None and e.meta == {"messages": "[1]"}
+
+
+def test_duplicates_of_a_conversation_are_whole_conversations():
+    from promptdistill.records import find_duplicates
+
+    one = Example("1", "Thanks!", messages=[U("Hi"), A("Hello"), U("Thanks!")])
+    other = Example("2", "Thanks!", messages=[U("Yo"), A("Hey"), U("Thanks!")])
+    again = Example("3", "Thanks!", messages=[U("Hi"), A("Hello"), U("Thanks!")])
+    assert find_duplicates([one, other, again]) == [[one, again]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_split_keeps_a_conversation_and_its_continuations_on_one_side(seed):
+    examples = []
+    for i in range(12):
+        opening = f"Question {i}?"
+        examples.append(Example(f"s{i}", opening))  # the same opening as a single-turn input
+        examples.append(Example(f"c{i}", f"More on {i}?", messages=[U(opening), A("Sure."), U(f"More on {i}?")]))
+        examples.append(Example(f"d{i}", f"Why {i}?", messages=[U(opening), A("Sure."), U(f"More on {i}?"), A("Yes."), U(f"Why {i}?")]))
+    train, heldout = split_examples(examples, 0.25, seed)
+    side = {e.id: "train" for e in train} | {e.id: "heldout" for e in heldout}
+    assert len(side) == len(examples) and heldout and train
+    for i in range(12):
+        assert side[f"s{i}"] == side[f"c{i}"] == side[f"d{i}"]

@@ -93,3 +93,67 @@ def test_score_continuations_all_single_tokens(tiny):
     got = engine.score_continuations(tiny.model, context, conts, pad_id=tok.pad_token_id)
     expected = torch.stack([direct_logprob(tiny.model, context, c) for c in conts])
     assert torch.allclose(got.float(), expected, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------- multi-turn conversations
+
+# Two more real chat templates besides the packaged SmolLM2's ChatML, verbatim from their
+# models' tokenizer_config.json: Zephyr (HuggingFaceH4/zephyr-7b-beta: role headers, the eos
+# token closing every turn) and Mistral-7B-Instruct-v0.1 ([INST] ... [/INST], the reply
+# straight after it; refuses a system turn and turns out of user/assistant order).
+ZEPHYR = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+          "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+          "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+          "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+MISTRAL = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+           "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+           "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+           "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+           "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+
+
+def with_template(tokenizer, template):
+    import copy
+
+    if template is None:
+        return tokenizer
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = template
+    return tok
+
+
+MULTI_TURN = [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "An apple. Another?"},
+              {"role": "user", "content": "Yes, a yellow one."}, {"role": "assistant", "content": "A banana. More?"}]
+
+
+@pytest.mark.parametrize("template", [None, ZEPHYR, MISTRAL], ids=["smollm2", "zephyr", "mistral"])
+def test_multi_turn_trains_only_the_last_assistant_turn(tokenizer, template):
+    tok = with_template(tokenizer, template)
+    ex = render_example(tok, MULTI_TURN)
+    first = ex.weights.index(1.0)
+    # The prompt part is exactly what the model sees when asked for the last reply ...
+    assert ex.input_ids[:first] == render_prompt(tok, MULTI_TURN[:-1])
+    assert all(w == 1.0 for w in ex.weights[first:]) and not any(ex.weights[:first])
+    # ... and the trained tokens are the last reply and its end of turn, never the earlier one.
+    trained = tok.decode(ex.input_ids[first:])
+    assert trained.strip().startswith("A banana. More?") and trained.rstrip().endswith(tok.eos_token)
+    assert "An apple" in tok.decode(ex.input_ids[:first])
+    assert "An apple" not in trained
+
+
+def test_a_template_that_refuses_a_turn_order_is_one_error_naming_the_line(tokenizer, tmp_path):
+    """Two user turns in a row: ChatML renders them, Mistral's template raises; the input
+    check says which input, in one line, before anything is labeled."""
+    from conftest import make_task
+    from promptdistill.config import Config
+    from promptdistill.inputs import _fit
+    from promptdistill.records import Example
+
+    turns = [{"role": "user", "content": "Hi."}, {"role": "user", "content": "Still there?"}]
+    example = Example(id="7", text="Still there?", messages=turns, line=7)
+    task = make_task(labels=[], reply_format="text")
+    assert _fit([example], tokenizer, task.student_messages, "", 512, "x", Config(), "in.jsonl", print) == [example]
+    with pytest.raises(PromptDistillError) as err:
+        _fit([example], with_template(tokenizer, MISTRAL), task.student_messages, "", 512, "x", Config(), "in.jsonl", print)
+    assert str(err.value).startswith("in.jsonl:7 field 'messages': the chat template") and "must alternate" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -322,3 +322,41 @@ def test_a_permissive_answer_pattern_does_not_drop_every_input(tmp_path, tokeniz
     report = synthesize(cfg, 2, tmp_path / "inputs.jsonl", teacher=Scripted(tokenizer, ["first input here", "second one there"]),
                         progress=False)
     assert report["kept"] == 2
+
+
+def test_conversations_are_answered_by_the_teacher_and_continued_turn_by_turn(tmp_path, tokenizer):
+    """synthesize.turns = 3: each kept input opens a conversation; the teacher (with its prompt)
+    answers, the generator writes the next user turn after the conversation so far; a follow-up
+    that fails the gates ends its conversation at the last good user turn; a rerun asks nothing again."""
+    firsts = ["How do I say good night in French?", "Is 'Guten Tag' German or Dutch?"]
+    # Per turn: replies for the open conversations, then their follow-ups, in input order.
+    steps = ["Bonne nuit.", "German.",                        # turn 2: replies
+             "And good morning?", "ok",                       # turn 2: follow-ups ("ok" is too short: conversation 2 ends)
+             "Bonjour.",                                      # turn 3: reply to conversation 1
+             "And good morning in German, please?"]           # turn 3: follow-up
+    gen = Scripted(tokenizer, firsts + steps)
+    cfg = config(strategies=["prompt"], label_quotas=False, edge_share=0.0, turns=3)
+    cfg.task = TaskConfig(system_prompt=SYSTEM, reply_format="text")
+    report = synthesize(cfg, 2, tmp_path / "inputs.jsonl", teacher=gen, progress=False)
+    rows = read_jsonl(tmp_path / "inputs.jsonl")
+    u, a = (lambda t: {"role": "user", "content": t}), (lambda t: {"role": "assistant", "content": t})  # noqa: E731
+    assert rows[0]["messages"] == [u(firsts[0]), a("Bonne nuit."), u("And good morning?"), a("Bonjour."),
+                                   u("And good morning in German, please?")]
+    assert "messages" not in rows[1] and rows[1]["text"] == firsts[1]  # its only follow-up was dropped
+    assert report["turns"] == {"asked": 3, "mean_user_turns": 2.0, "reached_all_turns": 1, "stopped_by_reason": {"too_short": 1}}
+    # The reply requests carry the task's system prompt and the conversation; the follow-ups open a user turn after it.
+    reply_prompt = tokenizer.decode(gen.asked[2].prompt)
+    assert SYSTEM in reply_prompt and firsts[0] in reply_prompt and reply_prompt.rstrip().endswith("assistant")
+    follow_prompt = tokenizer.decode(gen.asked[4].prompt)
+    assert "Bonne nuit." in follow_prompt and follow_prompt.rstrip().endswith("user")
+    # Read back as conversation inputs; a rerun reuses every step (the generator has nothing left to say).
+    assert read_inputs(tmp_path / "inputs.jsonl")[0].text == "And good morning in German, please?"
+    (tmp_path / "inputs.jsonl").unlink()
+    again = synthesize(cfg, 2, tmp_path / "inputs.jsonl", teacher=Scripted(tokenizer, []), progress=False)
+    assert read_jsonl(tmp_path / "inputs.jsonl") == rows and again["turns"] == report["turns"]
+
+
+def test_turns_setting_is_checked():
+    with pytest.raises(PromptDistillError) as info:
+        config_from_dict({"task": {"system_prompt": "p"}, "synthesize": {"turns": 0}})
+    assert info.value.field == "synthesize.turns"

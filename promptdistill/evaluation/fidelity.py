@@ -73,10 +73,13 @@ class FidelityScorer:
         self._teacher_probs: dict[str, dict[str, float]] = {}
         self._candidates = None
 
-    def teacher_label_probs(self, example_id: str, text: str) -> dict[str, float]:
-        """The teacher's distribution over labels for one input: its choose-mode record (computed once)."""
+    def teacher_label_probs(self, example_id: str, text: str | list[dict]) -> dict[str, float]:
+        """The teacher's distribution over labels for one input (a text or a conversation):
+        its choose-mode record (computed once)."""
         if example_id not in self._teacher_probs:
-            (record,) = self.teacher.label([Example(id=example_id, text=text)], self.task, "choose", self.seed)
+            example = (Example(id=example_id, text=text) if isinstance(text, str)
+                       else Example(id=example_id, text=text[-1]["content"], messages=text))
+            (record,) = self.teacher.label([example], self.task, "choose", self.seed)
             self._teacher_probs[example_id] = record.label_probs
         return self._teacher_probs[example_id]
 

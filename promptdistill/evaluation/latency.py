@@ -72,7 +72,7 @@ def model_request(task: Task, loaded: LoadedModel):
                     temperature=task.config.temperature, seeds=[0])
 
     def request(e: Example):
-        prompt = render_prompt(tok, task.student_messages(e.text))
+        prompt = render_prompt(tok, task.student_messages(e.conversation()))
         suffix = split_prefix(opening, prompt)
         if suffix is None:  # a tokenizer that merged across the opening's end: the whole prompt
             return engine.decode_with_prefix(whole, [prompt], **settings)

@@ -91,7 +91,7 @@ def kl_from_base(task: Task, examples: list[Example], base_preds: list, student_
         return [distribution_kl(b.label_probs, s.label_probs) if b.label_probs and s.label_probs else None
                 for b, s in zip(base_preds, student_preds)]
     tok = base.tokenizer
-    messages = [task.student_messages(e.text) for e in examples]
+    messages = [task.student_messages(e.conversation()) for e in examples]
     prompts = [render_prompt(tok, m) for m in messages]
     replies = [reply_ids(tok, m, p.reply) for m, p in zip(messages, base_preds)]
     return reply_kls(base, student, prompts, replies)

@@ -107,7 +107,8 @@ def results_table(report: dict) -> str:
     if report.get("majority_label") is not None:
         lines.append(f"(always answering '{report['majority_label']}' would agree {fmt(report['majority_agreement'], '.1%')} with the teacher)")
     lines += json_summary_lines(report)
-    lines += agreement_summary_lines(report["reference_points"])
+    if report.get("reference_points"):  # none for a text task: its replies are not labels
+        lines += agreement_summary_lines(report["reference_points"])
     if off := report.get("offtask"):
         s = off["student"]
         lines.append(f"off-task ({off['n']} inputs): student agrees {fmt(s['agreement_teacher'], '.1%')} with the teacher, "
@@ -175,7 +176,9 @@ _P_VALUE_NOTE = "p: exact McNemar test on the inputs where exactly one of the tw
 def reference_lines(report: dict) -> list[str]:
     """Agreement in context: floors, ceiling, per-answer fidelity, confusion
     against the teacher; per field for JSON tasks."""
-    section = report["reference_points"]
+    section = report.get("reference_points")
+    if not section:  # a text task: its replies are not labels to agree on
+        return []
     out = agreement_report_lines(section)
     if section.get("ceiling") is None and report.get("teacher_mode") == "generate":
         out += ["No ceiling: in generate mode the teacher's self-consistency needs new sampled answers; "

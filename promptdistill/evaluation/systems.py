@@ -117,16 +117,16 @@ def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], sys
         preds = []
         scored = [e for e in batch if fidelity is not None and teacher_preds and e.id in teacher_preds]
         # Label tasks: the distributions of the whole batch in batched forwards, then each KL.
-        batch_probs = (dict(zip([e.id for e in scored], fidelity.model_label_probs_batch(loaded, [e.text for e in scored])))
+        batch_probs = (dict(zip([e.id for e in scored], fidelity.model_label_probs_batch(loaded, [e.conversation() for e in scored])))
                        if scored and fidelity.kind == "label" else {})
-        for e, (reply, n_prompt) in zip(batch, generate_answers(task, loaded, [task.student_messages(e.text) for e in batch])):
+        for e, (reply, n_prompt) in zip(batch, generate_answers(task, loaded, [task.student_messages(e.conversation()) for e in batch])):
             label, status = task.parse_answer(reply)
             kl = probs = None
             if e.id in batch_probs:
                 probs = batch_probs[e.id]
-                kl = distribution_kl(fidelity.teacher_label_probs(e.id, e.text), probs)
+                kl = distribution_kl(fidelity.teacher_label_probs(e.id, e.conversation()), probs)
             elif fidelity is not None and teacher_preds and e.id in teacher_preds:
-                kl, probs = fidelity.kl(loaded, e.id, e.text, teacher_preds[e.id].reply)
+                kl, probs = fidelity.kl(loaded, e.id, e.conversation(), teacher_preds[e.id].reply)
             preds.append(Prediction(e.id, system, label, reply, status, n_prompt, None, probs, kl))
         return preds
 
@@ -153,7 +153,7 @@ def predict_teacher(task: Task, teacher: Teacher, examples: list[Example], *, mo
             # A chat API's teacher has no tokenizer here: its prompt tokens are what the API counted.
             usage = (record.meta or {}).get("teacher_usage")
             n_prompt = (usage["prompt_tokens"] // max(1, usage["requests"]) if usage
-                        else len(render_prompt(teacher.tokenizer, task.teacher_messages(e.text), prefill)))
+                        else len(render_prompt(teacher.tokenizer, task.teacher_messages(e.conversation()), prefill)))
             preds.append(Prediction(e.id, system, label, record.teacher_reply, status, n_prompt, None, record.label_probs))
         return preds
 
@@ -181,6 +181,12 @@ def _predict_batches(examples: list[Example], system: str, answer, batch_size: i
 
 
 def system_metrics(task: Task, examples: list[Example], preds: list[Prediction], teacher_preds: list[Prediction] | None) -> dict:
+    """A system's row. A text task's answer is its whole reply: agreement, accuracy
+    and the confusion table compare answers as labels, so they are None there
+    (its quality is text_sections'); parse rate is the share of non-empty replies."""
+    if task.text_reply:
+        teacher_preds = None
+        examples = [replace(e, gold_label=None) for e in examples]
     gold = [(e.gold_label, p.label) for e, p in zip(examples, preds) if e.gold_label is not None]
     agreement = None
     if teacher_preds is not None:
@@ -200,7 +206,7 @@ def system_metrics(task: Task, examples: list[Example], preds: list[Prediction],
         "median_latency_ms": 1000 * statistics.median(lat) if (lat := [p.latency_s for p in preds if p.latency_s is not None]) else None,
         # mean KL(teacher || system) over inputs (fidelity.py); None for the teacher
         "kl_to_teacher": statistics.fmean(kls) if (kls := [p.kl for p in preds if p.kl is not None]) else None,
-        "confusion": confusion,
+        "confusion": confusion if not task.text_reply else {},
         "json": json_metrics(task, preds, teacher_preds) if task.json_reply else None,
     }
 
@@ -289,7 +295,8 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
         seconds = measure_latency(sample, request)
         all_preds[name] = [replace(p, latency_s=seconds.get(p.id)) for p in preds]
 
-    teacher_labels = [p.label for p in all_preds["teacher"] if p.label is not None]
+    # A text task's replies are not labels: no majority answer, no agreement floors.
+    teacher_labels = [p.label for p in all_preds["teacher"] if p.label is not None] if not task.text_reply else []
     majority = max(set(teacher_labels), key=teacher_labels.count) if teacher_labels else None
     report = {
         "task": task.name,
@@ -306,8 +313,14 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
             name: {"uses_prompt": name == "teacher", **system_metrics(task, examples, preds, all_preds["teacher"])}
             for name, preds in all_preds.items()
         },
-        **reference_sections(task, examples, all_preds, train_records, resamples),
+        **(reference_sections(task, examples, all_preds, train_records, resamples) if not task.text_reply else {}),
     }
+    if task.text_reply:
+        # Each system's whole reply per held-out example, in example order, as the task reads
+        # it (a reasoning teacher's thinking cut off; "" when empty): what the checks, the
+        # prompt effect and the judge score.
+        replies = {name: [p.label or "" for p in preds] for name, preds in all_preds.items()}
+        report.update(text_sections(task, examples, replies, systems, settings, seed=seed, out_dir=out_dir, progress=progress))
     # A teacher behind a paid API: what its requests cost here, against the student's nothing.
     if (api_cost := getattr(teacher, "api_cost", None)) is not None and (section := api_cost()) is not None:
         report["api_cost"] = section
@@ -324,6 +337,14 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
                            [{"id": e.id, "recorded": t.label, "resamples": r} for e, t, r in zip(examples, all_preds["teacher"], resamples)])
     partial.unlink(missing_ok=True)
     return report
+
+
+def text_sections(task: Task, examples: list[Example], replies: dict[str, list[str]], systems: Systems,
+                  settings: EvalConfig, *, seed: int, out_dir: Path, progress: bool) -> dict:
+    """report.json's sections for a text task (reply_format = "text"), from each
+    system's replies (`replies[system][i]` answers `examples[i]`): the checks of
+    the task file, the prompt effect recovered and the judge. None yet: {}."""
+    return {}
 
 
 RESAMPLE = "teacher_resample"  # predictions.partial.jsonl's system name of resample j: f"{RESAMPLE}_{j}"

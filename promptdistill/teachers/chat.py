@@ -115,11 +115,12 @@ class ChatTeacher(HttpTeacher):
         c = task.config
 
         def answer(e: Example) -> LabeledExample:
-            replies, usage = [], Usage()
+            replies, truncated, usage = [], [], Usage()
             for n in range(c.samples):
-                text, _ = self._chat(e, task, usage, temperature=c.temperature, seed=api_seed(seed, e.id, n))
+                text, _, cut = self._chat(e, task, usage, temperature=c.temperature, seed=api_seed(seed, e.id, n))
                 replies.append(with_prefix(text, c.reply_prefix))
-            return usage.attach(vote(task, e, replies))
+                truncated.append(cut)
+            return usage.attach(vote(task, e, replies, truncated=truncated))
 
         return answer
 
@@ -133,7 +134,7 @@ class ChatTeacher(HttpTeacher):
 
         def answer(e: Example) -> LabeledExample:
             usage = Usage()
-            text, tokens = self._chat(e, task, usage, temperature=0.0, seed=api_seed(0, e.id, 0), top_logprobs=TOP_ALTERNATIVES)
+            text, tokens, _ = self._chat(e, task, usage, temperature=0.0, seed=api_seed(0, e.id, 0), top_logprobs=TOP_ALTERNATIVES)
             if tokens is None:
                 raise PromptDistillError(f"the chat API at {self.url} returned no top_logprobs, which answer_mode = \"choose\" needs; "
                                          "use answer_mode = \"generate\" (or samples > 1 for a vote)", field="task.answer_mode")
@@ -148,11 +149,13 @@ class ChatTeacher(HttpTeacher):
     # -- HTTP ---------------------------------------------------------------
 
     def _chat(self, e: Example, task: Task, usage: Usage, *, temperature: float, seed: int,
-              top_logprobs: int = 0) -> tuple[str, list | None]:
-        """One chat completion: its text and (with `top_logprobs`) its tokens' alternatives; usage added to `usage`."""
+              top_logprobs: int = 0) -> tuple[str, list | None, bool]:
+        """One chat completion: its text, (with `top_logprobs`) its tokens' alternatives, and whether the API cut
+        it at max_tokens (finish_reason "length"); usage added to `usage`. A conversation input goes as its
+        turns, after the system prompt."""
         import openai
 
-        kwargs = dict(model=self.name, messages=task.teacher_messages(e.text), max_tokens=task.teacher_max_new_tokens,
+        kwargs = dict(model=self.name, messages=task.teacher_messages(e.conversation()), max_tokens=task.teacher_max_new_tokens,
                       temperature=temperature, seed=seed)
         if top_logprobs:
             kwargs.update(logprobs=True, top_logprobs=top_logprobs)
@@ -163,6 +166,7 @@ class ChatTeacher(HttpTeacher):
             try:
                 reply = self.client.chat.completions.create(**kwargs)
                 text, tokens, used = _read_reply(reply)
+                cut = getattr(reply.choices[0], "finish_reason", None) == "length"
             except openai.APIStatusError as err:
                 status = err.status_code
                 if 300 <= status < 400:
@@ -183,7 +187,7 @@ class ChatTeacher(HttpTeacher):
             with self._spent_lock:
                 self.spent.add(used)
             self._pace.used(used.get("prompt_tokens", 0) + used.get("completion_tokens", 0))
-            return text, tokens
+            return text, tokens, cut
         raise PromptDistillError(f"the chat API at {self.url} sent malformed replies for input {e.id!r} "
                                  f"{self.max_retries + 1} times (last: {last}); rerun the same command to continue from what was saved")
 

@@ -134,7 +134,7 @@ class LocalTeacher(Teacher):
         the inputs' candidate blocks share forwards); inputs without the shared
         prefix, or without a prefix at all, are scored one at a time."""
         candidates = self.candidates(task)
-        contexts = [render_prompt(self.tokenizer, task.teacher_messages(e.text)) for e in batch]
+        contexts = [render_prompt(self.tokenizer, task.teacher_messages(e.conversation())) for e in batch]
         suffixes = [split_prefix(prefix, c) for c in contexts]
         fast = [i for i, s in enumerate(suffixes) if s is not None]
         scores: dict[int, list[float]] = {}
@@ -146,7 +146,7 @@ class LocalTeacher(Teacher):
             if i in scores:
                 distribution = normalize_scores(task, scores[i])
             else:
-                distribution = label_distribution(task, self.loaded, task.teacher_messages(e.text), candidates, prefix)
+                distribution = label_distribution(task, self.loaded, task.teacher_messages(e.conversation()), candidates, prefix)
             records.append(choose_record(task, e, distribution))
         return records
 
@@ -161,7 +161,7 @@ class LocalTeacher(Teacher):
         # capture still go through our decoder, with an empty prefix; plain
         # greedy uses transformers' generate.
         own_decoder = c.temperature > 0 or k > 0
-        prompts = [render_prompt(tok, task.teacher_messages(e.text), c.reply_prefix) for e in batch]
+        prompts = [render_prompt(tok, task.teacher_messages(e.conversation()), c.reply_prefix) for e in batch]
         rows = [(i, j) for i in range(len(batch)) for j in range(n)]
         suffixes = [split_prefix(prefix, p) for p in prompts]
         seeds = {(i, j): sample_seed(seed, batch[i].id, j) for i, j in rows}
@@ -178,12 +178,15 @@ class LocalTeacher(Teacher):
             outs.update(zip(slow, got))
         elif slow:
             got = engine.generate(self.loaded.model, [prompts[i] for i, _ in slow], **settings)
-            outs.update(zip(slow, (engine.Decoded(ids, False) for ids in got)))
+            # generate() cuts at end-of-turn: a reply as long as the limit did not stop on its own.
+            outs.update(zip(slow, (engine.Decoded(ids, False) if len(ids) >= settings["max_new_tokens"] else
+                                   engine.Decoded(ids + [min(eot)], True) for ids in got)))
         records = []
         for i, e in enumerate(batch):
             decoded = [outs[(i, j)] for j in range(n)]
             replies = [decode_reply(tok, task, d.token_ids, eot) for d in decoded]
-            records.append(vote(task, e, replies, [top_logprobs_record(d.token_ids, d.top, k) for d in decoded]))
+            records.append(vote(task, e, replies, [top_logprobs_record(d.token_ids, d.top, k) for d in decoded],
+                                [not d.stopped for d in decoded]))
         return records
 
     def complete(self, requests: list[CompletionRequest], batch_size: int | None = None) -> Iterator[Completion]:
@@ -205,9 +208,9 @@ class LocalTeacher(Teacher):
                 out.update((i, Completion(d.text_ids, d.stopped)) for i, d in zip(rows, got))
             yield from (out[i] for i in range(len(batch)))
 
-    def continuation_logprobs(self, task: Task, texts: list[str], continuations: list[list[int]], full: bool = False) -> list:
-        """Per text, the log-probability of each continuation token after the
-        teacher's prompt for that text (with `full`, the whole log-distribution
+    def continuation_logprobs(self, task: Task, texts: list, continuations: list[list[int]], full: bool = False) -> list:
+        """Per input (a text or a conversation), the log-probability of each continuation token after the
+        teacher's prompt for that input (with `full`, the whole log-distribution
         at each position): one batched forward on top of the shared prefix."""
         prefix = self.prefix_cache(task)
         prompts = [render_prompt(self.tokenizer, task.teacher_messages(t)) for t in texts]

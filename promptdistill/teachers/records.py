@@ -28,7 +28,7 @@ from collections import Counter
 from ..reasoning import has_reasoning
 from ..records import Example, LabeledExample
 from ..render import reply_ids
-from ..task import LOW_CONFIDENCE, OK, Task
+from ..task import LOW_CONFIDENCE, OK, TRUNCATED, Task
 
 
 def sample_seed(seed: int, example_id: str, k: int) -> int:
@@ -70,18 +70,22 @@ def top_logprobs_record(token_ids, steps, k: int) -> dict | None:
     return {"token_ids": [int(t) for t in token_ids], "top": top}
 
 
-def vote(task: Task, e: Example, replies: list[str], logprobs: list[dict | None] | None = None) -> LabeledExample:
+def vote(task: Task, e: Example, replies: list[str], logprobs: list[dict | None] | None = None,
+         truncated: list[bool] | None = None) -> LabeledExample:
     """Generate mode: the record for an input's sampled replies. The majority
     label wins (ties go to the label seen first); the record carries the
-    top-k log-probabilities of the reply it keeps."""
+    top-k log-probabilities of the reply it keeps. `truncated` says, per
+    reply, whether the backend cut it at the reply limit (text tasks)."""
     logprobs = logprobs or [None] * len(replies)
+    truncated = truncated or [False] * len(replies)
     parsed = [task.parse_answer(r)[0] for r in replies]
     votes = Counter(label for label in parsed if label is not None)
     if len(replies) == 1 or not votes:
-        return make_record(task, e, replies[0], teacher_logprobs=logprobs[0])
+        return make_record(task, e, replies[0], teacher_logprobs=logprobs[0], truncated=truncated[0])
     winner = votes.most_common(1)[0][0]
     chosen = parsed.index(winner)
-    return make_record(task, e, replies[chosen], votes=dict(votes), samples=len(replies), teacher_logprobs=logprobs[chosen])
+    return make_record(task, e, replies[chosen], votes=dict(votes), samples=len(replies), teacher_logprobs=logprobs[chosen],
+                       truncated=truncated[chosen])
 
 
 # -- choose mode ---------------------------------------------------------
@@ -122,9 +126,13 @@ def candidate_logps(candidates: list[list[int]], step_logps: dict) -> list[float
 
 
 def make_record(task: Task, e: Example, reply: str, *, label_probs=None, votes: dict | None = None, samples: int = 1,
-                teacher_logprobs: dict | None = None) -> LabeledExample:
+                teacher_logprobs: dict | None = None, truncated: bool = False) -> LabeledExample:
     """The labeled record for one answer: parsed label, status (low confidence
-    included), confidence and entropy, and the student's conversation.
+    included), confidence and entropy, and the student's conversation (the
+    input's whole conversation, plus the target turn when it is trained).
+    A text reply cut at the reply limit (`truncated`) is "truncated": trained
+    only with task.truncated_replies = "keep". A label or JSON answer that
+    parsed is an answer however the reply ended.
     `teacher_reply` keeps the whole reply, a reasoning teacher's thinking
     included; the label and the student's target come from the answer alone
     (task.py). Such a reply's log-probabilities cover the thinking too, which
@@ -140,8 +148,10 @@ def make_record(task: Task, e: Example, reply: str, *, label_probs=None, votes: 
         confidence = votes[label] / samples
     if status == OK and confidence is not None and confidence < task.config.min_confidence:
         status = LOW_CONFIDENCE
-    messages = task.student_messages(e.text)
-    if status == OK:
+    if status == OK and truncated and task.text_reply:
+        status = TRUNCATED
+    messages = task.student_messages(e.conversation())
+    if status == OK or (status == TRUNCATED and task.keeps_truncated()):
         messages = messages + [{"role": "assistant", "content": task.target_reply(reply, label)}]
     return LabeledExample(
         id=e.id, text=e.text, gold_label=e.gold_label, teacher_reply=reply, label=label,

@@ -195,8 +195,8 @@ class ServerTeacher(HttpTeacher):
         eot = end_of_turn_ids(tok)
 
         def answer(e: Example) -> LabeledExample:
-            prompt = render_prompt(tok, task.teacher_messages(e.text), c.reply_prefix)
-            replies, logprobs = [], []
+            prompt = render_prompt(tok, task.teacher_messages(e.conversation()), c.reply_prefix)
+            replies, logprobs, truncated = [], [], []
             for n in range(c.samples):
                 body = {
                     "model": self.name,
@@ -217,7 +217,8 @@ class ServerTeacher(HttpTeacher):
                 else:  # a server that returns text only: its own decoding
                     replies.append(c.reply_prefix + (choice.get("text") or ""))
                 logprobs.append(top_logprobs_record(token_ids, steps, k) if k else None)
-            return vote(task, e, replies, logprobs)
+                truncated.append(choice.get("finish_reason") == "length")
+            return vote(task, e, replies, logprobs, truncated)
 
         return answer
 
@@ -231,7 +232,7 @@ class ServerTeacher(HttpTeacher):
             by_token.setdefault(token, []).append(before)
 
         def answer(e: Example) -> LabeledExample:
-            context = render_prompt(tok, task.teacher_messages(e.text))
+            context = render_prompt(tok, task.teacher_messages(e.conversation()))
             step_logps = {}
             for token, befores in by_token.items():
                 body = {

@@ -126,7 +126,7 @@ class VllmTeacher(Teacher):
         eot = end_of_turn_ids(tok)
         prompts, params = [], []
         for e in batch:
-            ids = render_prompt(tok, task.teacher_messages(e.text), c.reply_prefix)
+            ids = render_prompt(tok, task.teacher_messages(e.conversation()), c.reply_prefix)
             for n in range(c.samples):
                 prompts.append(ids)
                 params.append(self.vllm.SamplingParams(
@@ -140,7 +140,7 @@ class VllmTeacher(Teacher):
             replies = [decode_reply(tok, task, o.token_ids, eot) for o in outs]
             logprobs = [top_logprobs_record(o.token_ids, [[(t, lp.logprob) for t, lp in step.items()] for step in o.logprobs or []], k)
                         for o in outs]
-            records.append(vote(task, e, replies, logprobs))
+            records.append(vote(task, e, replies, logprobs, [o.finish_reason == "length" for o in outs]))
         return records
 
     def _choose(self, batch: list[Example], task: Task, seed: int) -> list[LabeledExample]:
@@ -149,7 +149,7 @@ class VllmTeacher(Teacher):
         steps = scoring_steps(candidates)
         prompts, params = [], []
         for e in batch:
-            context = render_prompt(tok, task.teacher_messages(e.text))
+            context = render_prompt(tok, task.teacher_messages(e.conversation()))
             for before, token in steps:
                 prompts.append(context + list(before))
                 params.append(self.vllm.SamplingParams(max_tokens=1, temperature=0, logprobs=0, allowed_token_ids=[token]))

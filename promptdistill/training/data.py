@@ -35,7 +35,7 @@ import torch
 from ..config import TrainConfig
 from ..records import LabeledExample
 from ..render import RenderedExample, render_example, render_prompt
-from ..task import OK, Task
+from ..task import TRUNCATED, Task
 from .losses import kd_kind, label_kd_examples, token_kd_examples
 
 
@@ -43,9 +43,14 @@ def render_for_training(records: list[LabeledExample], tokenizer, max_length: in
     """Render the usable records; return (rendered, ids of records over max_length)."""
     rendered, too_long = [], []
     for r in records:
-        if r.status != OK:
+        if not r.trainable:
             continue
         ex = render_example(tokenizer, r.messages)
+        if r.status == TRUNCATED and ex.num_trained > 1:
+            # A reply cut at the limit (kept by task.truncated_replies) is trained without
+            # the end-of-turn token: the teacher had not finished, and a stop there would
+            # teach the student to stop mid-sentence.
+            ex = RenderedExample(ex.input_ids, ex.weights[:-1] + [0.0])
         if ex.num_tokens > max_length:
             too_long.append(r.id)
             continue
@@ -57,7 +62,7 @@ def training_items(records: list[LabeledExample], task: Task, tokenizer, cfg: Tr
     """What the step loop consumes for `cfg.loss`, and the ids of records over max_length."""
     if cfg.loss == "sft":
         return render_for_training(records, tokenizer, cfg.max_length)
-    usable = [r for r in records if r.status == OK]
+    usable = [r for r in records if r.trainable]
     if not usable:
         return [], []
     if cfg.loss == "kd":
@@ -66,7 +71,7 @@ def training_items(records: list[LabeledExample], task: Task, tokenizer, cfg: Tr
         sizes = [i.num_tokens for i in items]
     else:  # on-policy: the inputs, with room for the student's longest sample
         items = usable
-        sizes = [len(render_prompt(tokenizer, task.student_messages(r.text))) + task.config.max_new_tokens for r in usable]
+        sizes = [len(render_prompt(tokenizer, task.student_messages(r.conversation()))) + task.config.max_new_tokens for r in usable]
     keep = [i for i, n in zip(items, sizes) if n <= cfg.max_length]
     return keep, [r.id for r, n in zip(usable, sizes) if n > cfg.max_length]
 
@@ -106,7 +111,7 @@ def sampling_weights(records: list[LabeledExample], too_long: list[str], cfg: Tr
     if cfg.balance == "none":
         return None
     skipped = set(too_long)
-    weights = balance_weights([r.label for r in records if r.status == OK and r.id not in skipped])
+    weights = balance_weights([r.label for r in records if r.trainable and r.id not in skipped])
     return weights + [sum(weights) / len(weights)] * general if weights else weights
 
 

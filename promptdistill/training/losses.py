@@ -296,7 +296,7 @@ def token_kd_examples(records, task, tokenizer):
         if not lp.get("token_ids") or len(lp["token_ids"]) != len(lp.get("top") or []):
             raise PromptDistillError(f"record {r.id!r}: teacher_logprobs needs one top-k list per reply token",
                                      field="teacher_logprobs")
-        prompt = render_prompt(tokenizer, task.student_messages(r.text))
+        prompt = render_prompt(tokenizer, task.student_messages(r.conversation()))
         out.append(TokenKDExample(prompt, list(lp["token_ids"]), lp["top"]))
     return out
 

@@ -95,10 +95,10 @@ def on_policy_loss(model, tokenizer, task, teacher: Teacher, records, *, step: i
     """Sum over `records` of each sample's mean per-token loss (see the module
     docstring for `kl`); the sum of each sample's mean reverse KL; sampled tokens."""
     device = next(model.parameters()).device
-    prompts = [render_prompt(tokenizer, task.student_messages(r.text)) for r in records]
+    prompts = [render_prompt(tokenizer, task.student_messages(r.conversation())) for r in records]
     seeds = [sample_seed(seed, step, r.id) for r in records]
     samples = sample_replies(model, tokenizer, prompts, seeds, max_new_tokens=task.config.max_new_tokens, temperature=temperature)
-    teacher_lp = teacher.continuation_logprobs(task, [r.text for r in records], samples, full=kl == "full")
+    teacher_lp = teacher.continuation_logprobs(task, [r.conversation() for r in records], samples, full=kl == "full")
 
     rows = [p + s[:-1] for p, s in zip(prompts, samples)]
     width = max(len(r) for r in rows)
