@@ -182,3 +182,13 @@ def test_run_splits_a_save_to_disk_folder(tmp_path, tiny_model_dir):
     split = [json.loads(line) for side in ("train", "heldout")
              for line in (tmp_path / "run" / "split" / f"{side}.jsonl").read_text().splitlines()]
     assert sorted((r["id"], r["text"], r["label"]) for r in split) == sorted((str(i + 1), r["sentence"], r["g"]) for i, r in enumerate(rows))
+
+
+def test_a_messages_column_is_a_conversation_input(tmp_path):
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                    {"role": "user", "content": "how are you?"}]
+    path = _parquet(tmp_path, [{"conv": conversation, "key": "c1"}])
+    (e,) = read_inputs(path, {"messages": "conv", "id": "key"})
+    expected = read_inputs(_jsonl(tmp_path, [{"id": "c1", "messages": conversation}]))[0]
+    assert (e.id, e.text, e.messages, e.meta) == (expected.id, expected.text, expected.messages, expected.meta)
+    assert e.text == "how are you?" and e.messages == conversation
