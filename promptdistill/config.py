@@ -135,6 +135,13 @@ class DataConfig:
     # outside data is needed; it keeps the student close to its base off the
     # task (the general-ability check in the report measures how close).
     mix_general: float = 0.0
+    # Which column of the inputs holds each field, where it is not named text /
+    # messages / id / label (a Parquet, Arrow or Hub dataset's, or a JSONL
+    # file's own names; dataset_inputs.py). Unset: the standard name.
+    text_column: str | None = None
+    messages_column: str | None = None
+    id_column: str | None = None
+    label_column: str | None = None
 
 
 @dataclass
