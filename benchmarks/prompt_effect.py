@@ -22,7 +22,7 @@ is the baseline the prompt has to beat.
 Conversations file: one JSON object per line, `{"id": ..., "messages": [{"role":
 ..., "content": ...}, ...]}`, the last message a user turn. Checks file: TOML
 with `[[eval.checks]]` tables, each a `name`, a `kind` and that kind's
-parameters (see CHECKS below). Every file is validated before the model loads.
+parameters (promptdistill/replychecks.py; docs/evaluation.md). Every file is validated before the model loads.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -42,94 +41,15 @@ sys.path.insert(0, str(ROOT))
 
 from promptdistill.errors import PromptDistillError  # noqa: E402
 from promptdistill.evaluation.agreement import wilson_interval  # noqa: E402
+from promptdistill.replychecks import Check, count_words, parse_checks  # noqa: E402
 
 # ---------------------------------------------------------------- checks
-# Words are whitespace-separated tokens and sentences end at . ! or ? followed
-# by whitespace: crude, but deterministic and easy to state, which matters more
-# for a with/without comparison than linguistic accuracy.
-
-
-def count_words(reply: str) -> int:
-    return len(reply.split())
-
-
-def count_sentences(reply: str) -> int:
-    return len([s for s in re.split(r"(?<=[.!?])\s+", reply.strip()) if s])
-
-
-def check_max_words(reply: str, max: int) -> bool:
-    return count_words(reply) <= max
-
-
-def check_min_words(reply: str, min: int) -> bool:
-    return count_words(reply) >= min
-
-
-def check_max_sentences(reply: str, max: int) -> bool:
-    return count_sentences(reply) <= max
-
-
-def check_regex(reply: str, pattern: re.Pattern) -> bool:
-    return pattern.search(reply) is not None
-
-
-def check_not_regex(reply: str, pattern: re.Pattern) -> bool:
-    return pattern.search(reply) is None
-
-
-def check_starts_with(reply: str, text: str, ignore_case: bool = False) -> bool:
-    if ignore_case:
-        return reply.casefold().startswith(text.casefold())
-    return reply.startswith(text)
-
-
-def check_ends_with(reply: str, text: str, ignore_case: bool = False) -> bool:
-    if ignore_case:
-        return reply.casefold().endswith(text.casefold())
-    return reply.endswith(text)
-
-
-def check_ends_with_question(reply: str) -> bool:
-    return reply.endswith("?")
-
-
-def check_json(reply: str) -> bool:
-    try:
-        json.loads(reply)
-    except ValueError:
-        return False
-    return True
-
-
-# kind -> (function, {parameter: type}, optional parameters). `pattern` is
-# compiled once at load time, so a bad regex is refused before any decoding.
-CHECKS = {
-    "max_words": (check_max_words, {"max": int}, set()),
-    "min_words": (check_min_words, {"min": int}, set()),
-    "max_sentences": (check_max_sentences, {"max": int}, set()),
-    "regex": (check_regex, {"pattern": str, "ignore_case": bool}, {"ignore_case"}),
-    "not_regex": (check_not_regex, {"pattern": str, "ignore_case": bool}, {"ignore_case"}),
-    "starts_with": (check_starts_with, {"text": str, "ignore_case": bool}, {"ignore_case"}),
-    "ends_with": (check_ends_with, {"text": str, "ignore_case": bool}, {"ignore_case"}),
-    "ends_with_question": (check_ends_with_question, {}, set()),
-    "json": (check_json, {}, set()),
-}
-
-
-class Check:
-    """One named check with its parameters bound; called on a reply."""
-
-    def __init__(self, name: str, kind: str, params: dict):
-        self.name, self.kind, self.params = name, kind, params
-        self.function = CHECKS[kind][0]
-
-    def __call__(self, reply: str) -> bool:
-        # Leading/trailing whitespace is decoding noise, not the model's answer.
-        return self.function(reply.strip(), **self.params)
+# The rules and their validation are the package's (replychecks.py), the same
+# a task file's [[eval.checks]] get in `promptdistill eval`.
 
 
 def load_checks(path: str | Path) -> list[Check]:
-    """Read and validate `[[eval.checks]]`; any fault is one line naming file and check."""
+    """Read and validate `[[eval.checks]]`; any fault is one line naming file, line and field."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -140,40 +60,7 @@ def load_checks(path: str | Path) -> list[Check]:
     tables = data.get("eval", {}).get("checks") if isinstance(data.get("eval"), dict) else None
     if not isinstance(tables, list) or not tables:
         raise PromptDistillError("needs at least one [[eval.checks]] table", path=path, field="eval.checks")
-    checks, names = [], set()
-    for i, table in enumerate(tables):
-        name = table.get("name")
-        label = f"eval.checks[{i}]" if not isinstance(name, str) or not name else f"eval.checks '{name}'"
-        if not isinstance(name, str) or not name:
-            raise PromptDistillError("needs a non-empty string 'name'", path=path, field=label)
-        if name in names:
-            raise PromptDistillError("duplicate check name", path=path, field=label)
-        names.add(name)
-        kind = table.get("kind")
-        if kind not in CHECKS:
-            raise PromptDistillError(f"unknown kind {kind!r}; one of {', '.join(sorted(CHECKS))}", path=path, field=label)
-        _, types, optional = CHECKS[kind]
-        extra = set(table) - set(types) - {"name", "kind"}
-        if extra:
-            raise PromptDistillError(f"unknown key(s) for kind {kind!r}: {', '.join(sorted(extra))}", path=path, field=label)
-        params = {}
-        for key, typ in types.items():
-            if key not in table:
-                if key in optional:
-                    continue
-                raise PromptDistillError(f"kind {kind!r} needs '{key}'", path=path, field=label)
-            value = table[key]
-            if not isinstance(value, typ) or (typ is int and (isinstance(value, bool) or value < 0)):
-                raise PromptDistillError(f"'{key}' must be a {'non-negative integer' if typ is int else typ.__name__}", path=path, field=label)
-            params[key] = value
-        if "pattern" in params:
-            flags = re.IGNORECASE if params.pop("ignore_case", False) else 0
-            try:
-                params["pattern"] = re.compile(params["pattern"], flags)
-            except re.error as e:
-                raise PromptDistillError(f"invalid regex in 'pattern': {e}", path=path, field=label) from None
-        checks.append(Check(name, kind, params))
-    return checks
+    return parse_checks(tables, path)
 
 
 # ---------------------------------------------------------------- inputs
@@ -267,6 +154,8 @@ def generate_replies(loaded, system: str | None, conversations: list[dict], max_
 
 
 def rate(passed: int, n: int) -> str:
+    if n == 0:
+        return "  -/0"
     low, high = wilson_interval(passed, n)
     return f"{passed:3d}/{n} {100 * passed / n:5.1f}% [{100 * low:4.1f}-{100 * high:5.1f}]"
 
@@ -295,6 +184,27 @@ def report_lines(checks: list[Check], conversations: list[dict], with_replies: d
     return lines
 
 
+def judge_lines(loaded, system: str, conversations: list[dict], with_replies: dict, without_replies: dict, folder) -> str:
+    """The model itself, with the prompt, judging "without" against "with" (the base-vs-teacher floor of an evaluation)."""
+    from promptdistill.config import TaskConfig
+    from promptdistill.evaluation.judge import judge_section
+    from promptdistill.records import Example
+    from promptdistill.task import Task
+    from promptdistill.teachers.local import LocalTeacher
+
+    task = Task(TaskConfig(name="prompt_effect", system_prompt=system))
+    examples = [Example(id=str(c["id"]), text=c["messages"][-1]["content"], messages=c["messages"]) for c in conversations]
+    ids = [c["id"] for c in conversations]
+    t0 = time.perf_counter()
+    section = judge_section(task, LocalTeacher(loaded), examples, {"teacher": [with_replies[i] for i in ids],
+                            "without": [without_replies[i] for i in ids]}, folder, progress=False)
+    j = section["systems"]["without"]
+    return (f"judge ({loaded.name} with the prompt), without vs with, n={j['n']} ({j['identical']} identical): "
+            f"win {rate(j['win']['successes'], j['n'])}, tie {rate(j['tie']['successes'], j['n'])}, "
+            f"loss {rate(j['loss']['successes'], j['n'])}; reliability {rate(j['reliability']['successes'], j['reliability']['n'])}; "
+            f"unreadable verdicts {j['unreadable_verdicts']}; {time.perf_counter() - t0:.1f}s")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", required=True, help="system prompt file")
@@ -308,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--replies", help="also write every reply pair to this JSONL file")
+    ap.add_argument("--judge", metavar="FOLDER", help="also let the model judge, with the prompt, each reply without it against "
+                    "the one with it, in both orders (evaluation/judge.py; verdicts stored in FOLDER/judge.jsonl), and "
+                    "print win/tie/loss and the judge's reliability")
     args = ap.parse_args(argv)
     try:
         for flag in ("limit", "threads"):
@@ -319,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         system = load_prompt(args.prompt)
         checks = load_checks(args.checks)
         conversations = spread_subset(load_conversations(args.inputs), args.limit)
+        if args.judge and Path(args.judge).exists() and not Path(args.judge).is_dir():
+            raise PromptDistillError("is a file; --judge names a folder for judge.jsonl", path=args.judge)
         if args.replies and Path(args.replies).exists():
             raise PromptDistillError("already exists; not overwriting a file this run did not write", path=args.replies)
 
@@ -349,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, stats in (("with", with_stats), ("without", without_stats)):
         print(f"decode {label}: {stats['new_tokens']} new tokens in {stats['seconds']:.1f}s")
     print(f"wall {wall:.1f}s")
+    if args.judge:
+        print(judge_lines(loaded, system, conversations, with_replies, without_replies, args.judge))
     if args.replies:
         with open(args.replies, "x", encoding="utf-8") as f:
             for c in conversations:

@@ -64,6 +64,7 @@ _EXPORTS = {
     "Systems": "evaluation.systems",
     "results_table": "evaluation.report",
     "evaluate_run": "pipeline",
+    "evaluate": "pipeline",
     "token_counts": "rundata",
     "read_metrics": "rundata",
     "load_report": "rundata",

@@ -4,7 +4,7 @@
     promptdistill label   TASK --inputs FILE --out FILE      teacher labels inputs
     promptdistill render  TASK --labeled FILE                tokens per example
     promptdistill train   TASK --labeled FILE --run-dir RUN  LoRA-train the student
-    promptdistill eval    TASK --run-dir RUN [--inputs FILE] teacher vs base vs student
+    promptdistill eval    TASK --run-dir RUN [--inputs FILE] teacher vs base vs student (or --student MODEL --out DIR)
     promptdistill run     TASK [--run-dir RUN]               all stages, resumable
     promptdistill predict --run-dir RUN [TEXT ...]           answer with the student
     promptdistill export  --run-dir RUN --merged DIR | --adapter DIR | --gguf DIR   the student as a model others load
@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", help="task name (default: the task file's name)")
 
     sp = command("label", cmd_label, "label inputs with the teacher", models=True, teacher_backend=True)
-    sp.add_argument("--inputs", help="input file (.txt, .jsonl, .csv); default: data.inputs")
+    sp.add_argument("--inputs", help="input file (.txt, .jsonl, .csv, .parquet, .arrow), dataset folder or hf://datasets/ORG/NAME")
+    sp.add_argument("--push-to-hub", metavar="ORG/NAME", help="then upload the labeled set to this Hugging Face dataset repo")
     sp.add_argument("--out", required=True, help="labeled JSONL to write (appended, resumable)")
     sp.add_argument("--rejects", help="where unparsed answers go (default: OUT with .rejects.jsonl)")
     sp.add_argument("--mode", choices=["generate", "choose"], help="answer mode (default: task.answer_mode)")
@@ -126,8 +127,10 @@ def _parser() -> argparse.ArgumentParser:
     training_flags(sp)
 
     sp = command("eval", cmd_eval, "compare teacher, base and student on held-out inputs", models=True)
-    sp.add_argument("--run-dir", required=True, help="run directory holding train/adapter")
-    sp.add_argument("--inputs", help="held-out inputs (default: RUN/split/heldout.jsonl)")
+    where = sp.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run-dir", help="run directory holding train/adapter")
+    where.add_argument("--out", help="report folder, evaluating --student (hub id, model or PEFT adapter folder) without a run")
+    sp.add_argument("--inputs", help="held-out inputs: file, dataset folder, hf://datasets/ORG/NAME[:split] (default: RUN/split/heldout.jsonl)")
 
     sp = command("run", cmd_run, "split, label, train, eval; skips completed stages", models=True, teacher_backend=True)
     sp.add_argument("--run-dir", help="default: runs/<task name>")
@@ -217,7 +220,7 @@ def cmd_label(args):
 
     _print_json(label_file(load_task_config(args), args.inputs, args.out, args.rejects, limit=args.limit, task_file=args.task, log=_log,
                            dedupe_hint="--dedupe", mode=args.mode, batch_size=args.batch_size, force=args.force,
-                           progress=not args.no_progress, reuse_prefix=not args.no_prefix_reuse))
+                           progress=not args.no_progress, reuse_prefix=not args.no_prefix_reuse, push_to_hub=args.push_to_hub))
 
 
 def cmd_render(args):
@@ -246,13 +249,15 @@ def cmd_train(args):
 
 def cmd_eval(args):
     from .evaluation.report import results_table
-    from .pipeline import evaluate_file
+    from .pipeline import evaluate_file, evaluate_student
     from .rundir import RunDir
 
-    report = evaluate_file(load_task_config(args), args.run_dir, args.inputs, task_file=args.task,
-                           progress=not args.no_progress, log=_log)
+    student = vars(args).pop("student") if args.out else None  # the student evaluated; the task's models.student: its base
+    report = (evaluate_student(load_task_config(args), student, args.inputs, args.out, reads={"the task file": args.task}, log=_log,
+                               progress=not args.no_progress) if args.out else
+              evaluate_file(load_task_config(args), args.run_dir, args.inputs, task_file=args.task, progress=not args.no_progress, log=_log))
     print(results_table(report))
-    print(f"\nreport: {RunDir(args.run_dir).report_md}")
+    print(f"\nreport: {os.path.join(args.out, 'report.md') if args.out else RunDir(args.run_dir).report_md}")
 
 
 def cmd_run(args):

@@ -26,6 +26,7 @@ from pathlib import Path
 from .api_access import check_url
 from .errors import PromptDistillError
 from .models import BUILTIN_SMOLLM2
+from .replychecks import parse_checks
 
 ANSWER_MODES = ("generate", "choose")
 # What each teacher backend (models.teacher_backend) can do beyond labeling.
@@ -139,6 +140,13 @@ class DataConfig:
     # outside data is needed; it keeps the student close to its base off the
     # task (the general-ability check in the report measures how close).
     mix_general: float = 0.0
+    # Which column of the inputs holds each field, where it is not named text /
+    # messages / id / label (a Parquet, Arrow or Hub dataset's, or a JSONL
+    # file's own names; dataset_inputs.py). Unset: the standard name.
+    text_column: str | None = None
+    messages_column: str | None = None
+    id_column: str | None = None
+    label_column: str | None = None
 
 
 @dataclass
@@ -261,6 +269,16 @@ class EvalConfig:
     general_ability: bool = True
     # The report flags a general-ability drop (base score - student score) above this share.
     general_max_drop: float = 0.1
+    # Rules the prompt asks of every reply ([[eval.checks]] tables: name, kind and
+    # the kind's parameters; replychecks.py): pass rates per system and the
+    # prompt effect the student recovers on each (evaluation/checks.py, effect.py).
+    checks: list[dict] = field(default_factory=list)
+    # A judge compares each system's reply with the teacher's (evaluation/judge.py):
+    # "teacher" (the teacher itself, with the prompt) or "off". Unset: "teacher"
+    # for reply_format = "text", "off" otherwise.
+    judge: str | None = None
+    # The judge's model when it is not the teacher's (same backend and settings).
+    judge_model: str | None = None
 
 
 def task_settings(cfg: TaskConfig) -> dict:
@@ -548,6 +566,7 @@ def validate_config(cfg: Config, source=None, *, limits: bool = True) -> None:
     validate_text(cfg, source)
     _validate_synthesize(cfg, source)
     _validate_resamples(cfg, source)
+    _validate_eval_replies(cfg, source)
 
 
 def _validate_synthesize(cfg: Config, source) -> None:
@@ -585,6 +604,30 @@ def _validate_resamples(cfg: Config, source) -> None:
         # Greedy resamples repeat the recorded answer: a ceiling of 100% that says nothing.
         raise PromptDistillError("resamples need task.temperature > 0 (greedy answers are all the same)",
                                  path=source, field="eval.teacher_resamples")
+
+
+JUDGES = ("teacher", "off")
+
+
+def judge_enabled(settings: EvalConfig, reply_format: str) -> bool:
+    """Whether the evaluation asks a judge: eval.judge, else on for free-text replies."""
+    return (settings.judge or ("teacher" if reply_format == "text" else "off")) == "teacher"
+
+
+def _validate_eval_replies(cfg: Config, source) -> None:
+    """The reply checks (every regex and schema compiled now, not when the evaluation
+    reaches them) and the judge settings."""
+    parse_checks(cfg.eval.checks, source)
+    e = cfg.eval
+    if e.judge is not None:
+        _one_of(e.judge, JUDGES, source, "eval.judge")
+        if e.judge == "teacher" and cfg.task.reply_format != "text":
+            raise PromptDistillError("the judge compares free-text replies: it applies to task.reply_format = \"text\"",
+                                     path=source, field="eval.judge")
+    if e.judge_model is not None and not judge_enabled(e, cfg.task.reply_format):
+        raise PromptDistillError("judge_model is unused with the judge off (eval.judge)", path=source, field="eval.judge_model")
+    if e.judge_model is not None and not e.judge_model.strip():
+        raise PromptDistillError("must name a model", path=source, field="eval.judge_model")
 
 
 def _validate_json_task(t: TaskConfig, source) -> None:

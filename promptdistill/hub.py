@@ -1,4 +1,4 @@
-"""Pushing an export folder to the Hugging Face Hub.
+"""Pushing an export folder (a model repo) or a labeled set (a dataset repo) to the Hugging Face Hub.
 
 Through huggingface_hub (`HfApi.create_repo`, then `upload_folder`), with the
 token from huggingface_hub's usual places (HF_TOKEN, or the file `hf auth
@@ -44,4 +44,17 @@ def push_folder(folder, repo_id: str, *, private: bool = False) -> str:
     url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(Path(folder)), ignore_patterns=_LOCAL_ONLY,
                       commit_message="Upload a promptdistill export")
+    return str(url)
+
+
+def push_file(path, repo_id: str, *, repo_type: str = "dataset", message: str, private: bool = False) -> str:
+    """Create the repo if needed and upload the file `path` under its own name as one commit; return the repo's URL.
+    `label --push-to-hub`: the labeled JSONL, in the conversation schema `datasets` and the trainers read."""
+    from huggingface_hub import HfApi
+
+    path = Path(path)
+    api = HfApi()
+    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo_id, repo_type=repo_type,
+                    commit_message=message)
     return str(url)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .config import Config
+from .dataset_inputs import columns_of
 from .errors import PromptDistillError
 from .records import check_gold_labels, read_inputs, report_duplicates
 from .render import render_prompt
@@ -33,7 +34,7 @@ def prepare_inputs(cfg: Config, task: Task, path, log, *, dedupe_hint: str = "da
     duplicates reported (only the first kept with data.dedupe), inputs too
     long for the student or the teacher reported with their lines (skipped or
     truncated per data.too_long), then data.limit of them drawn with data.seed."""
-    examples = read_inputs(path)
+    examples = read_inputs(path, columns_of(cfg.data))
     check_gold_labels(examples, task.labels, path)
     examples = report_duplicates(examples, path, cfg.data.dedupe, lambda m: log(f"[promptdistill] {m}"), dedupe_hint)
     examples = fit_inputs(examples, task, cfg, path, log)

@@ -30,9 +30,10 @@ from pathlib import Path
 
 
 from .config import Config
+from .dataset_inputs import check_input_source, input_location, local_path
 from .errors import PromptDistillError
 from .inputs import prepare_inputs
-from .io import (DirectoryLock, JsonlAppender, atomic_write_json, check_file, check_no_symlinks, check_output_file, check_paths,
+from .io import (DirectoryLock, JsonlAppender, atomic_write_json, check_no_symlinks, check_output_file, check_paths,
                  claim_side_file, is_lock_file, read_settings, resume_or_refuse, torn_tail_length)
 from .progress import progress_bar
 from .records import Example, iter_jsonl, iter_lines
@@ -49,17 +50,29 @@ def label_file(cfg: Config, inputs, out_path, rejects_path=None, *, limit: int =
     into `out_path`; return the summary. The input file is checked and the
     outputs claimed (`check_label_outputs`, which never writes into a run)
     before the inputs are read (`inputs.prepare_inputs`, the same selection as
-    `run`'s split); `limit` keeps the first N; `options` are label_inputs'."""
+    `run`'s split); `limit` keeps the first N; `options` are label_inputs'. With
+    `push_to_hub` (ORG/NAME, checked first: hub.check_push), the labeled file is
+    then uploaded to that dataset repo (the rejects and the sidecar stay local)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise PromptDistillError(f"limit must be a whole number >= 0 (0: all inputs), got {limit!r}", field="--limit")
     _check_batch_size(options.get("batch_size"))  # before the teacher is loaded
-    inputs = inputs or (cfg.resolve_path(cfg.data.inputs) if cfg.data.inputs else None)
+    push_to_hub = options.pop("push_to_hub", None)
+    if push_to_hub:
+        from .hub import check_push
+
+        check_push(push_to_hub)
+    inputs = inputs or (input_location(cfg, cfg.data.inputs) if cfg.data.inputs else None)
     if inputs is None:
         raise PromptDistillError("no inputs: pass --inputs or set data.inputs", field="data.inputs")
-    inputs = check_file(inputs, "input file")
-    out_path, rejects_path = check_label_outputs(out_path, rejects_path, reads={"--inputs": inputs, "the task file": task_file})
+    inputs = check_input_source(inputs, "input file")
+    out_path, rejects_path = check_label_outputs(out_path, rejects_path, reads={"--inputs": local_path(inputs), "the task file": task_file})
     examples = prepare_inputs(cfg, Task(cfg.task), inputs, log, dedupe_hint=dedupe_hint)[: limit or None]
-    return _label(cfg, examples, load_teacher(cfg), out_path, rejects_path, **options)
+    summary = _label(cfg, examples, load_teacher(cfg), out_path, rejects_path, **options)
+    if push_to_hub:
+        from .hub import push_file
+
+        summary["hub"] = push_file(out_path, push_to_hub, repo_type="dataset", message="Upload labels made by promptdistill")
+    return summary
 
 
 def check_label_outputs(out_path, rejects_path=None, *, reads: dict | None = None, more_writes: dict | None = None,

@@ -1,7 +1,9 @@
 """`run`: split -> label -> train -> eval, into one run directory.
 
 Each stage writes its outputs, then a marker holding the settings it
-depended on (`stage_settings`). Rerunning skips every stage whose marker
+depended on (`stage_settings`; the train stage's is the one `train` writes,
+`training.stage.train_settings`, so either command continues the other's
+training). Rerunning skips every stage whose marker
 matches; a stage whose settings changed is refused, naming the changed keys,
 unless `force`, in which case it and every later stage run again. The directory's layout is
 `rundir.RunDir`'s.
@@ -17,17 +19,22 @@ The eval stage's preflight lives here too, beside `evaluate_run`
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from dataclasses import replace
 
 from .config import Config, eval_settings, save_config, task_settings, training_settings
-from .errors import PromptDistillError
 from pathlib import Path
 
+from .dataset_inputs import check_input_source, columns_of, input_location, local_path
+from .errors import PromptDistillError
+
 from .inputs import check_max_length, fit_context, fit_inputs, prepare_inputs, read_offtask
-from .io import atomic_write_json, changed_settings, check_file, check_paths, fingerprint
+from .io import (DirectoryLock, atomic_write_json, changed_settings, check_file, check_model_folder, check_no_symlinks,
+                 check_parent_writable, check_paths, fingerprint, real_path)
 from .records import check_gold_labels, read_inputs, read_labeled, write_examples
-from .rundir import RunDir, adapter_fingerprint, check_run_dir, claim_run_dir
+from .rundir import LOCK, RunDir, adapter_fingerprint, check_adapter_folder, check_outside_runs, check_run_dir, claim_run_dir
 from .split import split_examples
 from .task import Task
 
@@ -39,7 +46,7 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
     mix_general = d["data"].pop("mix_general")
     split = {
         "data": d["data"],
-        "inputs": str(cfg.resolve_path(cfg.data.inputs)) if cfg.data.inputs else None,
+        "inputs": str(input_location(cfg, cfg.data.inputs)) if cfg.data.inputs else None,
         # what decides which inputs are too long for the student
         "fit": [cfg.train.max_length, cfg.task.max_new_tokens, cfg.models.student],
     }
@@ -81,7 +88,7 @@ def check_run(cfg: Config, run_dir, reads: dict | None = None) -> tuple[RunDir, 
                                  field="data.inputs")
     reads = dict(reads or {})
     if cfg.data.inputs:
-        reads["data.inputs"] = check_file(cfg.resolve_path(cfg.data.inputs), "input file (data.inputs)")
+        reads["data.inputs"] = local_path(check_input_source(input_location(cfg, cfg.data.inputs), "input file (data.inputs)"))
     if cfg.eval.offtask_inputs:
         reads["eval.offtask_inputs"] = check_file(cfg.resolve_path(cfg.eval.offtask_inputs), "off-task input file (eval.offtask_inputs)")
     offtask = read_offtask(cfg)
@@ -108,10 +115,17 @@ def _run_stages(cfg: Config, run: RunDir, offtask: list | None, *, force: bool, 
     from .labeling import label_inputs
     from .teachers import load_teacher
     from .training.recipe import train_folder
+    from .training.stage import train_settings
 
     task = Task(cfg.task)
     settings = stage_settings(cfg)
-    todo = run.plan(settings, force)
+    training_data = _cached(lambda: _split_records(run))
+    # The train stage's marker is the one `train` writes (training.stage.train_settings: the
+    # records trained on, by their hash), so `train` and `run` on one run agree on what it was
+    # trained with; the evaluation is valid for that training.
+    markers = {**settings, "train": _cached(lambda: train_settings(cfg, *training_data())),
+               "eval": lambda: {**settings["eval"], "training": fingerprint(markers["train"]())}}
+    todo = run.plan(markers, force)
     # Written only once the settings are accepted: predict reads the model and task from it.
     save_config(cfg, run.config_path)
 
@@ -124,7 +138,7 @@ def _run_stages(cfg: Config, run: RunDir, offtask: list | None, *, force: bool, 
     if stage_needed("split"):
         train, heldout = [], []
         if cfg.data.inputs:
-            examples = prepare_inputs(cfg, task, cfg.resolve_path(cfg.data.inputs), log)
+            examples = prepare_inputs(cfg, task, input_location(cfg, cfg.data.inputs), log)
             train, heldout = split_examples(examples, cfg.data.heldout_fraction, cfg.data.seed)
         summary = {}
         if cfg.data.synthesize:
@@ -155,19 +169,15 @@ def _run_stages(cfg: Config, run: RunDir, offtask: list | None, *, force: bool, 
         del teacher
 
     if stage_needed("train"):
-        # Only records of the current split, whatever else a labels file holds.
-        train_ids, heldout_ids = {e.id for e in train_inputs}, {e.id for e in heldout_inputs}
-        summary = train_folder(
-            cfg, [r for r in read_labeled(run.labels_file("train")) if r.id in train_ids], run.train_dir,
-            heldout=[r for r in read_labeled(run.labels_file("heldout")) if r.id in heldout_ids], progress=progress,
-        )
-        run.mark_done("train", settings["train"], summary)
+        records, heldout_records = training_data()
+        summary = train_folder(cfg, records, run.train_dir, heldout=heldout_records, progress=progress)
+        run.mark_done("train", markers["train"](), summary)
         log(f"[promptdistill] train: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
             f"held-out loss {summary['final_heldout_loss'] if summary['final_heldout_loss'] is not None else '-'}")
 
     if stage_needed("eval"):
         report = _evaluate(cfg, run, heldout_inputs, offtask, progress=progress)
-        run.mark_done("eval", settings["eval"], {name: {k: v for k, v in m.items() if k != "confusion"} for name, m in report["systems"].items()})
+        run.mark_done("eval", markers["eval"](), {name: {k: v for k, v in m.items() if k != "confusion"} for name, m in report["systems"].items()})
     report = json.loads(run.report_path.read_text(encoding="utf-8"))
     log("")
     log(results_table(report))
@@ -225,17 +235,198 @@ def evaluate_file(cfg: Config, run_dir, inputs=None, *, task_file=None, progress
     """The `eval` command: evaluate a run on the inputs of a file (default the run's
     held-out split), checked and fitted to the models' contexts first."""
     run = RunDir(check_run_dir(run_dir))
-    path = check_file(inputs, "input file") if inputs else run.split_file("heldout")
+    path = check_input_source(inputs, "input file") if inputs else run.split_file("heldout")
     if not inputs and not path.exists():
         raise PromptDistillError("no held-out inputs in this run (split/heldout.jsonl); pass --inputs FILE", path=path)
-    run, offtask = check_eval(cfg, run, {"--inputs": path, "the task file": task_file})
-    examples = read_inputs(path)
+    run, offtask = check_eval(cfg, run, {"--inputs": local_path(path), "the task file": task_file})
+    examples = read_inputs(path, columns_of(cfg.data) if inputs else None)
     check_gold_labels(examples, cfg.task.labels, path)
     examples = fit_context(examples, Task(cfg.task), cfg, path, log)
     if not examples:
         raise PromptDistillError("no inputs left to evaluate (all too long, see above)", path=path)
     with run.lock():
         return _evaluate(cfg, run, examples, offtask, progress=progress)
+
+
+# -- evaluating any student, outside a run directory ----------------------------
+
+# Written first into an `eval --student --out` folder: the folder is the tool's by this record, not by its files' names.
+EVAL_MARKER = ".promptdistill-eval.json"
+
+
+def check_student_eval(cfg: Config, student: str, inputs, out, reads: dict | None = None, log=print):
+    """`eval --student`'s preflight, before anything is written or loaded: the student
+    (a PEFT adapter folder, a model folder or a hub id) and its base, the inputs
+    (any format read_inputs takes, or a list of Examples) read and fitted, the
+    off-task inputs read, and `out` claimed (`claim_report_folder`) apart from
+    everything read. Returns (cfg with models.student the base, adapter folder
+    or None, examples, off-task inputs, out)."""
+    from .overrides import check_models
+    from .records import Example
+
+    if not student or not isinstance(student, (str, Path)):
+        raise PromptDistillError("name the student to evaluate: a hub id, a model folder or a PEFT adapter folder",
+                                 field="--student")
+    if out is None:
+        raise PromptDistillError("name the folder the report goes to", field="--out")
+    if inputs is None:
+        raise PromptDistillError("no inputs to evaluate on: pass --inputs (a file, a dataset folder or hf://datasets/ORG/NAME)",
+                                 field="--inputs")
+    student = str(student)
+    adapter = _adapter_folder(student)
+    cfg = copy.deepcopy(cfg)
+    if adapter is not None:
+        cfg.models.student = _adapter_base(adapter, cfg)
+    else:
+        from .models import load_tokenizer
+
+        check_model_folder(student, "--student")
+        load_tokenizer(student)  # a hub id neither cached nor reachable fails here, before anything is written
+    check_models(cfg.models)
+    reads = {**(reads or {}), "--student": student if os.path.exists(student) else None}
+    if isinstance(inputs, list) and all(isinstance(e, Example) for e in inputs):
+        examples, where = inputs, "the inputs"
+    else:
+        where = check_input_source(inputs, "input file") if isinstance(inputs, (str, Path)) else inputs
+        reads["--inputs"] = local_path(where) if isinstance(where, (str, Path)) else None
+        examples = read_inputs(where, columns_of(cfg.data))
+        where = where if isinstance(where, (str, Path)) else "<datasets.Dataset>"
+    if cfg.eval.offtask_inputs:
+        reads["eval.offtask_inputs"] = check_file(cfg.resolve_path(cfg.eval.offtask_inputs), "off-task input file (eval.offtask_inputs)")
+    offtask = read_offtask(cfg)
+    out = Path(out)
+    check_paths(reads, {"--out": out})
+    check_outside_runs(out, "--out")
+    claim_report_folder(out, "--out")
+    check_gold_labels(examples, cfg.task.labels, where)
+    examples = fit_context(examples, Task(cfg.task), cfg, where, log)
+    if not examples:
+        raise PromptDistillError("no inputs left to evaluate (all too long, see above)", path=where)
+    return cfg, adapter, examples, offtask, out
+
+
+def evaluate_student(cfg: Config, student: str, inputs, out, *, reads: dict | None = None, progress: bool = True,
+                     log=print) -> dict:
+    """`eval --student`: the teacher (with the prompt), the base and `student` (without
+    it) on `inputs`, with the same report as a run's (report.json, report.md,
+    report.html, pictures, predictions) written into the folder `out`. The
+    student is a PEFT adapter folder (its base read from adapter_config.json),
+    a model folder or a hub id (its base: models.student of the task); nothing
+    of a run directory is needed. Checked first (`check_student_eval`), then the
+    folder is locked; an interrupted evaluation resumes like a run's."""
+    from .evaluation.run_report import write_report_files
+
+    cfg, adapter, examples, offtask, out = check_student_eval(cfg, student, inputs, out, reads, log)
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / EVAL_MARKER
+    if not marker.exists():
+        atomic_write_json(marker, {"written_by": "promptdistill", "kind": "eval", "student": str(student)})
+    with DirectoryLock(out / LOCK, "this report folder"):
+        loaded, base = _load_any_student(cfg, str(student), adapter, log)
+        identity = {"adapter": adapter_fingerprint(adapter)} if adapter else {"student": _model_identity(str(student))}
+        report = _evaluate_systems(cfg, out, examples, offtask, loaded, base, identity, progress=progress)
+        _record_heldout_source(out / "report.json", examples)
+        write_report_files(out)
+    return report
+
+
+def evaluate(task, *, student, inputs, out, progress: bool = True, log=print) -> dict:
+    """Evaluate any student against the teacher of `task` (a Config, or a task file
+    read as the commands read it) on `inputs` (a file, a dataset folder, an
+    hf://datasets/ address, a `datasets.Dataset` or a list of Examples), writing
+    the report into the folder `out`: `promptdistill eval TASK --student MODEL
+    --inputs FILE --out DIR` from Python (see evaluate_student)."""
+    from .overrides import load_task_config
+
+    cfg = task if isinstance(task, Config) else load_task_config(task)
+    reads = {} if isinstance(task, Config) else {"the task file": task}
+    return evaluate_student(cfg, student, inputs, out, reads=reads, progress=progress, log=log)
+
+
+def claim_report_folder(path: Path, what: str) -> Path:
+    """A folder `eval --student` writes its report into: new, empty, or one an earlier
+    `eval --student` made (its marker, EVAL_MARKER, a promptdistill record); never
+    a symlink, and nothing else is ever written over."""
+    check_no_symlinks(path, what)
+    if not path.exists():
+        check_parent_writable(path, what)
+        return path
+    if not path.is_dir():
+        raise PromptDistillError(f"{what} exists and is a file, not a folder; choose another path", path=path)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PromptDistillError(f"{what} cannot be written (permission denied)", path=path)
+    entries = sorted(e.name for e in path.iterdir())
+    if not entries:
+        return path
+    try:
+        record = json.loads((path / EVAL_MARKER).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not (isinstance(record, dict) and record.get("written_by") == "promptdistill" and not (path / EVAL_MARKER).is_symlink()):
+        shown = ", ".join(entries[:3]) + (" ..." if len(entries) > 3 else "")
+        raise PromptDistillError(f"{what} exists and was not written by `eval --student` (it holds {shown}); "
+                                 "choose a new or empty folder", path=path)
+    for entry in path.iterdir():
+        check_no_symlinks(entry, f"{what}/{entry.name}")
+    return path
+
+
+def _adapter_folder(student: str) -> Path | None:
+    """The student as a PEFT adapter folder (adapter_config.json in it), checked whole; None for a model."""
+    folder = Path(os.path.expanduser(student))
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    check_adapter_folder(folder, "pass a whole adapter folder (adapter_config.json and adapter_model.safetensors)")
+    return folder
+
+
+def _adapter_base(adapter: Path, cfg: Config) -> str:
+    """The model an adapter is applied to: its adapter_config.json's base_model_name_or_path
+    (with its pinned revision). Named by the task's models.student when it is that very
+    model (the built-in model's cache folder, the same folder), so the teacher can share its weights."""
+    from .models import BUILTIN_SMOLLM2, cache_dir
+
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise PromptDistillError("the adapter names no base model (base_model_name_or_path); evaluate it on its base with "
+                                 "a model folder, or fix its adapter_config.json", path=adapter / "adapter_config.json")
+    if config.get("revision") and not os.path.exists(base):
+        base = f"{base}@{config['revision']}"
+    same_folder = os.path.exists(base) and os.path.exists(os.path.expanduser(cfg.models.student)) and \
+        os.path.samefile(base, os.path.expanduser(cfg.models.student))
+    builtin = cfg.models.student == BUILTIN_SMOLLM2 and os.path.exists(base) and \
+        real_path(base) == real_path(cache_dir() / BUILTIN_SMOLLM2)
+    if base == cfg.models.student or same_folder or builtin:
+        return cfg.models.student
+    if base == BUILTIN_SMOLLM2 or real_path(base) == real_path(cache_dir() / BUILTIN_SMOLLM2):
+        return BUILTIN_SMOLLM2
+    if base.startswith(("/", "./", "../", "~")) and not os.path.exists(base):
+        raise PromptDistillError(f"the adapter's base model folder {base!r} (base_model_name_or_path) is not on this machine; "
+                                 "set it to the base's hub id or folder", path=adapter / "adapter_config.json")
+    return base
+
+
+def _load_any_student(cfg: Config, student: str, adapter: Path | None, log):
+    """(student, base) as LoadedModels: an adapter on its base, the base being the same
+    weights with the adapter switched off (one copy in memory), or a model and
+    models.student beside it."""
+    from peft import PeftModel
+
+    from .models import LoadedModel, load_model
+
+    base = load_model(cfg.models.student, cfg.models.device, cfg.models.dtype)
+    if adapter is None:
+        log(f"[promptdistill] eval: student {student}, base {cfg.models.student}")
+        return replace(load_model(student, cfg.models.device, cfg.models.dtype), name=student), base
+    log(f"[promptdistill] eval: student {adapter} on its base {cfg.models.student}")
+    try:
+        peft_model = PeftModel.from_pretrained(base.model, str(adapter)).eval()
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PromptDistillError(f"the adapter does not load onto {cfg.models.student!r} ({first[:200]})", path=adapter) from None
+    loaded = LoadedModel(peft_model, base.tokenizer, student, base.device)
+    return loaded, replace(RunDir.base_of(loaded), name=cfg.models.student)
 
 
 def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True, reads: dict | None = None) -> dict:
@@ -251,26 +442,14 @@ def evaluate_run(cfg: Config, run_dir, examples, *, progress: bool = True, reads
 def _evaluate(cfg: Config, run: RunDir, examples, offtask: list | None, *, progress: bool = True) -> dict:
     """The evaluation of a checked, locked run (see evaluate_run)."""
     from .evaluation.run_report import write_run_report
-    from .evaluation.systems import Systems, evaluate_systems
-    from .teachers import load_teacher
 
-    task = Task(cfg.task)
-    if cfg.eval.max_examples:
-        examples = examples[: cfg.eval.max_examples]
     adapter = run.adapter()
     student = run.load_student(cfg)
     # The base row and (when it is the same model on the transformers backend)
     # the teacher share the student's weights with the adapter switched off: one copy in memory.
-    base_view = run.base_of(student)
-    teacher = load_teacher(cfg, base=base_view)
-    # An interrupted evaluation resumes only with the same settings, inputs and adapter.
-    resume_settings = {**cfg.to_dict(), "heldout_inputs": fingerprint([(e.id, e.text) for e in examples]),
-                       "offtask_inputs": fingerprint([(e.id, e.text) for e in offtask or ()]),
-                       "adapter": adapter_fingerprint(adapter)}
-    report = evaluate_systems(task, examples, run.eval_dir, Systems(teacher, student, base_view), cfg.eval, seed=cfg.data.seed,
-                              train_records=_train_records(run), offtask=offtask, resume_settings=resume_settings,
-                              progress=progress)
-    _record_heldout_source(run, examples)
+    report = _evaluate_systems(cfg, run.eval_dir, examples, offtask, student, run.base_of(student),
+                               {"adapter": adapter_fingerprint(adapter)}, train_records=_train_records(run), progress=progress)
+    _record_heldout_source(run.report_path, examples, run.split_file("train"))
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
     write_run_report(run.path)
     if cfg.train.report_to != "none":
@@ -280,6 +459,28 @@ def _evaluate(cfg: Config, run: RunDir, examples, offtask: list | None, *, progr
     return report
 
 
+def _evaluate_systems(cfg: Config, out_dir: Path, examples, offtask: list | None, student, base, student_identity: dict, *,
+                      train_records: list | None = None, progress: bool = True) -> dict:
+    """Teacher, base and student on `examples` into `out_dir` (report.json,
+    predictions): the one evaluation behind `eval --run-dir` and `eval --student`.
+    `student_identity` is what the student's answers depend on (its adapter's or
+    model's fingerprint): an interrupted evaluation resumes only with the same."""
+    from .evaluation.systems import Systems, evaluate_systems
+    from .teachers import load_teacher
+
+    task = Task(cfg.task)
+    if cfg.eval.max_examples:
+        examples = examples[: cfg.eval.max_examples]
+    teacher = load_teacher(cfg, base=base)
+    # eval.judge_model: another model judges free-text replies, through the teacher's backend and settings.
+    judge = load_teacher(replace(cfg.models, teacher=cfg.eval.judge_model)) if cfg.eval.judge_model else None
+    # An interrupted evaluation resumes only with the same settings, inputs and student.
+    resume_settings = {**cfg.to_dict(), "heldout_inputs": fingerprint([(e.id, e.key) for e in examples]),
+                       "offtask_inputs": fingerprint([(e.id, e.key) for e in offtask or ()]), **student_identity}
+    return evaluate_systems(task, examples, out_dir, Systems(teacher, student, base, judge), cfg.eval, seed=cfg.data.seed,
+                            train_records=train_records, offtask=offtask, resume_settings=resume_settings, progress=progress)
+
+
 def _train_records(run: RunDir) -> list | None:
     """The training split's labeled records (what the surface baseline is fitted on), or None before labeling."""
     path = run.labels_file("train")
@@ -287,6 +488,31 @@ def _train_records(run: RunDir) -> list | None:
         return None
     train_ids = {e.id for e in read_inputs(run.split_file("train"))}
     return [r for r in read_labeled(path) if r.id in train_ids]
+
+
+def _split_records(run: RunDir) -> tuple[list, list]:
+    """The labeled records of the run's current split, training and held-out side
+    (whatever else a labels file holds); empty before the split or the labels exist."""
+    sides = []
+    for side in ("train", "heldout"):
+        split, labels = run.split_file(side), run.labels_file(side)
+        if not split.exists() or not labels.exists():
+            sides.append([])
+            continue
+        ids = {e.id for e in read_inputs(split)}
+        sides.append([r for r in read_labeled(labels) if r.id in ids])
+    return sides[0], sides[1]
+
+
+def _cached(compute):
+    """`compute`, called at most once (the stage settings that read the labels)."""
+    box = []
+
+    def value():
+        if not box:
+            box.append(compute())
+        return box[0]
+    return value
 
 
 # -- synthetic inputs ------------------------------------------------------
@@ -343,11 +569,10 @@ def heldout_source(examples) -> str:
     return "real" if synthetic == 0 else "synthetic" if synthetic == len(examples) else "mixed"
 
 
-def _record_heldout_source(run: RunDir, examples) -> None:
+def _record_heldout_source(report_path: Path, examples, train_split: Path | None = None) -> None:
     """report.json says whether the held-out set is real (report.md says it in a sentence)."""
-    report = json.loads(run.report_path.read_text(encoding="utf-8"))
+    report = json.loads(report_path.read_text(encoding="utf-8"))
     report["heldout_source"] = heldout_source(examples)
-    train_split = run.split_file("train")
-    if train_split.exists():
+    if train_split is not None and train_split.exists():
         report["synthetic_train"] = sum(1 for e in read_inputs(train_split) if e.meta.get("synthetic"))
-    atomic_write_json(run.report_path, report)
+    atomic_write_json(report_path, report)

@@ -172,12 +172,24 @@ class LabeledExample:
         )
 
 
-def read_inputs(path) -> list[Example]:
-    """Read inputs from .txt, .jsonl/.json or .csv, by extension."""
+def read_inputs(path, columns: dict[str, str] | None = None) -> list[Example]:
+    """Read inputs from .txt, .jsonl/.json or .csv, by extension, or from a Parquet or
+    Arrow file, a `datasets.save_to_disk` folder, an hf://datasets/ address or a
+    `datasets.Dataset` (dataset_inputs.py). `columns` (record key -> column name,
+    dataset_inputs.columns_of(cfg.data)) maps a JSONL or dataset's own column names."""
+    from .dataset_inputs import check_input_source, dataset_rows, is_dataset_source, rename_fields, source_name
+
+    if not isinstance(path, (str, Path)) or is_dataset_source(path):
+        where = check_input_source(path) if isinstance(path, (str, Path)) else source_name(path)
+        examples = [input_from_json(obj, where, n) for n, obj in dataset_rows(path, columns)]
+        if not examples:
+            raise PromptDistillError("no inputs found", path=where)
+        _check_unique_ids(examples, where)
+        return examples
     path = check_file(path, "input file")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        examples = [input_from_json(obj, path, n) for n, obj in iter_jsonl(path)]
+        examples = [input_from_json(rename_fields(obj, columns or {}), path, n) for n, obj in iter_jsonl(path)]
     elif suffix == ".csv":
         examples = _read_csv_inputs(path)
     else:

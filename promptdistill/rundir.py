@@ -37,6 +37,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from .config import Config, config_from_dict
 from .errors import PromptDistillError
@@ -224,17 +225,27 @@ class RunDir:
         atomic_write_json(self.marker(stage), {"settings": settings, "fingerprint": fingerprint(settings),
                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary})
 
-    def plan(self, settings: dict[str, dict], force: bool) -> list[str]:
-        """The stages to run, given each stage's settings. The first stage
-        finished with other settings is refused, naming the changed keys, unless
-        `force`, which deletes its outputs and every later stage's; outputs of an
-        interrupted stage are kept so it can resume."""
+    def plan(self, settings: "dict[str, dict | Callable[[], dict]]", force: bool) -> list[str]:
+        """The stages to run, given each stage's settings (a dict, or a function
+        computing it, called only for a stage whose marker is compared: the train
+        stage's settings hash the labeled records, read only once the labels are
+        known to be current). The first stage finished with other settings is
+        refused, naming the changed keys, unless `force`, which deletes its
+        outputs and every later stage's; outputs of an interrupted stage are kept
+        so it can resume."""
         stored = {s: self.stored_settings(s) for s in STAGES}
-        done = [s for s in STAGES if stored[s] is not None and not changed_settings(stored[s], settings[s])]
-        stale = next((s for s in STAGES if stored[s] is not None and s not in done), None)
+        done, stale, current = [], None, None
+        for s in STAGES:
+            if stored[s] is None:
+                continue
+            current = settings[s]() if callable(settings[s]) else settings[s]
+            if changed_settings(stored[s], current):
+                stale = s  # every later stage is redone with it: no need to compare theirs
+                break
+            done.append(s)
         if stale is not None:
             later = STAGES[STAGES.index(stale):]
-            resume_or_refuse(stored[stale], settings[stale], force=force, what=f"stage '{stale}' already ran here",
+            resume_or_refuse(stored[stale], current, force=force, what=f"stage '{stale}' already ran here",
                              discards="its outputs and every later stage's, or choose another --run-dir", path=self.path,
                              discard=lambda: [shutil.rmtree(self.path / STAGE_OUTPUTS[s], ignore_errors=True) for s in later])
         todo = next((i for i, s in enumerate(STAGES) if s not in done), len(STAGES))

@@ -73,6 +73,10 @@ def tree(root: Path) -> dict:
     return out
 
 
+def _append(path: Path, text: str) -> None:
+    path.write_text(path.read_text(encoding="utf-8") + "\n" + text, encoding="utf-8")
+
+
 def _corrupt(path: Path, data: bytes = b"{not json\n"):
     path.write_bytes(data)
 
@@ -295,6 +299,18 @@ CASES = {
     "eval run is a file": (None, E + ["--run-dir", "inputs.jsonl"], None, ["is a file"]),
     "eval --inputs missing": (None, E + ["--run-dir", "run", "--inputs", "nope.jsonl"], None, ["input file not found"]),
     "eval --inputs is a folder": (None, E + ["--run-dir", "run", "--inputs", "emptydir"], None, ["input file is a folder"]),
+    # -- eval --student: a report folder of its own, claimed like every output
+    "eval --student --out a user's folder": (None, E + ["--student", "run/train/adapter", "--inputs", "inputs.jsonl", "--out", "mine"],
+                                             None, ["--out", "not written by `eval --student`", "notes.txt"]),
+    "eval --student --out inside a run": (None, E + ["--student", "run/train/adapter", "--inputs", "inputs.jsonl", "--out", "run/other"],
+                                          None, ["--out", "inside the run directory"]),
+    "eval --student --out holds the inputs": (None, E + ["--student", "model", "--inputs", "mine/notes.txt", "--out", "mine"], None,
+                                              ["--inputs", "is inside --out"]),
+    "eval --student a folder that is no model": (None, E + ["--student", "emptydir", "--inputs", "inputs.jsonl", "--out", "r"], None,
+                                                 ["--student", "config.json"]),
+    "eval --student without --inputs": (None, E + ["--student", "model", "--out", "r"], None, ["--inputs"]),
+    "eval --inputs not a Parquet file": (lambda w: _user_file(w / "bad.parquet"), E + ["--student", "model", "--inputs", "bad.parquet",
+                                                                                       "--out", "r"], None, ["bad.parquet", "cannot be read as .parquet"]),
     "eval --inputs inside eval/": (None, E + ["--run-dir", "run", "--inputs", "run/eval/predictions.jsonl"], None, ["--inputs", "is inside the run's eval/ folder"]),
     "eval corrupt partial predictions": (_partial, E + ["--run-dir", "run"], None, ["predictions.partial.jsonl:2", "delete"]),
     "eval corrupt labels": (lambda w: _middle_garbage(w / "run/labels/train.jsonl"), E + ["--run-dir", "run"], None,
@@ -346,6 +362,11 @@ CASES = {
                                                    (w / "task.toml").read_text().replace('"inputs.jsonl"', '"../../inputs.jsonl"')),
                                                ["run", "run/eval/task.toml", "--run-dir", "run"], None,
                                                ["the task file", "is inside the run's eval"]),
+    "eval check with an invalid regex": (lambda w: _append(w / "task.toml", '[[eval.checks]]\nname = "no_lists"\nkind = "not_regex"\npattern = "[-*"\n'),
+                                         E + ["--run-dir", "run"], None, ["task.toml:", "eval.checks[0].pattern", "invalid regex"]),
+    "eval check with an invalid JSON schema": (lambda w: _append(w / "task.toml", '[[eval.checks]]\nname = "obj"\nkind = "json_schema"\n'
+                                                                 'schema = { type = "objekt" }\n'),
+                                               E + ["--run-dir", "run"], None, ["eval.checks[0].schema", "invalid JSON schema"]),
     "run task name leaves runs/": (None, ["run", "task.toml", "--set", "task.name='../../x'"], None, ["task.name", "--run-dir"]),
     "run corrupt config.json": (lambda w: _corrupt(w / "run/config.json"), ["run", "task.toml", "--run-dir", "run"], None,
                                 ["config.json", "delete config.json"]),
@@ -418,6 +439,27 @@ CASES = {
     "export --overwrite onto a symlinked folder": (lambda w: _link(w / "elsewhere", w / "mine"),
                                                    ["export", "--run-dir", "run", "--adapter", "elsewhere", "--overwrite"], None,
                                                    ["is a symlink"]),
+    # -- hostile files and values: one line with the file, line and field, never a traceback
+    "an input line nested 100000 deep": (lambda w: (w / "deep.jsonl").write_text(
+                                             '{"text": "fine"}\n{"text": "x", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n"),
+                                         L + ["--inputs", "deep.jsonl", "--out", "o.jsonl"], None, ["deep.jsonl:2", "nested too deeply"]),
+    "a labels line nested 50000 deep": (lambda w: (w / "deep.jsonl").write_text(
+                                            '{"id": "1", "status": "ok", "x": ' + '{"a": ' * 50_000 + "1" + "}" * 50_001 + "\n"),
+                                        T + ["--labeled", "deep.jsonl", "--run-dir", "new"], None, ["deep.jsonl:1", "nested too deeply"]),
+    "a task file nested 100000 deep": (lambda w: (w / "deep.toml").write_text(
+                                           "[task]\nname = 'x'\nlabels = " + "[" * 100_000 + "]" * 100_000 + "\n"),
+                                       ["label", "deep.toml", "--out", "o.jsonl"], None, ["deep.toml", "nested too deeply"]),
+    "a CSV quote never closed": (lambda w: (w / "q.csv").write_text('text,label\nfirst,en\n"never closed,fr\nb,de\nc,de\n'),
+                                 L + ["--inputs", "q.csv", "--out", "o.jsonl"], None, ["q.csv:3"]),
+    "a CSV quote that would merge lines": (lambda w: (w / "q.csv").write_text('text,label\nfirst,en\n"merged,fr\nb,de\nc",de\n'),
+                                           L + ["--inputs", "q.csv", "--out", "o.jsonl"], None, ["q.csv:3"]),
+    "max_new_tokens over the limit": (None, L + ["--out", "o.jsonl", "--set", "task.max_new_tokens=1000000"], None,
+                                      ["task.max_new_tokens", "--no-limits"]),
+    "teacher_resamples over the limit": (None, E + ["--run-dir", "run", "--set", "eval.teacher_resamples=100000"], None,
+                                         ["eval.teacher_resamples", "--no-limits"]),
+    "credentials in teacher_url": (None, L + ["--out", "o.jsonl", "--teacher-backend", "chat",
+                                              "--set", "models.teacher_url='https://user:hunter2@api.example.com/v1'"], None,
+                                   ["models.teacher_url"]),
     # -- one run, one set of settings
     "train over a run trained with other data": (None, T + ["--labeled", "run/labels/heldout.jsonl", "--run-dir", "run"], None,
                                                  ["already trained", "records", "--force"]),
@@ -793,3 +835,287 @@ def test_hostile_names_are_neither_inlined_nor_interpreted_in_the_report(tmp_pat
     (run / "eval" / name).unlink()
     (run / "eval" / name).symlink_to(secret)
     assert base64.b64encode(b"PRIVATE-KEY-MATERIAL").decode() not in markdown_to_html(md, run / "eval", "t", set(pictures.values()))
+
+
+# -- one marker shape: `train` and `run` read each other's training ---------------------------
+
+
+def _world_copy(world: Path, tmp_path: Path, *, own_model: bool = True) -> Path:
+    """A copy of the world; its task file names the copy's model, or (`own_model` False)
+    still the world's, the model the copied run was trained with, as it names it."""
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    task = w / "task.toml"
+    if own_model:
+        task.write_text(task.read_text(encoding="utf-8").replace(str(world), str(w)), encoding="utf-8")
+    return w
+
+
+def _marker(w: Path, stage: str) -> dict | None:
+    path = w / "run" / "stages" / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def test_train_over_a_run_made_by_run_needs_force_only_for_other_settings(world, tmp_path):
+    """`run` and `train` write one train marker (the records trained on, by their hash, and the
+    settings): `train` with the run's labels and settings continues that training without
+    --force and keeps its evaluation; other settings are refused naming the keys, nothing
+    written; --force then clears the later stage (eval/ and its marker) and keeps split and
+    labels; and `run` in turn names what `train` changed."""
+    w = _world_copy(world, tmp_path)
+    shutil.rmtree(w / "run")  # made here, so every path it records is this copy's
+    made = cli(["run", "task.toml", "--run-dir", "run", "--no-progress"], cwd=w)
+    assert made.returncode == 0, made.stderr.decode()[-2000:]
+    same = T + ["--labeled", "run/labels/train.jsonl", "--heldout", "run/labels/heldout.jsonl", "--run-dir", "run"]
+    made_by_run = {s: _marker(w, s) for s in ("split", "label", "train", "eval")}
+    assert all(made_by_run.values())
+    done = cli(same, cwd=w)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert _marker(w, "train")["fingerprint"] == made_by_run["train"]["fingerprint"]
+    assert _marker(w, "eval") == made_by_run["eval"] and (w / "run/eval/report.json").exists()
+    rerun = cli(["run", "task.toml", "--run-dir", "run", "--no-progress"], cwd=w)
+    said = (rerun.stdout + rerun.stderr).decode()
+    assert rerun.returncode == 0, said[-2000:]
+    assert all(f"{s}: already complete, skipping" in said for s in ("split", "label", "train", "eval")), said[-2000:]
+
+    other = same + ["--set", "train.learning_rate=0.05"]
+    before = tree(w)
+    refused = cli(other, cwd=w)
+    err = refused.stderr.decode()
+    assert refused.returncode == 2 and err.count("\n") == 1, err
+    assert "already trained" in err and "train.learning_rate" in err and "--force" in err
+    assert tree(w) == before
+
+    forced = cli(other + ["--force"], cwd=w)
+    assert forced.returncode == 0, forced.stderr.decode()[-2000:]
+    assert _marker(w, "eval") is None and not (w / "run/eval").exists()
+    assert _marker(w, "split") == made_by_run["split"] and _marker(w, "label") == made_by_run["label"]
+    assert _marker(w, "train")["settings"]["train"]["learning_rate"] == 0.05
+    again = cli(["run", "task.toml", "--run-dir", "run", "--no-progress"], cwd=w)
+    err = again.stderr.decode()
+    assert again.returncode == 2 and "stage 'train' already ran here" in err and "train.learning_rate" in err, err
+
+
+# -- two commands on one run at the same time: one lock, RUN/.lock -----------------------------
+
+
+def _start(args, cwd) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "promptdistill", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_lock(proc: subprocess.Popen, lock: Path, timeout: float = 240) -> None:
+    """Until `proc` holds the run's lock (the lock file holds its pid once flock succeeded)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the first command ended (exit {proc.returncode}) before it was seen holding the lock: "
+                                 + err.decode()[-2000:])
+        try:
+            if lock.read_text().strip() == str(proc.pid):
+                return
+        except OSError:
+            pass
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError("the first command never took the run's lock")
+
+
+_FIRST = {"train": T + ["--labeled", "run/labels/train.jsonl", "--heldout", "run/labels/heldout.jsonl", "--run-dir", "run"],
+          "eval": E + ["--run-dir", "run"]}
+_SECOND = {"train": T + ["--labeled", "run/labels/heldout.jsonl", "--run-dir", "run", "--force"],
+           "eval": E + ["--run-dir", "run"]}
+
+
+@pytest.mark.parametrize("first, second", [("train", "train"), ("train", "eval"), ("eval", "train")])
+def test_two_commands_on_one_run_at_once_one_refuses_and_writes_nothing(first, second, world, tmp_path):
+    """Two real commands on one run: while the first holds RUN/.lock (frozen with SIGSTOP
+    once its pid is in the lock file, so the tree stands still), the second refuses at
+    once with one line and changes nothing (a train --force discards nothing); the
+    first, resumed, finishes."""
+    import signal
+
+    w = _world_copy(world, tmp_path, own_model=False)  # the model the run's markers name
+    proc = _start(_FIRST[first], w)
+    try:
+        _wait_for_lock(proc, w / "run" / ".lock")
+        os.kill(proc.pid, signal.SIGSTOP)
+        before = tree(w)
+        done = cli(_SECOND[second], cwd=w, timeout=240)
+        after = tree(w)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, err_first = proc.communicate(timeout=600)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"another promptdistill process (pid {proc.pid}) is writing this run directory" in err, err
+    assert after == before, {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert proc.returncode == 0, err_first.decode()[-2000:]
+    assert not (w / "run" / "train" / ".lock").exists()  # one lock per run: training takes no second one
+
+
+# -- export --overwrite never replaces a folder it cannot own ----------------------------------
+
+
+def _mount_point() -> Path:
+    """A mount point whose parent this process may write (so the mount check, not a permission, refuses)."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        where = Path(line.split()[1].replace("\\040", " "))
+        if where != Path("/") and os.path.ismount(where) and os.access(where.parent, os.W_OK | os.X_OK) and where.is_dir():
+            return where
+    pytest.skip("no mount point with a writable parent on this machine (the mount check cannot be reached by the CLI)")
+
+
+@pytest.mark.parametrize("target", ["home", "root", "mount point", "git", "current folder", "current folder as ."])
+def test_export_overwrite_refuses_folders_it_never_replaces(target, world, tmp_path):
+    """`export --overwrite` through the real CLI, HOME pointed at a folder of the test: the
+    home folder, the file system's root, a mount point, a folder holding .git and the
+    current folder are refused with one line, and nothing changes (the world and the
+    home folder hash the same; nothing named like an export temporary appears beside a mount)."""
+    w = _world_copy(world, tmp_path)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_text("PRIVATE\n")
+    (w / "repo" / ".git").mkdir(parents=True)
+    (w / "repo" / "work.py").write_text("print('mine')\n")
+    cwd, run = w, "run"
+    folder, words = {
+        "home": (str(home), ["is the home folder"]),
+        "root": ("/", ["--adapter"]),  # every run lies inside /: refused as containing the run, or as the root
+        "mount point": (None, ["is a mount point"]),
+        "git": ("repo", ["holds .git"]),
+        "current folder": (str(w / "mine"), ["is the current folder"]),
+        "current folder as .": (".", ["is the current folder"]),
+    }[target]
+    if target.startswith("current folder"):
+        cwd, run = w / "mine", "../run"
+    if target == "mount point":
+        mount = _mount_point()
+        folder, beside = str(mount), set(os.listdir(mount.parent))
+    env_home = {"HOME": str(home)}
+    before = (tree(w), tree(home))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env_home}
+    done = subprocess.run([sys.executable, "-m", "promptdistill", "export", "--run-dir", run, "--adapter", folder, "--overwrite"],
+                          cwd=cwd, env=env, capture_output=True, timeout=300)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    assert (tree(w), tree(home)) == before
+    if target == "mount point":
+        assert not [n for n in set(os.listdir(Path(folder).parent)) - beside if "promptdistill" in n]
+
+
+@pytest.mark.parametrize("flag, value", [("--batch-size", "-1"), ("--limit", "-3"), ("--concurrency", "0")])
+def test_integer_flags_below_their_minimum_are_refused_by_the_cli(flag, value, world, tmp_path):
+    """`label --batch-size -1` once labeled nothing and exited 0, `--limit -3` dropped the last
+    three inputs: the parser refuses them (its usage line and one error), nothing written."""
+    w = _world_copy(world, tmp_path)
+    before = tree(w)
+    done = cli(L + ["--out", "o.jsonl", flag, value], cwd=w)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "Traceback" not in err, err
+    assert f"argument {flag}: expected an integer of at least" in err.splitlines()[-1], err
+    assert tree(w) == before
+
+
+def test_a_hostile_task_name_in_a_report_made_by_the_cli(world, tmp_path):
+    """A task name (no control characters, so accepted) carrying an image line, a table
+    pipe and a heading: `eval` through the real CLI writes a report.md that shows it as
+    text and a report.html that inlines no file it names."""
+    import base64
+
+    w = _world_copy(world, tmp_path, own_model=False)
+    (w / "mine" / "id_rsa").write_bytes(b"PRIVATE-KEY-MATERIAL")
+    name = f"x ![k]({w / 'mine' / 'id_rsa'}) | # heading"
+    done = cli(E + ["--run-dir", "run", "--set", f"task.name={json.dumps(name)}"], cwd=w)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    html = (w / "run" / "eval" / "report.html").read_text()
+    md = (w / "run" / "eval" / "report.md").read_text()
+    assert base64.b64encode(b"PRIVATE-KEY-MATERIAL").decode() not in html and "PRIVATE-KEY-MATERIAL" not in html
+    assert "id_rsa" in md  # shown, as text
+    assert not any(line.lstrip().startswith("![") and "id_rsa" in line or line.startswith("# heading") for line in md.splitlines())
+
+
+_PEAK_OF_CHILD = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True)
+sys.stderr.buffer.write(done.stderr)
+print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def _cli_peak_kib(args, cwd) -> tuple[int, int, str]:
+    """Exit status, peak resident memory (KiB) and stderr of one CLI command, measured by a
+    fresh parent whose only child it is."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", _PEAK_OF_CHILD, sys.executable, "-m", "promptdistill", *map(str, args)],
+                          cwd=cwd, env=env, capture_output=True, timeout=3600)
+    status, peak = done.stdout.decode().split()
+    return int(status), int(peak), done.stderr.decode()
+
+
+@pytest.mark.slow
+def test_a_2gb_labels_file_resumes_through_the_cli_in_memory_far_below_its_size(world, tmp_path):
+    """`label` resumed over a 2 GiB labels file (records carrying the teacher's top-20
+    logprobs, ~60 KB each, and a torn last line, as a kill leaves it): the real command
+    claims the file, cuts the torn tail, finds every input done and summarizes, with a peak
+    resident memory over a resume of a 6-record file of far less than the file's size
+    (the readers stream; nothing reads it whole)."""
+    w = _world_copy(world, tmp_path)
+    args = L + ["--inputs", "inputs.jsonl", "--out", "o.jsonl"]
+    first = cli(args, cwd=w)
+    assert first.returncode == 0, first.stderr.decode()[-2000:]
+    status, small_kib, err = _cli_peak_kib(args, w)
+    assert status == 0, err[-2000:]
+
+    record = json.loads((w / "o.jsonl").read_text().splitlines()[0])
+    payload = json.dumps({"token_ids": list(range(200)), "top": [[[t, -0.5 - t / 100] for t in range(20)] for _ in range(200)]})
+    n = 0
+    with open(w / "o.jsonl", "a", encoding="utf-8") as labels, open(w / "inputs.jsonl", "a", encoding="utf-8") as inputs:
+        while labels.tell() < 2 * 2**30:
+            text = f"{record['text']} {n}"
+            line = json.dumps({**record, "id": f"big-{n}", "text": text})
+            labels.write(line[:-1] + ', "teacher_logprobs": ' + payload + "}\n")
+            inputs.write(json.dumps({"id": f"big-{n}", "text": text}) + "\n")
+            n += 1
+        whole = labels.tell()
+        labels.write('{"messages": [{"role": "user", "cont')
+    size_kib = whole // 1024
+
+    status, big_kib, err = _cli_peak_kib(args, w)
+    assert status == 0, err[-2000:]
+    assert (w / "o.jsonl").stat().st_size == whole  # the torn tail was cut, nothing else changed
+    grown = big_kib - small_kib
+    print(f"labels {size_kib // 1024} MiB ({n} records): peak {big_kib // 1024} MiB vs {small_kib // 1024} MiB for 6 records")
+    assert grown < size_kib / 20, (grown, size_kib)
+
+
+def test_credentials_in_teacher_url_are_refused_and_never_echoed(world, tmp_path):
+    w = _world_copy(world, tmp_path)
+    before = tree(w)
+    done = cli(L + ["--out", "o.jsonl", "--teacher-backend", "chat", "--set",
+                    "models.teacher_url='https://user:hunter2@api.example.com/v1?key=abc123'"], cwd=w)
+    said = (done.stdout + done.stderr).decode()
+    assert done.returncode == 2 and "models.teacher_url" in said
+    assert "hunter2" not in said and "abc123" not in said
+    assert tree(w) == before
+
+
+def test_no_limits_lifts_the_bounds_for_the_person_running_the_command(world, tmp_path):
+    """The bounds are a default, not a wall: `--no-limits` accepts a value over one."""
+    w = _world_copy(world, tmp_path)
+    over = ["--set", "eval.latency_requests=20000", "--limit", "1"]
+    refused = cli(L + ["--out", "o.jsonl", *over], cwd=w)
+    assert refused.returncode == 2 and "--no-limits" in refused.stderr.decode()
+    done = cli(L + ["--out", "o.jsonl", *over, "--no-limits"], cwd=w)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    labeled = [line for f in ("o.jsonl", "o.rejects.jsonl") if (w / f).exists() for line in (w / f).read_text().splitlines()]
+    assert len(labeled) == 1

@@ -26,7 +26,8 @@ def test_sampling_weights_align_with_the_training_items():
     from promptdistill.training.data import sampling_weights
 
     def rec(i, label, status="ok"):
-        return LabeledExample(f"r{i}", "t", None, "", label, status, [])
+        turns = [{"role": "user", "content": "t"}] + ([{"role": "assistant", "content": label}] if status == "ok" else [])
+        return LabeledExample(f"r{i}", "t", None, "", label, status, turns)
 
     records = [rec(0, "en"), rec(1, "en"), rec(2, None, "no_match"), rec(3, "fr"), rec(4, "en")]
     assert sampling_weights(records, [], TrainConfig()) is None  # balance = "none": a plain shuffle

@@ -4,6 +4,8 @@ to huggingface_hub. The Hub is a local stand-in: nothing leaves the machine."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_export import run_dir  # noqa: F401  (the module-scoped run with a non-zero LoRA adapter)
 
@@ -73,3 +75,56 @@ def test_push_problems_are_refused_before_writing(problem, run_dir, tmp_path, hu
     assert main(argv) == 2
     assert "--push-to-hub" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "m").exists() and hub == []
+
+
+class StandInDatasetHub(StandInHub):
+    """The stand-in, with the single-file upload `label --push-to-hub` makes."""
+
+    def upload_file(self, **kwargs):
+        from pathlib import Path
+
+        assert "token" not in kwargs
+        data = Path(kwargs["path_or_fileobj"]).read_bytes()
+        StandInHub.calls.append(("upload_file", kwargs["repo_id"], {**kwargs, "data": data}))
+
+
+def _label_argv(tmp_path, model_dir, *extra):
+    from conftest import write_task_file
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(f'{{"id": "x{i}", "text": "text {i}"}}\n' for i in range(3)), encoding="utf-8")
+    task = write_task_file(tmp_path, model_dir, task={"labels": ["a", "b"], "answer_mode": "choose", "max_new_tokens": 8})
+    return ["label", str(task), "--inputs", str(inputs), "--out", str(tmp_path / "labels.jsonl"), "--no-progress", *extra]
+
+
+def test_label_pushes_the_labeled_set_to_a_dataset_repo(tmp_path, hub, monkeypatch, tiny_model_dir, capsys):
+    import huggingface_hub
+
+    from promptdistill.cli import main
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", StandInDatasetHub)
+    assert main(_label_argv(tmp_path, tiny_model_dir, "--push-to-hub", "me/labels")) == 0
+    assert [c[0] for c in hub] == ["create_repo", "upload_file"]
+    assert hub[0][1] == "me/labels" and hub[0][2]["repo_type"] == "dataset"
+    _, repo, upload = hub[1]
+    assert repo == "me/labels" and upload["repo_type"] == "dataset" and upload["path_in_repo"] == "labels.jsonl"
+    assert upload["data"] == (tmp_path / "labels.jsonl").read_bytes() and upload["data"].count(b"\n") == 3
+    assert json.loads(capsys.readouterr().out)["hub"] == "https://huggingface.co/me/labels"
+
+
+@pytest.mark.parametrize("problem", ["bad id", "no token", "offline"])
+def test_label_push_problems_are_refused_before_labeling(problem, tmp_path, hub, monkeypatch, tiny_model_dir, capsys):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from promptdistill.cli import main
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", StandInDatasetHub)
+    repo = "me/bad name!" if problem == "bad id" else "me/labels"
+    if problem == "no token":
+        monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    elif problem == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(_label_argv(tmp_path, tiny_model_dir, "--push-to-hub", repo)) == 2
+    assert "--push-to-hub" in capsys.readouterr().err
+    assert not (tmp_path / "labels.jsonl").exists() and hub == []

@@ -1,7 +1,8 @@
-"""benchmarks/prompt_effect.py: each rule check passes and fails on hand-written
-replies, bad checks and conversation files are refused with one line naming
-file and check (or line) before any model loads, and batched left-padded
-decoding gives the same replies as one conversation at a time."""
+"""benchmarks/prompt_effect.py: its checks file is read with the package's rules
+(replychecks.py; each rule's behaviour is tests/test_checks.py's), bad checks
+and conversation files are refused with one line naming file and check (or
+line) before any model loads, and batched left-padded decoding gives the same
+replies as one conversation at a time."""
 
 from __future__ import annotations
 
@@ -25,45 +26,6 @@ def write_checks(tmp_path, body: str) -> Path:
     return path
 
 
-def one_check(tmp_path, table: str):
-    (check,) = pe.load_checks(write_checks(tmp_path, "[[eval.checks]]\nname = \"c\"\n" + table))
-    return check
-
-
-@pytest.mark.parametrize(
-    "table, passing, failing",
-    [
-        ('kind = "max_words"\nmax = 3', "one two three", "one two three four"),
-        ('kind = "min_words"\nmin = 3', "one two three", "one two"),
-        ('kind = "max_sentences"\nmax = 2', "Hi there. How are you?", "Hi. Yes! Why?"),
-        ('kind = "regex"\npattern = "\\\\bcat\\\\b"', "a cat sat", "a category"),
-        ('kind = "regex"\npattern = "cat"\nignore_case = true', "CAT!", "dog"),
-        ('kind = "not_regex"\npattern = "(?m)^\\\\s*(\\\\d+[.)]|[-*])\\\\s"', "Just one line, 1. inline.", "Tips:\n1. Rest\n2. Drink"),
-        ('kind = "starts_with"\ntext = "Ahoy"', "Ahoy, matey!", "ahoy, matey!"),
-        ('kind = "starts_with"\ntext = "Ahoy"\nignore_case = true', "AHOY there", "Hello, ahoy"),
-        ('kind = "ends_with"\ntext = "Cheers!"', "Done. Cheers!", "Cheers! Done."),
-        ('kind = "ends_with"\ntext = "cheers!"\nignore_case = true', "Done. CHEERS!", "Done."),
-        ('kind = "ends_with_question"', "Anything else?", "Anything else? No."),
-        ('kind = "json"', '{"answer": 4}', "{answer: 4}"),
-    ],
-)
-def test_each_check_passes_and_fails(tmp_path, table, passing, failing):
-    check = one_check(tmp_path, table)
-    assert check(passing) is True
-    assert check(failing) is False
-
-
-def test_surrounding_whitespace_is_not_part_of_the_reply(tmp_path):
-    assert one_check(tmp_path, 'kind = "ends_with_question"')("Why?\n\n") is True
-    assert one_check(tmp_path, 'kind = "starts_with"\ntext = "Hi"')("  Hi") is True
-
-
-def test_word_and_sentence_counting_rules():
-    assert pe.count_words("  a\tb\nc  ") == 3
-    assert pe.count_sentences("Pi is 3.14 exactly. Yes!") == 2  # no split inside a number
-    assert pe.count_sentences("") == 0
-
-
 def test_example_checks_file_loads():
     checks = pe.load_checks(ROOT / "examples" / "concise_chat" / "checks.toml")
     assert [c.kind for c in checks] == ["max_words", "max_sentences", "not_regex"]
@@ -78,7 +40,7 @@ def test_invalid_regex_is_refused_with_file_and_check(tmp_path):
         pe.load_checks(path)
     message = str(info.value)
     assert "\n" not in message
-    assert str(path) in message and "broken" in message and "invalid regex" in message
+    assert f"{path}:6" in message and "eval.checks[1].pattern" in message and "broken" in message and "invalid regex" in message
 
 
 @pytest.mark.parametrize(
@@ -86,9 +48,9 @@ def test_invalid_regex_is_refused_with_file_and_check(tmp_path):
     [
         ('name = "c"\nkind = "shout"', "unknown kind"),
         ('name = "c"\nkind = "max_words"', "needs 'max'"),
-        ('name = "c"\nkind = "max_words"\nmax = "ten"', "'max' must be"),
-        ('name = "c"\nkind = "max_words"\nmax = -1', "'max' must be"),
-        ('name = "c"\nkind = "json"\npattern = "x"', "unknown key"),
+        ('name = "c"\nkind = "max_words"\nmax = "ten"', r"eval.checks\[0\].max'.*must be a non-negative integer"),
+        ('name = "c"\nkind = "max_words"\nmax = -1', r"eval.checks\[0\].max'.*must be a non-negative integer"),
+        ('name = "c"\nkind = "json"\npattern = "x"', r"eval.checks\[0\].pattern'.*not a parameter"),
         ('kind = "json"', "'name'"),
     ],
 )
@@ -118,6 +80,16 @@ def test_example_conversations_are_valid():
     conversations = pe.load_conversations(ROOT / "examples" / "concise_chat" / "inputs.jsonl")
     assert len(conversations) == 102
     assert sum(len(c["messages"]) > 1 for c in conversations) == 22
+
+
+def test_example_training_conversations_are_valid_and_apart_from_the_held_out_ones():
+    train = pe.load_conversations(ROOT / "examples" / "concise_chat" / "train.jsonl")
+    held = pe.load_conversations(ROOT / "examples" / "concise_chat" / "inputs.jsonl")
+    assert len(train) == 295 and sum(len(c["messages"]) > 1 for c in train) == 77
+    last = [c["messages"][-1]["content"].strip().casefold() for c in train]
+    assert len(set(last)) == len(last)  # no question twice
+    assert not set(last) & {c["messages"][-1]["content"].strip().casefold() for c in held}
+    assert not {c["id"] for c in train} & {c["id"] for c in held}
 
 
 def test_bad_regex_stops_the_script_before_the_model_loads(tmp_path, capsys, monkeypatch):
@@ -176,3 +148,17 @@ def test_each_reply_goes_to_its_own_conversation(tiny, monkeypatch):
     for c in conversations:
         expected = len(render_prompt(tok, [{"role": "system", "content": "Be brief."}] + c["messages"]))
         assert replies[c["id"]] == str(expected)
+
+
+def test_judge_line_asks_both_orders_and_resumes(tiny, tmp_path):
+    conversations = [
+        {"id": "a", "messages": [{"role": "user", "content": "hi"}]},
+        {"id": "b", "messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}, {"role": "user", "content": "three?"}]},
+    ]
+    with_replies, without_replies = {"a": "Hello.", "b": "Four."}, {"a": "Hello! How can I help you today?", "b": "Four."}
+    line = pe.judge_lines(tiny, "Be brief.", conversations, with_replies, without_replies, tmp_path)
+    assert "n=2 (1 identical)" in line and "reliability" in line
+    stored = (tmp_path / "judge.jsonl").read_text().splitlines()
+    assert len(stored) == 1 + 2  # the settings, then one pair in both orders
+    assert pe.judge_lines(tiny, "Be brief.", conversations, with_replies, without_replies, tmp_path).split(";")[:3] == line.split(";")[:3]
+    assert len((tmp_path / "judge.jsonl").read_text().splitlines()) == 3  # nothing asked again

@@ -99,7 +99,7 @@ def test_text_sections_get_every_systems_reply_per_example(text_run, monkeypatch
 
     seen = {}
 
-    def sections(task, examples, replies, models, settings, **kw):
+    def sections(task, settings, examples, replies, judge, out_dir, **kw):
         seen.update(ids=[e.id for e in examples], replies=replies)
         return {"text_checks": {"n": len(examples)}}
 

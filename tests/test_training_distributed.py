@@ -150,3 +150,51 @@ def test_processes_that_do_not_share_the_run_folder_stop_with_one_line(tmp_path,
     for run in ("run-0", "run-1"):
         assert not (tmp_path / run / "train" / "adapter").exists()
         assert not [p for p in (tmp_path / run / "train").glob(".*") if "shared-check" in p.name]  # the token is removed
+
+
+def _tree(root: Path) -> dict:
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+def _one_error_line(done: subprocess.CompletedProcess, words: str) -> None:
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and errors and all(words in e for e in errors), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr.split("error:")[0], done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_train_force_under_two_processes_agrees_before_anything_is_discarded(tmp_path, tiny_model_dir):
+    """`train --force` over a trained run under torchrun: processes that read different
+    labels stop with one line before --force discards anything (the run hashes the same);
+    without --force other data is refused by every process alike; with the same labels
+    on both, --force retrains once and the run records the new training."""
+    from promptdistill.cli import main
+    from promptdistill.io import fingerprint
+
+    task = _task_file(tmp_path, tiny_model_dir)
+    write_jsonl(tmp_path / "train-0.jsonl", [r.to_json() for r in script_records(12)])
+    write_jsonl(tmp_path / "train-1.jsonl", [r.to_json() for r in script_records(12, offset=1)])
+    run = tmp_path / "run"
+    assert main(["train", str(task), "--labeled", str(tmp_path / "train-0.jsonl"), "--run-dir", str(run), "--no-progress"]) == 0
+    trained = _tree(run)
+
+    differ = _torchrun_per_rank([str(task), "--labeled", str(tmp_path / "train-RANK.jsonl"), "--run-dir", str(run), "--force"], tmp_path)
+    _one_error_line(differ, "disagree on their data or settings with process 0 (process 1: labeled records)")
+    assert _tree(run) == trained  # nothing discarded, nothing written
+
+    other = [str(task), "--labeled", str(tmp_path / "train-1.jsonl"), "--run-dir", str(run)]
+    refused = _torchrun_per_rank(other, tmp_path)
+    _one_error_line(refused, "this run was already trained with different settings (records)")
+    assert _tree(run) == trained
+
+    forced = _torchrun_per_rank([*other, "--force"], tmp_path)
+    assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
+    assert forced.stdout.count('"final_loss"') == 1
+    marker = json.loads((run / "stages" / "train.json").read_text())
+    from promptdistill.records import read_labeled
+
+    assert marker["settings"]["records"] == fingerprint([[r.id, r.status, r.messages] for r in read_labeled(tmp_path / "train-1.jsonl")])
+    assert json.loads((run / "train" / "train_summary.json").read_text())["processes"] == 2

@@ -20,6 +20,8 @@ as not available (`FidelityScorer.unavailable`), never silently replaced.
 
 The share of the gap the student closes is 1 - KL_student / KL_base: 0 means
 no closer than the untrained base, 1 means the teacher's distribution exactly.
+It is the prompt effect recovered on KL (the teacher's own KL being 0), so
+effect.kl_effect computes it, with its bootstrap interval (systems.py).
 """
 
 from __future__ import annotations

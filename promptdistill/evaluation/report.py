@@ -73,7 +73,10 @@ def report_markdown(report: dict) -> str:
     if report.get("majority_label") is not None:
         out.append(f"Always answering the teacher's most frequent label ({md_code(report['majority_label'])}) would agree "
                    f"{fmt(report['majority_agreement'], '.1%')} of the time.")
+    if (agreement := (report.get("prompt_effect") or {}).get("agreement")) is not None:
+        out.append(f"Prompt effect recovered (agreement with the teacher; effect.py): {effect_text(agreement)}.")
     out.append("")
+    out += text_reply_lines(report)
     out += json_lines(report)
     out += reference_lines(report)
     out += offtask_lines(report.get("offtask"))
@@ -106,6 +109,16 @@ def results_table(report: dict) -> str:
         lines.append(gap)
     if report.get("majority_label") is not None:
         lines.append(f"(always answering '{report['majority_label']}' would agree {fmt(report['majority_agreement'], '.1%')} with the teacher)")
+    if (effect := report.get("prompt_effect")) is not None:
+        if effect.get("overall") is not None:
+            lines.append(f"prompt effect recovered (all checks): {effect_text(effect['overall'])}")
+        elif effect.get("agreement") is not None:
+            lines.append(f"prompt effect recovered (agreement): {effect_text(effect['agreement'])}")
+        elif effect.get("unavailable"):
+            lines.append(f"prompt effect recovered: not measured ({effect['unavailable']})")
+    for name, j in ((report.get("judge") or {}).get("systems") or {}).items():
+        lines.append(f"judge, {name} vs teacher: win {fmt(j['win']['rate'], '.1%')}, tie {fmt(j['tie']['rate'], '.1%')}, "
+                     f"loss {fmt(j['loss']['rate'], '.1%')}; judge reliability {fmt(j['reliability']['rate'], '.1%')}")
     lines += json_summary_lines(report)
     if report.get("reference_points"):  # none for a text task: its replies are not labels
         lines += agreement_summary_lines(report["reference_points"])
@@ -127,8 +140,78 @@ def _gap_line(report: dict) -> str | None:
         return f"({f['unavailable']})"
     if f.get("gap_closed") is None:
         return None
-    return (f"(the student closes {fmt(f['gap_closed'], '.1%')} of the base-to-teacher gap: KL {fmt(f['kl_base'], '.3f')} -> "
-            f"{fmt(f['kl_student'], '.3f')} nats, {f['kind']})")
+    effect = f.get("gap_closed_effect")
+    span = f" [{_effect_interval(effect)}]" if effect and effect.get("low") is not None else ""
+    return (f"(prompt effect recovered (KL): the student closes {fmt(f['gap_closed'], '.1%')}{span} of the base-to-teacher gap: "
+            f"KL {fmt(f['kl_base'], '.3f')} -> {fmt(f['kl_student'], '.3f')} nats, {f['kind']})")
+
+
+# ---------------------------------------------------------------- free-text replies
+
+def _effect_interval(e: dict) -> str:
+    """A prompt effect's interval; its ends may leave [0, 1], so each carries its own sign and unit."""
+    return f"{fmt(100 * e['low'])}% to {fmt(100 * e['high'])}%"
+
+
+def effect_text(e: dict) -> str:
+    """A prompt effect recovered (effect.py) as "62.0% (95% interval 41.0% to 80.0%)", or why it is undefined."""
+    if e.get("recovered") is None:
+        return f"undefined ({e['undefined']})"
+    if e.get("low") is None:
+        return f"{fmt(e['recovered'], '.1%')} ({e['undefined']})"
+    return f"{fmt(e['recovered'], '.1%')} (95% interval {_effect_interval(e)})"
+
+
+def _effect_cell(e: dict) -> str:
+    """A prompt effect in a table cell: the value and its interval, or "undefined"."""
+    if e.get("recovered") is None:
+        return "undefined"
+    return fmt(e["recovered"], ".1%") + (f" ({_effect_interval(e)})" if e.get("low") is not None else " (no interval)")
+
+
+def text_reply_lines(report: dict) -> list[str]:
+    """The free-text sections: prompt effect recovered (the headline), the reply checks per system, the judge."""
+    out = []
+    checks, effect, judge = report.get("checks"), report.get("prompt_effect") or {}, report.get("judge")
+    if checks:
+        systems = list(checks["checks"][0]["systems"])
+        out += ["## Prompt effect and reply checks", ""]
+        if effect.get("overall") is not None:
+            e = effect["overall"]
+            how = (f" = ({fmt(e['student'], '.1%')} - {fmt(e['base'], '.1%')}) / ({fmt(e['teacher'], '.1%')} - {fmt(e['base'], '.1%')})"
+                   if e["recovered"] is not None else "")
+            out += [f"**Prompt effect recovered: {effect_text(e)}**, on replies that pass every check: (student - base) / "
+                    f"(teacher - base){how}. 0 is no better than the base without the prompt, 100% the teacher with it; the "
+                    f"interval is a paired bootstrap over the held-out inputs ({effect['resamples']} resamples).", ""]
+        elif effect.get("unavailable"):
+            out += [f"Prompt effect recovered: not measured ({effect['unavailable']}).", ""]
+        per_check = effect.get("checks") or {}
+        with_effect = bool(per_check or effect.get("overall"))
+        head = "| check | kind | " + " | ".join(systems) + (" | prompt effect recovered |" if with_effect else " |")
+        out += ["Pass rate per check with its 95% interval (the rules of `[[eval.checks]]`; replychecks.py).", "",
+                head, "|---" * (head.count("|") - 1) + "|"]
+        for row in checks["checks"]:
+            cells = [_with_interval(row["systems"][sysname]) for sysname in systems]
+            e = per_check.get(row["name"]) or (effect.get("overall") if row["kind"] == "all" else None)
+            tail = ([_effect_cell(e)] if e is not None else ["-"]) if with_effect else []
+            name = f"**{md_text(row['name'])}**" if row["kind"] == "all" else md_text(row["name"])
+            kind = "every check" if row["kind"] == "all" else row["kind"]
+            out.append(f"| {name} | {kind} | " + " | ".join(cells + tail) + " |")
+        out.append("")
+    if judge:
+        out += ["## Judge", "",
+                f"{md_code(judge['judge'])}, with the system prompt, read each held-out conversation with a system's reply and "
+                "the teacher's and said which follows the system prompt better, asked in both orders (judge.py). A verdict that "
+                "flips with the order counts as a tie; reliability is the share of pairs whose verdict survived the swap "
+                f"(identical replies are ties, not asked). The verdicts are in eval/{judge['file']}.", "",
+                "| system vs teacher | win | tie | loss | win or tie | judge reliability |", "|---|---|---|---|---|---|"]
+        for name, j in judge["systems"].items():
+            out.append(f"| {name} | " + " | ".join(_with_interval(j[k]) for k in ("win", "tie", "loss", "win_or_tie", "reliability")) + " |")
+        out.append("")
+        if (low := [n for n, j in judge["systems"].items() if j["reliability"]["rate"] is not None and j["reliability"]["rate"] < 0.5]):
+            out += [f"**The judge is unreliable** ({', '.join(low)}): most of its verdicts change when the replies swap places or cannot be read, "
+                    "so its preferences say little; set eval.judge_model to a stronger judge.", ""]
+    return out
 
 
 def pictures_markdown(pictures: dict[str, str]) -> str:

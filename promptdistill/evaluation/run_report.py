@@ -33,19 +33,27 @@ code{background:#f3f3f3;padding:0 3px}"""
 
 def write_run_report(run_dir) -> dict[str, str]:
     """Pictures, report.md and report.html for a run directory's evaluation; return {title: png name}."""
-    from ..rundata import read_metrics
     from ..rundir import RunDir
-    from .plots import write_pictures
 
     run = RunDir(run_dir)
-    eval_dir = run.eval_dir
-    report = json.loads(run.report_path.read_text(encoding="utf-8"))
-    metrics = read_metrics(run.metrics_path) if run.metrics_path.exists() else []
+    return write_report_files(run.eval_dir, run.metrics_path)
+
+
+def write_report_files(eval_dir, metrics_path=None) -> dict[str, str]:
+    """Pictures, report.md and report.html beside the report.json in `eval_dir` (a
+    run's eval/ or an `eval --student --out` folder); the loss curves come from
+    `metrics_path` (train/metrics.jsonl) when there is one. Return {title: png name}."""
+    from ..rundata import read_metrics
+    from .plots import write_pictures
+
+    eval_dir = Path(eval_dir)
+    report = json.loads((eval_dir / "report.json").read_text(encoding="utf-8"))
+    metrics = read_metrics(metrics_path) if metrics_path is not None and Path(metrics_path).exists() else []
     pictures = write_pictures(report, metrics, eval_dir)
     # The pictures go after the summary table, before the long per-system tables.
     head, sep, tail = report_markdown(report).partition("\n## ")
     markdown = head.rstrip("\n") + "\n\n" + pictures_markdown(pictures) + (sep + tail if sep else "")
-    atomic_write_text(run.report_md, markdown)
+    atomic_write_text(eval_dir / "report.md", markdown)
     atomic_write_text(eval_dir / "report.html", markdown_to_html(markdown, eval_dir, title=f"promptdistill: {report['task']}",
                                                                  pictures=set(pictures.values())))
     return pictures

@@ -51,6 +51,7 @@ from ..records import Example
 from ..render import end_of_turn_ids, render_prompt
 from ..task import OK, UNPARSED, Task
 from ..teachers import Teacher
+from .effect import agreement_effect, kl_effect
 from .agreement import (json_reference_points, reference_points, self_consistency_ceiling_from_probs,
                         self_consistency_ceiling_from_samples)
 from .fidelity import FidelityScorer, distribution_kl, kl_unavailable
@@ -58,6 +59,7 @@ from .general_ability import general_ability
 from .latency import latency_section, measure_latency, model_request, prompt_cost, teacher_request
 from .offtask import PREFIX as OFFTASK_PREFIX, offtask_summary
 from .surface_baseline import evaluate_surface_baseline
+from .text_replies import text_sections
 
 
 @dataclass
@@ -223,6 +225,8 @@ class Systems:
     # reference of the off-task and general-ability checks; it may share the student's
     # weights (models.AdapterDisabled). None: no base row and neither check.
     base: LoadedModel | None = None
+    # Who judges free-text replies (judge.py) when it is not the teacher (eval.judge_model).
+    judge: Teacher | None = None
 
 
 def predict_systems(task: Task, systems: Systems, examples: list[Example], *, include_base: bool, seed: int, done: dict,
@@ -315,12 +319,15 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
         },
         **(reference_sections(task, examples, all_preds, train_records, resamples) if not task.text_reply else {}),
     }
-    if task.text_reply:
-        # Each system's whole reply per held-out example, in example order, as the task reads
-        # it (a reasoning teacher's thinking cut off; "" when empty): what the checks, the
-        # prompt effect and the judge score.
-        replies = {name: [p.label or "" for p in preds] for name, preds in all_preds.items()}
-        report.update(text_sections(task, examples, replies, systems, settings, seed=seed, out_dir=out_dir, progress=progress))
+    if task.text_reply or settings.checks:
+        # Free text: the replies' checks, the prompt effect on them and the judge (text_replies.py), on
+        # each system's whole reply per held-out example as the task reads it (a reasoning teacher's
+        # thinking cut off; "" when empty), or, for a label task with checks, its raw reply.
+        replies = {name: [(p.label or "") if task.text_reply else p.reply for p in preds] for name, preds in all_preds.items()}
+        report.update(text_sections(task, settings, examples, replies, systems.judge or teacher, out_dir, seed=seed,
+                                    force=True, progress=progress))
+    elif "base" in all_preds:
+        report["prompt_effect"] = {"agreement": agreement_effect(*([p.label for p in all_preds[s]] for s in ("teacher", "base", "student")))}
     # A teacher behind a paid API: what its requests cost here, against the student's nothing.
     if (api_cost := getattr(teacher, "api_cost", None)) is not None and (section := api_cost()) is not None:
         report["api_cost"] = section
@@ -337,14 +344,6 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
                            [{"id": e.id, "recorded": t.label, "resamples": r} for e, t, r in zip(examples, all_preds["teacher"], resamples)])
     partial.unlink(missing_ok=True)
     return report
-
-
-def text_sections(task: Task, examples: list[Example], replies: dict[str, list[str]], systems: Systems,
-                  settings: EvalConfig, *, seed: int, out_dir: Path, progress: bool) -> dict:
-    """report.json's sections for a text task (reply_format = "text"), from each
-    system's replies (`replies[system][i]` answers `examples[i]`): the checks of
-    the task file, the prompt effect recovered and the judge. None yet: {}."""
-    return {}
 
 
 RESAMPLE = "teacher_resample"  # predictions.partial.jsonl's system name of resample j: f"{RESAMPLE}_{j}"
@@ -415,17 +414,22 @@ def reference_sections(task: Task, examples: list[Example], all_preds: dict, tra
 
 
 def _fidelity_summary(task: Task, all_preds: dict, unavailable: str | None) -> dict:
-    """KL of base and student from the teacher, and the share of the gap the student closes."""
+    """KL of base and student from the teacher, and the share of the gap the student closes:
+    the prompt effect recovered on KL (effect.py), with its interval, over the inputs both have a KL for."""
     kl = {name: statistics.fmean(v) if (v := [p.kl for p in preds if p.kl is not None]) else None
           for name, preds in all_preds.items() if name != "teacher"}
     base, student = kl.get("base"), kl.get("student")
+    effect = (kl_effect([p.kl for p in all_preds["base"]], [p.kl for p in all_preds["student"]])
+              if base is not None and student is not None else None)
     return {
         "kind": "label distribution" if task.closed else "per reply token",
         # why there is no KL at all (a teacher backend without full distributions), else None
         "unavailable": unavailable,
         "kl_base": base,
         "kl_student": student,
-        "gap_closed": 1 - student / base if base and student is not None else None,
+        "gap_closed": effect["recovered"] if effect else None,
+        # the same fraction with its paired bootstrap interval (effect.prompt_effect)
+        "gap_closed_effect": effect,
     }
 
 

@@ -69,12 +69,12 @@ from ..models import load_model, resolve_device
 from ..progress import progress_bar
 from ..records import LabeledExample
 from ..render import RenderedExample
-from ..rundir import STAGE_OUTPUTS, check_outside_runs
+from ..rundir import STAGE_OUTPUTS, RunDir, check_outside_runs, looks_like_run
 from ..task import Task
 from .checkpoint import checkpoint_settings, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from .data import (by_length, collate, micro_batches, padding_pieces, render_for_training, sampling_weights, step_groups,
                    training_items)
-from .distributed import Distributed
+from .distributed import Distributed, launched_rank
 from .general_mix import GeneralExample
 from .init_adapter import init_adapter_folder, init_adapter_model
 from .losses import label_kd_loss, per_example_token_loss, token_kd_loss, weighted_token_loss
@@ -97,19 +97,30 @@ def train_student(cfg: Config, records: list[LabeledExample], run_dir, *, heldou
     Before anything is written `run_dir` is checked (`check_training_folder`).
     """
     check_training_folder(cfg, run_dir)
-    return train_folder(cfg, records, run_dir, heldout=heldout, progress=progress)
+    with training_lock(run_dir) if launched_rank() == 0 else contextlib.nullcontext():
+        return train_folder(cfg, records, run_dir, heldout=heldout, progress=progress)
 
 
 def train_folder(cfg: Config, records: list[LabeledExample], run_dir, *, heldout: list[LabeledExample] | None = None,
                  progress: bool = True) -> dict:
-    """`train_student` into a folder its caller has checked (the train stage of a run)."""
+    """`train_student` into a folder its caller has checked and locked (the train
+    stage of a run, under the run's lock: one lock per run, RUN/.lock)."""
     recipe = DistillationRecipe(cfg, run_dir, progress=progress)
-    with recipe.lock():
-        try:
-            recipe.setup(records, heldout or [])
-            return recipe.train()
-        finally:
-            recipe.cleanup()
+    try:
+        recipe.setup(records, heldout or [])
+        return recipe.train()
+    finally:
+        recipe.cleanup()
+
+
+def training_lock(folder) -> DirectoryLock:
+    """The lock a training folder is written under: a run's train/ (as a notebook trains
+    a run) is written under the run's own lock, RUN/.lock, the one every command on
+    the run takes; any other folder under its own FOLDER/.lock."""
+    folder = Path(folder)
+    if folder.name == STAGE_OUTPUTS["train"] and looks_like_run(folder.parent):
+        return RunDir(folder.parent).lock()
+    return DirectoryLock(folder / ".lock", "this training folder")
 
 
 def _check_config(cfg: Config) -> None:
@@ -152,16 +163,19 @@ class DistillationRecipe:
         self._metrics = self._tracker = None
 
     def lock(self):
-        """The run directory's lock: the main process holds it for all of them."""
+        """The lock of the folder it writes (`training_lock`), held by the main process for all
+        of them; for a recipe driven step by step (train_folder's callers hold it already)."""
         if not self.dist.is_main:
             return contextlib.nullcontext()
-        return DirectoryLock(self.run_dir / ".lock", "this training directory")
+        return training_lock(self.run_dir)
 
     # ---- setup ---------------------------------------------------------------
 
     def setup(self, records: list[LabeledExample], heldout: list[LabeledExample]) -> None:
         random.seed(self.train_cfg.seed)
         torch.manual_seed(self.train_cfg.seed)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         # Under a launcher, fail fast (before any model loads) when the processes
         # do not share the run folder or read different data (distributed.py).
         self.dist.check_shared_folder(self.run_dir)

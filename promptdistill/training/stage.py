@@ -17,11 +17,12 @@ import shutil
 from ..config import Config, save_config, task_settings
 from ..errors import PromptDistillError
 from ..inputs import check_max_length
+from ..models import resolve_device
 from ..io import check_file, check_paths, fingerprint, resume_or_refuse
 from ..records import read_labeled
 from ..rundir import STAGE_OUTPUTS, RunDir, claim_run_dir
 from .checkpoint import checkpoint_settings
-from .distributed import launched_rank
+from .distributed import Distributed
 from .init_adapter import init_adapter_folder
 from .recipe import train_folder
 
@@ -44,28 +45,44 @@ def train_run(cfg: Config, labeled, run_dir, *, heldout=None, task_file=None, pr
     heldout_records = read_labeled(heldout) if heldout else None
     check_max_length(cfg)
     settings = train_settings(cfg, records, heldout_records)
+    # Under a launcher every process reads the files itself: they agree on what they read
+    # (and on the training the run records) before any of them decides or discards anything.
+    dist = Distributed(cpu=resolve_device(cfg.models.device) == "cpu")
+    dist.agree({"labeled records": settings["records"], "held-out records": settings["heldout"],
+                "settings": fingerprint(cfg.to_dict()), "the run's recorded training": fingerprint(run.stored_settings("train"))},
+               "their data or settings")
+    claim_training(run, settings, force=force, discard=False)  # refused here, nothing is written
+    with run.lock() if dist.is_main else contextlib.nullcontext():
+        if dist.is_main:
+            # Again under the lock: another command may have trained this run since the check above.
+            claim_training(run, settings, force=force, discard=True)
+            save_config(cfg, run.config_path)
+        summary = train_folder(cfg, records, run.train_dir, heldout=heldout_records, progress=progress)
+        if dist.is_main:
+            run.mark_done("train", settings, summary)
+        return summary
+
+
+def claim_training(run: RunDir, settings: dict, *, force: bool, discard: bool) -> None:
+    """May this run be trained with `settings`? Its recorded training (the train stage's
+    marker, `run`'s and `train`'s alike) with the same settings resumes; with others it
+    is refused naming the keys, unless `force`. With `discard` (under the run's lock),
+    what force discards, and the markers a new adapter makes stale, are removed:
+    train/ and eval/ with their markers."""
     stored = run.stored_settings("train")
     if stored is None and (run.adapter_dir / "adapter_config.json").exists():
         stored = {}  # a finished adapter nobody recorded the settings of: not known to be this training
-    # The rule every resumable output follows (io.resume_or_refuse); what --force discards is removed under the lock below.
     changed = resume_or_refuse(stored, settings, force=force, what="this run was already trained",
                                discards="its training and evaluation (train/, eval/), or choose another --run-dir",
                                discard=lambda: None, path=run.path)
-    main_process = launched_rank() == 0
-    with run.lock() if main_process else contextlib.nullcontext():
-        if main_process:
-            if changed:
-                for stage in ("train", "eval"):
-                    shutil.rmtree(run.path / STAGE_OUTPUTS[stage], ignore_errors=True)
-            if stored is None or changed:
-                # A new adapter: the evaluation of the old one no longer describes this run.
-                for stage in ("train", "eval"):
-                    run.marker(stage).unlink(missing_ok=True)
-            save_config(cfg, run.config_path)
-        summary = train_folder(cfg, records, run.train_dir, heldout=heldout_records, progress=progress)
-        if main_process:
-            run.mark_done("train", settings, summary)
-        return summary
+    if not discard:
+        return
+    for stage in ("train", "eval"):
+        if changed:
+            shutil.rmtree(run.path / STAGE_OUTPUTS[stage], ignore_errors=True)
+        if stored is None or changed:
+            # A new adapter: the evaluation of the old one no longer describes this run.
+            run.marker(stage).unlink(missing_ok=True)
 
 
 def train_settings(cfg: Config, records, heldout) -> dict:
