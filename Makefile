@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.promptdistill-installed
 
-.PHONY: setup demo lint docs test test-fast test-vllm clean
+.PHONY: setup demo demo-chat lint docs test test-fast test-vllm clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml Makefile
 # The language-identification distillation end to end on the packaged SmolLM2.
 demo: $(STAMP)
 	$(PY) -m promptdistill run examples/language_id/task.toml --run-dir runs/language_id
+
+# The free-text example: a concise-assistant prompt distilled over conversations.
+demo-chat: $(STAMP)
+	$(PY) -m promptdistill run examples/concise_chat/task.toml --run-dir runs/concise_chat
 
 # The layer contract (the CLI over the pipeline over the stages over the ground) and no import cycles (.importlinter).
 lint: $(STAMP)

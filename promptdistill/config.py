@@ -121,6 +121,11 @@ class TaskConfig:
 class DataConfig:
     inputs: str | None = None
     heldout_fraction: float = 0.2
+    # A file of held-out inputs (read like data.inputs): the evaluation then
+    # uses exactly these, every input of data.inputs is trained on, and
+    # heldout_fraction is not used. An input in both files is refused (it
+    # would be scored on what it was trained with).
+    heldout_inputs: str | None = None
     seed: int = 0
     # Use only this many inputs (after shuffling with `seed`); 0 means all.
     limit: int = 0

@@ -35,7 +35,7 @@ from .io import (DirectoryLock, atomic_write_json, changed_settings, check_file,
                  check_parent_writable, check_paths, fingerprint, real_path)
 from .records import check_gold_labels, read_inputs, read_labeled, write_examples
 from .rundir import LOCK, RunDir, adapter_fingerprint, check_adapter_folder, check_outside_runs, check_run_dir, claim_run_dir
-from .split import split_examples
+from .split import split_examples, split_key
 from .task import Task
 
 
@@ -47,6 +47,7 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
     split = {
         "data": d["data"],
         "inputs": str(input_location(cfg, cfg.data.inputs)) if cfg.data.inputs else None,
+        "heldout_inputs": str(input_location(cfg, cfg.data.heldout_inputs)) if cfg.data.heldout_inputs else None,
         # what decides which inputs are too long for the student
         "fit": [cfg.train.max_length, cfg.task.max_new_tokens, cfg.models.student],
     }
@@ -89,6 +90,12 @@ def check_run(cfg: Config, run_dir, reads: dict | None = None) -> tuple[RunDir, 
     reads = dict(reads or {})
     if cfg.data.inputs:
         reads["data.inputs"] = local_path(check_input_source(input_location(cfg, cfg.data.inputs), "input file (data.inputs)"))
+    if cfg.data.heldout_inputs:
+        if not cfg.data.inputs:
+            raise PromptDistillError("data.heldout_inputs needs data.inputs (the training side)", field="data.heldout_inputs")
+        reads["data.heldout_inputs"] = local_path(check_input_source(input_location(cfg, cfg.data.heldout_inputs),
+                                                                     "held-out input file (data.heldout_inputs)"))
+        _check_heldout_unseen(cfg)
     if cfg.eval.offtask_inputs:
         reads["eval.offtask_inputs"] = check_file(cfg.resolve_path(cfg.eval.offtask_inputs), "off-task input file (eval.offtask_inputs)")
     offtask = read_offtask(cfg)
@@ -139,7 +146,10 @@ def _run_stages(cfg: Config, run: RunDir, offtask: list | None, *, force: bool, 
         train, heldout = [], []
         if cfg.data.inputs:
             examples = prepare_inputs(cfg, task, input_location(cfg, cfg.data.inputs), log)
-            train, heldout = split_examples(examples, cfg.data.heldout_fraction, cfg.data.seed)
+            if cfg.data.heldout_inputs:
+                train, heldout = examples, prepare_inputs(cfg, task, input_location(cfg, cfg.data.heldout_inputs), log)
+            else:
+                train, heldout = split_examples(examples, cfg.data.heldout_fraction, cfg.data.seed)
         summary = {}
         if cfg.data.synthesize:
             train, heldout, summary = add_synthetic_inputs(cfg, run, task, train, heldout, force=force, progress=progress, log=log)
@@ -479,6 +489,20 @@ def _evaluate_systems(cfg: Config, out_dir: Path, examples, offtask: list | None
                        "offtask_inputs": fingerprint([(e.id, e.key) for e in offtask or ()]), **student_identity}
     return evaluate_systems(task, examples, out_dir, Systems(teacher, student, base, judge), cfg.eval, seed=cfg.data.seed,
                             train_records=train_records, offtask=offtask, resume_settings=resume_settings, progress=progress)
+
+
+def _check_heldout_unseen(cfg: Config) -> None:
+    """data.heldout_inputs shares no input with data.inputs (the same text or
+    conversation, or one opening with the same user turn, which the split keeps
+    together): a held-out input seen in training would be scored on what it was
+    trained with. Checked before the run is written; refused with the line."""
+    columns = columns_of(cfg.data)
+    trained = {split_key(e) for e in read_inputs(input_location(cfg, cfg.data.inputs), columns)}
+    path = input_location(cfg, cfg.data.heldout_inputs)
+    for e in read_inputs(path, columns):
+        if split_key(e) in trained:
+            raise PromptDistillError("this input is also in data.inputs (the training side); a held-out input must be "
+                                     "unseen in training", path=path, line=e.line, field="data.heldout_inputs")
 
 
 def _train_records(run: RunDir) -> list | None:

@@ -356,6 +356,10 @@ CASES = {
     "run --run-dir is a user's folder": (None, ["run", "task.toml", "--run-dir", "mine"], None, ["not a run directory"]),
     "run --run-dir inside another run": (None, ["run", "task.toml", "--run-dir", "run/train/nested"], None, ["inside the run directory"]),
     "run --run-dir is a file": (None, ["run", "task.toml", "--run-dir", "inputs.jsonl"], None, ["is a file"]),
+    "run data.heldout_inputs repeating a training input": (
+        lambda w: write_jsonl(w / "held.jsonl", [{"id": "h0", "text": "An input only held out."}, {"id": "h1", "text": TEXTS[1][0]}]),
+        ["run", "task.toml", "--run-dir", "fresh", "--set", "data.heldout_inputs='held.jsonl'"], None,
+        ["held.jsonl:2", "data.heldout_inputs", "unseen in training"]),
     "run data.inputs inside the run's split/": (None, ["run", "task.toml", "--run-dir", "run", "--set", "data.inputs='run/split/train.jsonl'"],
                                                 None, ["data.inputs", "is inside the run's split"]),
     "run task file inside the run's outputs": (lambda w: (w / "run/eval/task.toml").write_text(

@@ -252,3 +252,19 @@ def test_python_api_runs_a_label_task_on_conversations(tmp_path, tiny_model_dir)
     assert student["agreement"] is not None and student["kl_to_teacher"] is not None and report["reference_points"]
     # The user template wraps the last user turn only: the teacher's prompt token count covers the history too.
     assert report["systems"]["teacher"]["mean_prompt_tokens"] > student["mean_prompt_tokens"]
+
+
+def test_run_with_a_heldout_file_trains_on_every_input_and_evaluates_on_that_file(tmp_path, tiny_model_dir):
+    """data.heldout_inputs: the evaluation's inputs are exactly that file's, and
+    every input of data.inputs is on the training side (heldout_fraction unused)."""
+    text_task_file(tmp_path, tiny_model_dir, truncated_replies="keep")
+    held = [{"id": "h0", "text": "What is coffee?"},
+            {"id": "h1", "messages": [user("Hi."), assistant("Hello. What now?"), user("Tell me a joke.")]}]
+    write_jsonl(tmp_path / "held.jsonl", held)
+    done = cli(["run", "task.toml", "--run-dir", "run", "--no-progress", "--set", "data.heldout_inputs='held.jsonl'",
+                "--set", "eval.judge='off'"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert [r["id"] for r in read_jsonl(tmp_path / "run/split/heldout.jsonl")] == ["h0", "h1"]
+    assert [r["id"] for r in read_jsonl(tmp_path / "run/split/train.jsonl")] == [r["id"] for r in conversations()]
+    predicted = {json.loads(line)["id"] for line in (tmp_path / "run/eval/predictions.jsonl").read_text().splitlines()}
+    assert predicted == {"h0", "h1"}
