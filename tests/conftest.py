@@ -9,6 +9,7 @@ transformers folders so every code path loads them by name like a real model.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,10 @@ def stop_process_group(proc, grace: float) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def default_sigint() -> None:
+    """preexec_fn for a command a test interrupts with SIGINT: a shell starts background
+    jobs with SIGINT ignored, a child inherits that, and Python then installs no
+    KeyboardInterrupt handler (under `bash .ci/run &` the Ctrl-C cases ran to the end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

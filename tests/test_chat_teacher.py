@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import default_sigint
 from openai_server import ScriptedChatServer
 
 from promptdistill.config import Config, ModelsConfig, TaskConfig, load_config
@@ -232,7 +233,7 @@ def _chat_task(tmp_path, n: int, **models) -> Path:
 def _cli(args, **kw):
     env = {**os.environ, "PROMPTDISTILL_API_KEY": KEY, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "promptdistill", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, cwd=kw.get("cwd"), text=True)
+                            env=env, cwd=kw.get("cwd"), text=True, preexec_fn=default_sigint)
 
 
 def test_cli_label_keeps_the_key_out_of_every_file_and_stream(tmp_path):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import default_sigint
 
 N_INPUTS = 300
 
@@ -51,14 +52,8 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _default_sigint() -> None:
-    # A shell starts background jobs with SIGINT ignored, and Python then installs no
-    # KeyboardInterrupt handler: under `bash .ci/run &` the Ctrl-C case ran to the end.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _run_and_interrupt(cmd, out: Path, sig: int, after_lines: int) -> int:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     deadline = time.time() + 120
     while _lines(out) < after_lines and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
