@@ -117,10 +117,11 @@ def test_autocast_resolution_and_what_checkpoints_record(monkeypatch, tiny_model
     # Checkpoints record the resolved choice and the 4-bit base, not the spelling
     records = script_records(2)
     on, off = checkpoint_settings(records, cfg(autocast="bf16")), checkpoint_settings(records, cfg())
-    assert (on["train"]["autocast"], off["train"]["autocast"]) == ("bf16", "none")
+    assert on["train"]["autocast"] == "bf16" and on != off
     assert checkpoint_settings(records, cfg(autocast="none")) == off
-    assert off["load_in_4bit"] is False and checkpoint_settings(records, cfg(load_in_4bit=True))["load_in_4bit"] is True
-    assert "gradient_checkpointing" not in off["train"]
+    assert checkpoint_settings(records, cfg(load_in_4bit=True))["load_in_4bit"] is True
+    # off, the precision keys are absent: a run recorded before they existed still resumes
+    assert "autocast" not in off["train"] and "load_in_4bit" not in off and "gradient_checkpointing" not in off["train"]
 
 
 def test_changing_autocast_starts_training_over(tmp_path, tiny_model_dir):
