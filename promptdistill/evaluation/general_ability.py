@@ -51,6 +51,7 @@ def general_ability(base: LoadedModel, student: LoadedModel | ApiStudent, *, max
     prompts = [render_prompt(tok, [{"role": "user", "content": c.prompt}]) for c in checks]
     if progress:
         print(f"[promptdistill] general ability: {len(checks)} checks, base and student", flush=True)
+
     def decode(loaded: LoadedModel):
         return engine.decode_with_prefix(*engine.common_prefix_cache(loaded.model, prompts),  # the template's opening once
                                          max_new_tokens=GENERAL_MAX_NEW_TOKENS, eos_ids=end_of_turn_ids(tok),
