@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import replace
 
-from .config import Config, eval_settings, save_config, task_settings, training_settings
+from .config import Config, eval_settings, reply_filter_settings, save_config, task_settings, training_settings
 from pathlib import Path
 
 from .dataset_inputs import check_input_source, columns_of, input_location, local_path
@@ -58,7 +58,7 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
     label = {**split, "task": task_settings(cfg.task), "teacher": d["models"]["teacher"],
              "teacher_backend": [cfg.models.teacher_backend, cfg.models.teacher_url]}
     train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"],
-             "task_target": d["task"]["student_target"], "mix_general": mix_general}
+             "task_target": d["task"]["student_target"], "mix_general": mix_general, **reply_filter_settings(cfg)}
     if cfg.train.init_adapter:
         # The adapter's weights, not only its path: retraining it elsewhere invalidates this run's training.
         train["init_adapter"] = adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter))
