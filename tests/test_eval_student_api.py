@@ -169,3 +169,26 @@ def test_an_interrupted_evaluation_resumes_without_asking_again(tmp_path, tiny_m
     assert len(teacher.calls) == asked_teacher + 1  # its latency request only
     report = json.loads((out / "report.json").read_text())
     assert report["systems"]["student"]["n"] == len(INPUTS) and not (out / "predictions.partial.jsonl").exists()
+
+
+def test_a_served_students_free_text_replies_are_checked_like_a_local_ones(tmp_path, tiny_model_dir):
+    """A text task: the reply checks and the prompt effect read the served student's replies."""
+    from promptdistill import evaluate
+
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps({"id": t, "text": t}) + "\n" for t in INPUTS), encoding="utf-8")
+
+    def reply(text, body):  # short on even inputs, long on odd ones
+        return "fine" if int(text[1:]) % 2 == 0 else "this reply is much too long"
+
+    with ScriptedChatServer() as teacher, ScriptedChatServer(answer=reply, served="served-student") as student:
+        task = write_task_file(tmp_path, tiny_model_dir, task=dict(system_prompt="Answer in three words.", reply_format="text",
+                                                                  max_new_tokens=6),
+                               models=dict(teacher="remote-teacher", teacher_backend="chat", teacher_url=teacher.url),
+                               eval={"latency_requests": 1, "general_ability": False, "judge": "off"})
+        with task.open("a", encoding="utf-8") as f:
+            f.write('[[eval.checks]]\nname = "short"\nkind = "max_words"\nmax = 3\n')
+        report = evaluate(str(task), student=student.url, student_model="served-student", inputs=str(tmp_path / "heldout.jsonl"),
+                          out=tmp_path / "report", progress=False, log=lambda line: None)
+    short = next(c for c in report["checks"]["checks"] if c["name"] == "short")["systems"]
+    assert short["student"]["successes"] == sum(int(t[1:]) % 2 == 0 for t in INPUTS) and short["teacher"]["successes"] == len(INPUTS)
+    assert report["prompt_effect"]["checks"]["short"]["student"] == pytest.approx(short["student"]["rate"])
