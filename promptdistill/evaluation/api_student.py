@@ -23,6 +23,7 @@ sent to the student's server.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import urllib.parse
 from collections.abc import Iterator
@@ -62,11 +63,9 @@ class ApiStudent:
         """The URL, the model name and the key's variable checked as `eval --student` takes them,
         before anything is written: one error naming the flag. Nothing is sent yet."""
         check_url(student, field="--student")
-        try:
-            import openai  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("openai") is None:
             raise PromptDistillError("a student behind a URL is reached with the openai client: pip install 'promptdistill[chat]'",
-                                     field="--student") from None
+                                     field="--student")
         if not model or not isinstance(model, str) or not model.strip():
             raise PromptDistillError("a student behind a URL needs the model name its server serves: pass --student-model NAME "
                                      "(a server may serve several)", field="--student-model")
