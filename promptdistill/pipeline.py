@@ -322,6 +322,8 @@ def check_student_eval(cfg: Config, student: str, inputs, out, reads: dict | Non
     examples = fit_context(examples, Task(cfg.task), cfg, where, log)
     if not examples:
         raise PromptDistillError("no inputs left to evaluate (all too long, see above)", path=where)
+    if api is not None:
+        api.check_served()  # the one check that sends a request: last
     return cfg, adapter, api, examples, offtask, out
 
 

@@ -192,3 +192,17 @@ def test_a_served_students_free_text_replies_are_checked_like_a_local_ones(tmp_p
     short = next(c for c in report["checks"]["checks"] if c["name"] == "short")["systems"]
     assert short["student"]["successes"] == sum(int(t[1:]) % 2 == 0 for t in INPUTS) and short["teacher"]["successes"] == len(INPUTS)
     assert report["prompt_effect"]["checks"]["short"]["student"] == pytest.approx(short["student"]["rate"])
+
+
+@pytest.mark.parametrize("case", ["not served", "no server"])
+def test_a_student_the_server_does_not_serve_is_refused_before_anything_is_written(case, tmp_path, tiny_model_dir, capsys):
+    task = _task(tmp_path, tiny_model_dir, None)
+    out = tmp_path / "report"
+    with ScriptedChatServer(answer=student_reply, served="served-student") as student:
+        url = student.url if case == "not served" else "http://127.0.0.1:9/v1"
+        code = main(["eval", str(task), "--student", url, "--student-model", "other-model", "--inputs", str(tmp_path / "heldout.jsonl"),
+                     "--out", str(out), "--no-progress", "--set", "models.teacher_max_retries=0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert ("--student-model" in err and "'served-student'" in err) if case == "not served" else ("cannot reach" in err and "--student" in err)
+    assert not out.exists() and student.calls == []  # no chat request (the model list is a GET, not recorded)

@@ -28,7 +28,7 @@ import os
 import urllib.parse
 from collections.abc import Iterator
 
-from ..api_access import check_key_transport, check_url
+from ..api_access import check_key_transport, check_url, redact
 from ..errors import PromptDistillError
 from ..records import Example
 from ..task import Task
@@ -47,6 +47,11 @@ class StudentChat(ChatTeacher):
     """The chat backend, its messages naming the student's flag rather than the teacher's URL setting."""
 
     url_field = "--student"
+
+    def served_models(self) -> list[str]:
+        """The names the server lists (GET /models), through the same client, key and limits."""
+        self._say_where_the_key_goes()
+        return [m.id for m in self.client.models.list()]
 
 
 class ApiStudent:
@@ -76,6 +81,29 @@ class ApiStudent:
         check_key_transport(student.rstrip("/"), key, False, field="--student")
         return cls(student, model.strip(), key_variable=key_variable, concurrency=models.teacher_concurrency,
                    max_retries=models.teacher_max_retries, timeout=models.teacher_timeout)
+
+    def check_served(self) -> None:
+        """The last check before anything is written: the server answers, and serves `name`
+        where it lists its models (GET /models: vLLM, Ollama, llama.cpp's server, LM Studio
+        and OpenAI do). A server without the list is not refused: its first answer tells."""
+        import openai
+
+        try:
+            served = self.chat.served_models()
+        except openai.APIStatusError as err:
+            if err.status_code in (404, 405, 501):
+                return
+            raise PromptDistillError(f"the student's API at {self.shown_url} refused to list its models: HTTP {err.status_code} "
+                                     f"({redact(str(getattr(err, 'message', err)), self.chat.api_key)[:200]})", field="--student") from None
+        except openai.APIConnectionError as err:
+            raise PromptDistillError(f"cannot reach the student's API at {self.shown_url} ({type(err).__name__}); is its server "
+                                     "running?", field="--student") from None
+        except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError):
+            return  # a list of another shape: not a refusal
+        if served and self.name not in served:
+            shown = ", ".join(map(repr, served[:5])) + (", ..." if len(served) > 5 else "")
+            raise PromptDistillError(f"the student's API at {self.shown_url} does not serve {self.name!r} (it lists {shown})",
+                                     field="--student-model")
 
     def identity(self) -> dict:
         """What the student's answers depend on, for resuming: its URL and model name, never the key."""
