@@ -3,7 +3,8 @@ behind an OpenAI-compatible chat API (tests/openai_server.py's ScriptedChatServe
 for it, and for a chat teacher), evaluated like a local one: its requests carry no system
 prompt, its row comes from its server's replies, what an API cannot give is said with a
 reason, its key comes from the variable named for it and is written nowhere, flag errors
-come before anything is written, and an interrupted evaluation re-asks nothing answered."""
+come before anything is written, and an interrupted evaluation re-asks nothing answered.
+A real tiny model behind a chat endpoint (openai_server.serve) checks the replies end to end."""
 
 from __future__ import annotations
 
@@ -206,3 +207,21 @@ def test_a_student_the_server_does_not_serve_is_refused_before_anything_is_writt
     assert code == 2 and err.count("\n") == 1, err
     assert ("--student-model" in err and "'served-student'" in err) if case == "not served" else ("cannot reach" in err and "--student" in err)
     assert not out.exists() and student.calls == []  # no chat request (the model list is a GET, not recorded)
+
+
+def test_the_base_served_behind_a_chat_endpoint_answers_as_the_local_base(tmp_path, tiny_model_dir):
+    """A real model behind /v1/chat/completions (openai_server.serve, the server applying the
+    model's own chat template): serving the base itself as the student gives the base row's
+    replies, reply for reply, and its prompt tokens as the API counted them."""
+    from openai_server import serve
+
+    from promptdistill import evaluate
+
+    task = _task(tmp_path, tiny_model_dir, None, general_ability=False)
+    with serve(tiny_model_dir, "served-base") as url:
+        report = evaluate(str(task), student=url, student_model="served-base", inputs=str(tmp_path / "heldout.jsonl"),
+                          out=tmp_path / "report", progress=False, log=lambda line: None)
+    preds = [json.loads(line) for line in (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()]
+    replies = {system: [p["reply"] for p in preds if p["system"] == system] for system in ("base", "student")}
+    assert len(replies["student"]) == len(INPUTS) and all(replies["base"]) and replies["student"] == replies["base"]
+    assert report["systems"]["student"]["mean_prompt_tokens"] == report["systems"]["base"]["mean_prompt_tokens"]
