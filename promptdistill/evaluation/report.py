@@ -73,8 +73,7 @@ def report_markdown(report: dict) -> str:
         out.append(f"The student's API reported {api['usage']['prompt_tokens'] / api['usage']['requests']:.0f} prompt tokens per request "
                    f"over the {api['usage']['requests']} requests this evaluation sent it.")
     if (gap := _gap_line(report)) is not None:
-        sentence = gap.strip("()")
-        out.append(sentence[:1].upper() + sentence[1:] + ".")  # not capitalize(): it would lower "KL"
+        out.append(gap[:1].upper() + gap[1:] + ".")  # not capitalize(): it would lower "KL"
     if report.get("majority_label") is not None:
         out.append(f"Always answering the teacher's most frequent label ({md_code(report['majority_label'])}) would agree "
                    f"{fmt(report['majority_agreement'], '.1%')} of the time.")
@@ -111,7 +110,7 @@ def results_table(report: dict) -> str:
             f"{fmt(m['median_latency_ms']):>11}"
         )
     if (gap := _gap_line(report)) is not None:
-        lines.append(gap)
+        lines.append(f"({gap})")
     if report.get("majority_label") is not None:
         lines.append(f"(always answering '{report['majority_label']}' would agree {fmt(report['majority_agreement'], '.1%')} with the teacher)")
     if (effect := report.get("prompt_effect")) is not None:
@@ -140,17 +139,19 @@ def results_table(report: dict) -> str:
 
 
 def _gap_line(report: dict) -> str | None:
+    """The KL sentence of the report (its reason when there is no KL), without brackets
+    or a full stop: the table puts it in brackets, report.md makes it a sentence."""
     f = report.get("fidelity") or {}
     if f.get("unavailable"):
-        return f"({f['unavailable']})"
+        return f["unavailable"]
     if f.get("student_unavailable"):
-        return f"(KL(teacher ‖ student) {f['student_unavailable']})"
+        return f"KL(teacher ‖ student) {f['student_unavailable']}"
     if f.get("gap_closed") is None:
         return None
     effect = f.get("gap_closed_effect")
     span = f" [{_effect_interval(effect)}]" if effect and effect.get("low") is not None else ""
-    return (f"(prompt effect recovered (KL): the student closes {fmt(f['gap_closed'], '.1%')}{span} of the base-to-teacher gap: "
-            f"KL {fmt(f['kl_base'], '.3f')} -> {fmt(f['kl_student'], '.3f')} nats, {f['kind']})")
+    return (f"prompt effect recovered (KL): the student closes {fmt(f['gap_closed'], '.1%')}{span} of the base-to-teacher gap: "
+            f"KL {fmt(f['kl_base'], '.3f')} -> {fmt(f['kl_student'], '.3f')} nats, {f['kind']}")
 
 
 # ---------------------------------------------------------------- free-text replies
