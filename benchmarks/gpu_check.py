@@ -125,7 +125,7 @@ def pipeline(shape: str, limit: int, device: str, tokenizer: str, env: dict) -> 
     log(f"[pipeline {shape}] rc={p.returncode} in {p.wall_s:.0f} s\n{p.stdout[-2500:]}\n{p.stderr[-2500:]}")
     RESULTS["pipeline"] = {"shape": shape, "rc": p.returncode, "wall_s": round(p.wall_s, 1)}
     if p.returncode == 0:
-        q = run([sys.executable, "-m", "promptdistill", "export", str(run_dir), "--merged", str(merged)], env, 600)
+        q = run([sys.executable, "-m", "promptdistill", "export", "--run-dir", str(run_dir), "--merged", str(merged)], env, 600)
         log(f"[export {shape}] rc={q.returncode}\n{q.stdout[-1000:]}{q.stderr[-1000:]}")
         RESULTS["pipeline"]["export_rc"] = q.returncode
         report = run_dir / "eval" / "report.json"
@@ -284,7 +284,8 @@ def main() -> int:
             log(f"!! training failed: {type(e).__name__}: {e}")
             RESULTS["training"] = {"error": f"{type(e).__name__}: {e}"[-2000:]}
             save()
-    ok = all(r.get("rc", 1) == 0 for r in RESULTS.values() if isinstance(r, dict) and "skipped" not in r)
+    ok = all(r.get("rc", 1) == 0 and r.get("export_rc", 0) == 0
+             for r in RESULTS.values() if isinstance(r, dict) and "skipped" not in r)
     log("all parts ran" if ok else "some parts failed: see gpu.log")
     return 0 if ok else 1
 
