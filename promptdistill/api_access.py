@@ -54,22 +54,23 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def api_key(models) -> str | None:
+def api_key(models, variables: tuple[str, ...] | None = None) -> str | None:
     """The key for the teacher's API: $PROMPTDISTILL_API_KEY, else the variable
-    `models.teacher_api_key_env` names; None when neither is set."""
-    for name in (KEY_VARIABLE, getattr(models, "teacher_api_key_env", None)):
+    `models.teacher_api_key_env` names; None when neither is set. With `variables`,
+    only those are read (a student's API gets the key its own variable holds, never the teacher's)."""
+    for name in variables if variables is not None else (KEY_VARIABLE, getattr(models, "teacher_api_key_env", None)):
         if name and os.environ.get(name):
             return os.environ[name]
     return None
 
 
-def check_key_transport(url: str, key: str | None, allow_insecure_http: bool) -> None:
+def check_key_transport(url: str, key: str | None, allow_insecure_http: bool, field: str = "models.teacher_url") -> None:
     """Refuse to send a key over plain http:// to another machine (anyone on the
     way reads it), unless the task allows it; called before the first request."""
     if key and urllib.parse.urlsplit(url).scheme == "http" and not is_loopback(url) and not allow_insecure_http:
-        raise PromptDistillError(f"will not send the API key over plain http:// to {redact_url(url)}; use https://, or set "
-                                 "models.teacher_allow_insecure_http = true (--allow-insecure-http) if the network is yours",
-                                 field="models.teacher_url")
+        allow = (", or set models.teacher_allow_insecure_http = true (--allow-insecure-http) if the network is yours"
+                 if field == "models.teacher_url" else "")
+        raise PromptDistillError(f"will not send the API key over plain http:// to {redact_url(url)}; use https://{allow}", field=field)
 
 
 def redact(text: str, key: str | None) -> str:

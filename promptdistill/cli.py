@@ -4,7 +4,7 @@
     promptdistill label   TASK --inputs FILE --out FILE      teacher labels inputs
     promptdistill render  TASK --labeled FILE                tokens per example
     promptdistill train   TASK --labeled FILE --run-dir RUN  LoRA-train the student
-    promptdistill eval    TASK --run-dir RUN [--inputs FILE] teacher vs base vs student (or --student MODEL --out DIR)
+    promptdistill eval    TASK --run-dir RUN [--inputs FILE] teacher vs base vs student (or --student MODEL|URL --out DIR)
     promptdistill run     TASK [--run-dir RUN]               all stages, resumable
     promptdistill predict --run-dir RUN [TEXT ...]           answer with the student
     promptdistill export  --run-dir RUN --merged DIR | --adapter DIR | --gguf DIR   the student as a model others load
@@ -129,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     sp = command("eval", cmd_eval, "compare teacher, base and student on held-out inputs", models=True)
     where = sp.add_mutually_exclusive_group(required=True)
     where.add_argument("--run-dir", help="run directory holding train/adapter")
-    where.add_argument("--out", help="report folder, evaluating --student (hub id, model or PEFT adapter folder) without a run")
+    where.add_argument("--out", help="report folder, evaluating --student (hub id, model or PEFT adapter folder, or URL) without a run")
+    sp.add_argument("--student-model", metavar="NAME", help="with --student URL (an OpenAI-compatible API): the model name it serves")
+    sp.add_argument("--student-api-key-env", metavar="VAR", help="with --student URL: the environment variable holding its API key")
     sp.add_argument("--inputs", help="held-out inputs: file, dataset folder, hf://datasets/ORG/NAME[:split] (default: RUN/split/heldout.jsonl)")
 
     sp = command("run", cmd_run, "split, label, train, eval; skips completed stages", models=True, teacher_backend=True)
@@ -201,17 +203,12 @@ def load_task_config(args):
                 limits=not args.no_limits)
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2))
+_log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+_print_json = lambda obj: print(json.dumps(obj, indent=2))  # noqa: E731
 
 
 def cmd_init(args):
     from .scaffold import write_task_file
-
     print(write_task_file(args.task, args.prompt, labels=args.labels, inputs=args.inputs, name=args.name))
 
 
@@ -253,8 +250,11 @@ def cmd_eval(args):
     from .rundir import RunDir
 
     student = vars(args).pop("student") if args.out else None  # the student evaluated; the task's models.student: its base
+    if args.run_dir and (args.student_model or args.student_api_key_env):
+        raise PromptDistillError("a student behind a URL is evaluated with --student URL --out DIR, not --run-dir", field="--student-model")
     report = (evaluate_student(load_task_config(args), student, args.inputs, args.out, reads={"the task file": args.task}, log=_log,
-                               progress=not args.no_progress) if args.out else
+                               progress=not args.no_progress, student_model=args.student_model,
+                               student_api_key_env=args.student_api_key_env) if args.out else
               evaluate_file(load_task_config(args), args.run_dir, args.inputs, task_file=args.task, progress=not args.no_progress, log=_log))
     print(results_table(report))
     print(f"\nreport: {os.path.join(args.out, 'report.md') if args.out else RunDir(args.run_dir).report_md}")

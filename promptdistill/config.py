@@ -60,6 +60,7 @@ REPORT_TO = ("none", "tensorboard", "wandb", "mlflow", "trackio")  # trackers, s
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("sft", "kd", "on-policy")
 BALANCE = ("none", "answers")  # train.balance, see training/data.py
+REPLY_FILTERS = ("none", "checks")  # train.reply_filter, see training/data.py
 # Inputs per batch wherever a local model answers many inputs (labeling on the
 # transformers backend, the evaluation's answers, predict). With shared-prefix
 # attention a row costs only its own tokens' cache, so a large batch is cheap
@@ -248,6 +249,11 @@ class TrainConfig:
     # (an example's weight is 1 / its answer's count), so rare answers are not
     # drowned by the most common one (training/data.py). Label tasks only.
     balance: str = "none"
+    # Which teacher replies are trained: "none" = every accepted reply;
+    # "checks" = only those that pass every [[eval.checks]] rule (rejection
+    # sampling: a teacher that follows its prompt 60% of the time teaches the
+    # rule, not its lapses; training/data.py). sft and kd.
+    reply_filter: str = "none"
     # Start from this trained adapter (a folder with adapter_config.json, e.g.
     # RUN/train/adapter; `--init-from RUN` sets it) instead of fresh LoRA
     # weights, with any loss: on-policy after sft or kd refines a student that
@@ -308,7 +314,17 @@ def task_settings(cfg: TaskConfig) -> dict:
 def training_settings(cfg: TrainConfig) -> dict:
     """The train settings that decide the adapter: all but where metrics are mirrored
     (turning a tracker on must not invalidate checkpoints or a finished stage)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "report_to"}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "report_to"}
+    if settings["reply_filter"] == "none":  # off, it changes nothing: runs trained before it existed stay valid
+        del settings["reply_filter"]
+    return settings
+
+
+def reply_filter_settings(cfg: Config) -> dict:
+    """What train.reply_filter's choice depends on besides the train settings, to
+    spread into a stage's or checkpoint's settings: the checks it applies
+    (eval.checks), so editing a rule retrains; nothing when the filter is off."""
+    return {"reply_filter_checks": cfg.eval.checks} if cfg.train.reply_filter == "checks" else {}
 
 
 def eval_settings(cfg: EvalConfig) -> dict:
@@ -576,6 +592,14 @@ def validate_config(cfg: Config, source=None, *, limits: bool = True) -> None:
     if tr.balance != "none" and t.reply_format in ("json", "text"):
         raise PromptDistillError(f"balance applies to label tasks (a {t.reply_format} reply is nearly always its own answer)",
                                  path=source, field="train.balance")
+    _one_of(tr.reply_filter, REPLY_FILTERS, source, "train.reply_filter")
+    if tr.reply_filter == "checks" and not cfg.eval.checks:
+        raise PromptDistillError("reply_filter = \"checks\" trains on the replies that pass the [[eval.checks]] rules; "
+                                 "the task declares none", path=source, field="train.reply_filter")
+    if tr.reply_filter != "none" and tr.loss == "on-policy":
+        raise PromptDistillError("on-policy training learns from the student's own samples, not the teacher's replies; "
+                                 "set reply_filter = \"none\" (or filter in the sft run it starts from)", path=source,
+                                 field="train.reply_filter")
     validate_devices(cfg.models, source)
     validate_vllm_options(m.vllm_options, source)
     validate_text(cfg, source)

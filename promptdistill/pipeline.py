@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import replace
 
-from .config import Config, eval_settings, save_config, task_settings, training_settings
+from .config import Config, eval_settings, reply_filter_settings, save_config, task_settings, training_settings
 from pathlib import Path
 
 from .dataset_inputs import check_input_source, columns_of, input_location, local_path
@@ -58,7 +58,7 @@ def stage_settings(cfg: Config) -> dict[str, dict]:
     label = {**split, "task": task_settings(cfg.task), "teacher": d["models"]["teacher"],
              "teacher_backend": [cfg.models.teacher_backend, cfg.models.teacher_url]}
     train = {**label, "train": training_settings(cfg.train), "student": d["models"]["student"],
-             "task_target": d["task"]["student_target"], "mix_general": mix_general}
+             "task_target": d["task"]["student_target"], "mix_general": mix_general, **reply_filter_settings(cfg)}
     if cfg.train.init_adapter:
         # The adapter's weights, not only its path: retraining it elsewhere invalidates this run's training.
         train["init_adapter"] = adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter))
@@ -264,30 +264,40 @@ def evaluate_file(cfg: Config, run_dir, inputs=None, *, task_file=None, progress
 EVAL_MARKER = ".promptdistill-eval.json"
 
 
-def check_student_eval(cfg: Config, student: str, inputs, out, reads: dict | None = None, log=print):
+def check_student_eval(cfg: Config, student: str, inputs, out, reads: dict | None = None, log=print, *,
+                       student_model: str | None = None, student_api_key_env: str | None = None):
     """`eval --student`'s preflight, before anything is written or loaded: the student
-    (a PEFT adapter folder, a model folder or a hub id) and its base, the inputs
-    (any format read_inputs takes, or a list of Examples) read and fitted, the
-    off-task inputs read, and `out` claimed (`claim_report_folder`) apart from
-    everything read. Returns (cfg with models.student the base, adapter folder
-    or None, examples, off-task inputs, out)."""
+    (a PEFT adapter folder, a model folder, a hub id, or a URL serving `student_model`
+    behind a chat API) and its base, the inputs (any format read_inputs takes, or a
+    list of Examples) read and fitted, the off-task inputs read, and `out` claimed
+    (`claim_report_folder`) apart from everything read. Returns (cfg with models.student
+    the base, adapter folder or None, ApiStudent or None, examples, off-task inputs, out)."""
+    from .evaluation.api_student import ApiStudent, is_url
     from .overrides import check_models
     from .records import Example
 
     if not student or not isinstance(student, (str, Path)):
-        raise PromptDistillError("name the student to evaluate: a hub id, a model folder or a PEFT adapter folder",
+        raise PromptDistillError("name the student to evaluate: a hub id, a model folder, a PEFT adapter folder or a URL",
                                  field="--student")
+    url = is_url(student)
+    if not url and student_model is not None:
+        raise PromptDistillError("--student-model names the model a server serves; it goes with a URL student "
+                                 f"(--student http://host:8000/v1), not with {str(student)!r}", field="--student-model")
+    if not url and student_api_key_env is not None:
+        raise PromptDistillError("--student-api-key-env names the key of a student behind a URL; this student is not one",
+                                 field="--student-api-key-env")
     if out is None:
         raise PromptDistillError("name the folder the report goes to", field="--out")
     if inputs is None:
         raise PromptDistillError("no inputs to evaluate on: pass --inputs (a file, a dataset folder or hf://datasets/ORG/NAME)",
                                  field="--inputs")
     student = str(student)
-    adapter = _adapter_folder(student)
+    api = ApiStudent.checked(student, student_model, student_api_key_env, cfg.models) if url else None
+    adapter = _adapter_folder(student) if not url else None
     cfg = copy.deepcopy(cfg)
     if adapter is not None:
         cfg.models.student = _adapter_base(adapter, cfg)
-    else:
+    elif not url:
         from .models import load_tokenizer
 
         check_model_folder(student, "--student")
@@ -312,45 +322,59 @@ def check_student_eval(cfg: Config, student: str, inputs, out, reads: dict | Non
     examples = fit_context(examples, Task(cfg.task), cfg, where, log)
     if not examples:
         raise PromptDistillError("no inputs left to evaluate (all too long, see above)", path=where)
-    return cfg, adapter, examples, offtask, out
+    if api is not None:
+        api.check_served()  # the one check that sends a request: last
+    return cfg, adapter, api, examples, offtask, out
 
 
 def evaluate_student(cfg: Config, student: str, inputs, out, *, reads: dict | None = None, progress: bool = True,
-                     log=print) -> dict:
+                     log=print, student_model: str | None = None, student_api_key_env: str | None = None) -> dict:
     """`eval --student`: the teacher (with the prompt), the base and `student` (without
     it) on `inputs`, with the same report as a run's (report.json, report.md,
     report.html, pictures, predictions) written into the folder `out`. The
     student is a PEFT adapter folder (its base read from adapter_config.json),
-    a model folder or a hub id (its base: models.student of the task); nothing
-    of a run directory is needed. Checked first (`check_student_eval`), then the
-    folder is locked; an interrupted evaluation resumes like a run's."""
+    a model folder or a hub id (its base: models.student of the task), or the
+    model `student_model` served behind a chat API at the URL `student` (its
+    key in the variable `student_api_key_env`, if it needs one; api_student.py);
+    nothing of a run directory is needed. Checked first (`check_student_eval`),
+    then the folder is locked; an interrupted evaluation resumes like a run's."""
     from .evaluation.run_report import write_report_files
 
-    cfg, adapter, examples, offtask, out = check_student_eval(cfg, student, inputs, out, reads, log)
+    cfg, adapter, api, examples, offtask, out = check_student_eval(cfg, student, inputs, out, reads, log, student_model=student_model,
+                                                                   student_api_key_env=student_api_key_env)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / EVAL_MARKER
     if not marker.exists():
         atomic_write_json(marker, {"written_by": "promptdistill", "kind": "eval", "student": str(student)})
     with DirectoryLock(out / LOCK, "this report folder"):
-        loaded, base = _load_any_student(cfg, str(student), adapter, log)
-        identity = {"adapter": adapter_fingerprint(adapter)} if adapter else {"student": _model_identity(str(student))}
+        if api is not None:
+            from .models import load_model
+
+            log(f"[promptdistill] eval: student {api.name} at {api.shown_url}, base {cfg.models.student}")
+            loaded, base, identity = api, load_model(cfg.models.student, cfg.models.device, cfg.models.dtype), api.identity()
+        else:
+            loaded, base = _load_any_student(cfg, str(student), adapter, log)
+            identity = {"adapter": adapter_fingerprint(adapter)} if adapter else {"student": _model_identity(str(student))}
         report = _evaluate_systems(cfg, out, examples, offtask, loaded, base, identity, progress=progress)
         _record_heldout_source(out / "report.json", examples)
         write_report_files(out)
     return report
 
 
-def evaluate(task, *, student, inputs, out, progress: bool = True, log=print) -> dict:
+def evaluate(task, *, student, inputs, out, progress: bool = True, log=print, student_model: str | None = None,
+             student_api_key_env: str | None = None) -> dict:
     """Evaluate any student against the teacher of `task` (a Config, or a task file
     read as the commands read it) on `inputs` (a file, a dataset folder, an
     hf://datasets/ address, a `datasets.Dataset` or a list of Examples), writing
     the report into the folder `out`: `promptdistill eval TASK --student MODEL
-    --inputs FILE --out DIR` from Python (see evaluate_student)."""
+    --inputs FILE --out DIR` from Python (see evaluate_student). A student behind
+    a chat API: `student` its URL, `student_model` the name it is served under."""
     from .overrides import load_task_config
 
     cfg = task if isinstance(task, Config) else load_task_config(task)
     reads = {} if isinstance(task, Config) else {"the task file": task}
-    return evaluate_student(cfg, student, inputs, out, reads=reads, progress=progress, log=log)
+    return evaluate_student(cfg, student, inputs, out, reads=reads, progress=progress, log=log, student_model=student_model,
+                            student_api_key_env=student_api_key_env)
 
 
 def claim_report_folder(path: Path, what: str) -> Path:

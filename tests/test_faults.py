@@ -309,6 +309,13 @@ CASES = {
     "eval --student a folder that is no model": (None, E + ["--student", "emptydir", "--inputs", "inputs.jsonl", "--out", "r"], None,
                                                  ["--student", "config.json"]),
     "eval --student without --inputs": (None, E + ["--student", "model", "--out", "r"], None, ["--inputs"]),
+    # a student behind a chat API: its model name, and no credentials in its URL
+    "eval --student URL without --student-model": (None, E + ["--student", "http://127.0.0.1:9/v1", "--inputs", "inputs.jsonl",
+                                                              "--out", "r"], None, ["--student-model", "model name"]),
+    "eval --student-model with a local student": (None, E + ["--student", "model", "--student-model", "m", "--inputs", "inputs.jsonl",
+                                                             "--out", "r"], None, ["--student-model", "goes with a URL student"]),
+    "eval --student URL with credentials": (None, E + ["--student", "http://u:secretpw@127.0.0.1:9/v1", "--student-model", "m",
+                                                       "--inputs", "inputs.jsonl", "--out", "r"], None, ["--student", "credentials"]),
     "eval --inputs not a Parquet file": (lambda w: _user_file(w / "bad.parquet"), E + ["--student", "model", "--inputs", "bad.parquet",
                                                                                        "--out", "r"], None, ["bad.parquet", "cannot be read as .parquet"]),
     "eval --inputs inside eval/": (None, E + ["--run-dir", "run", "--inputs", "run/eval/predictions.jsonl"], None, ["--inputs", "is inside the run's eval/ folder"]),

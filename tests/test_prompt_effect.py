@@ -132,3 +132,15 @@ def test_evaluate_systems_reports_checks_effect_and_judge(tmp_path, tiny, monkey
     assert "## Prompt effect and reply checks" in markdown and "| no_digits | not_regex |" in markdown
     assert "## Judge" in markdown and "judge reliability" in markdown
     assert "prompt effect recovered (all checks)" in table and "judge, student vs teacher" in table
+
+
+def test_the_kl_line_keeps_a_reason_ending_in_a_bracket():
+    """A reason that ends in ")" (the chat teacher's) is printed whole, in report.md and the table."""
+    from promptdistill.evaluation.report import _gap_line, report_markdown, results_table
+
+    reason = 'needs the teacher\'s full distributions (teacher_backend = "transformers")'
+    report = {"task": "t", "n_examples": 0, "systems": {}, "models": {"teacher": "a", "student": "b"}, "teacher_mode": "generate",
+              "fidelity": {"unavailable": reason}}
+    assert _gap_line(report) == reason
+    assert f"{reason[:1].upper()}{reason[1:]}." in report_markdown(report)
+    assert f"({reason})" in results_table(report)

@@ -15,6 +15,10 @@ It is 0 for a student that kept its base behaviour exactly, and it is what
 Why the base and not the teacher: the teacher sees the task's prompt, which
 says nothing about arithmetic; the question here is what the student could
 do before training and can still do after.
+
+A student behind a chat API (api_student.py) answers the same prompts through
+it (the server applies its own chat template), greedily: the scores are
+measured; the KL is not (no distributions over an API), and the section says why.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from .. import engine
 from ..general import general_checks, passes
 from ..models import LoadedModel
 from ..render import end_of_turn_ids, render_prompt
+from ..reasoning import strip_reasoning
 from .agreement import wilson_interval
+from .api_student import UNAVAILABLE as KL_NEEDS_LOCAL_STUDENT, ApiStudent
 from .fidelity import token_kl
 
 # Room for a short answer and a sentence around it; the checks want a word or a number.
@@ -37,26 +43,37 @@ GENERAL_MAX_NEW_TOKENS = 48
 KL_BATCH = 8
 
 
-def general_ability(base: LoadedModel, student: LoadedModel, *, max_drop: float, progress: bool = True) -> tuple[dict, list[dict]]:
+def general_ability(base: LoadedModel, student: LoadedModel | ApiStudent, *, max_drop: float,
+                    progress: bool = True) -> tuple[dict, list[dict]]:
     """(summary for report.json, one row per check) for the base and the student on the general check."""
     checks = general_checks()
     tok = base.tokenizer
     prompts = [render_prompt(tok, [{"role": "user", "content": c.prompt}]) for c in checks]
     if progress:
         print(f"[promptdistill] general ability: {len(checks)} checks, base and student", flush=True)
-    decoded = {name: engine.decode_with_prefix(*engine.common_prefix_cache(loaded.model, prompts),  # the template's opening once
-                                               max_new_tokens=GENERAL_MAX_NEW_TOKENS, eos_ids=end_of_turn_ids(tok),
-                                               pad_id=tok.pad_token_id, temperature=0.0)
-               for name, loaded in (("base", base), ("student", student))}
-    # KL on the base's replies, end-of-turn token included: stopping is behaviour too.
-    kls = reply_kls(base, student, prompts, [d.token_ids for d in decoded["base"]])
+
+    def decode(loaded: LoadedModel):
+        return engine.decode_with_prefix(*engine.common_prefix_cache(loaded.model, prompts),  # the template's opening once
+                                         max_new_tokens=GENERAL_MAX_NEW_TOKENS, eos_ids=end_of_turn_ids(tok),
+                                         pad_id=tok.pad_token_id, temperature=0.0)
+
+    over_api = isinstance(student, ApiStudent)
+    base_decoded = decode(base)
+    base_replies = [tok.decode(d.text_ids, skip_special_tokens=True) for d in base_decoded]
+    if over_api:
+        student_replies = [strip_reasoning(r) for r in student.answer_prompts([(c.id, c.prompt) for c in checks], GENERAL_MAX_NEW_TOKENS)]
+        kls = [None] * len(checks)
+    else:
+        student_replies = [tok.decode(d.text_ids, skip_special_tokens=True) for d in decode(student)]
+        # KL on the base's replies, end-of-turn token included: stopping is behaviour too.
+        kls = reply_kls(base, student, prompts, [d.token_ids for d in base_decoded])
     rows = []
-    for c, b, s, kl in zip(checks, decoded["base"], decoded["student"], kls):
-        base_reply, student_reply = (tok.decode(d.text_ids, skip_special_tokens=True) for d in (b, s))
+    for c, base_reply, student_reply, kl in zip(checks, base_replies, student_replies, kls):
         rows.append({"id": c.id, "kind": c.kind, "prompt": c.prompt, "answer": c.answer, "match": c.match,
                      "base_reply": base_reply, "student_reply": student_reply,
                      "base_pass": passes(c, base_reply), "student_pass": passes(c, student_reply), "kl_base_student": kl})
-    return summarize(rows, max_drop), rows
+    summary = summarize(rows, max_drop)
+    return ({**summary, "kl_unavailable": KL_NEEDS_LOCAL_STUDENT} if over_api else summary), rows
 
 
 @torch.inference_mode()

@@ -41,6 +41,7 @@ from ..render import end_of_turn_ids, render_prompt
 from ..task import Task
 from ..teachers import Teacher
 from ..teachers.local import LocalTeacher, shared_prefix, split_prefix
+from .api_student import ApiStudent
 
 
 def measure_latency(examples: list[Example], request) -> dict[str, float]:
@@ -62,9 +63,12 @@ def teacher_request(task: Task, teacher: Teacher, seed: int):
     return lambda e: list(teacher.label([e], row_task, "generate", seed, 1))
 
 
-def model_request(task: Task, loaded: LoadedModel):
+def model_request(task: Task, loaded: LoadedModel | ApiStudent):
     """One generated answer from a model without the prompt to one request, the
-    opening its chat template gives every request cached once, before any timing."""
+    opening its chat template gives every request cached once, before any timing;
+    a student behind an API: one request to it (the network's time included)."""
+    if isinstance(loaded, ApiStudent):
+        return lambda e: list(loaded.answer(task, [e]))
     tok = loaded.tokenizer
     opening = engine.PrefixCache(loaded.model, shared_prefix(task, tok, task.student_messages))
     whole = engine.PrefixCache(loaded.model, [])
@@ -99,13 +103,16 @@ def prompt_cost(task: Task, teacher: Teacher, repeats: int = 3) -> tuple[float, 
     return statistics.median(times), len(prefix)
 
 
-def latency_section(task: Task, requests: int, prompt: tuple[float, int] | None) -> dict:
-    """report.json's `latency`: how it was measured, in words, and the prompt's own cost (`prompt_cost`)."""
+def latency_section(task: Task, requests: int, prompt: tuple[float, int] | None, student_url: str | None = None) -> dict:
+    """report.json's `latency`: how it was measured, in words, and the prompt's own cost (`prompt_cost`);
+    with `student_url`, that the student's row is a round trip to its API."""
     how = (f"median over {requests} requests per system, each sent alone, one generated answer "
            f"(up to {task.config.max_new_tokens} tokens), with what every request of a system starts with cached "
            "(the teacher's prompt, the chat template's opening), as a server with prefix caching serves it")
     if prompt is not None:
         how += (f"; without prefix caching the teacher also computes the {prompt[1]} prompt tokens all its requests "
                 f"share, on every request: {1000 * prompt[0]:.0f} ms more")
+    if student_url is not None:
+        how += f"; the student's requests went to its API at {student_url}, so its latency includes that server and the network"
     return {"requests": requests, "how": how, "teacher_prompt_ms": None if prompt is None else 1000 * prompt[0],
             "teacher_prompt_tokens": None if prompt is None else prompt[1]}

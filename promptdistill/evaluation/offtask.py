@@ -34,6 +34,7 @@ from ..models import LoadedModel
 from ..records import Example
 from ..render import render_prompt, reply_ids
 from ..task import OK, Task
+from .api_student import UNAVAILABLE as KL_NEEDS_LOCAL_STUDENT, ApiStudent
 from .fidelity import distribution_kl
 from .general_ability import reply_kls
 
@@ -51,14 +52,16 @@ def same_answer(a, b) -> bool:
     return False
 
 
-def offtask_summary(task: Task, examples: list[Example], preds: dict[str, list], base: LoadedModel, student: LoadedModel,
+def offtask_summary(task: Task, examples: list[Example], preds: dict[str, list], base: LoadedModel, student: LoadedModel | ApiStudent,
                     source: str) -> dict:
     """report.json's `offtask` section (see the module docstring)."""
     teacher, base_p, student_p = preds["teacher"], preds["base"], preds["student"]
     n = len(examples)
     with_teacher = [(s, t) for s, t in zip(student_p, teacher) if t.label is not None]
     base_with_teacher = [(b, t) for b, t in zip(base_p, teacher) if t.label is not None]
-    kl_base = kl_from_base(task, examples, base_p, student_p, base, student)
+    # a student behind an API gives no distributions (api_student.py): no KL, and the reason why
+    over_api = isinstance(student, ApiStudent)
+    kl_base = [None] * n if over_api else kl_from_base(task, examples, base_p, student_p, base, student)
     mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
     labels = [p.label for p in student_p if p.label is not None]
     top = max(set(labels), key=labels.count) if labels else None
@@ -75,6 +78,7 @@ def offtask_summary(task: Task, examples: list[Example], preds: dict[str, list],
             # the student's most common answer there, and how often: a shortcut shows as one answer for everything
             "top_answer": top,
             "top_answer_share": labels.count(top) / n if top is not None else None,
+            **({"kl_unavailable": KL_NEEDS_LOCAL_STUDENT} if over_api else {}),
         },
         "base": {
             "agreement_teacher": sum(b.label == t.label for b, t in base_with_teacher) / len(base_with_teacher) if base_with_teacher else None,

@@ -35,11 +35,13 @@ _cell = md_text  # a label inside a pipe table cell
 def report_markdown(report: dict) -> str:
     """report.md without its pictures: the summary table, then every section the report holds."""
     s = report["systems"]
+    api = report.get("student_api")
+    served = f" at {md_code(api['url'])}, reached over its API," if api else ""
     out = [
         f"# Evaluation: {md_text(report['task'])}",
         "",
         f"{report['n_examples']} held-out inputs, none seen in training. Teacher: {md_code(report['models']['teacher'])} "
-        f"with the prompt ({report['teacher_mode']} mode). Student: {md_code(report['models']['student'])} without the prompt.",
+        f"with the prompt ({report['teacher_mode']} mode). Student: {md_code(report['models']['student'])}{served} without the prompt.",
         "",
         "| system | prompt | accuracy (gold) | agreement (teacher) | KL(teacher ‖ system) | parse rate | prompt tokens / request | median latency (ms) |",
         "|---|---|---|---|---|---|---|---|",
@@ -62,14 +64,16 @@ def report_markdown(report: dict) -> str:
             "KL is in nats (fidelity.py): over the label distribution for label-constrained tasks, per reply token otherwise."]
     if report.get("latency"):
         out.append(f"Latency: {report['latency']['how']}.")
-    if (api := report.get("api_cost")) is not None:
-        per = api["teacher_cost_per_request"]
-        out.append(f"API cost: the prompted teacher used {api['teacher_prompt_tokens_per_request']:.0f} prompt tokens per request"
+    if (cost := report.get("api_cost")) is not None:
+        per = cost["teacher_cost_per_request"]
+        out.append(f"API cost: the prompted teacher used {cost['teacher_prompt_tokens_per_request']:.0f} prompt tokens per request"
                    + (f" and cost {per:.6f} per request (models.teacher_price_in/out)" if per is not None else "")
-                   + "; the student answers without the prompt and without an API.")
+                   + ("; the student answers without the prompt" + (" through its own API (not priced here)." if api else " and without an API.")))
+    if api and api["usage"].get("requests"):
+        out.append(f"The student's API reported {api['usage']['prompt_tokens'] / api['usage']['requests']:.0f} prompt tokens per request "
+                   f"over the {api['usage']['requests']} requests this evaluation sent it.")
     if (gap := _gap_line(report)) is not None:
-        sentence = gap.strip("()")
-        out.append(sentence[:1].upper() + sentence[1:] + ".")  # not capitalize(): it would lower "KL"
+        out.append(gap[:1].upper() + gap[1:] + ".")  # not capitalize(): it would lower "KL"
     if report.get("majority_label") is not None:
         out.append(f"Always answering the teacher's most frequent label ({md_code(report['majority_label'])}) would agree "
                    f"{fmt(report['majority_agreement'], '.1%')} of the time.")
@@ -106,7 +110,7 @@ def results_table(report: dict) -> str:
             f"{fmt(m['median_latency_ms']):>11}"
         )
     if (gap := _gap_line(report)) is not None:
-        lines.append(gap)
+        lines.append(f"({gap})")
     if report.get("majority_label") is not None:
         lines.append(f"(always answering '{report['majority_label']}' would agree {fmt(report['majority_agreement'], '.1%')} with the teacher)")
     if (effect := report.get("prompt_effect")) is not None:
@@ -135,15 +139,19 @@ def results_table(report: dict) -> str:
 
 
 def _gap_line(report: dict) -> str | None:
+    """The KL sentence of the report (its reason when there is no KL), without brackets
+    or a full stop: the table puts it in brackets, report.md makes it a sentence."""
     f = report.get("fidelity") or {}
     if f.get("unavailable"):
-        return f"({f['unavailable']})"
+        return f["unavailable"]
+    if f.get("student_unavailable"):
+        return f"KL(teacher ‖ student) {f['student_unavailable']}"
     if f.get("gap_closed") is None:
         return None
     effect = f.get("gap_closed_effect")
     span = f" [{_effect_interval(effect)}]" if effect and effect.get("low") is not None else ""
-    return (f"(prompt effect recovered (KL): the student closes {fmt(f['gap_closed'], '.1%')}{span} of the base-to-teacher gap: "
-            f"KL {fmt(f['kl_base'], '.3f')} -> {fmt(f['kl_student'], '.3f')} nats, {f['kind']})")
+    return (f"prompt effect recovered (KL): the student closes {fmt(f['gap_closed'], '.1%')}{span} of the base-to-teacher gap: "
+            f"KL {fmt(f['kl_base'], '.3f')} -> {fmt(f['kl_student'], '.3f')} nats, {f['kind']}")
 
 
 # ---------------------------------------------------------------- free-text replies
@@ -498,7 +506,8 @@ def offtask_lines(section: dict | None) -> list[str]:
            f"| base | {fmt(in_format['base'], '.1%')} | {fmt(b['agreement_teacher'], '.1%')} | {fmt(b['kl_teacher'], '.3f')} |",
            f"| student | {fmt(in_format['student'], '.1%')} | {fmt(s['agreement_teacher'], '.1%')} | {fmt(s['kl_teacher'], '.3f')} |", "",
            f"Student against its base: agreement {fmt(s['agreement_base'], '.1%')} (same answer, or the same reply where neither "
-           f"is in the task's format), KL(base ‖ student) {fmt(s['kl_base'], '.3f')} nats ({section['kind']})."]
+           f"is in the task's format), KL(base ‖ student) "
+           + (f"{s['kl_unavailable']}." if s.get("kl_unavailable") else f"{fmt(s['kl_base'], '.3f')} nats ({section['kind']}).")]
     if s["top_answer"] is not None:
         out.append(f"The student's most common off-task answer is `{s['top_answer']}` ({fmt(s['top_answer_share'], '.1%')} of inputs).")
     if s["agreement_teacher"] is not None and s["agreement_teacher"] < 0.5 and s["agreement_base"] < 0.5:
@@ -525,6 +534,8 @@ def general_ability_lines(section: dict | None) -> list[str]:
     if section["kl_base_student"] is not None:
         out.append(f"Mean KL(base ‖ student) per token over the base's own replies: {fmt(section['kl_base_student'], '.3f')} nats "
                    "(0 = the student kept the base's behaviour on these prompts).")
+    elif section.get("kl_unavailable"):
+        out.append(f"KL(base ‖ student) per token: {section['kl_unavailable']}.")
     drop = section["drop"]
     if section["flagged"]:
         out.append(f"**General ability dropped by {fmt(100 * drop)} points** (more than eval.general_max_drop = "

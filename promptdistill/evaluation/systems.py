@@ -6,7 +6,8 @@ On held-out inputs that the student never trained on:
   answering through its `Teacher` backend (`models.teacher_backend`) with
   the labeling code, so it answers as it labeled;
 - base: the student's base model without the prompt (what you get for free);
-- student: the base plus the trained LoRA adapter, without the prompt.
+- student: the base plus the trained LoRA adapter, without the prompt (or any
+  model, or one served behind a chat API: api_student.py).
 
 Per system we report accuracy against gold labels (where present), agreement
 with the teacher, parse rate, a confusion matrix (gold x predicted), mean
@@ -37,6 +38,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -51,6 +53,7 @@ from ..records import Example
 from ..render import end_of_turn_ids, render_prompt
 from ..task import OK, UNPARSED, Task
 from ..teachers import Teacher
+from .api_student import UNAVAILABLE as KL_NEEDS_LOCAL_STUDENT, ApiStudent
 from .effect import agreement_effect, kl_effect
 from .agreement import (json_reference_points, reference_points, self_consistency_ceiling_from_probs,
                         self_consistency_ceiling_from_samples)
@@ -106,22 +109,29 @@ def answer_messages(loaded: LoadedModel, messages: list[list[dict]], max_new_tok
     return [(tok.decode(d.text_ids, skip_special_tokens=True), len(p)) for d, p in zip(got, prompts)]
 
 
-def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], system: str, *, progress=True,
+def predict_system(task: Task, loaded: LoadedModel | ApiStudent, examples: list[Example], system: str, *, progress=True,
                    done: dict | None = None, sink=None, fidelity: FidelityScorer | None = None,
                    teacher_preds: dict | None = None, batch_size: int | None = None) -> list[Prediction]:
     """A system without the prompt (base or student): the examples answered in
     batches (`generate_answers`); latency is measured apart (latency.py).
 
     With a `fidelity` scorer and the teacher's predictions by id, each
-    prediction also gets its KL from the teacher.
+    prediction also gets its KL from the teacher; a student behind an API
+    (ApiStudent) answers through it and gets none (its distributions are not given).
     """
-    def answer(batch: list[Example]) -> list[Prediction]:
-        preds = []
+    if isinstance(loaded, ApiStudent):
+        fidelity = None
+
+    def answer(batch: list[Example]) -> Iterator[Prediction]:
+        """The batch's predictions, each yielded as it is made (an API's replies arrive one by one:
+        each is kept before the next, so an interruption re-asks none of them)."""
         scored = [e for e in batch if fidelity is not None and teacher_preds and e.id in teacher_preds]
         # Label tasks: the distributions of the whole batch in batched forwards, then each KL.
         batch_probs = (dict(zip([e.id for e in scored], fidelity.model_label_probs_batch(loaded, [e.conversation() for e in scored])))
                        if scored and fidelity.kind == "label" else {})
-        for e, (reply, n_prompt) in zip(batch, generate_answers(task, loaded, [task.student_messages(e.conversation()) for e in batch])):
+        replies = (loaded.answer(task, batch) if isinstance(loaded, ApiStudent)
+                   else generate_answers(task, loaded, [task.student_messages(e.conversation()) for e in batch]))
+        for e, (reply, n_prompt) in zip(batch, replies):
             label, status = task.parse_answer(reply)
             kl = probs = None
             if e.id in batch_probs:
@@ -129,8 +139,7 @@ def predict_system(task: Task, loaded: LoadedModel, examples: list[Example], sys
                 kl = distribution_kl(fidelity.teacher_label_probs(e.id, e.conversation()), probs)
             elif fidelity is not None and teacher_preds and e.id in teacher_preds:
                 kl, probs = fidelity.kl(loaded, e.id, e.conversation(), teacher_preds[e.id].reply)
-            preds.append(Prediction(e.id, system, label, reply, status, n_prompt, None, probs, kl))
-        return preds
+            yield Prediction(e.id, system, label, reply, status, n_prompt, None, probs, kl)
 
     return _predict_batches(examples, system, answer, batch_size, progress, done, sink)
 
@@ -166,7 +175,7 @@ def _predict_batches(examples: list[Example], system: str, answer, batch_size: i
                      sink) -> list[Prediction]:
     """`answer(batch)` over the examples not in `done` (predictions kept from an
     interrupted run, reused, not recomputed), in batches; predictions in input
-    order, each new one passed to `sink` as its batch completes."""
+    order, each new one passed to `sink` as `answer` yields it."""
     done, batch_size = done or {}, batch_size or GENERATE_BATCH_SIZE
     todo = [e for e in examples if e.id not in done]
     new: dict[str, Prediction] = {}
@@ -219,8 +228,8 @@ class Systems:
 
     # With the prompt: any backend (teachers.load_teacher), answering as it labeled.
     teacher: Teacher
-    # The base plus the trained adapter, without the prompt.
-    student: LoadedModel
+    # The base plus the trained adapter (or any model, or one behind a chat API), without the prompt.
+    student: LoadedModel | ApiStudent
     # The untrained model, without the prompt: the base row (eval.include_base) and the
     # reference of the off-task and general-ability checks; it may share the student's
     # weights (models.AdapterDisabled). None: no base row and neither check.
@@ -299,6 +308,7 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
         seconds = measure_latency(sample, request)
         all_preds[name] = [replace(p, latency_s=seconds.get(p.id)) for p in preds]
 
+    over_api = isinstance(student, ApiStudent)
     # A text task's replies are not labels: no majority answer, no agreement floors.
     teacher_labels = [p.label for p in all_preds["teacher"] if p.label is not None] if not task.text_reply else []
     majority = max(set(teacher_labels), key=teacher_labels.count) if teacher_labels else None
@@ -311,8 +321,9 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
         "majority_label": majority,
         "majority_agreement": teacher_labels.count(majority) / len(teacher_labels) if teacher_labels else None,
         "models": {"teacher": teacher.name, "student": student.name},
-        "latency": latency_section(task, len(sample), prompt_cost(task, teacher)),
-        "fidelity": _fidelity_summary(task, all_preds, kl_unavailable(task, teacher)),
+        "latency": latency_section(task, len(sample), prompt_cost(task, teacher), student_url=student.shown_url if over_api else None),
+        "fidelity": {**_fidelity_summary(task, all_preds, kl_unavailable(task, teacher)),
+                     **({"student_unavailable": KL_NEEDS_LOCAL_STUDENT} if over_api else {})},
         "systems": {
             name: {"uses_prompt": name == "teacher", **system_metrics(task, examples, preds, all_preds["teacher"])}
             for name, preds in all_preds.items()
@@ -330,13 +341,16 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
         report["prompt_effect"] = {"agreement": agreement_effect(*([p.label for p in all_preds[s]] for s in ("teacher", "base", "student")))}
     # A teacher behind a paid API: what its requests cost here, against the student's nothing.
     if (api_cost := getattr(teacher, "api_cost", None)) is not None and (section := api_cost()) is not None:
-        report["api_cost"] = section
+        # a student behind an API has a cost too, unpriced here: its usage is in student_api
+        report["api_cost"] = {**section, "student_api_cost_per_request": None} if over_api else section
     if offtask_preds is not None:
         report["offtask"] = offtask_summary(task, offtask, offtask_preds, base, student, settings.offtask_inputs or "")
         atomic_write_jsonl(out_dir / "offtask_predictions.jsonl", [asdict(p) for ps in offtask_preds.values() for p in ps])
     if settings.general_ability and base is not None:
         report["general_ability"], rows = general_ability(base, student, max_drop=settings.general_max_drop, progress=progress)
         atomic_write_jsonl(out_dir / "general_ability.jsonl", rows)
+    if over_api:  # where the student was reached, and its usage: every request it was sent is made by now
+        report["student_api"] = student.describe()
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_jsonl(out_dir / "predictions.jsonl", [asdict(p) for name in all_preds for p in all_preds[name]])
     if resamples is not None:

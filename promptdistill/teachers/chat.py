@@ -69,9 +69,10 @@ class ChatTeacher(HttpTeacher):
     backend = "chat"
 
     def __init__(self, url: str, model: str, *, concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0,
-                 rpm: int = 0, tpm: int = 0, models=None, log=None, backoff: float = 1.0):
+                 rpm: int = 0, tpm: int = 0, models=None, log=None, backoff: float = 1.0,
+                 key_variables: tuple[str, ...] | None = None):
         super().__init__(url, model, concurrency=concurrency, max_retries=max_retries, timeout=timeout, backoff=backoff,
-                         models=models, log=log)
+                         models=models, log=log, key_variables=key_variables)
         self._announced = threading.Lock()
         self._announce = bool(self.api_key)
         self._pace = Pacer(rpm, tpm)
@@ -169,6 +170,22 @@ class ChatTeacher(HttpTeacher):
 
         yield from ordered_map(answer, requests, self.concurrency)
 
+    # -- conversations as they are -------------------------------------------
+
+    def converse(self, requests: list[tuple[str, list[dict]]], *, max_new_tokens: int, temperature: float,
+                 seed: int = 0) -> Iterator[tuple[str, dict]]:
+        """(reply, usage) for each (what, messages), the messages sent as given (no system prompt
+        added: a student behind an API answers without it), up to `concurrency` in flight, in order;
+        `what` names the request in errors."""
+        def answer(request: tuple[str, list[dict]]) -> tuple[str, dict]:
+            what, messages = request
+            usage = Usage(always=True)
+            kwargs = dict(model=self.name, messages=messages, max_tokens=max_new_tokens, temperature=temperature, seed=seed)
+            text, _, _ = self._create(kwargs, what, usage)
+            return text, dict(usage.totals)
+
+        yield from ordered_map(answer, requests, self.concurrency)
+
     # -- HTTP ---------------------------------------------------------------
 
     def _chat(self, e: Example, task: Task, usage: Usage, *, temperature: float, seed: int,
@@ -199,7 +216,7 @@ class ChatTeacher(HttpTeacher):
                 status = err.status_code
                 if 300 <= status < 400:
                     raise PromptDistillError(f"the chat API at {self.url} redirected the request for {what}; redirects are "
-                                             "not followed (the key would go with them): set models.teacher_url to the final URL") from None
+                                             "not followed (the key would go with them): set {self.url_field} to the final URL") from None
                 raise PromptDistillError(f"the chat API at {self.url} failed for {what}: HTTP {status}: "
                                          f"{redact(_message(err), self.api_key)}; rerun the same command to continue from what was saved") from None
             except openai.APIConnectionError as err:  # the client's own retries are spent (timeouts included)

@@ -97,16 +97,19 @@ class HttpTeacher(Teacher):
     request budget, and the key with its transport checked before any request
     (api_access.py), so the two cannot drift apart on the key's rules."""
 
+    # The setting that names the URL, for messages about it.
+    url_field = "models.teacher_url"
+
     def __init__(self, url: str, model: str, *, concurrency: int, max_retries: int, timeout: float, backoff: float,
-                 models=None, log=None):
+                 models=None, log=None, key_variables: tuple[str, ...] | None = None):
         self.url = url.rstrip("/")
         self.name = model
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.timeout = timeout
         self.backoff = backoff
-        self.api_key = api_key(models)
-        check_key_transport(self.url, self.api_key, bool(getattr(models, "teacher_allow_insecure_http", False)))
+        self.api_key = api_key(models, key_variables)
+        check_key_transport(self.url, self.api_key, bool(getattr(models, "teacher_allow_insecure_http", False)), self.url_field)
         self._log = log or (lambda line: print(line, file=sys.stderr))
         self.prices = (getattr(models, "teacher_price_in", 0.0), getattr(models, "teacher_price_out", 0.0))
         self.spent = Usage()  # every request this teacher sent (the evaluation's cost section)

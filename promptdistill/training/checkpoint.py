@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, training_settings
+from ..config import Config, reply_filter_settings, training_settings
 from ..io import atomic_directory, atomic_write_json, atomic_write_text, fingerprint
 from ..rundir import adapter_fingerprint
 
@@ -43,6 +43,7 @@ def checkpoint_settings(records, cfg: Config, general_mix: list[dict] | None = N
         "init_adapter": adapter_fingerprint(cfg.resolve_path(cfg.train.init_adapter)) if cfg.train.init_adapter else None,
         "mix_general": cfg.data.mix_general,
         "general_items": fingerprint([[r["id"], r["reply"], r["stopped"]] for r in general_mix or []]),
+        **reply_filter_settings(cfg),
     }
 
 

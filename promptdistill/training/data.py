@@ -24,19 +24,46 @@ common answer covers half the inputs otherwise teaches the student that
 answer for everything ambiguous, and the rare answers collapse into it
 (benchmarks/rare_answers.py measures it). Sampling rather than loss weights: the loss code and its per-token
 normalisation stay as they are, and a step keeps its size.
+
+`train.reply_filter = "checks"` trains only on the teacher replies that pass
+every `[[eval.checks]]` rule (`filter_by_checks`). A teacher that follows a
+free-text prompt's rules in 60% of its replies would otherwise teach its
+lapses as faithfully as its rule; filtered, the student learns the behaviour
+the prompt asks for, and can pass the checks more often than its teacher (the
+evaluation still measures it against the teacher's own replies). It costs
+training examples: the summary counts them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import torch
 
 from ..config import TrainConfig
 from ..records import LabeledExample
+from ..replychecks import Check
 from ..render import RenderedExample, render_example, render_prompt
 from ..task import TRUNCATED, Task
 from .losses import kd_kind, label_kd_examples, token_kd_examples
+
+
+FAILED_CHECKS = "failed_checks"  # the in-memory status of a reply train.reply_filter leaves out
+
+
+def filter_by_checks(records: list[LabeledExample], checks: list[Check]) -> tuple[list[LabeledExample], list[str]]:
+    """`records` with every trainable record whose teacher reply fails one of
+    `checks` set to status FAILED_CHECKS (so no loss trains on it), and the ids
+    of those records. The labeled file is not changed: the filter is a training
+    setting, and turning it off trains on every reply again."""
+    kept, failed = [], []
+    for r in records:
+        if r.trainable and not all(check(r.teacher_reply) for check in checks):
+            failed.append(r.id)
+            r = replace(r, status=FAILED_CHECKS)
+        kept.append(r)
+    return kept, failed
 
 
 def render_for_training(records: list[LabeledExample], tokenizer, max_length: int):

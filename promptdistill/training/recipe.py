@@ -68,11 +68,12 @@ from ..io import DirectoryLock, atomic_directory, atomic_write_json, check_paths
 from ..models import load_model, resolve_device
 from ..progress import progress_bar
 from ..records import LabeledExample
+from ..replychecks import parse_checks
 from ..render import RenderedExample
 from ..rundir import STAGE_OUTPUTS, RunDir, check_outside_runs, looks_like_run
 from ..task import Task
 from .checkpoint import checkpoint_settings, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
-from .data import (by_length, collate, micro_batches, padding_pieces, render_for_training, sampling_weights, step_groups,
+from .data import (by_length, collate, filter_by_checks, micro_batches, padding_pieces, render_for_training, sampling_weights, step_groups,
                    training_items)
 from .distributed import Distributed, launched_rank
 from .general_mix import GeneralExample
@@ -213,15 +214,22 @@ class DistillationRecipe:
     def _setup_data(self, records: list[LabeledExample], heldout: list[LabeledExample]) -> None:
         """The items of the loss (data.py), the rendered held-out set, and the number of steps."""
         cfg = self.train_cfg
+        labeled, self.failed_checks = records, []
+        if cfg.reply_filter == "checks":
+            records, self.failed_checks = filter_by_checks(records, parse_checks(self.cfg.eval.checks))
+            self._say(f"train.reply_filter: {len(self.failed_checks)} of {len(self.failed_checks) + sum(r.trainable for r in records)} "
+                      "teacher replies fail an [[eval.checks]] rule and are left out")
         task_items, self.too_long = training_items(records, self.task, self.tokenizer, cfg)
         if not task_items:
-            raise PromptDistillError("no usable training examples (all rejected or over train.max_length)", field="train")
+            raise PromptDistillError("no usable training examples (all rejected, failing the checks or over train.max_length)",
+                                     field="train")
         general, general_rows = self._general_items(len(task_items))
         self.train_set, self.n_general = task_items + general, len(general)
         self.heldout_set = render_for_training(heldout, self.tokenizer, cfg.max_length)[0]
         # train.balance: how step_groups draws the items (None: a shuffle per epoch)
         self.sample_weights = sampling_weights(records, self.too_long, cfg, general=len(general))
-        self.settings = checkpoint_settings(records, self.cfg, general_rows)
+        # Of the records as labeled: the filter is a setting (checkpoint_settings names its checks).
+        self.settings = checkpoint_settings(labeled, self.cfg, general_rows)
         if self.too_long:
             self._say(f"{len(self.too_long)} training examples exceed max_length={cfg.max_length} tokens "
                       f"and are skipped: {self.too_long[:10]}")
@@ -477,6 +485,7 @@ class DistillationRecipe:
             "steps_per_epoch": self.steps_per_epoch,
             "train_examples": len(self.train_set) - self.n_general,
             "skipped_too_long": self.too_long,
+            **({"failed_checks": len(self.failed_checks)} if self.train_cfg.reply_filter != "none" else {}),
             "loss": self.train_cfg.loss,
             "final_loss": self.last_loss,
             "final_heldout_loss": self.last_heldout,
