@@ -29,6 +29,13 @@ is sized for a few minutes on one H200.
     python3 benchmarks/gpu_check.py --tokenizer ../tok --wheels ../wheels
     # on a CPU, tiny shapes, to test this script (about a minute):
     .venv/bin/python benchmarks/gpu_check.py --device cpu --tiny
+
+A third part, training (`training()` below; `--only training`): our trainer
+against TRL's SFTTrainer on the device (benchmarks/train_throughput.py:
+trained tokens per second and peak GPU memory), and a 4-bit QLoRA step on the
+8b shape (models.load_in_4bit, gradient checkpointing), its peak GPU memory
+beside training/gpu_memory.py's estimate; skipped with the reason where TRL
+or bitsandbytes is missing on the device, or the device is a CPU.
 """
 
 from __future__ import annotations
@@ -121,7 +128,7 @@ def pipeline(shape: str, limit: int, device: str, tokenizer: str, env: dict) -> 
     log(f"[pipeline {shape}] rc={p.returncode} in {p.wall_s:.0f} s\n{p.stdout[-2500:]}\n{p.stderr[-2500:]}")
     RESULTS["pipeline"] = {"shape": shape, "rc": p.returncode, "wall_s": round(p.wall_s, 1)}
     if p.returncode == 0:
-        q = run([sys.executable, "-m", "promptdistill", "export", str(run_dir), "--merged", str(merged)], env, 600)
+        q = run([sys.executable, "-m", "promptdistill", "export", "--run-dir", str(run_dir), "--merged", str(merged)], env, 600)
         log(f"[export {shape}] rc={q.returncode}\n{q.stdout[-1000:]}{q.stderr[-1000:]}")
         RESULTS["pipeline"]["export_rc"] = q.returncode
         report = run_dir / "eval" / "report.json"
@@ -158,6 +165,98 @@ def throughput(shape: str, dtype: str, repeat: int, n: int, device: str, tokeniz
     save()
 
 
+def has_module(name: str, env: dict) -> bool:
+    """Whether `name` imports in the children's environment."""
+    return run([sys.executable, "-c", f"import {name}"], env, 300).returncode == 0
+
+
+def training(device: str, tiny: bool, tokenizer: str, env: dict, timeout: int) -> None:
+    """Training on the device: throughput and peak memory against TRL, then a 4-bit step on the 8b shape."""
+    shape = "tiny" if tiny else "135m"
+    model = build_model(shape, tokenizer, env)
+    methods = "trl,ours" if has_module("trl", env) else "ours"
+    if methods == "ours":
+        log("[training] trl is not installed on the device: our trainer alone, no comparison")
+    dtype = "float32" if device == "cpu" else "bfloat16"
+    n = ["--train", "16", "--heldout", "8", "--batch", "4", "--accum", "1"] if tiny else ["--train", "128", "--heldout", "32"]
+    for ckpt in ([], ["--gradient-checkpointing"]):
+        key = f"training-{shape}" + ("-ckpt" if ckpt else "")
+        cmd = [sys.executable, "benchmarks/train_throughput.py", "--device", device, "--dtype", dtype, "--student", str(model),
+               "--methods", methods, *n, *ckpt]
+        p = run(cmd, env, timeout)
+        lines = [line for line in p.stdout.splitlines() if line.strip() and not line.startswith(("Loading", "{"))]
+        log(f"[{key}] rc={p.returncode} in {p.wall_s:.0f} s\n" + "\n".join(lines[-6:]) + ("\n" + p.stderr[-1500:] if p.returncode else ""))
+        result = {"rc": p.returncode, "wall_s": round(p.wall_s, 1), "lines": lines[-6:]}
+        if m := re.search(r"throughput ratio \(ours / TRL\): ([\d.]+)", p.stdout):
+            result["ours_over_trl"] = float(m.group(1))
+        RESULTS[key] = result
+        save()
+    if device == "cpu" or not has_module("bitsandbytes", env):
+        reason = "the device is a CPU (4-bit loading needs CUDA)" if device == "cpu" else "bitsandbytes is not installed on the device"
+        log(f"[qlora-8b] skipped: {reason}")
+        RESULTS["qlora-8b"] = {"skipped": reason}
+        save()
+        return
+    folder = WORK / "model-8b-bf16"
+    if not (folder / "config.json").exists():
+        code = ("import sys; sys.path.insert(0, 'benchmarks'); import teacher_throughput as t;"
+                f"m = t.random_teacher('8b', {device!r}, 'bfloat16', {tokenizer!r}).loaded;"
+                f"m.model.save_pretrained({str(folder)!r}); m.tokenizer.save_pretrained({str(folder)!r})")
+        p = run([sys.executable, "-c", code], env, timeout)
+        if p.returncode:
+            log(f"[qlora-8b] building the 8b model failed:\n{p.stderr[-2000:]}")
+            RESULTS["qlora-8b"] = {"rc": p.returncode}
+            save()
+            return
+    code = ("import sys, json; sys.path.insert(0, 'benchmarks'); import gpu_check;"
+            f"print(json.dumps(gpu_check.qlora_step({str(folder)!r}, {device!r})))")
+    p = run([sys.executable, "-c", code], env, timeout)
+    result = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {}
+    log(f"[qlora-8b] rc={p.returncode} in {p.wall_s:.0f} s {json.dumps(result)}" + ("\n" + p.stderr[-2000:] if p.returncode else ""))
+    RESULTS["qlora-8b"] = {"rc": p.returncode, "wall_s": round(p.wall_s, 1), **result}
+    save()
+
+
+def qlora_step(model: str, device: str, steps: int = 2, batch: int = 2, tokens: int = 512) -> dict:
+    """Train `steps` steps of a 4-bit student (NF4, gradient checkpointing, bf16 autocast) on
+    language-id texts repeated to about `tokens` tokens; its peak GPU memory beside the estimate."""
+    import dataclasses
+    import random
+    import tempfile
+
+    import torch
+
+    from promptdistill.config import Config, ModelsConfig, TrainConfig
+    from promptdistill.records import LabeledExample, read_inputs
+    from promptdistill.training.gpu_memory import SHAPES, estimate
+    from promptdistill.training.recipe import train_student
+
+    rows = random.Random(0).sample(read_inputs(ROOT / "examples/language_id/data.jsonl"), steps * batch)
+    records = []
+    for e in rows:
+        text = " ".join([e.text] * max(1, tokens // max(1, len(e.text.split()) * 2)))
+        reply = f"Final Answer: {e.gold_label}"
+        records.append(LabeledExample(id=e.id, text=text, gold_label=e.gold_label, teacher_reply=reply, label=e.gold_label,
+                                      status="ok", messages=[{"role": "user", "content": text}, {"role": "assistant", "content": reply}]))
+    cfg = Config(models=ModelsConfig(student=model, teacher=model, device=device, dtype="bfloat16", load_in_4bit=True),
+                 train=TrainConfig(lora_rank=32, lora_alpha=32, max_steps=steps, batch_size=batch, max_length=4 * tokens,
+                                   gradient_checkpointing=True, save_every=10**9, eval_every=10**9))
+    torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train_student(cfg, records, tmp, progress=False)
+    from promptdistill.models import load_tokenizer
+    from promptdistill.training.data import render_for_training
+
+    rendered, _ = render_for_training(records, load_tokenizer(model), cfg.train.max_length)
+    longest = max(e.num_tokens for e in rendered)
+    share = sum(e.num_trained for e in rendered) / sum(e.num_tokens for e in rendered)
+    shape = dataclasses.replace(SHAPES["8B"], vocab=49152)  # teacher_throughput's 8b: SmolLM2's vocabulary
+    est = estimate(shape, longest, "qlora-ckpt", batch=batch, reply_share=share)
+    return {"steps": steps, "batch": batch, "longest_tokens": longest, "seconds_per_step": summary["seconds"] / steps,
+            "final_loss": summary["final_loss"], "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "estimated_gib": est["total"] / 2**30}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -177,6 +276,7 @@ def main() -> int:
     log(f"torch, transformers, device: {probe.stdout.strip()} {probe.stderr[-500:] if probe.returncode else ''}")
     RESULTS["environment"] = probe.stdout.strip()
     parts = set(a.only.split(",")) if a.only else {"pipeline", "throughput"}
+    parts |= set() if a.only else {"training"}
     if "pipeline" in parts:
         try:
             pipeline("tiny" if a.tiny else "135m", 32 if a.tiny else 128, a.device, tokenizer, env)
@@ -191,7 +291,15 @@ def main() -> int:
             throughput(shape, dtype, repeat, n, a.device, tokenizer, env, a.step_timeout)
             if a.tiny and repeat > 1:
                 break  # one short and one long prompt are enough to test the script
-    ok = all(r.get("rc", 1) == 0 for r in RESULTS.values() if isinstance(r, dict))
+    if "training" in parts:
+        try:
+            training(a.device, a.tiny, tokenizer, env, 600)
+        except Exception as e:  # one part failing must not lose the others
+            log(f"!! training failed: {type(e).__name__}: {e}")
+            RESULTS["training"] = {"error": f"{type(e).__name__}: {e}"[-2000:]}
+            save()
+    ok = all(r.get("rc", 1) == 0 and r.get("export_rc", 0) == 0
+             for r in RESULTS.values() if isinstance(r, dict) and "skipped" not in r)
     log("all parts ran" if ok else "some parts failed: see gpu.log")
     return 0 if ok else 1
 

@@ -31,6 +31,12 @@ allocator setting. Resident memory step by step, over a longer run:
 benchmarks/train_memory.py.
 
     .venv/bin/python benchmarks/train_throughput.py [--train 96] [--heldout 48] [--batch 8 --accum 2]
+
+On a GPU (benchmarks/gpu_check.py's training part): `--device cuda --dtype
+bfloat16 --student FOLDER --methods trl,ours` (trl+mmap is about glibc, not
+GPU memory); each method then also reports its peak GPU memory
+(torch.cuda.max_memory_allocated), and `--gradient-checkpointing` turns
+checkpointing on for both.
 """
 
 from __future__ import annotations
@@ -89,13 +95,23 @@ def run_ours(args, train, held, work: Path) -> dict:
 
     train_cfg = TrainConfig(lora_rank=32, lora_alpha=32, lora_dropout=0.0, learning_rate=args.lr, lr_schedule="constant",
                             max_steps=args.steps, batch_size=args.batch, grad_accum=args.accum, eval_every=10**9,
-                            save_every=10**9, seed=args.seed)
-    models = ModelsConfig(student=STUDENT, teacher=STUDENT, device="cpu", dtype="float32")
+                            save_every=10**9, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
+    models = ModelsConfig(student=args.student, teacher=args.student, device=args.device, dtype=args.dtype)
     summary = train_student(Config(train=train_cfg, models=models), train, work / "ours", progress=False)
-    trained = load_model(STUDENT, "cpu", "float32", adapter=work / "ours" / "adapter")
+    peak = peak_gpu_mb(args)  # before the trained student is loaded again for the held-out loss
+    trained = load_model(args.student, args.device, args.dtype, adapter=work / "ours" / "adapter")
     # summary["seconds"] is the step loop (it includes writing the final checkpoint and adapter)
     return {"seconds": summary["seconds"], "tokens": trained_tokens(train, trained.tokenizer),
-            "heldout_loss": heldout(trained.model, trained.tokenizer, held)}
+            "heldout_loss": heldout(trained.model, trained.tokenizer, held), "peak_gpu_mb": peak}
+
+
+def peak_gpu_mb(args) -> float | None:
+    """The highest GPU memory torch allocated in this process so far (None on a CPU)."""
+    if not args.device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def run_trl(args, train, held, work: Path) -> dict:
@@ -105,13 +121,13 @@ def run_trl(args, train, held, work: Path) -> dict:
 
     from promptdistill.models import load_model
 
-    loaded = load_model(STUDENT, "cpu", "float32")
+    loaded = load_model(args.student, args.device, args.dtype)
     data = Dataset.from_list([{"prompt": r.messages[:1], "completion": r.messages[1:]} for r in train])
     config = SFTConfig(
         output_dir=str(work / "trl"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=args.accum,
         max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        optim="adamw_torch", seed=args.seed, data_seed=args.seed, use_cpu=True, bf16=False, fp16=False,
-        gradient_checkpointing=False, completion_only_loss=True, packing=False, max_length=512,
+        optim="adamw_torch", seed=args.seed, data_seed=args.seed, use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16",
+        fp16=False, gradient_checkpointing=args.gradient_checkpointing, completion_only_loss=True, packing=False, max_length=512,
         save_strategy="no", report_to="none", logging_steps=1, dataloader_num_workers=0, disable_tqdm=True,
     )
     lora = LoraConfig(r=32, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -123,7 +139,8 @@ def run_trl(args, train, held, work: Path) -> dict:
     t0 = time.time()
     trainer.train()
     seconds = time.time() - t0
-    return {"seconds": seconds, "tokens": tokens, "heldout_loss": heldout(trainer.model, loaded.tokenizer, held)}
+    return {"seconds": seconds, "tokens": tokens, "heldout_loss": heldout(trainer.model, loaded.tokenizer, held),
+            "peak_gpu_mb": peak_gpu_mb(args)}
 
 
 def child(args) -> int:
@@ -146,6 +163,11 @@ def main() -> int:
     p.add_argument("--accum", type=int, default=2, help="gradient accumulation (global batch = batch x accum)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--student", default=STUDENT, help="model name or folder (default: the packaged SmolLM2-135M-Instruct)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="for every method")
     p.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -154,11 +176,14 @@ def main() -> int:
         p.error("--train must be a multiple of batch x accum (one pass over the examples)")
     if args.method:
         return child(args)
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods or set(methods) - set(METHODS):
+        p.error(f"--methods: comma-separated, of {', '.join(METHODS)}")
 
     from promptdistill.training.memory import MMAP_THRESHOLD
 
     results = {}
-    for method in METHODS:
+    for method in methods:
         env = dict(os.environ)
         env.pop("MALLOC_MMAP_THRESHOLD_", None)
         if method == "trl+mmap":
@@ -172,13 +197,18 @@ def main() -> int:
     def speed(method):
         return results[method]["tokens"] / results[method]["seconds"]
 
-    print(f"\n{args.train} examples, {args.steps} steps of {args.batch * args.accum}, LoRA r32, {STUDENT}, CPU float32")
-    print(f"{'method':<10}{'trained tok/s':>15}{'reply tokens':>14}{'train s':>10}{'peak RSS MB':>13}{'held-out loss':>15}")
+    ckpt = ", gradient checkpointing" if args.gradient_checkpointing else ""
+    print(f"\n{args.train} examples, {args.steps} steps of {args.batch * args.accum}, LoRA r32, {args.student}, "
+          f"{args.device} {args.dtype}{ckpt}")
+    print(f"{'method':<10}{'trained tok/s':>15}{'reply tokens':>14}{'train s':>10}{'peak RSS MB':>13}{'peak GPU MB':>13}"
+          f"{'held-out loss':>15}")
     for method, r in results.items():
+        gpu = f"{r['peak_gpu_mb']:>13.0f}" if r.get("peak_gpu_mb") is not None else f"{'-':>13}"
         print(f"{method:<10}{r['tokens'] / r['seconds']:>15.1f}{r['tokens']:>14d}{r['seconds']:>10.1f}"
-              f"{r['peak_rss_mb']:>13.0f}{r['heldout_loss']:>15.4f}")
-    print(f"throughput ratio (ours / TRL): {speed('ours') / speed('trl'):.2f}")
-    print(f"throughput ratio (ours / TRL+mmap): {speed('ours') / speed('trl+mmap'):.2f}")
+              f"{r['peak_rss_mb']:>13.0f}{gpu}{r['heldout_loss']:>15.4f}")
+    for other, name in (("trl", "TRL"), ("trl+mmap", "TRL+mmap")):
+        if "ours" in results and other in results:
+            print(f"throughput ratio (ours / {name}): {speed('ours') / speed(other):.2f}")
     return 0
 
 

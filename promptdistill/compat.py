@@ -56,3 +56,15 @@ def _cache_name(cls) -> str:
         if name in params:
             return name
     raise TypeError(f"{cls.__name__}.forward takes neither cache= nor past_key_values=; cannot reuse a key/value cache with it")
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Turn on per-layer activation checkpointing, non-reentrant (the form that works
+    with frozen inputs and keyword arguments). transformers 5.25 renamed
+    gradient_checkpointing_enable to activation_checkpointing_enable (the old name
+    warns); the releases before have only the old one."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -61,6 +61,7 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("sft", "kd", "on-policy")
 BALANCE = ("none", "answers")  # train.balance, see training/data.py
 REPLY_FILTERS = ("none", "checks")  # train.reply_filter, see training/data.py
+AUTOCAST = ("auto", "bf16", "none")  # train.autocast, see training/precision.py
 # Inputs per batch wherever a local model answers many inputs (labeling on the
 # transformers backend, the evaluation's answers, predict). With shared-prefix
 # attention a row costs only its own tokens' cache, so a large batch is cheap
@@ -166,6 +167,10 @@ class ModelsConfig:
     student: str = BUILTIN_SMOLLM2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    # Load the student's base weights in 4-bit NF4 while it trains (QLoRA, bitsandbytes:
+    # the qlora extra; CUDA only). The teacher, evaluation, predict and export load the
+    # base in `dtype` as always; the adapter trained on the 4-bit base is applied to it.
+    load_in_4bit: bool = False
     # Who runs the teacher wherever it answers (labeling, the evaluation's
     # teacher row, fidelity; see TEACHER_CAPABILITIES for what needs
     # transformers): transformers in this process, vLLM's offline engine in
@@ -260,6 +265,12 @@ class TrainConfig:
     # already answers in the task's format. The adapter's own LoRA shape
     # (rank, alpha, modules) is used.
     init_adapter: str | None = None
+    # Recompute each layer's activations in the backward pass instead of keeping
+    # them (less memory, about a third more compute; the same gradients).
+    gradient_checkpointing: bool = False
+    # Run the forward passes under bfloat16 autocast: "auto" does where the student
+    # trains float32 weights on a CUDA device with bf16 (training/precision.py).
+    autocast: str = "auto"  # auto | bf16 | none
 
 
 @dataclass
@@ -313,8 +324,11 @@ def task_settings(cfg: TaskConfig) -> dict:
 
 def training_settings(cfg: TrainConfig) -> dict:
     """The train settings that decide the adapter: all but where metrics are mirrored
-    (turning a tracker on must not invalidate checkpoints or a finished stage)."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "report_to"}
+    (turning a tracker on must not invalidate checkpoints or a finished stage),
+    gradient checkpointing (the same gradients, recomputed: it may change on
+    resume) and autocast as spelled ("auto" means bf16 on one machine and
+    nothing on another: checkpoint.checkpoint_settings records it resolved)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("report_to", "gradient_checkpointing", "autocast")}
     if settings["reply_filter"] == "none":  # off, it changes nothing: runs trained before it existed stay valid
         del settings["reply_filter"]
     return settings
@@ -592,6 +606,7 @@ def validate_config(cfg: Config, source=None, *, limits: bool = True) -> None:
     if tr.balance != "none" and t.reply_format in ("json", "text"):
         raise PromptDistillError(f"balance applies to label tasks (a {t.reply_format} reply is nearly always its own answer)",
                                  path=source, field="train.balance")
+    _one_of(tr.autocast, AUTOCAST, source, "train.autocast")
     _one_of(tr.reply_filter, REPLY_FILTERS, source, "train.reply_filter")
     if tr.reply_filter == "checks" and not cfg.eval.checks:
         raise PromptDistillError("reply_filter = \"checks\" trains on the replies that pass the [[eval.checks]] rules; "
@@ -601,11 +616,24 @@ def validate_config(cfg: Config, source=None, *, limits: bool = True) -> None:
                                  "set reply_filter = \"none\" (or filter in the sft run it starts from)", path=source,
                                  field="train.reply_filter")
     validate_devices(cfg.models, source)
+    _validate_precision(cfg, source)
     validate_vllm_options(m.vllm_options, source)
     validate_text(cfg, source)
     _validate_synthesize(cfg, source)
     _validate_resamples(cfg, source)
     _validate_eval_replies(cfg, source)
+
+
+def _validate_precision(cfg: Config, source) -> None:
+    """The precision settings that contradict the device or dtype on their face; whether
+    this machine has CUDA and bitsandbytes is overrides.check_training_precision's."""
+    m, tr = cfg.models, cfg.train
+    if m.load_in_4bit and m.device in ("cpu", "mps"):
+        raise PromptDistillError(f"4-bit loading (bitsandbytes) needs a CUDA device; models.device is {m.device!r}",
+                                 path=source, field="models.load_in_4bit")
+    if tr.autocast == "bf16" and m.dtype in ("float16", "bfloat16") and not m.load_in_4bit:
+        raise PromptDistillError(f"bf16 autocast applies to float32 weights; models.dtype is {m.dtype!r} "
+                                 "(use dtype = \"float32\" or autocast = \"none\")", path=source, field="train.autocast")
 
 
 def _validate_synthesize(cfg: Config, source) -> None:

@@ -19,7 +19,10 @@ environment variable, not a task-file setting: a task file may come from
 someone else).
 
 The device defaults to CUDA when present, else CPU; the dtype to float32 on
-CPU and bfloat16 on GPUs that support it.
+CPU and bfloat16 on GPUs that support it. A student that trains with
+models.load_in_4bit loads its base weights in 4-bit NF4 through bitsandbytes
+(`load_model(..., load_in_4bit=True)`; the qlora extra, CUDA only,
+`check_load_in_4bit` says why not before anything is written).
 """
 
 from __future__ import annotations
@@ -137,18 +140,54 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_model(name: str, device: str = "auto", dtype: str = "auto", adapter: str | Path | None = None) -> LoadedModel:
-    """Load a causal LM and its tokenizer, optionally with a PEFT LoRA adapter."""
+QLORA_INSTALL = "pip install 'promptdistill[qlora]'"
+
+
+def check_load_in_4bit(device: str = "auto", field: str = "models.load_in_4bit") -> None:
+    """4-bit loading needs bitsandbytes and a CUDA device: refused with one line before
+    anything is written. Recent bitsandbytes also loads NF4 on a CPU (the tests train a
+    step that way), but 4-bit is there to fit a large student into GPU memory, and
+    it is offered where that is what it does."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise PromptDistillError(f"4-bit loading needs bitsandbytes, which is not installed: {QLORA_INSTALL}", field=field)
+    if not torch.cuda.is_available():
+        raise PromptDistillError("4-bit loading (bitsandbytes) needs a CUDA device, and CUDA is not available here; "
+                                 "set models.load_in_4bit = false", field=field)
+    resolved = resolve_device(device)
+    if not resolved.startswith("cuda"):
+        raise PromptDistillError(f"4-bit loading (bitsandbytes) needs a CUDA device; models.device is {device!r}", field=field)
+
+
+def nf4_config():
+    """The QLoRA quantisation: NF4 weights, their scales quantised again (double
+    quantisation, about 0.4 bit per weight less), matrix products in bfloat16."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto", adapter: str | Path | None = None, *,
+               load_in_4bit: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer, optionally with a PEFT LoRA adapter; with
+    `load_in_4bit` its linear layers in NF4 (`nf4_config`), placed on `device` as they load."""
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     path = model_path(name)
     tok = load_tokenizer(name)
+    # A quantised model is placed while it loads and cannot be moved afterwards.
+    quantized = {"quantization_config": nf4_config(), "device_map": {"": device}} if load_in_4bit else {}
     try:
         # Loading weights must never unpickle anything unless the person running asked for it.
         safe = {} if allow_pickle_weights() and name != BUILTIN_SMOLLM2 else {"use_safetensors": True}
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **safe, **load_options(name))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **safe, **load_options(name), **quantized)
     except OSError as e:
         hint = (f"; promptdistill loads safetensors weights only (.bin files are pickles, which run code when loaded): "
                 f"convert the model, or set {ALLOW_PICKLE_ENV}=1 if you trust it") if safe and ".safetensors" in str(e) else ""
@@ -158,7 +197,8 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", adapter: st
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
-    model.to(device)
+    if not load_in_4bit:
+        model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tok, name=name, device=device)
 

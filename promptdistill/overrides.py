@@ -96,6 +96,24 @@ def check_device_present(device: str | None, field: str) -> None:
         resolve_device(device, field)
 
 
+def check_training_precision(cfg: Config) -> None:
+    """What the student trains in is possible on this machine, before anything is written:
+    models.load_in_4bit needs bitsandbytes and CUDA (models.check_load_in_4bit), and
+    train.autocast = "bf16" on a CUDA device needs one with bf16. Only the commands
+    that train call it: the 4-bit setting of a run trained on a GPU does not stop
+    its evaluation or export on a CPU (they load the base in models.dtype)."""
+    from .models import check_load_in_4bit, resolve_device
+
+    if cfg.models.load_in_4bit:
+        check_load_in_4bit(cfg.models.device)
+    if cfg.train.autocast == "bf16" and resolve_device(cfg.models.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            raise PromptDistillError("bf16 autocast needs a GPU with bfloat16 support, and this one has none; "
+                                     "set train.autocast = \"none\"", field="train.autocast")
+
+
 def check_device_flag(device: str | None, field: str) -> None:
     """A --device flag (None: not given): well-formed and on this machine."""
     if device is not None:

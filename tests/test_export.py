@@ -87,6 +87,27 @@ def test_adapter_folder_loads_with_peft_on_its_base(run_dir, tmp_path, tiny_mode
     assert "vllm serve" in (out / "README.md").read_text()
 
 
+def test_a_4bit_trained_run_exports_merged_onto_the_full_precision_base(run_dir, tmp_path):
+    """models.load_in_4bit is the student's while it trains: export (here, on a CPU without
+    bitsandbytes) merges the adapter into the base in models.dtype, as for any run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from promptdistill.cli import main
+
+    quantized = tmp_path / "run-4bit"
+    shutil.copytree(run_dir, quantized)
+    config = json.loads((quantized / "config.json").read_text(encoding="utf-8"))
+    config["models"].update(load_in_4bit=True, device="auto")  # as a run trained on a GPU records it
+    (quantized / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert main(["export", "--run-dir", str(quantized), "--merged", str(tmp_path / "m4")]) == 0
+    assert main(["export", "--run-dir", str(run_dir), "--merged", str(tmp_path / "m")]) == 0
+    a, b = load_file(str(tmp_path / "m4" / "model.safetensors")), load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].equal(b[k]) for k in a)
+    assert json.loads((tmp_path / "m4" / "config.json").read_text()).get("quantization_config") is None
+
+
 def test_export_needs_a_trained_run(tmp_path, capsys):
     from promptdistill.cli import main
 

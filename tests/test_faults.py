@@ -247,6 +247,21 @@ CASES = {
     "weight_decay negative": (None, L + ["--out", "o.jsonl", "--set", "train.weight_decay=-1"], None, ["train.weight_decay", ">= 0"]),
     "temperature -inf": (None, L + ["--out", "o.jsonl", "--set", "task.temperature=-inf"], None, ["task.temperature"]),
     "dtype unknown": (None, L + ["--out", "o.jsonl", "--set", "models.dtype='float8'"], None, ["models.dtype"]),
+    # 4-bit students and the training precision: refused before the run directory is written
+    "run with models.load_in_4bit here": (None, ["run", "task.toml", "--run-dir", "newrun", "--set", "models.load_in_4bit=true"], None,
+                                          ["models.load_in_4bit", "bitsandbytes"]),
+    "train with models.load_in_4bit here": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "newrun", "--set",
+                                                       "models.load_in_4bit=true"], None, ["models.load_in_4bit", "bitsandbytes"]),
+    "train 4-bit on the cpu": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "newrun", "--set", "models.device='cpu'",
+                                          "--set", "models.load_in_4bit=true"], None, ["models.load_in_4bit", "CUDA device", "'cpu'"]),
+    "train.autocast unknown": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "newrun", "--set", "train.autocast='fp8'"],
+                               None, ["train.autocast", "'fp8'", "auto, bf16, none"]),
+    "train.autocast bf16 on bfloat16 weights": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "newrun", "--set",
+                                                           "train.autocast='bf16'", "--set", "models.dtype='bfloat16'"], None,
+                                                ["train.autocast", "float32 weights"]),
+    "train.gradient_checkpointing not true/false": (None, T + ["--labeled", "run/labels/train.jsonl", "--run-dir", "newrun", "--set",
+                                                               "train.gradient_checkpointing=1"], None,
+                                                    ["train.gradient_checkpointing", "true/false"]),
     "a --set value that is not UTF-8": (None, L + ["--out", "o.jsonl", "--set", "task.name=caf\udce9"], None, ["task.name", "not valid text"]),
     "data.limit negative": (None, L + ["--out", "o.jsonl", "--set", "data.limit=-1"], None, ["data.limit"]),
     # -- train: nothing written into the run before the arguments are checked
@@ -522,10 +537,12 @@ class _NoTeacher:
         return Never()
 
 
-def _api_cfg(w: Path, **train):
+def _api_cfg(w: Path, models: dict | None = None, **train):
     from promptdistill.config import load_config
 
     cfg = load_config(w / "task.toml")
+    for key, value in (models or {}).items():
+        setattr(cfg.models, key, value)
     for key, value in train.items():
         setattr(cfg.train, key, value)
     return cfg
@@ -549,10 +566,10 @@ def _label(w, out, **kw):
     label_inputs(_api_cfg(w), _inputs(w), _NoTeacher(), out, progress=False, **kw)
 
 
-def _train(w, folder, **train):
+def _train(w, folder, models: dict | None = None, **train):
     from promptdistill.training.recipe import train_student
 
-    train_student(_api_cfg(w, **train), _labeled(w), folder, progress=False)
+    train_student(_api_cfg(w, models, **train), _labeled(w), folder, progress=False)
 
 
 def _train_run(w, labeled, run_dir):
@@ -605,6 +622,8 @@ API_CASES = {
     "train_student inside a run's eval/": (None, lambda w: _train(w, "run/eval/sub"), ["inside the run directory"]),
     "train_student from an adapter in its own folder": (None, lambda w: _train(w, "run/train", init_adapter=str(w / "run/train/adapter")),
                                                         ["train.init_adapter", "is inside the training folder"]),
+    "train_student 4-bit where bitsandbytes or CUDA is missing": (None, lambda w: _train(w, "newfolder", models={"load_in_4bit": True}),
+                                                                   ["models.load_in_4bit", "bitsandbytes"]),
     "train_run into a user's folder": (None, lambda w: _train_run(w, "run/labels/train.jsonl", "mine"), ["not a run directory", "notes.txt"]),
     "train_run with labels inside the run's train/": (lambda w: shutil.copy(w / "run/labels/train.jsonl", w / "run/train/l.jsonl"),
                                                       lambda w: _train_run(w, "run/train/l.jsonl", "run"),

@@ -26,16 +26,23 @@ import torch
 from ..config import Config, reply_filter_settings, training_settings
 from ..io import atomic_directory, atomic_write_json, atomic_write_text, fingerprint
 from ..rundir import adapter_fingerprint
+from .precision import autocast_name
 
 
 def checkpoint_settings(records, cfg: Config, general_mix: list[dict] | None = None) -> dict:
     """What a checkpoint is only valid for, by name: the records and their targets,
     the training settings, the student, the weights training started from
     (train.init_adapter, by its weights: retrained in place it is another start,
-    moved the same one) and the general items mixed in (data.mix_general,
-    `general_mix` the rows of general_mix.py's file)."""
+    moved the same one), the general items mixed in (data.mix_general,
+    `general_mix` the rows of general_mix.py's file) and the precision the base
+    is held and run in (models.load_in_4bit; train.autocast as resolved on this
+    machine: "auto" is bf16 on one GPU and none on a CPU). The precision keys
+    appear only when they are on: off, they change nothing, and runs trained
+    before they existed stay valid."""
     train = training_settings(cfg.train)
     train.pop("init_adapter", None)
+    if autocast_name(cfg) == "bf16":
+        train["autocast"] = "bf16"
     return {
         "records": fingerprint([[r.id, r.status, r.messages] for r in records]),
         "train": train,
@@ -44,6 +51,7 @@ def checkpoint_settings(records, cfg: Config, general_mix: list[dict] | None = N
         "mix_general": cfg.data.mix_general,
         "general_items": fingerprint([[r["id"], r["reply"], r["stopped"]] for r in general_mix or []]),
         **reply_filter_settings(cfg),
+        **({"load_in_4bit": True} if cfg.models.load_in_4bit else {}),
     }
 
 

@@ -2,7 +2,8 @@
 
 `train_student(cfg, records, run_dir)` runs a `DistillationRecipe`:
 
-    setup       _setup_model (student + LoRA: fresh, or train.init_adapter's), _setup_data
+    setup       _setup_model (student, 4-bit and checkpointing as set (precision.py), + LoRA:
+                fresh, or train.init_adapter's), _setup_data
                 (data.py, and data.mix_general's items), _setup_optimizer (AdamW +
                 schedule), _setup_loss (cfg.train.loss), then _resume
     train       the loop: one _train_step per optimiser step, held-out
@@ -66,6 +67,7 @@ from ..config import LOSSES, Config, TrainConfig
 from ..errors import PromptDistillError
 from ..io import DirectoryLock, atomic_directory, atomic_write_json, check_paths, fingerprint, read_settings, resume_or_refuse
 from ..models import load_model, resolve_device
+from ..overrides import check_training_precision
 from ..progress import progress_bar
 from ..records import LabeledExample
 from ..replychecks import parse_checks
@@ -80,6 +82,7 @@ from .general_mix import GeneralExample
 from .init_adapter import init_adapter_folder, init_adapter_model
 from .losses import label_kd_loss, per_example_token_loss, token_kd_loss, weighted_token_loss
 from .memory import return_freed_memory, trim
+from .precision import autocast, autocast_dtype, prepare_base
 from .tracking import open_tracker
 
 
@@ -134,8 +137,10 @@ def _check_config(cfg: Config) -> None:
 def check_training_folder(cfg: Config, run_dir) -> Path:
     """The folder training writes: not a file, not inside a run directory unless it
     is that run's own train/ (as the pipeline and a notebook train), and not
-    holding or held in the adapter training starts from (train.init_adapter)."""
+    holding or held in the adapter training starts from (train.init_adapter); and
+    the precision settings possible on this machine (4-bit, autocast)."""
     _check_config(cfg)
+    check_training_precision(cfg)
     p = Path(run_dir)
     if p.exists() and not p.is_dir():
         raise PromptDistillError("the training folder is a file, expected a folder", path=p)
@@ -201,12 +206,14 @@ class DistillationRecipe:
         m = self.models_cfg
         init_adapter = init_adapter_folder(self.cfg)  # checked before a model is loaded
         device = self.dist.device(resolve_device(m.device)) if self.dist.enabled else m.device
-        loaded = load_model(m.student, device, m.dtype)
+        loaded = load_model(m.student, device, m.dtype, load_in_4bit=m.load_in_4bit)
         self.tokenizer, self.device = loaded.tokenizer, loaded.device
+        self.autocast_dtype = autocast_dtype(self.cfg, self.device)
+        base = prepare_base(loaded.model, self.cfg)  # 4-bit, checkpointing (precision.py)
         if init_adapter is None:
-            self.model = lora_model(loaded.model, self.train_cfg)
+            self.model = lora_model(base, self.train_cfg)
         else:
-            self.model = init_adapter_model(loaded.model, init_adapter, self.train_cfg, say=self._say)
+            self.model = init_adapter_model(base, init_adapter, self.train_cfg, say=self._say)
             self._say(f"training starts from the adapter {init_adapter}")
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -424,7 +431,8 @@ class DistillationRecipe:
                     continue
                 # Pieces of similar length rather than one batch padded to its longest (data.padding_pieces).
                 for batch in padding_pieces(part):
-                    loss_sum, batch_stats = loss(batch, step)
+                    with autocast(self.autocast_dtype, self.device):  # train.autocast (precision.py)
+                        loss_sum, batch_stats = loss(batch, step)
                     (loss_sum / n_units).backward()
                     loss_total += loss_sum.item()
                     for key, value in batch_stats.items():

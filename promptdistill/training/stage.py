@@ -4,7 +4,8 @@ Everything the stage reads is checked, and the run claimed, before anything
 is written: the labeled files exist and parse, the run directory is new,
 empty or a run (`rundir.claim_run_dir`), no input lies among the run's
 config.json and train/ (the adapter training starts from included), the
-run's existing files are readable, and train.max_length fits the student.
+run's existing files are readable, train.max_length fits the student, and
+its precision settings fit this machine (4-bit needs CUDA and bitsandbytes).
 Only then is the run locked and its config.json written, in the layout
 `run` writes, so `eval`, `predict` and `export` work on the folder.
 """
@@ -18,6 +19,7 @@ from ..config import Config, save_config, task_settings
 from ..errors import PromptDistillError
 from ..inputs import check_max_length
 from ..models import resolve_device
+from ..overrides import check_training_precision
 from ..io import check_file, check_paths, fingerprint, resume_or_refuse
 from ..records import read_labeled
 from ..rundir import STAGE_OUTPUTS, RunDir, claim_run_dir
@@ -44,6 +46,7 @@ def train_run(cfg: Config, labeled, run_dir, *, heldout=None, task_file=None, pr
         raise PromptDistillError("no labeled records", path=labeled)
     heldout_records = read_labeled(heldout) if heldout else None
     check_max_length(cfg)
+    check_training_precision(cfg)
     settings = train_settings(cfg, records, heldout_records)
     # Under a launcher every process reads the files itself: they agree on what they read
     # (and on the training the run records) before any of them decides or discards anything.
