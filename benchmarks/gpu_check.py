@@ -15,8 +15,11 @@ Two parts, each in its own process (a failure in one leaves the others' results)
    `export --merged`;
 2. throughput: `benchmarks/teacher_throughput.py` for the 135m shape in
    float32 and the 1.5b and 8b shapes in bfloat16, at the language-identification prompt and
-   with `--prompt-repeat 8` (about 3.4k prompt tokens): naive, plain batched
-   generate and fast columns, choose and generate modes.
+   with `--prompt-repeat 8` (about 3.4k prompt tokens), choose and generate
+   modes: one request at a time, ours (models.prefix_attention = "auto",
+   expand on CUDA), cascade, expand, plain batched generate, and
+   transformers' generate_batch (marked unavailable where the transformers
+   there lacks it); inputs/s per column in results.json (`rates`).
 
 Results go to $OUT (gpu.log, results.json). Not a CI step; the whole check
 is sized for a few minutes on one H200.
@@ -140,13 +143,24 @@ def throughput(shape: str, dtype: str, repeat: int, n: int, device: str, tokeniz
            "--prompt-repeat", str(repeat), "--n", str(n), "--rounds", "1", "--plain-rounds", "1", "--tokenizer", tokenizer]
     p = run(cmd, env, timeout)
     lines = [line for line in p.stdout.splitlines() if not line.startswith("Loading")]
-    log(f"[{key}] rc={p.returncode} in {p.wall_s:.0f} s\n" + "\n".join(lines[-8:]) + ("\n" + p.stderr[-1500:] if p.returncode else ""))
-    result = {"rc": p.returncode, "wall_s": round(p.wall_s, 1), "lines": lines[-8:]}
+    log(f"[{key}] rc={p.returncode} in {p.wall_s:.0f} s\n" + "\n".join(lines[-14:]) + ("\n" + p.stderr[-1500:] if p.returncode else ""))
+    result = {"rc": p.returncode, "wall_s": round(p.wall_s, 1), "lines": lines[-14:]}
     for name, pattern in (("choose_fast_over_naive", r"choose-mode ratio \(fast / naive\): ([\d.]+)"),
                           ("generate_fast_over_naive", r"generate-mode ratio \(fast / naive\): ([\d.]+)"),
-                          ("generate_fast_over_plain", r"ratio \(fast / plain batched generate\): ([\d.]+)")):
+                          ("generate_fast_over_plain", r"ratio \(fast / plain batched generate\): ([\d.]+)"),
+                          ("generate_cascade_over_plain", r"ratio \(cascade / plain batched generate\): ([\d.]+)"),
+                          ("generate_expand_over_plain", r"ratio \(expand / plain batched generate\): ([\d.]+)"),
+                          ("generate_batch_over_plain", r"ratio \(generate_batch / plain batched generate\): ([\d.]+)"),
+                          ("generate_fast_over_generate_batch", r"ratio \(fast / generate_batch\): ([\d.]+)")):
         if m := re.search(pattern, p.stdout):
             result[name] = float(m.group(1))
+    # inputs/s per column: one-request, ours (auto, and which strategy that is), cascade,
+    # expand, plain batched generate, generate_batch (or why it is unavailable)
+    if m := re.search(r"^rates \(inputs/s\): (.*)$", p.stdout, re.M):
+        result["rates"] = json.loads(m.group(1))
+        for mode, row in result["rates"].items():
+            log(f"[{key}] {mode}: " + " | ".join(f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"
+                                                  for name, value in row.items() if value is not None))
     RESULTS[key] = result
     save()
 

@@ -316,13 +316,15 @@ def score_batch_with_prefix(prefix: PrefixCache, suffixes: list[list[int]], cont
     instead of two forwards per input. Only the positions that predict a
     candidate token go through the output layer.
 
-    Without shared-prefix attention (a model that refused it, or an empty
-    prefix) the inputs are scored one at a time with `score_with_prefix`.
+    With the "expand" strategy each chunk runs on its own copy of the prefix
+    cache per row, the same block mask given whole (prefix columns open) to the
+    model's own attention. A model that refused shared-prefix attention, or an
+    empty prefix, is scored one input at a time with `score_with_prefix`.
     """
     from .prefix_cache import PREFILL_CHUNK_TOKENS, RowCache, _chunks
 
     n, k = len(suffixes), len(continuations)
-    if prefix.shared is None or not prefix.prefix or n == 0:
+    if (prefix.shared is None and prefix.strategy != "expand") or not prefix.prefix or n == 0:
         rows = [score_with_prefix(prefix, s, continuations) for s in suffixes]
         return torch.stack(rows) if rows else torch.zeros((0, k))
     device = prefix.device
@@ -372,12 +374,29 @@ def score_batch_with_prefix(prefix: PrefixCache, suffixes: list[list[int]], cont
         shape = torch.ones((width, width), dtype=torch.bool).tril()
         shape[w:, w:] = allowed
         mask = (real[:, None, :] & shape[None]).unsqueeze(1)
-        logits = prefix.shared.forward_masked(ids.to(device), mask.to(device), positions.to(device), RowCache(len(members), width),
-                                              slice(None), 0, logits_to_keep=1 + b).logits.float()
+        if prefix.shared is not None:
+            logits = prefix.shared.forward_masked(ids.to(device), mask.to(device), positions.to(device), RowCache(len(members), width),
+                                                  slice(None), 0, logits_to_keep=1 + b).logits.float()
+        else:
+            logits = _forward_expanded(prefix, ids.to(device), mask.to(device), positions.to(device), logits_to_keep=1 + b).float()
         logz = torch.logsumexp(logits, dim=-1)  # (rows, 1 + b)
         picked = logits[:, at, token] - logz[:, at]  # (rows, k, longest)
         totals[members] = picked.masked_fill(~valid, 0.0).sum(dim=-1).cpu()
     return totals
+
+
+def _forward_expanded(prefix: PrefixCache, ids, own_mask, positions, **kwargs) -> torch.Tensor:
+    """Logits of `ids` on a fresh copy of the prefix cache per row, `own_mask`
+    (bool rows x 1 x q x q, True = may attend) widened by the prefix's columns
+    (always visible) into the additive 4-D mask transformers passes to the
+    model's own attention as it is."""
+    rows, _, q, _ = own_mask.shape
+    dtype = next(prefix.model.parameters()).dtype
+    full = torch.cat([own_mask.new_ones((rows, 1, q, len(prefix))), own_mask], dim=-1)
+    additive = torch.zeros(full.shape, dtype=dtype, device=full.device).masked_fill_(~full, torch.finfo(dtype).min)
+    cache = prefix.expanded(rows)
+    return prefix.model(input_ids=ids, attention_mask=additive, position_ids=positions, **cache_kwargs(prefix.model, cache),
+                        use_cache=True, **kwargs).logits
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:

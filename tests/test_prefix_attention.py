@@ -62,7 +62,7 @@ def test_continuation_logprobs_equal_with_shared_attention_and_copied_cache(vari
     suffixes, prefix_ids = suffixes_and_prefix(varied_model.tokenizer, script_task())
     replies = [[5, 6, 7], [9], [11, 12, 13, 14, 15], [4, 2], [8, 8, 8], [3, 1]]
     shared = engine.PrefixCache(varied_model.model, prefix_ids)
-    copied = engine.PrefixCache(varied_model.model, prefix_ids, shared_attention=False)
+    copied = engine.PrefixCache(varied_model.model, prefix_ids, attention="expand")
     assert shared.shared is not None and copied.shared is None
     assert shared.note is None and copied.note is None
     ours = engine.continuation_logprobs(shared, suffixes, replies, full=True)
@@ -72,16 +72,16 @@ def test_continuation_logprobs_equal_with_shared_attention_and_copied_cache(vari
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
-@pytest.mark.parametrize("shared_attention", [True, False], ids=["shared-prefix-attention", "copied-cache"])
-def test_decode_with_prefix_equals_one_at_a_time(varied_model, shared_attention):
+@pytest.mark.parametrize("attention", ["cascade", "expand"])
+def test_decode_with_prefix_equals_one_at_a_time(varied_model, attention):
     tok = varied_model.tokenizer
     prompts, prefix_ids = prompts_and_prefix(tok, script_task())
     eos = {tok.eos_token_id}
     alone = [engine.generate(varied_model.model, [p], max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id)[0] for p in prompts]
     assert len({tuple(a) for a in alone}) > 1, "outputs should differ between inputs for this test to mean anything"
     assert any(len(set(a)) > 1 for a in alone)
-    cache = engine.PrefixCache(varied_model.model, prefix_ids, shared_attention=shared_attention)
-    assert (cache.shared is not None) == shared_attention
+    cache = engine.PrefixCache(varied_model.model, prefix_ids, attention=attention)
+    assert (cache.shared is not None) == (attention == "cascade")
     batched = _texts(engine.decode_with_prefix(
         cache, [p[len(prefix_ids):] for p in prompts], max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id
     ))
@@ -200,12 +200,30 @@ def test_batched_choose_scores_equal_one_input_at_a_time(varied_model, monkeypat
     assert torch.allclose(torch.softmax(alone, 1), torch.softmax(batched, 1), atol=1e-5)
 
 
-def test_batched_choose_without_shared_attention_scores_one_at_a_time(varied_model):
+@pytest.mark.parametrize("chunk_tokens", [None, 40])
+def test_batched_choose_on_expanded_prefix_copies_equals_one_at_a_time(varied_model, chunk_tokens):
+    """The expand strategy scores a batch on per-row copies of the prefix cache,
+    under the model's own attention with the block mask given whole."""
     suffixes, prefix_ids = suffixes_and_prefix(varied_model.tokenizer, script_task())
-    cache = engine.PrefixCache(varied_model.model, prefix_ids, shared_attention=False)
-    candidates = [[5, 6, 7, 2], [5, 6, 9, 2]]
+    cache = engine.PrefixCache(varied_model.model, prefix_ids, attention="expand")
+    assert cache.shared is None and cache.strategy == "expand"
+    candidates = [[5, 6, 7, 2], [5, 6, 9, 2], [8], [5, 11, 12, 13, 2]]
     alone = torch.stack([engine.score_with_prefix(cache, s, candidates) for s in suffixes])
-    assert torch.equal(engine.score_batch_with_prefix(cache, suffixes, candidates), alone)
+    batched = engine.score_batch_with_prefix(cache, suffixes, candidates, chunk_tokens=chunk_tokens)
+    assert torch.allclose(alone, batched, atol=1e-4), (alone - batched).abs().max()
+    cascade = engine.PrefixCache(varied_model.model, prefix_ids, attention="cascade")
+    assert torch.allclose(engine.score_batch_with_prefix(cascade, suffixes, candidates), batched, atol=1e-4)
+
+
+@pytest.mark.parametrize("attention, device, strategy", [("auto", "cpu", "cascade"), ("auto", "cuda:0", "expand"), ("auto", "mps", "expand"),
+                                                          ("cascade", "cuda", "cascade"), ("expand", "cpu", "expand")])
+def test_auto_prefix_attention_is_cascade_on_cpu_only(attention, device, strategy):
+    assert prefix_cache.strategy_for(attention, device) == strategy
+
+
+def test_an_unknown_prefix_attention_is_refused():
+    with pytest.raises(ValueError, match="auto, cascade, expand"):
+        prefix_cache.strategy_for("paged", "cpu")
 
 
 @pytest.mark.parametrize("budget", [1, 16, 64, 10**6])
@@ -245,7 +263,7 @@ def test_a_sliding_window_model_falls_back_to_the_copied_cache_and_returns_its_n
     second = engine.PrefixCache(sliding_window_model.model, prefix_ids)
     assert first.shared is None and second.shared is None
     assert first.note == second.note and "shared-prefix attention is not available" in first.note and "sliding_window" in first.note
-    assert engine.PrefixCache(sliding_window_model.model, prefix_ids, shared_attention=False).note is None
+    assert engine.PrefixCache(sliding_window_model.model, prefix_ids, attention="expand").note is None
     eos = {tok.eos_token_id}
     batched = _texts(engine.decode_with_prefix(first, [p[len(prefix_ids):] for p in prompts], max_new_tokens=6, eos_ids=eos,
                                                pad_id=tok.pad_token_id))

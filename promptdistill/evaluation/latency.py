@@ -98,7 +98,7 @@ def prompt_cost(task: Task, teacher: Teacher, repeats: int = 3) -> tuple[float, 
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        engine.PrefixCache(prefix.model, prefix.prefix, shared_attention=False)
+        engine.PrefixCache(prefix.model, prefix.prefix, attention="expand")
         times.append(time.perf_counter() - t0)
     return statistics.median(times), len(prefix)
 

@@ -31,8 +31,8 @@ def _transformers(models: ModelsConfig, base: LoadedModel | None) -> Teacher:
 
     if base is not None and models.teacher == models.student:
         # The student's base weights (adapter switched off by the caller): one copy in memory.
-        return LocalTeacher(LoadedModel(base.model, base.tokenizer, models.teacher, base.device))
-    return LocalTeacher.load(models.teacher, models.device, models.dtype)
+        return LocalTeacher(LoadedModel(base.model, base.tokenizer, models.teacher, base.device), models.prefix_attention)
+    return LocalTeacher.load(models.teacher, models.device, models.dtype, models.prefix_attention)
 
 
 def _vllm(models: ModelsConfig, base: LoadedModel | None) -> Teacher:

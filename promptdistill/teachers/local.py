@@ -9,7 +9,10 @@ fidelity scoring and on-policy training each pay for the prompt once. A
 model whose cache cannot be reused is answered whole, with a note.
 
 - generate mode: inputs decode together in batches (`engine.decode_with_prefix`,
-  shared-prefix attention, per-sample seeds), records in input order;
+  per-sample seeds), records in input order; `prefix_attention`
+  (models.prefix_attention) says whether the rows share one copy of the
+  prompt's cache (cascade attention, the CPU's default) or each get a copy
+  under the model's own attention (expand, the default on a GPU);
 - choose mode: the inputs of a batch and every allowed reply are scored
   together on top of the prefix (`engine.score_batch_with_prefix`, packed
   candidate blocks); `label_distribution` scores one input (the student
@@ -77,16 +80,18 @@ class LocalTeacher(Teacher):
 
     backend = "transformers"
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, prefix_attention: str = "auto"):
         self.loaded = loaded
+        # models.prefix_attention: how batches attend to the cached prompt (prefix_cache.strategy_for)
+        self.prefix_attention = prefix_attention
         self.name = loaded.name
         self._prefix_key: tuple | None = None
         self._prefix: engine.PrefixCache | None = None
         self._whole: engine.PrefixCache | None = None
 
     @classmethod
-    def load(cls, name: str, device: str = "auto", dtype: str = "auto") -> LocalTeacher:
-        return cls(load_model(name, device, dtype))
+    def load(cls, name: str, device: str = "auto", dtype: str = "auto", prefix_attention: str = "auto") -> LocalTeacher:
+        return cls(load_model(name, device, dtype), prefix_attention)
 
     @property
     def tokenizer(self):
@@ -103,7 +108,7 @@ class LocalTeacher(Teacher):
             ids = shared_prefix(task, self.tokenizer)
             if ids:
                 try:
-                    self._prefix = engine.PrefixCache(self.loaded.model, ids)
+                    self._prefix = engine.PrefixCache(self.loaded.model, ids, self.prefix_attention)
                 except Exception as e:  # a model without a standard key/value cache
                     print(f"[promptdistill] note: shared-prefix reuse is not available for this model ({type(e).__name__}: {e}); "
                           "answering without it", flush=True)
