@@ -101,6 +101,10 @@ TEXT_MODES = {
 }
 
 
+def folder_name(mode: str) -> str:
+    return mode.replace(" ", "_").replace(">", "")
+
+
 def train_mode(cfg, records, stages, steps: int, batch_size: int, root: Path) -> str:
     """Train the stages of one mode (a second stage starts from the first one's adapter,
     each gets an equal share of `steps`); return the last adapter folder."""
@@ -148,13 +152,12 @@ def text_table(args, cfg) -> int:
     reference, rows = None, []
     for name in wanted:
         t0 = time.perf_counter()
-        adapter = train_mode(cfg, records, TEXT_MODES[name], args.steps, args.batch_size,
-                             work / f"train-{name.replace(' ', '_').replace('>', '')}")
+        adapter = train_mode(cfg, records, TEXT_MODES[name], args.steps, args.batch_size, work / f"train-{folder_name(name)}")
         seconds = time.perf_counter() - t0
         loaded = load_model(cfg.models.student, "cpu", "float32")
         student = LoadedModel(PeftModel.from_pretrained(loaded.model, adapter).eval(), loaded.tokenizer, name, "cpu")
         base = RunDir.base_of(student)  # the same weights with the adapter off, as `eval` does
-        out = work / f"eval-{name.replace(' ', '_').replace('>', '')}"
+        out = work / f"eval-{folder_name(name)}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         if reference is not None:
@@ -247,19 +250,8 @@ def main() -> int:
     base_general = general_ability(base_model, base_model, max_drop=1.0, progress=False)[0]
     rows = [("base (no training)", base_agree, base_kl, None, None, base_general["base_score"], 0.0, 0.0)]
     for name in wanted:
-        run_root = work / f"train-{name.replace(' ', '_').replace('>', '')}"
-        shutil.rmtree(run_root, ignore_errors=True)
-        stages, init, t0 = MODES[name], None, time.perf_counter()
-        for k, (train_settings, data_settings) in enumerate(stages):
-            steps = args.steps // len(stages) + (args.steps % len(stages) if k == 0 else 0)
-            train_cfg = dataclasses.replace(cfg.train, max_steps=steps, batch_size=args.batch_size, grad_accum=1, save_every=10_000,
-                                            eval_every=10_000, warmup_steps=min(cfg.train.warmup_steps, steps // 5),
-                                            init_adapter=init, **train_settings)
-            run_cfg = dataclasses.replace(cfg, train=train_cfg, data=dataclasses.replace(cfg.data, **data_settings),
-                                          models=dataclasses.replace(cfg.models, device="cpu", dtype="float32"))
-            run_dir = run_root / f"stage-{k + 1}"
-            train_student(run_cfg, records, run_dir, progress=True)
-            init = str(run_dir / "adapter")
+        t0 = time.perf_counter()
+        init = train_mode(cfg, records, MODES[name], args.steps, args.batch_size, work / f"train-{folder_name(name)}")
         seconds = time.perf_counter() - t0
         from peft import PeftModel
 
