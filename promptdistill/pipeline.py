@@ -485,7 +485,8 @@ def _evaluate(cfg: Config, run: RunDir, examples, offtask: list | None, *, progr
     # The base row and (when it is the same model on the transformers backend)
     # the teacher share the student's weights with the adapter switched off: one copy in memory.
     report = _evaluate_systems(cfg, run.eval_dir, examples, offtask, student, run.base_of(student),
-                               {"adapter": adapter_fingerprint(adapter)}, train_records=_train_records(run), progress=progress)
+                               {"adapter": adapter_fingerprint(adapter)}, train_records=_train_records(run),
+                               teacher_records=_heldout_labels(cfg, run), progress=progress)
     _record_heldout_source(run.report_path, examples, run.split_file("train"))
     # Pictures (confusion matrices, loss curves, cost) into eval/, report.md and report.html.
     write_run_report(run.path)
@@ -497,7 +498,7 @@ def _evaluate(cfg: Config, run: RunDir, examples, offtask: list | None, *, progr
 
 
 def _evaluate_systems(cfg: Config, out_dir: Path, examples, offtask: list | None, student, base, student_identity: dict, *,
-                      train_records: list | None = None, progress: bool = True) -> dict:
+                      train_records: list | None = None, teacher_records: dict | None = None, progress: bool = True) -> dict:
     """Teacher, base and student on `examples` into `out_dir` (report.json,
     predictions): the one evaluation behind `eval --run-dir` and `eval --student`.
     `student_identity` is what the student's answers depend on (its adapter's or
@@ -515,7 +516,8 @@ def _evaluate_systems(cfg: Config, out_dir: Path, examples, offtask: list | None
     resume_settings = {**cfg.to_dict(), "heldout_inputs": fingerprint([(e.id, e.key) for e in examples]),
                        "offtask_inputs": fingerprint([(e.id, e.key) for e in offtask or ()]), **student_identity}
     return evaluate_systems(task, examples, out_dir, Systems(teacher, student, base, judge), cfg.eval, seed=cfg.data.seed,
-                            train_records=train_records, offtask=offtask, resume_settings=resume_settings, progress=progress)
+                            train_records=train_records, offtask=offtask, resume_settings=resume_settings,
+                            teacher_records=teacher_records, progress=progress)
 
 
 def _check_heldout_unseen(cfg: Config) -> None:
@@ -539,6 +541,19 @@ def _train_records(run: RunDir) -> list | None:
         return None
     train_ids = {e.id for e in read_inputs(run.split_file("train"))}
     return [r for r in read_labeled(path) if r.id in train_ids]
+
+
+def _heldout_labels(cfg: Config, run: RunDir) -> dict | None:
+    """The label stage's answers to the held-out inputs (accepted and rejected), by id,
+    when that stage finished under the label settings of `cfg`: the evaluation's
+    teacher row takes them instead of asking the same teacher the same questions
+    again (for a teacher behind a paid API, the held-out set is paid for once).
+    None when the labels are missing or were made with other settings."""
+    stored = run.stored_settings("label")
+    if stored is None or changed_settings(stored, stage_settings(cfg)["label"]):
+        return None
+    paths = [p for p in (run.labels_file("heldout"), run.rejects_file("heldout")) if p.exists()]
+    return {r.id: r for path in paths for r in read_labeled(path)}
 
 
 def _split_records(run: RunDir) -> tuple[list, list]:
@@ -609,7 +624,7 @@ def synthetic_label_report(run: RunDir) -> None:
     for side in ("train", "heldout"):
         path = run.labels_file(side)
         labeled += [r.to_json() for r in read_labeled(path) if r.meta.get("synthetic")] if path.exists() else []
-        rejects = path.with_name(path.stem + ".rejects.jsonl")
+        rejects = run.rejects_file(side)
         rejected += sum(1 for r in read_labeled(rejects) if r.meta.get("synthetic")) if rejects.exists() else 0
     quota_report(out, labeled, rejected)
 

@@ -85,6 +85,10 @@ class RunDir:
     def labels_file(self, side: str) -> Path:
         return self.path / STAGE_OUTPUTS["label"] / f"{side}.jsonl"
 
+    def rejects_file(self, side: str) -> Path:
+        """The teacher's answers to one side that the task did not accept (their status says why)."""
+        return self.path / STAGE_OUTPUTS["label"] / f"{side}.rejects.jsonl"
+
     @property
     def labels_summary(self) -> Path:
         return self.path / STAGE_OUTPUTS["label"] / "summary.json"
@@ -179,8 +183,7 @@ class RunDir:
             _check_jsonl(self.metrics_path, "corrupt training metrics; delete train/metrics.jsonl (rerun the train stage to rewrite it)",
                          torn_ok=True)
         for side in ("train", "heldout"):
-            labels = self.labels_file(side)
-            for path in (labels, labels.with_name(labels.stem + ".rejects.jsonl")):
+            for path in (self.labels_file(side), self.rejects_file(side)):
                 if path.exists():
                     _check_jsonl(path, "corrupt labeled record; fix or delete this line (it is relabeled on rerun)", torn_ok=True)
         partial = self.eval_dir / "predictions.partial.jsonl"

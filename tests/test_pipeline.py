@@ -336,6 +336,64 @@ def test_refused_rerun_leaves_config_json(pipeline_run, run_copy):
     assert (run_copy / "config.json").read_text() == before
 
 
+def _teacher_asked(monkeypatch) -> list[str]:
+    """The ids of the inputs the local teacher is asked to answer from now on in the task's
+    answer mode, "choose" (the latency sample's one-request timings generate apart)."""
+    from promptdistill.teachers.local import LocalTeacher
+
+    asked, real = [], LocalTeacher.label
+
+    def label(self, examples, task, mode, *a, **k):
+        asked.extend(e.id for e in examples if mode == "choose")
+        return real(self, examples, task, mode, *a, **k)
+
+    monkeypatch.setattr(LocalTeacher, "label", label)
+    return asked
+
+
+def test_eval_takes_the_teachers_heldout_answers_from_the_label_stage(pipeline_run, run_copy, monkeypatch):
+    """The teacher row of a run's evaluation is the label stage's held-out answers (the
+    same teacher, task and seed): the teacher is not asked the held-out questions again."""
+    from promptdistill.pipeline import evaluate_file
+
+    heldout = {r["id"]: r for r in read_jsonl(run_copy / "labels" / "heldout.jsonl")}
+    shutil.rmtree(run_copy / "eval")
+    asked = _teacher_asked(monkeypatch)
+    report = evaluate_file(make_config(pipeline_run["raw"], pipeline_run["base"]), run_copy, progress=False)
+    assert asked == []
+    teacher = [p for p in read_jsonl(run_copy / "eval" / "predictions.jsonl") if p["system"] == "teacher"]
+    assert sorted(p["id"] for p in teacher) == sorted(heldout)
+    for p in teacher:
+        assert (p["reply"], p["label"], p["label_probs"]) == (heldout[p["id"]]["teacher_reply"], heldout[p["id"]]["label"],
+                                                              heldout[p["id"]]["label_probs"])
+    first = pipeline_run["report"]["systems"]["teacher"]
+    assert {k: report["systems"]["teacher"][k] for k in ("accuracy", "agreement", "parse_rate")} == \
+        {k: first[k] for k in ("accuracy", "agreement", "parse_rate")}
+
+
+def test_eval_asks_the_teacher_when_the_labels_were_made_otherwise(pipeline_run, run_copy, monkeypatch):
+    """Held-out labels made under other label settings (here another labeling seed), or
+    answering another input under the same id, are not the teacher's answers now."""
+    from promptdistill.pipeline import evaluate_file
+
+    heldout = [r["id"] for r in read_jsonl(run_copy / "split" / "heldout.jsonl")]
+    raw = json.loads(json.dumps(pipeline_run["raw"]))
+    raw["data"]["seed"] = 1
+    shutil.rmtree(run_copy / "eval")
+    asked = _teacher_asked(monkeypatch)
+    evaluate_file(make_config(raw, pipeline_run["base"]), run_copy, progress=False)
+    assert sorted(asked) == sorted(heldout)
+
+    labels = run_copy / "labels" / "heldout.jsonl"
+    rows = read_jsonl(labels)
+    rows[0]["text"] = rows[0]["messages"][0]["content"] = "not the held-out input"
+    labels.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    shutil.rmtree(run_copy / "eval")
+    asked.clear()
+    evaluate_file(make_config(pipeline_run["raw"], pipeline_run["base"]), run_copy, progress=False)
+    assert asked == [rows[0]["id"]]
+
+
 def test_cli_predict(pipeline_run, capsys):
     from promptdistill.cli import main
 

@@ -152,23 +152,32 @@ def predict_teacher(task: Task, teacher: Teacher, examples: list[Example], *, mo
     are asked for (the row does not store them).
     """
     row_task = Task(replace(task.config, top_logprobs=0))
-    prefill = task.config.reply_prefix if mode == "generate" else ""
 
     def answer(batch: list[Example]) -> list[Prediction]:
         records = {r.id: r for r in teacher.label(batch, row_task, mode, seed, len(batch))}
-        preds = []
-        for e in batch:
-            record = records[e.id]
-            # The parse status, not the labeling status: low confidence is still an answer here.
-            label, status = task.parse_answer(record.teacher_reply)
-            # A chat API's teacher has no tokenizer here: its prompt tokens are what the API counted.
-            usage = (record.meta or {}).get("teacher_usage")
-            n_prompt = (usage["prompt_tokens"] // max(1, usage["requests"]) if usage
-                        else len(render_prompt(teacher.tokenizer, task.teacher_messages(e.conversation()), prefill)))
-            preds.append(Prediction(e.id, system, label, record.teacher_reply, status, n_prompt, None, record.label_probs))
-        return preds
+        return [teacher_prediction(task, teacher, e, records[e.id], mode, system) for e in batch]
 
     return _predict_batches(examples, system, answer, batch_size, progress, done, sink)
+
+
+def teacher_prediction(task: Task, teacher: Teacher, example: Example, record, mode: str, system: str = "teacher") -> Prediction:
+    """The teacher row's prediction from its labeled record of `example` (`Teacher.label`'s
+    answer, made now or by the label stage)."""
+    # The parse status, not the labeling status: low confidence is still an answer here.
+    label, status = task.parse_answer(record.teacher_reply)
+    # A chat API's teacher has no tokenizer here: its prompt tokens are what the API counted.
+    usage = (record.meta or {}).get("teacher_usage")
+    prefill = task.config.reply_prefix if mode == "generate" else ""
+    n_prompt = (usage["prompt_tokens"] // max(1, usage["requests"]) if usage
+                else len(render_prompt(teacher.tokenizer, task.teacher_messages(example.conversation()), prefill)))
+    return Prediction(example.id, system, label, record.teacher_reply, status, n_prompt, None, record.label_probs)
+
+
+def labeled_teacher_predictions(task: Task, teacher: Teacher, examples: list[Example], records: dict) -> dict[str, Prediction]:
+    """The teacher row's predictions for the examples that `records` (labeled records by
+    id, accepted or rejected) already answer: the same id and the same conversation."""
+    return {e.id: teacher_prediction(task, teacher, e, records[e.id], task.config.answer_mode)
+            for e in examples if e.id in records and records[e.id].conversation() == e.conversation()}
 
 
 def _predict_batches(examples: list[Example], system: str, answer, batch_size: int, progress, done: dict | None,
@@ -264,7 +273,7 @@ def predict_systems(task: Task, systems: Systems, examples: list[Example], *, in
 
 def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Systems, settings: EvalConfig | None = None, *,
                      seed: int = 0, train_records: list | None = None, offtask: list[Example] | None = None,
-                     resume_settings: dict | None = None, progress: bool = True) -> dict:
+                     resume_settings: dict | None = None, teacher_records: dict | None = None, progress: bool = True) -> dict:
     """Run teacher, base and student on `examples`; write and return the report.
 
     `settings` (default EvalConfig()) say what to measure: the base row, the
@@ -283,12 +292,18 @@ def evaluate_systems(task: Task, examples: list[Example], out_dir, systems: Syst
     output follows). Latency is measured on the first `settings.latency_requests`
     examples, one generated answer per request for every row (latency.py),
     after the answers.
+
+    `teacher_records` (labeled records by id: a run's held-out labels, made by
+    the same teacher under the same settings) are the teacher's answers to the
+    examples they match, taken instead of asking it again (`labeled_teacher_predictions`).
     """
     settings = settings or EvalConfig()
     out_dir = Path(out_dir)
     teacher, student, base = systems.teacher, systems.student, systems.base
     partial = out_dir / "predictions.partial.jsonl"
     done = _partial_predictions(partial, resume_settings)
+    if teacher_records:
+        done["teacher"] = {**labeled_teacher_predictions(task, teacher, examples, teacher_records), **done.get("teacher", {})}
     with JsonlAppender(partial) as log:
         if resume_settings is not None and partial.stat().st_size == 0:
             log.append({"settings": resume_settings})
