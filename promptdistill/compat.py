@@ -34,6 +34,13 @@ def output_cache(out):
     return out.past_key_values
 
 
+def keeps_a_window(cache) -> bool:
+    """Whether some layer of `cache` keeps only a sliding window of keys (Mistral,
+    Gemma and others with `sliding_window`): such a layer takes no attention mask
+    spanning the whole context, only the one the model builds itself."""
+    return any(getattr(cache, "is_sliding", None) or ())
+
+
 def _unwrap(model):
     # PEFT wrappers and models.AdapterDisabled pass unknown kwargs through to
     # the transformers model inside, whose forward is the one that counts.

@@ -21,11 +21,12 @@ a block attention mask, and many inputs share one forward.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 
-from .compat import cache_kwargs, output_cache
+from .compat import cache_kwargs, keeps_a_window, output_cache
 from .prefix_cache import PrefixCache
 
 
@@ -252,7 +253,9 @@ def score_with_prefix(prefix: PrefixCache, suffix: list[int], continuations: lis
     the cached prefix; the rest of every continuation is packed into a single
     row with a block attention mask (each continuation sees the shared state
     and its own earlier tokens only), so the candidates share the input's
-    state without copying the cache.
+    state without copying the cache. A cache that keeps only a sliding window
+    of keys takes no such mask: there each continuation runs alone on its own
+    copy of the shared state, under the model's own mask.
     """
     model, device = prefix.model, prefix.device
     common = _common_prefix_len(continuations)
@@ -278,6 +281,14 @@ def score_with_prefix(prefix: PrefixCache, suffix: list[int], continuations: lis
         pos += list(range(context_len, context_len + len(t) - 1))
         owner += [k] * (len(t) - 1)
     totals = torch.stack([last[t[0]] for t in tails]) + base
+    if packed and keeps_a_window(cache):
+        for k, t in enumerate(tails):
+            if len(t) > 1:
+                positions = torch.arange(context_len, context_len + len(t) - 1, device=device).unsqueeze(0)
+                logits = model(input_ids=torch.tensor([t[:-1]], device=device), position_ids=positions,
+                               **cache_kwargs(model, copy.deepcopy(cache)), use_cache=True).logits[0]
+                totals[k] = totals[k] + torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(t) - 1), t[1:]].sum().cpu()
+        return totals.cpu()
     if packed:
         q = len(packed)
         owner_t = torch.tensor(owner)
@@ -319,12 +330,13 @@ def score_batch_with_prefix(prefix: PrefixCache, suffixes: list[list[int]], cont
     With the "expand" strategy each chunk runs on its own copy of the prefix
     cache per row, the same block mask given whole (prefix columns open) to the
     model's own attention. A model that refused shared-prefix attention, or an
-    empty prefix, is scored one input at a time with `score_with_prefix`.
+    empty prefix, or a model whose cache keeps a sliding window (no block mask
+    over the whole context), is scored one input at a time with `score_with_prefix`.
     """
     from .prefix_cache import PREFILL_CHUNK_TOKENS, RowCache, _chunks
 
     n, k = len(suffixes), len(continuations)
-    if (prefix.shared is None and prefix.strategy != "expand") or not prefix.prefix or n == 0:
+    if (prefix.shared is None and prefix.strategy != "expand") or not prefix.prefix or n == 0 or keeps_a_window(prefix.cache):
         rows = [score_with_prefix(prefix, s, continuations) for s in suffixes]
         return torch.stack(rows) if rows else torch.zeros((0, k))
     device = prefix.device

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import build_varied_model, make_task
+from conftest import build_varied_model, direct_logprob, make_task
 from promptdistill import engine, prefix_cache
 from promptdistill.render import render_prompt
 
@@ -270,6 +270,23 @@ def test_a_sliding_window_model_falls_back_to_the_copied_cache_and_returns_its_n
     alone = [engine.generate(sliding_window_model.model, [p], max_new_tokens=6, eos_ids=eos, pad_id=tok.pad_token_id)[0] for p in prompts]
     assert batched == alone
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("attention", ["cascade", "expand"])
+def test_a_sliding_window_model_scores_candidates_as_a_plain_forward_does(sliding_window_model, attention):
+    """Choose mode on a model whose cache keeps a 4-token window: the packed block mask
+    cannot span the context there, so each candidate runs alone on a copy of the
+    input's state; every score is the plain forward's, and each input its own."""
+    tok = sliding_window_model.tokenizer
+    suffixes, prefix_ids = suffixes_and_prefix(tok, script_task())
+    candidates = [tok.encode(f"Final Answer: {x}", add_special_tokens=False) for x in ("la", "cy", "gr", "latin alphabet")]
+    prefix = engine.PrefixCache(sliding_window_model.model, prefix_ids, attention=attention)
+    got = engine.score_batch_with_prefix(prefix, suffixes, candidates)
+    expected = torch.stack([torch.stack([direct_logprob(sliding_window_model.model, prefix_ids + s, c) for c in candidates])
+                            for s in suffixes])
+    assert got.shape == (len(suffixes), len(candidates))
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert len({tuple(row.tolist()) for row in got}) > 1  # the window still sees each input's own last tokens
 
 
 def test_shared_attention_leaves_no_trace_on_the_models_configs(varied_model, tiny):
