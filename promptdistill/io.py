@@ -492,6 +492,22 @@ def check_output_file(path, what: str) -> Path:
     return p
 
 
+def check_output_folder(path, what: str) -> bool:
+    """A folder a command writes into: creatable where it is new, a folder this process
+    may write in where it exists. Returns whether it exists; what it holds, and
+    whether that is the tool's own to write over, is the caller's to judge (from a
+    record the tool wrote, never from the folder's shape)."""
+    p = Path(path)
+    if not p.exists():
+        check_parent_writable(p, what)
+        return False
+    if not p.is_dir():
+        raise PromptDistillError(f"{what} exists and is a file, not a folder; choose another path", path=p)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PromptDistillError(f"{what} cannot be written (permission denied)", path=p)
+    return True
+
+
 def claim_side_file(path, what: str, *, ours: bool, marker: str) -> Path:
     """A file written beside a command's output (a sidecar, rejects, a report, a
     lock): never a symlink or a folder, and an existing non-empty one only when

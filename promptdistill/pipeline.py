@@ -32,7 +32,7 @@ from .errors import PromptDistillError
 
 from .inputs import check_max_length, fit_context, fit_inputs, prepare_inputs, read_offtask
 from .io import (DirectoryLock, atomic_write_json, changed_settings, check_file, check_model_folder, check_no_symlinks,
-                 check_parent_writable, check_paths, fingerprint, real_path)
+                 check_output_folder, check_paths, fingerprint, real_path)
 from .records import check_gold_labels, read_inputs, read_labeled, write_examples
 from .rundir import LOCK, RunDir, adapter_fingerprint, check_adapter_folder, check_outside_runs, check_run_dir, claim_run_dir
 from .split import split_examples, split_key
@@ -385,13 +385,8 @@ def claim_report_folder(path: Path, what: str) -> Path:
     `eval --student` made (its marker, EVAL_MARKER, a promptdistill record); never
     a symlink, and nothing else is ever written over."""
     check_no_symlinks(path, what)
-    if not path.exists():
-        check_parent_writable(path, what)
+    if not check_output_folder(path, what):
         return path
-    if not path.is_dir():
-        raise PromptDistillError(f"{what} exists and is a file, not a folder; choose another path", path=path)
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PromptDistillError(f"{what} cannot be written (permission denied)", path=path)
     entries = sorted(e.name for e in path.iterdir())
     if not entries:
         return path

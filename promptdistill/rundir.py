@@ -41,7 +41,7 @@ from typing import Callable
 
 from .config import Config, config_from_dict
 from .errors import PromptDistillError
-from .io import (DirectoryLock, atomic_write_json, check_no_symlinks, check_parent_writable, changed_settings, fingerprint,
+from .io import (DirectoryLock, atomic_write_json, check_no_symlinks, check_output_folder, changed_settings, fingerprint,
                  read_settings, real_path, resume_or_refuse)
 
 STAGES = ("split", "label", "train", "eval")
@@ -317,13 +317,8 @@ def claim_run_dir(path, what: str = "--run-dir") -> Path:
     if not (p / CONFIG).is_file():
         # A new run may not be made inside another run (its folders are that run's).
         check_outside_runs(p, what)
-    if not p.exists():
-        check_parent_writable(p, what)
+    if not check_output_folder(p, what):
         return p
-    if not p.is_dir():
-        raise PromptDistillError(f"{what} is a file, expected a run directory (a folder)", path=p)
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise PromptDistillError(f"{what} cannot be written (permission denied)", path=p)
     RunDir(p).check_no_links()
     config = p / CONFIG
     if config.exists():

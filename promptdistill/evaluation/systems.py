@@ -83,9 +83,6 @@ class Prediction:
     kl: float | None = None
 
 
-# Inputs per batch for the evaluation's answers (as in labeling).
-
-
 def generate_answers(task: Task, loaded: LoadedModel, messages: list[list[dict]]) -> list[tuple[str, int]]:
     """(reply, prompt tokens) of `loaded`'s greedy (or sampled, per the task) answer to each
     conversation, decoded together (`answer_messages`)."""
