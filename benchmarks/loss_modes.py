@@ -38,12 +38,13 @@ gets its own table, from the evaluation `promptdistill eval` runs
   KL/token    mean KL(teacher || system) per token of the teacher's replies
   general     the general-ability score without any prompt, beside the base's
 
-with the modes TEXT_MODES (sft, kd, on-policy from the sft adapter, each with
-and without data.mix_general = 0.2, and sft on the replies that pass the
-checks, train.reply_filter). The training inputs are labeled once with the
-teacher's top-20 token distributions (for kd); the teacher's and the base's
-held-out replies are made once and reused by every mode through the
-evaluation's own resume file, and the judge's verdicts on the base likewise.
+with the modes TEXT_MODES (sft, kd, on-policy from the sft adapter, and sft
+on the replies that pass the checks, train.reply_filter, each with and
+without data.mix_general = 0.2). The training inputs are labeled once with
+the teacher's top-20 token distributions (for kd); the teacher's and the
+base's held-out replies are made once and reused by every mode through the
+evaluation's own resume file, and the judge's verdicts on the base likewise,
+also by a later run in the same --work folder with the same settings.
 
     .venv/bin/python benchmarks/loss_modes.py --task examples/concise_chat/task.toml [--steps 40] [--modes sft,kd]
 """
@@ -97,8 +98,12 @@ TEXT_MODES = {
     "kd + mix": [(KD, MIX)],
     "sft -> on-policy": [(SFT, NO_MIX), (ON_POLICY, NO_MIX)],
     "sft -> on-policy + mix": [(SFT, MIX), (ON_POLICY, MIX)],
+    "sft filtered": [({**SFT, "reply_filter": "checks"}, NO_MIX)],
     "sft filtered + mix": [({**SFT, "reply_filter": "checks"}, MIX)],
 }
+
+
+SETTINGS_FILE = "loss_modes.settings.json"  # what a mode's evaluation was made under, beside its report
 
 
 def folder_name(mode: str) -> str:
@@ -149,7 +154,12 @@ def text_table(args, cfg) -> int:
     # The evaluation's resume file, without the student's identity: the teacher's and the base's
     # predictions of the first mode are reused by the others (and the judge's verdicts on the base).
     resume = {"benchmark": "loss_modes", "task": cfg.to_dict(), "heldout": [(e.id, e.key) for e in heldout]}
-    reference, rows = None, []
+    # An earlier run's evaluation in the same folder gives its teacher and base predictions too,
+    # when it was made with these settings (SETTINGS_FILE, written beside its report).
+    reference = next((folder for folder in (work / f"eval-{folder_name(m)}" for m in TEXT_MODES)
+                      if (folder / "predictions.jsonl").exists() and (folder / SETTINGS_FILE).exists()
+                      and json.loads((folder / SETTINGS_FILE).read_text()) == json.loads(json.dumps(resume))), None)
+    rows = []
     for name in wanted:
         t0 = time.perf_counter()
         adapter = train_mode(cfg, records, TEXT_MODES[name], args.steps, args.batch_size, work / f"train-{folder_name(name)}")
@@ -158,16 +168,20 @@ def text_table(args, cfg) -> int:
         student = LoadedModel(PeftModel.from_pretrained(loaded.model, adapter).eval(), loaded.tokenizer, name, "cpu")
         base = RunDir.base_of(student)  # the same weights with the adapter off, as `eval` does
         out = work / f"eval-{folder_name(name)}"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
+        kept, judged = [], None  # read before `out` is cleared: it may be the reference itself
         if reference is not None:
             kept = [line for line in (reference / "predictions.jsonl").read_text().splitlines()
                     if json.loads(line)["system"] in ("teacher", "base")]
+            judged = (reference / "judge.jsonl").read_text() if (reference / "judge.jsonl").exists() else None
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        if kept:
             (out / "predictions.partial.jsonl").write_text("\n".join([json.dumps({"settings": resume}), *kept]) + "\n")
-            if (reference / "judge.jsonl").exists():
-                shutil.copy(reference / "judge.jsonl", out / "judge.jsonl")
+        if judged is not None:
+            (out / "judge.jsonl").write_text(judged)
         report = evaluate_systems(task, heldout, out, Systems(teacher, student, base), settings, seed=cfg.data.seed,
                                   resume_settings=resume, progress=True)
+        (out / SETTINGS_FILE).write_text(json.dumps(resume))
         reference = reference or out
         rows.append((name, report, seconds))
         print(f"[loss_modes] {name}: trained in {seconds:.0f} s, evaluated in {time.perf_counter() - t0 - seconds:.0f} s", flush=True)
