@@ -78,8 +78,10 @@ def test_conversations_must_end_in_a_user_turn(tmp_path):
 
 def test_example_conversations_are_valid():
     conversations = pe.load_conversations(ROOT / "examples" / "concise_chat" / "inputs.jsonl")
-    assert len(conversations) == 102
-    assert sum(len(c["messages"]) > 1 for c in conversations) == 22
+    assert len(conversations) == 182
+    assert sum(len(c["messages"]) > 1 for c in conversations) == 40
+    last = [c["messages"][-1]["content"].strip().casefold() for c in conversations]
+    assert len(set(last)) == len(last)  # no question twice
 
 
 def test_example_training_conversations_are_valid_and_apart_from_the_held_out_ones():
