@@ -287,7 +287,7 @@ def score_with_prefix(prefix: PrefixCache, suffix: list[int], continuations: lis
                 positions = torch.arange(context_len, context_len + len(t) - 1, device=device).unsqueeze(0)
                 logits = model(input_ids=torch.tensor([t[:-1]], device=device), position_ids=positions,
                                **cache_kwargs(model, copy.deepcopy(cache)), use_cache=True).logits[0]
-                totals[k] = totals[k] + torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(t) - 1), t[1:]].sum().cpu()
+                totals[k] = totals[k] + torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(t) - 1), t[1:]].sum()
         return totals.cpu()
     if packed:
         q = len(packed)
